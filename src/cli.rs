@@ -1,0 +1,302 @@
+//! The command line (SPEC §2). Exit codes: 0 success, 1 a check failed or
+//! bad input, 2 usage error.
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::output::NdjsonSink;
+use crate::shutdown::Shutdown;
+use crate::simulate::SimulatorOptions;
+use crate::telemetry::Telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "driftwatch", version, about = "Streaming model monitoring: drift, performance and alerts from Kafka")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the engine over files instead of Kafka.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        /// Prediction files (NDJSON or Parquet, by extension).
+        #[arg(long, num_args = 1.., required = true)]
+        predictions: Vec<PathBuf>,
+        /// Label files (NDJSON or Parquet, by extension).
+        #[arg(long, num_args = 1..)]
+        labels: Vec<PathBuf>,
+        /// Where to write window_metrics rows as NDJSON (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where to write alert transitions (NDJSON).
+        #[arg(long)]
+        alerts: Option<PathBuf>,
+        /// Send notifications for alerts.
+        #[arg(long)]
+        notify: bool,
+    },
+    /// Everything in one process, nothing to install.
+    Demo {
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Baseline profiles.
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
+    /// Alert rule tooling.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Configuration tooling.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Generate realistic prediction and label traffic.
+    Simulate {
+        /// Produce to these Kafka brokers in real time.
+        #[arg(long, conflicts_with = "out", required_unless_present = "out")]
+        brokers: Option<String>,
+        /// Write predictions to this NDJSON file (labels go to `<stem>.labels.ndjson`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Events per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// How long (event time for files, wall time for brokers).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Inject drift this long after the start.
+        #[arg(long, value_parser = parse_duration)]
+        drift_at: Option<Duration>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Model name in the events.
+        #[arg(long, default_value = "fraud")]
+        model: String,
+        /// Topic for predictions (brokers mode).
+        #[arg(long, default_value = "predictions")]
+        predictions_topic: String,
+        /// Topic for labels (brokers mode).
+        #[arg(long, default_value = "labels")]
+        labels_topic: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Build a baseline profile from training data.
+    Build {
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate rule files.
+    Check { paths: Vec<PathBuf> },
+    /// Run rule unit tests.
+    Test { files: Vec<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config and print it with secrets redacted.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(1)
+    })
+}
+
+/// Labels file next to a predictions file: `x.ndjson` → `x.labels.ndjson`.
+pub fn labels_path_for(predictions: &Path) -> PathBuf {
+    let stem = predictions.file_stem().and_then(|s| s.to_str()).unwrap_or("events");
+    predictions.with_file_name(format!("{stem}.labels.ndjson"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { 2 } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.log_format);
+    match run_command(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+fn not_yet(what: &str) -> Result<(), ExitCode> {
+    eprintln!("driftwatch {what} is not available in this build yet");
+    Err(ExitCode::from(2))
+}
+
+fn run_command(command: Command) -> Result<(), ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = load_config(&config)?;
+            let shutdown = Shutdown::new();
+            shutdown.install_signal_handlers().map_err(|e| {
+                eprintln!("installing signal handlers: {e}");
+                ExitCode::from(1)
+            })?;
+            let telemetry = Arc::new(Telemetry::default());
+            crate::drivers::run::run_daemon(&config, telemetry, &shutdown, None).map_err(|e| {
+                eprintln!("driftwatch: {e}");
+                ExitCode::from(1)
+            })?;
+            Ok(())
+        }
+        Command::Replay { config, predictions, labels, out, alerts, notify: _ } => {
+            let config = load_config(&config)?;
+            if let Some(alerts) = alerts {
+                // Alert rules arrive with issue 4; until then no transitions.
+                File::create(&alerts).map_err(|e| {
+                    eprintln!("{}: {e}", alerts.display());
+                    ExitCode::from(1)
+                })?;
+            }
+            let telemetry = Arc::new(Telemetry::default());
+            let result = match &out {
+                Some(path) => {
+                    let file = File::create(path).map_err(|e| {
+                        eprintln!("{}: {e}", path.display());
+                        ExitCode::from(1)
+                    })?;
+                    let mut sink = NdjsonSink::new(BufWriter::new(file));
+                    crate::drivers::replay::replay(&config, &predictions, &labels, &mut sink, telemetry.clone())
+                }
+                None => {
+                    let mut sink = NdjsonSink::new(BufWriter::new(io::stdout().lock()));
+                    crate::drivers::replay::replay(&config, &predictions, &labels, &mut sink, telemetry.clone())
+                }
+            };
+            match result {
+                Ok(summary) => {
+                    let rate = summary.predictions as f64 / summary.seconds.max(1e-9);
+                    eprintln!(
+                        "replayed {} predictions and {} labels ({} invalid) in {:.2}s ({:.0} predictions/s): {} windows closed, {} rows",
+                        summary.predictions,
+                        summary.labels,
+                        summary.invalid,
+                        summary.seconds,
+                        rate,
+                        summary.windows_closed,
+                        summary.rows
+                    );
+                    Ok(())
+                }
+                Err(error) => {
+                    eprintln!("driftwatch replay: {error}");
+                    Err(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Config { command: ConfigCommand::Check { config } } => {
+            let config = load_config(&config)?;
+            print!("{}", config.to_redacted_yaml());
+            Ok(())
+        }
+        Command::Simulate { brokers, out, rate, duration, drift_at, seed, model, predictions_topic, labels_topic } => {
+            if !(rate.is_finite() && rate > 0.0) {
+                eprintln!("--rate must be a positive number of events per second");
+                return Err(ExitCode::from(2));
+            }
+            let options = SimulatorOptions {
+                model,
+                rate,
+                seed,
+                drift_after_ms: drift_at.map(|d| d.as_millis() as i64),
+                ..SimulatorOptions::default()
+            };
+            let summary = if let Some(out) = out {
+                let labels = labels_path_for(&out);
+                crate::drivers::simulate::simulate_to_files(options, duration.as_millis() as i64, &out, &labels)
+                    .map_err(|e| {
+                        eprintln!("simulate: {e}");
+                        ExitCode::from(1)
+                    })?
+            } else {
+                let shutdown = Shutdown::new();
+                let _ = shutdown.install_signal_handlers();
+                let brokers = brokers.unwrap_or_default();
+                crate::drivers::simulate::simulate_to_kafka(
+                    options,
+                    duration,
+                    &brokers,
+                    &predictions_topic,
+                    &labels_topic,
+                    &shutdown,
+                )
+                .map_err(|e| {
+                    eprintln!("simulate: {e}");
+                    ExitCode::from(1)
+                })?
+            };
+            eprintln!("simulated {} predictions and {} labels", summary.predictions, summary.labels);
+            Ok(())
+        }
+        Command::Demo { .. } => not_yet("demo"),
+        Command::Baseline { .. } => not_yet("baseline build"),
+        Command::Rules { .. } => not_yet("rules"),
+    }
+}

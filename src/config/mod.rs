@@ -1,0 +1,703 @@
+//! The daemon's configuration (`driftwatch.yaml`, SPEC §6).
+//!
+//! Loading goes: read the file → expand `${ENV_VAR}` references in the text
+//! ([`env`] syntax) → parse the YAML strictly (an unknown or duplicate key is
+//! an error naming the key and its line) → resolve relative paths against the
+//! config file's directory → [`Config::validate`], which reports every
+//! semantic problem at once.
+//!
+//! Secrets never appear in `Debug` output or in any serialization of a
+//! [`Config`] (see [`redact`] for exactly what is redacted);
+//! [`Config::to_redacted_yaml`] is what `driftwatch config check` prints.
+//!
+//! This module does no network or Kafka I/O.
+
+mod duration;
+mod env;
+mod error;
+mod pointer;
+pub mod redact;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+pub use error::ConfigError;
+pub use pointer::parse_json_pointer;
+pub use redact::{REDACTED, Secret};
+
+// ---------------------------------------------------------------------------
+// Defaults
+// ---------------------------------------------------------------------------
+
+/// Default `kafka.group_id`.
+pub const DEFAULT_GROUP_ID: &str = "driftwatch";
+/// Default `kafka.predictions_topic`.
+pub const DEFAULT_PREDICTIONS_TOPIC: &str = "predictions";
+/// Default `kafka.labels_topic`.
+pub const DEFAULT_LABELS_TOPIC: &str = "labels";
+
+/// Default `windows.size`: 5 minutes.
+pub const DEFAULT_WINDOW_SIZE: Duration = Duration::from_secs(5 * 60);
+/// Default `windows.allowed_lateness`: 1 minute.
+pub const DEFAULT_ALLOWED_LATENESS: Duration = Duration::from_secs(60);
+/// Default `windows.label_horizon`: 24 hours.
+pub const DEFAULT_LABEL_HORIZON: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Default `pipeline.batch_size`: events per micro-batch.
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+/// Default `pipeline.linger`: 200 ms.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(200);
+/// Default `pipeline.max_pending_joins`.
+pub const DEFAULT_MAX_PENDING_JOINS: usize = 1_000_000;
+/// Default `pipeline.max_features_per_model`.
+pub const DEFAULT_MAX_FEATURES_PER_MODEL: usize = 500;
+/// Default `pipeline.max_segments_per_model`.
+pub const DEFAULT_MAX_SEGMENTS_PER_MODEL: usize = 1000;
+/// Default `pipeline.max_categories_per_feature`.
+pub const DEFAULT_MAX_CATEGORIES_PER_FEATURE: usize = 1000;
+/// Default `pipeline.max_message_bytes`: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Default `http.listen`.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
+
+/// Default `models[].fields.event_id`.
+pub const DEFAULT_EVENT_ID_POINTER: &str = "/event_id";
+/// Default `models[].fields.model`.
+pub const DEFAULT_MODEL_POINTER: &str = "/model";
+/// Default `models[].fields.model_version`.
+pub const DEFAULT_MODEL_VERSION_POINTER: &str = "/model_version";
+/// Default `models[].fields.timestamp`.
+pub const DEFAULT_TIMESTAMP_POINTER: &str = "/timestamp";
+/// Default `models[].fields.features`.
+pub const DEFAULT_FEATURES_POINTER: &str = "/features";
+/// Default `models[].fields.prediction`.
+pub const DEFAULT_PREDICTION_POINTER: &str = "/prediction";
+/// Default `models[].fields.score`.
+pub const DEFAULT_SCORE_POINTER: &str = "/score";
+/// Default `models[].fields.latency_ms`.
+pub const DEFAULT_LATENCY_MS_POINTER: &str = "/latency_ms";
+/// Default `models[].fields.segment`.
+pub const DEFAULT_SEGMENT_POINTER: &str = "/segment";
+/// Default `models[].fields.label`.
+pub const DEFAULT_LABEL_POINTER: &str = "/label";
+
+/// The notifier `type`s driftwatch knows.
+pub const NOTIFIER_TYPES: &[&str] = &[
+    "webhook",
+    "github_dispatch",
+    "github_workflow",
+    "gitlab_trigger",
+    "jenkins",
+    "airflow_dag",
+    "argo_workflow",
+    "kubeflow_run",
+    "email",
+    "alertmanager",
+    "slack",
+];
+
+fn default_group_id() -> String {
+    DEFAULT_GROUP_ID.to_string()
+}
+fn default_predictions_topic() -> String {
+    DEFAULT_PREDICTIONS_TOPIC.to_string()
+}
+fn default_labels_topic() -> String {
+    DEFAULT_LABELS_TOPIC.to_string()
+}
+fn default_http_listen() -> String {
+    DEFAULT_HTTP_LISTEN.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------
+
+/// The whole `driftwatch.yaml`. Only `models` is required (`Config::default()`
+/// has none and so does not validate).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection and topics. Absent (`None`) for file-only use
+    /// (`replay`); `run` requires it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaConfig>,
+    /// Event-time windowing. Default: [`WindowsConfig::default`]
+    /// (5m tumbling windows, 1m lateness, 24h label horizon).
+    #[serde(default)]
+    pub windows: WindowsConfig,
+    /// Micro-batching and memory caps (driftwatch extension).
+    /// Default: [`PipelineConfig::default`].
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The monitored models; at least one is required.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// Glob patterns of rule files. Relative patterns are resolved against
+    /// the config file's directory on [`Config::load`] (that directory is
+    /// glob-escaped, so the entries stay valid patterns). Default: none.
+    /// See [`Config::rule_files`].
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Notifiers by name (the names rules refer to in `notify`). Default: none.
+    #[serde(default)]
+    pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// The HTTP server. Default: listen on `127.0.0.1:9464`, no token.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Local state (history, audit log, offsets). Default: no state dir.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Extra outputs (driftwatch extension). Default: none.
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+/// `kafka:`. Only `brokers` is required.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap servers (`bootstrap.servers`). Required,
+    /// non-empty.
+    pub brokers: String,
+    /// Consumer group id. Default [`DEFAULT_GROUP_ID`] (`driftwatch`).
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Topic of prediction events. Default [`DEFAULT_PREDICTIONS_TOPIC`]
+    /// (`predictions`).
+    #[serde(default = "default_predictions_topic")]
+    pub predictions_topic: String,
+    /// Topic of label events. Default [`DEFAULT_LABELS_TOPIC`] (`labels`).
+    #[serde(default = "default_labels_topic")]
+    pub labels_topic: String,
+    /// Where invalid events go, with the reason in a header. Default: none
+    /// (invalid events are only counted and logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Extra librdkafka properties, passed as-is (e.g. `security.protocol`).
+    /// YAML numbers and booleans are accepted and turned into strings.
+    /// Secret-looking entries are redacted when printed. Default: none.
+    #[serde(default, deserialize_with = "deserialize_scalar_map", serialize_with = "redact::serialize_options")]
+    pub options: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("predictions_topic", &self.predictions_topic)
+            .field("labels_topic", &self.labels_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("options", &redact::redacted_options(&self.options))
+            .finish()
+    }
+}
+
+/// `windows:` — event-time windows. Durations are humantime strings
+/// (`"30s"`, `"5m"`, `"24h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RawWindowsConfig")]
+pub struct WindowsConfig {
+    /// Window length. Default [`DEFAULT_WINDOW_SIZE`] (5m). Must be a whole
+    /// multiple of `slide`.
+    #[serde(with = "duration")]
+    pub size: Duration,
+    /// Distance between window starts; `slide < size` gives hopping windows.
+    /// Default: equal to `size` (tumbling windows).
+    #[serde(with = "duration")]
+    pub slide: Duration,
+    /// How long after a window's end late events are still accepted before
+    /// the window closes. Default [`DEFAULT_ALLOWED_LATENESS`] (1m).
+    #[serde(with = "duration")]
+    pub allowed_lateness: Duration,
+    /// How long a prediction waits for its label (and a label for its
+    /// prediction); performance rows of a window are final after it.
+    /// Default [`DEFAULT_LABEL_HORIZON`] (24h).
+    #[serde(with = "duration")]
+    pub label_horizon: Duration,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        WindowsConfig {
+            size: DEFAULT_WINDOW_SIZE,
+            slide: DEFAULT_WINDOW_SIZE,
+            allowed_lateness: DEFAULT_ALLOWED_LATENESS,
+            label_horizon: DEFAULT_LABEL_HORIZON,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindowsConfig {
+    #[serde(default)]
+    size: Option<duration::HumanDuration>,
+    #[serde(default)]
+    slide: Option<duration::HumanDuration>,
+    #[serde(default)]
+    allowed_lateness: Option<duration::HumanDuration>,
+    #[serde(default)]
+    label_horizon: Option<duration::HumanDuration>,
+}
+
+impl From<RawWindowsConfig> for WindowsConfig {
+    fn from(raw: RawWindowsConfig) -> Self {
+        let size = raw.size.map_or(DEFAULT_WINDOW_SIZE, |d| d.0);
+        WindowsConfig {
+            size,
+            slide: raw.slide.map_or(size, |d| d.0),
+            allowed_lateness: raw.allowed_lateness.map_or(DEFAULT_ALLOWED_LATENESS, |d| d.0),
+            label_horizon: raw.label_horizon.map_or(DEFAULT_LABEL_HORIZON, |d| d.0),
+        }
+    }
+}
+
+/// `pipeline:` — micro-batching and the caps that bound memory
+/// (driftwatch extension; every key optional).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Events per micro-batch handed to DataFusion: a batch is cut when it
+    /// has this many events or `linger` has passed. Default
+    /// [`DEFAULT_BATCH_SIZE`] (8192). At least 1.
+    pub batch_size: usize,
+    /// Longest time a partial micro-batch waits for more events.
+    /// Default [`DEFAULT_LINGER`] (200ms).
+    #[serde(with = "duration")]
+    pub linger: Duration,
+    /// Most predictions (and early labels) held waiting for their other half
+    /// of the label join; beyond it the oldest are evicted and counted.
+    /// Default [`DEFAULT_MAX_PENDING_JOINS`] (1,000,000). At least 1.
+    pub max_pending_joins: usize,
+    /// Most distinct features tracked per model; extra features are ignored
+    /// and counted. Default [`DEFAULT_MAX_FEATURES_PER_MODEL`] (500). At least 1.
+    pub max_features_per_model: usize,
+    /// Most distinct segments tracked per model; extra segments are folded
+    /// into the whole-model rows only. Default
+    /// [`DEFAULT_MAX_SEGMENTS_PER_MODEL`] (1000). At least 1.
+    pub max_segments_per_model: usize,
+    /// Most distinct categories kept per categorical feature and window;
+    /// the rest are pooled. Default [`DEFAULT_MAX_CATEGORIES_PER_FEATURE`]
+    /// (1000). At least 1.
+    pub max_categories_per_feature: usize,
+    /// Largest accepted event message in bytes; bigger ones are invalid
+    /// (`reason="too_large"`). Default [`DEFAULT_MAX_MESSAGE_BYTES`] (1 MiB).
+    /// At least 1.
+    pub max_message_bytes: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_size: DEFAULT_BATCH_SIZE,
+            linger: DEFAULT_LINGER,
+            max_pending_joins: DEFAULT_MAX_PENDING_JOINS,
+            max_features_per_model: DEFAULT_MAX_FEATURES_PER_MODEL,
+            max_segments_per_model: DEFAULT_MAX_SEGMENTS_PER_MODEL,
+            max_categories_per_feature: DEFAULT_MAX_CATEGORIES_PER_FEATURE,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// `models[]`: one monitored model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model's name, as it appears in events' `model` field. Required,
+    /// non-empty, unique.
+    pub name: String,
+    /// What the model predicts; decides the performance metrics.
+    /// Default [`Task::BinaryClassification`].
+    #[serde(default)]
+    pub task: Task,
+    /// Baseline profile (SPEC §5) to compare windows against; relative paths
+    /// are resolved against the config file's directory. Default: none
+    /// (no drift metrics that need a reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<PathBuf>,
+    /// Where each field is found in this model's events. Default: the
+    /// SPEC §3 layout ([`FieldPaths::default`]).
+    #[serde(default)]
+    pub fields: FieldPaths,
+}
+
+/// The kind of model, `models[].task`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// `binary_classification` (the default): predictions and labels are
+    /// 0/1 (or booleans), `score` is the probability of class 1.
+    #[default]
+    BinaryClassification,
+    /// `multiclass_classification`: predictions and labels are class names
+    /// or numbers.
+    MulticlassClassification,
+    /// `regression`: predictions and labels are numbers.
+    Regression,
+}
+
+impl Task {
+    /// The config spelling (`binary_classification`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::BinaryClassification => "binary_classification",
+            Task::MulticlassClassification => "multiclass_classification",
+            Task::Regression => "regression",
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `models[].fields`: JSON Pointers (RFC 6901, see [`parse_json_pointer`])
+/// locating each field in a prediction or label event. Every key is
+/// optional and defaults to the SPEC §3 name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldPaths {
+    /// Join key of predictions and labels. Default `/event_id`.
+    pub event_id: String,
+    /// Model name. Default `/model`.
+    pub model: String,
+    /// Model version. Default `/model_version`.
+    pub model_version: String,
+    /// Event time (RFC 3339 or epoch ms). Default `/timestamp`.
+    pub timestamp: String,
+    /// Object of feature name → value. Default `/features`.
+    pub features: String,
+    /// The prediction. Default `/prediction`.
+    pub prediction: String,
+    /// Optional probability of the positive class. Default `/score`.
+    pub score: String,
+    /// Optional serving latency in ms. Default `/latency_ms`.
+    pub latency_ms: String,
+    /// Optional object of segment key → value. Default `/segment`.
+    pub segment: String,
+    /// The label, in label events. Default `/label`.
+    pub label: String,
+}
+
+impl Default for FieldPaths {
+    fn default() -> Self {
+        FieldPaths {
+            event_id: DEFAULT_EVENT_ID_POINTER.to_string(),
+            model: DEFAULT_MODEL_POINTER.to_string(),
+            model_version: DEFAULT_MODEL_VERSION_POINTER.to_string(),
+            timestamp: DEFAULT_TIMESTAMP_POINTER.to_string(),
+            features: DEFAULT_FEATURES_POINTER.to_string(),
+            prediction: DEFAULT_PREDICTION_POINTER.to_string(),
+            score: DEFAULT_SCORE_POINTER.to_string(),
+            latency_ms: DEFAULT_LATENCY_MS_POINTER.to_string(),
+            segment: DEFAULT_SEGMENT_POINTER.to_string(),
+            label: DEFAULT_LABEL_POINTER.to_string(),
+        }
+    }
+}
+
+impl FieldPaths {
+    /// `(key, pointer)` for every field, in declaration order.
+    pub fn entries(&self) -> [(&'static str, &str); 10] {
+        [
+            ("event_id", &self.event_id),
+            ("model", &self.model),
+            ("model_version", &self.model_version),
+            ("timestamp", &self.timestamp),
+            ("features", &self.features),
+            ("prediction", &self.prediction),
+            ("score", &self.score),
+            ("latency_ms", &self.latency_ms),
+            ("segment", &self.segment),
+            ("label", &self.label),
+        ]
+    }
+}
+
+/// `notifiers.<name>`: for now a `type` plus free-form settings (typed
+/// variants come later). Secret-looking settings are redacted whenever this
+/// is printed or serialized (see [`redact`]).
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct NotifierConfig {
+    /// The notifier kind, YAML key `type`; one of [`NOTIFIER_TYPES`].
+    /// Required.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Every other key of the notifier, as written (after `${...}`
+    /// expansion).
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+impl Serialize for NotifierConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let settings = redact::redacted_settings(&self.kind, &self.settings);
+        let mut map = s.serialize_map(Some(settings.len() + 1))?;
+        map.serialize_entry("type", &self.kind)?;
+        for (k, v) in &settings {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl fmt::Debug for NotifierConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifierConfig")
+            .field("kind", &self.kind)
+            .field("settings", &redact::redacted_settings(&self.kind, &self.settings))
+            .finish()
+    }
+}
+
+/// `http:` — the HTTP server (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `host:port` to listen on. Default [`DEFAULT_HTTP_LISTEN`]
+    /// (`127.0.0.1:9464`).
+    pub listen: String,
+    /// Bearer token required by `POST /-/reload`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_http_listen(), token: None }
+    }
+}
+
+/// `state:` — where the daemon keeps history, the audit log and its
+/// checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// State directory; relative paths are resolved against the config
+    /// file's directory. Default: none (nothing is persisted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `output:` — extra outputs (driftwatch extension).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// NDJSON file the daemon appends every closed window's
+    /// `window_metrics` rows to; relative paths are resolved against the
+    /// config file's directory. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_metrics: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, expands, parses, resolves and validates the config at `path`.
+    /// Relative paths in it (baselines, rule globs, state dir, output file)
+    /// are resolved against the directory of `path` (made absolute).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base_dir = absolute.parent().unwrap_or(Path::new("."));
+        Config::from_yaml_str_with_base(&text, &path.display().to_string(), Some(base_dir))
+    }
+
+    /// Expands, parses and validates config text. `origin` names the text
+    /// in error messages. Relative paths are left as they are (relative to
+    /// the working directory); use [`Config::from_yaml_str_with_base`] to
+    /// resolve them.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_str_with_base(text, origin, None)
+    }
+
+    /// Like [`Config::from_yaml_str`], resolving relative paths against
+    /// `base_dir` when given.
+    pub fn from_yaml_str_with_base(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let expanded = env::expand_env(text).map_err(|e| match e {
+            env::ExpandError::Unset { var, line } => ConfigError::Env { origin: origin.to_string(), var, line },
+            env::ExpandError::Syntax { line, message } => ConfigError::Parse {
+                origin: origin.to_string(),
+                message: format!("line {line}: {message}"),
+                line: Some(line as u64),
+            },
+        })?;
+        let mut config = parse_yaml(&expanded, origin)?;
+        if let Some(base) = base_dir {
+            config.resolve_relative_paths(base);
+        }
+        config.validate().map_err(|errors| ConfigError::Invalid { origin: origin.to_string(), errors })?;
+        Ok(config)
+    }
+
+    /// Makes every relative path absolute against `base_dir`: model
+    /// baselines, rule glob patterns (with `base_dir` glob-escaped), the
+    /// state dir and the window metrics output. Absolute ones are kept.
+    pub fn resolve_relative_paths(&mut self, base_dir: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        };
+        for model in &mut self.models {
+            if let Some(b) = model.baseline.as_mut() {
+                resolve(b);
+            }
+        }
+        if let Some(d) = self.state.dir.as_mut() {
+            resolve(d);
+        }
+        if let Some(o) = self.output.window_metrics.as_mut() {
+            resolve(o);
+        }
+        let escaped_base = glob::Pattern::escape(&base_dir.to_string_lossy());
+        for pattern in &mut self.rules {
+            if Path::new(pattern.as_str()).is_relative() {
+                let rel = pattern.strip_prefix("./").unwrap_or(pattern);
+                *pattern = format!(
+                    "{}{}{rel}",
+                    escaped_base.trim_end_matches(std::path::MAIN_SEPARATOR),
+                    std::path::MAIN_SEPARATOR
+                );
+            }
+        }
+    }
+
+    /// The config as YAML with defaults filled in, durations in humantime
+    /// form and secrets replaced by `***redacted***` (what `driftwatch
+    /// config check` prints). It parses back with [`Config::from_yaml_str`]
+    /// (`$` before `{` is escaped as `$${`).
+    pub fn to_redacted_yaml(&self) -> String {
+        match serde_saphyr::to_string(self) {
+            Ok(text) => text.replace("${", "$${"),
+            Err(e) => format!("# could not render the config: {e}\n"),
+        }
+    }
+
+    /// The model named `name`, if configured.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The rule files matched by [`Config::rules`], sorted, without
+    /// duplicates. A pattern with no `*` or `?` (a plain file name) that
+    /// matches nothing is an error; a wildcard pattern may match nothing.
+    pub fn rule_files(&self) -> Result<Vec<PathBuf>, ConfigError> {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for (i, pattern) in self.rules.iter().enumerate() {
+            let paths = match glob::glob(pattern) {
+                Ok(paths) => paths,
+                Err(e) => {
+                    errors.push(format!("rules[{i}]: invalid glob pattern {pattern:?}: {e}"));
+                    continue;
+                }
+            };
+            let before = files.len();
+            for entry in paths {
+                match entry {
+                    Ok(p) if p.is_file() => files.push(p),
+                    Ok(_) => {}
+                    Err(e) => errors.push(format!("rules[{i}]: {e}")),
+                }
+            }
+            if files.len() == before && !pattern.contains(['*', '?']) {
+                errors.push(format!("rules[{i}]: no such file: {pattern}"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid { origin: "rules".to_string(), errors });
+        }
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+}
+
+fn parse_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let has_content = text.lines().any(|l| {
+        let t = l.trim();
+        !(t.is_empty() || t.starts_with('#') || t == "---" || t == "...")
+    });
+    if !has_content {
+        return Err(ConfigError::Parse {
+            origin: origin.to_string(),
+            message: "the config is empty (at least `models` is required)".to_string(),
+            line: None,
+        });
+    }
+    serde_saphyr::from_str::<Config>(text).map_err(|e| {
+        let location = e.location();
+        let plain = e.without_snippet().to_string();
+        match location {
+            Some(loc) => {
+                let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
+                let msg = plain.strip_suffix(&suffix).unwrap_or(&plain);
+                ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: format!("line {}, column {}: {msg}", loc.line(), loc.column()),
+                    line: Some(loc.line()),
+                }
+            }
+            None => ConfigError::Parse { origin: origin.to_string(), message: plain, line: None },
+        }
+    })
+}
+
+/// A map whose values may be YAML strings, numbers or booleans, all kept as
+/// strings (for `kafka.options`).
+fn deserialize_scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, ScalarString>::deserialize(d)?;
+    Ok(raw.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+struct ScalarString(String);
+
+impl<'de> Deserialize<'de> for ScalarString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarStringVisitor).map(ScalarString)
+    }
+}
+
+struct ScalarStringVisitor;
+
+impl Visitor<'_> for ScalarStringVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, number or boolean")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}

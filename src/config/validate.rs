@@ -1,0 +1,186 @@
+//! Semantic checks of a parsed config; every problem is reported at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Config, NOTIFIER_TYPES, parse_json_pointer};
+
+/// librdkafka properties that driftwatch sets from typed keys.
+const MANAGED_KAFKA_OPTIONS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.brokers"),
+    ("metadata.broker.list", "kafka.brokers"),
+    ("group.id", "kafka.group_id"),
+];
+
+impl Config {
+    /// Checks everything the types cannot express and returns every problem
+    /// found, each starting with its field path, e.g.
+    /// `models[1].fields.score: not a JSON Pointer (must start with '/')`.
+    ///
+    /// Checks: at least one model; model names non-empty and unique; window
+    /// size and slide > 0, whole milliseconds, slide <= size, size a whole
+    /// multiple of slide; field paths valid, non-empty JSON Pointers; pipeline
+    /// sizes and caps >= 1; Kafka brokers, group id and topics non-empty, the
+    /// dead-letter topic distinct from the input topics, no option that
+    /// duplicates a typed key; notifier names non-empty and types known;
+    /// `http.listen` of the form `host:port`, `http.token` non-empty; rule
+    /// patterns valid globs. The file system is not consulted.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        // In the order of the keys in the file.
+        self.check_kafka(&mut errors);
+        self.check_windows(&mut errors);
+        self.check_pipeline(&mut errors);
+        self.check_models(&mut errors);
+        for (i, pattern) in self.rules.iter().enumerate() {
+            if pattern.trim().is_empty() {
+                errors.push(format!("rules[{i}]: empty pattern"));
+            } else if let Err(e) = glob::Pattern::new(pattern) {
+                errors.push(format!("rules[{i}]: invalid glob pattern {pattern:?}: {e}"));
+            }
+        }
+        self.check_notifiers(&mut errors);
+        self.check_http(&mut errors);
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    fn check_models(&self, errors: &mut Vec<String>) {
+        if self.models.is_empty() {
+            errors.push("models: at least one model is required".to_string());
+        }
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, model) in self.models.iter().enumerate() {
+            if model.name.trim().is_empty() {
+                errors.push(format!("models[{i}].name: must not be empty"));
+            } else if let Some(first) = seen.get(model.name.as_str()) {
+                errors.push(format!(
+                    "models[{i}].name: duplicate model name {:?} (already used by models[{first}])",
+                    model.name
+                ));
+            } else {
+                seen.insert(&model.name, i);
+            }
+            if model.baseline.as_ref().is_some_and(|b| b.as_os_str().is_empty()) {
+                errors.push(format!("models[{i}].baseline: must not be empty"));
+            }
+            for (key, pointer) in model.fields.entries() {
+                if pointer.is_empty() {
+                    errors.push(format!("models[{i}].fields.{key}: must not be empty (\"\" would be the whole event)"));
+                } else if let Err(e) = parse_json_pointer(pointer) {
+                    errors.push(format!("models[{i}].fields.{key}: {e}"));
+                }
+            }
+        }
+    }
+
+    fn check_windows(&self, errors: &mut Vec<String>) {
+        let w = &self.windows;
+        let size_ok = check_window_duration("windows.size", w.size, errors);
+        let slide_ok = check_window_duration("windows.slide", w.slide, errors);
+        if size_ok && slide_ok {
+            if w.slide > w.size {
+                errors.push(format!(
+                    "windows.slide: must not be longer than windows.size ({} > {})",
+                    humantime::format_duration(w.slide),
+                    humantime::format_duration(w.size)
+                ));
+            } else if !w.size.as_millis().is_multiple_of(w.slide.as_millis()) {
+                errors.push(format!(
+                    "windows.size: must be a whole multiple of windows.slide ({} is not a multiple of {})",
+                    humantime::format_duration(w.size),
+                    humantime::format_duration(w.slide)
+                ));
+            }
+        }
+        // allowed_lateness and label_horizon are unsigned durations: >= 0 by
+        // construction (negative values are rejected while parsing).
+    }
+
+    fn check_pipeline(&self, errors: &mut Vec<String>) {
+        let p = &self.pipeline;
+        for (key, value) in [
+            ("batch_size", p.batch_size),
+            ("max_pending_joins", p.max_pending_joins),
+            ("max_features_per_model", p.max_features_per_model),
+            ("max_segments_per_model", p.max_segments_per_model),
+            ("max_categories_per_feature", p.max_categories_per_feature),
+            ("max_message_bytes", p.max_message_bytes),
+        ] {
+            if value < 1 {
+                errors.push(format!("pipeline.{key}: must be at least 1"));
+            }
+        }
+    }
+
+    fn check_kafka(&self, errors: &mut Vec<String>) {
+        let Some(k) = &self.kafka else { return };
+        if k.brokers.split(',').all(|b| b.trim().is_empty()) {
+            errors.push("kafka.brokers: must not be empty".to_string());
+        }
+        for (key, value) in
+            [("group_id", &k.group_id), ("predictions_topic", &k.predictions_topic), ("labels_topic", &k.labels_topic)]
+        {
+            if value.trim().is_empty() {
+                errors.push(format!("kafka.{key}: must not be empty"));
+            }
+        }
+        if let Some(dlq) = &k.dead_letter_topic {
+            if dlq.trim().is_empty() {
+                errors.push("kafka.dead_letter_topic: must not be empty when given".to_string());
+            } else if dlq == &k.predictions_topic || dlq == &k.labels_topic {
+                errors.push(format!(
+                    "kafka.dead_letter_topic: must differ from the predictions and labels topics ({dlq:?})"
+                ));
+            }
+        }
+        for key in k.options.keys() {
+            if key.trim().is_empty() {
+                errors.push("kafka.options: empty option name".to_string());
+            }
+            if let Some((_, typed)) = MANAGED_KAFKA_OPTIONS.iter().find(|(o, _)| o == key) {
+                errors.push(format!("kafka.options.{key}: set {typed} instead"));
+            }
+        }
+    }
+
+    fn check_notifiers(&self, errors: &mut Vec<String>) {
+        for (name, notifier) in &self.notifiers {
+            if name.trim().is_empty() {
+                errors.push("notifiers: notifier names must not be empty".to_string());
+            }
+            if !NOTIFIER_TYPES.contains(&notifier.kind.as_str()) {
+                errors.push(format!(
+                    "notifiers.{name}.type: unknown notifier type {:?} (expected one of {})",
+                    notifier.kind,
+                    NOTIFIER_TYPES.join(", ")
+                ));
+            }
+        }
+    }
+
+    fn check_http(&self, errors: &mut Vec<String>) {
+        let listen = &self.http.listen;
+        let valid = listen.parse::<std::net::SocketAddr>().is_ok()
+            || listen
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok());
+        if !valid {
+            errors.push(format!("http.listen: expected host:port (e.g. 127.0.0.1:9464), got {listen:?}"));
+        }
+        if self.http.token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+            errors.push("http.token: must not be empty when given".to_string());
+        }
+    }
+}
+
+fn check_window_duration(path: &str, d: Duration, errors: &mut Vec<String>) -> bool {
+    if d.is_zero() {
+        errors.push(format!("{path}: must be greater than 0"));
+        false
+    } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        errors.push(format!("{path}: must be a whole number of milliseconds (got {})", humantime::format_duration(d)));
+        false
+    } else {
+        true
+    }
+}

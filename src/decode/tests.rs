@@ -1,0 +1,256 @@
+use super::*;
+use crate::config::Config;
+use crate::model::ModelRegistry;
+
+fn setup(yaml: &str) -> (ModelRegistry, Decoder) {
+    let config = Config::from_yaml_str(yaml, "test.yaml").expect("valid config");
+    let registry = ModelRegistry::from_config(&config);
+    let decoder = Decoder::new(&registry, &config.pipeline).expect("decoder");
+    (registry, decoder)
+}
+
+const TWO_MODELS: &str =
+    "models:\n  - {name: fraud, task: binary_classification}\n  - {name: price, task: regression}\n";
+
+const SPEC_EXAMPLE: &str = r#"{"event_id": "a1b2", "model": "fraud", "model_version": "3",
+ "timestamp": "2026-11-26T10:00:00.123Z",
+ "features": {"amount": 12.5, "country": "DE", "age": 41},
+ "prediction": 1, "score": 0.87, "latency_ms": 12.4,
+ "segment": {"region": "eu"}}"#;
+
+#[test]
+fn decodes_the_spec_example_into_columns() {
+    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    decoder.push_prediction(&mut registry, SPEC_EXAMPLE.as_bytes()).unwrap();
+    let batches = decoder.finish_predictions();
+    assert_eq!(batches.len(), 1);
+    let batch = &batches[0];
+    assert_eq!(batch.len(), 1);
+    let model = registry.get(batch.model);
+    assert_eq!(&*model.name, "fraud");
+    assert_eq!(batch.event_time_ms.value(0), 1_795_687_200_123);
+    assert_eq!(batch.event_id.value(0), "a1b2");
+    let series = &model.series[batch.series.value(0) as usize];
+    assert_eq!((&*series.model_version, &*series.segment), ("3", "region=eu"));
+    let whole = &model.series[series.whole_model.unwrap() as usize];
+    assert_eq!((&*whole.model_version, &*whole.segment), ("3", ""));
+    assert_eq!(batch.score.value(0), 0.87);
+    assert_eq!(batch.latency_ms.value(0), 12.4);
+    let names: Vec<&str> = model.features.iter().map(|f| &*f.name).collect();
+    assert_eq!(names, ["amount", "country", "age"]);
+    match (&batch.features[0], &batch.features[1]) {
+        (FeatureArray::Numeric(a), FeatureArray::Categorical(c)) => {
+            assert_eq!(a.value(0), 12.5);
+            assert_eq!(c.value(0), "DE");
+        }
+        other => panic!("unexpected kinds {other:?}"),
+    }
+    match &batch.prediction {
+        PredictionArray::Class(c) => assert_eq!(&**model.classes.name(c.value(0)), "1"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rejected_events_leave_no_trace_and_name_reason_and_field() {
+    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    let cases: &[(&str, InvalidReason, &str)] = &[
+        ("not json", InvalidReason::InvalidJson, ""),
+        ("[1,2]", InvalidReason::NotAnObject, ""),
+        ("", InvalidReason::InvalidJson, ""),
+        (r#"{"model":"fraud","timestamp":1796292000000,"prediction":1}"#, InvalidReason::MissingField, "event_id"),
+        (r#"{"event_id":"x","model":"fraud","prediction":1}"#, InvalidReason::MissingField, "timestamp"),
+        (r#"{"event_id":"x","model":"fraud","timestamp":1796292000000}"#, InvalidReason::MissingField, "prediction"),
+        (
+            r#"{"event_id":"x","model":"nope","timestamp":1796292000000,"prediction":1}"#,
+            InvalidReason::UnknownModel,
+            "nope",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":"yesterday","prediction":1}"#,
+            InvalidReason::BadTimestamp,
+            "timestamp",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":1,"prediction":1}"#,
+            InvalidReason::TimestampOutOfRange,
+            "timestamp",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":"2300-01-01T00:00:00Z","prediction":1}"#,
+            InvalidReason::TimestampOutOfRange,
+            "timestamp",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":1796292000000,"prediction":1,"score":"NaN"}"#,
+            InvalidReason::NonFinite,
+            "score",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":1796292000000,"prediction":1,"score":"high"}"#,
+            InvalidReason::WrongType,
+            "score",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":1796292000000,"prediction":1,"score":1e999}"#,
+            InvalidReason::NonFinite,
+            "",
+        ),
+        (
+            r#"{"event_id":"x","model":"price","timestamp":1796292000000,"prediction":"cheap"}"#,
+            InvalidReason::WrongType,
+            "prediction",
+        ),
+        (
+            r#"{"event_id":"x","model":"price","timestamp":1796292000000,"prediction":"Infinity"}"#,
+            InvalidReason::NonFinite,
+            "prediction",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":1796292000000,"prediction":1,"features":[1]}"#,
+            InvalidReason::WrongType,
+            "features",
+        ),
+        (
+            r#"{"event_id":"x","model":"fraud","timestamp":1796292000000,"prediction":1} trailing"#,
+            InvalidReason::InvalidJson,
+            "",
+        ),
+        (
+            r#"{"event_id":{"a":1},"model":"fraud","timestamp":1796292000000,"prediction":1}"#,
+            InvalidReason::WrongType,
+            "event_id",
+        ),
+    ];
+    for (payload, reason, detail) in cases {
+        let error = decoder.push_prediction(&mut registry, payload.as_bytes()).unwrap_err();
+        assert_eq!(error.reason, *reason, "{payload}");
+        assert!(error.detail.contains(detail), "{payload}: {}", error.detail);
+    }
+    assert!(decoder.finish_predictions().is_empty());
+    // A good event after all the bad ones still decodes.
+    decoder.push_prediction(&mut registry, SPEC_EXAMPLE.as_bytes()).unwrap();
+    assert_eq!(decoder.finish_predictions()[0].len(), 1);
+}
+
+#[test]
+fn deeply_nested_json_is_skipped_without_recursion() {
+    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    let depth = 100_000;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    // Unknown fields are skipped by serde_json's iterative skipper.
+    let payload = format!(
+        "{{\"event_id\":\"x\",\"model\":\"fraud\",\"timestamp\":1796292000000,\"prediction\":1,\"extra\":{nested}}}"
+    );
+    decoder.push_prediction(&mut registry, payload.as_bytes()).unwrap();
+    // A deeply nested feature value is a type error for that feature only.
+    let payload = format!(
+        "{{\"event_id\":\"y\",\"model\":\"fraud\",\"timestamp\":1796292000000,\"prediction\":1,\"features\":{{\"a\":1,\"deep\":{nested}}}}}"
+    );
+    decoder.push_prediction(&mut registry, payload.as_bytes()).unwrap();
+    let batch = &decoder.finish_predictions()[0];
+    assert_eq!(batch.len(), 2);
+    // Unclosed nesting is not JSON.
+    let payload = "[".repeat(depth);
+    let error = decoder.push_prediction(&mut registry, payload.as_bytes()).unwrap_err();
+    assert_eq!(error.reason, InvalidReason::NotAnObject);
+}
+
+#[test]
+fn missing_and_mistyped_features_become_nulls_and_type_errors() {
+    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    let events = [
+        r#"{"event_id":"1","model":"fraud","timestamp":1796292000000,"prediction":0,"features":{"a":1.5,"c":"x"}}"#,
+        r#"{"event_id":"2","model":"fraud","timestamp":1796292000001,"prediction":1,"features":{"a":null}}"#,
+        r#"{"event_id":"3","model":"fraud","timestamp":1796292000002,"prediction":true,"features":{"a":"12","c":7,"new":2}}"#,
+    ];
+    for e in events {
+        decoder.push_prediction(&mut registry, e.as_bytes()).unwrap();
+    }
+    let batch = &decoder.finish_predictions()[0];
+    let FeatureArray::Numeric(a) = &batch.features[0] else { panic!() };
+    assert_eq!((a.value(0), a.is_null(1), a.is_null(2)), (1.5, true, true));
+    let FeatureArray::Categorical(c) = &batch.features[1] else { panic!() };
+    assert_eq!((c.value(0), c.is_null(1), c.value(2)), ("x", true, "7"));
+    let FeatureArray::Numeric(new) = &batch.features[2] else { panic!() };
+    assert_eq!((new.is_null(0), new.is_null(1), new.value(2)), (true, true, 2.0));
+    assert_eq!(batch.type_errors, vec![(2, 0)]);
+    // `true` and `1` are the same class.
+    let PredictionArray::Class(p) = &batch.prediction else { panic!() };
+    let model = registry.get(batch.model);
+    assert_eq!(&**model.classes.name(p.value(2)), "1");
+}
+
+#[test]
+fn custom_json_pointers_per_model() {
+    let yaml = r#"
+models:
+  - name: fraud
+  - name: churn
+    fields: {event_id: /meta/id, model: /meta/model, timestamp: /meta/ts, prediction: /out/class, features: /in}
+"#;
+    let (mut registry, mut decoder) = setup(yaml);
+    decoder
+        .push_prediction(
+            &mut registry,
+            br#"{"meta":{"id":"c1","model":"churn","ts":"2026-11-26T10:00:00Z"},"in":{"tenure":3},"out":{"class":"stay"}}"#,
+        )
+        .unwrap();
+    decoder.push_prediction(&mut registry, SPEC_EXAMPLE.as_bytes()).unwrap();
+    let batches = decoder.finish_predictions();
+    assert_eq!(batches.len(), 2);
+    let churn = batches.iter().find(|b| &*registry.get(b.model).name == "churn").unwrap();
+    assert_eq!(churn.event_id.value(0), "c1");
+    assert_eq!(&*registry.get(churn.model).features[0].name, "tenure");
+}
+
+#[test]
+fn labels_decode_and_share_the_class_dictionary() {
+    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    decoder.push_prediction(&mut registry, SPEC_EXAMPLE.as_bytes()).unwrap();
+    decoder
+        .push_label(
+            &mut registry,
+            br#"{"event_id":"a1b2","model":"fraud","timestamp":"2026-11-27T08:00:00Z","label":1}"#,
+        )
+        .unwrap();
+    decoder
+        .push_label(&mut registry, br#"{"event_id":"p","model":"price","timestamp":1796292000000,"label":12.5}"#)
+        .unwrap();
+    let error = decoder
+        .push_label(&mut registry, br#"{"event_id":"q","model":"price","timestamp":1796292000000}"#)
+        .unwrap_err();
+    assert_eq!((error.reason, error.detail.contains("label")), (InvalidReason::MissingField, true));
+    let predictions = decoder.finish_predictions();
+    let labels = decoder.finish_labels();
+    assert_eq!(labels.len(), 2);
+    let (PredictionArray::Class(p), PredictionArray::Class(l)) = (&predictions[0].prediction, &labels[0].label) else {
+        panic!()
+    };
+    assert_eq!(p.value(0), l.value(0));
+}
+
+#[test]
+fn oversized_payloads_are_rejected_before_parsing() {
+    let (mut registry, mut decoder) = setup("pipeline: {max_message_bytes: 100}\nmodels:\n  - {name: fraud}\n");
+    let error = decoder.push_prediction(&mut registry, SPEC_EXAMPLE.as_bytes()).unwrap_err();
+    assert_eq!(error.reason, InvalidReason::TooLarge);
+}
+
+#[test]
+fn feature_and_segment_caps_hold() {
+    let (mut registry, mut decoder) =
+        setup("pipeline: {max_features_per_model: 2, max_segments_per_model: 2}\nmodels:\n  - {name: fraud}\n");
+    for i in 0..10 {
+        let e = format!(
+            r#"{{"event_id":"{i}","model":"fraud","timestamp":1796292000000,"prediction":1,"features":{{"f{i}":1}},"segment":{{"s":"{i}"}}}}"#
+        );
+        decoder.push_prediction(&mut registry, e.as_bytes()).unwrap();
+    }
+    let model = registry.get(0);
+    assert_eq!(model.features.len(), 2);
+    assert_eq!(decoder.counters.features_over_cap, 8);
+    let segments: Vec<&str> = model.series.iter().map(|s| &*s.segment).collect();
+    assert!(segments.len() <= 4, "{segments:?}");
+    assert!(segments.contains(&OVERFLOW_SEGMENT));
+}

@@ -1,0 +1,7 @@
+//! Drivers: the loops that feed one pipeline from a source and write its
+//! rows somewhere. [`run`] is the daemon over Kafka, [`replay`] the same
+//! engine over files.
+
+pub mod replay;
+pub mod run;
+pub mod simulate;

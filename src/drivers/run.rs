@@ -1,0 +1,97 @@
+//! The `run` driver: the daemon. Builds the pipeline from the config,
+//! consumes Kafka until SIGINT/SIGTERM, and appends closed windows to the
+//! configured output file (and logs each batch of closed windows).
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::output::{NdjsonSink, WindowMetricRow, WindowSink};
+use crate::pipeline::Pipeline;
+use crate::shutdown::Shutdown;
+use crate::sources::kafka::{KafkaSourceError, KafkaSummary, run_kafka};
+use crate::telemetry::Telemetry;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("opening the window_metrics output {path}: {source}")]
+    Output { path: String, source: io::Error },
+    #[error(transparent)]
+    Kafka(#[from] KafkaSourceError),
+}
+
+/// Logs closed windows and forwards them to an optional inner sink.
+struct LoggingSink {
+    inner: Option<Box<dyn WindowSink>>,
+}
+
+impl WindowSink for LoggingSink {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        for row in rows.iter().filter(|r| r.metric == "count" && r.feature.is_none()) {
+            tracing::info!(
+                model = %row.model,
+                model_version = %row.model_version,
+                segment = %row.segment,
+                window_start = %crate::decode::timestamp::format_rfc3339_ms(row.window_start_ms),
+                events = row.value,
+                "window closed"
+            );
+        }
+        match &mut self.inner {
+            Some(sink) => sink.write_rows(rows),
+            None => Ok(()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Some(sink) => sink.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` is triggered. Extra rows go to `sink`
+/// as well when given (tests use a channel).
+pub fn run_daemon(
+    config: &Config,
+    telemetry: Arc<Telemetry>,
+    shutdown: &Shutdown,
+    extra_sink: Option<Box<dyn WindowSink>>,
+) -> Result<KafkaSummary, RunError> {
+    let mut pipeline = Pipeline::new(config, telemetry).map_err(RunError::Setup)?;
+    let file_sink: Option<Box<dyn WindowSink>> = match &config.output.window_metrics {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| RunError::Output { path: path.display().to_string(), source })?;
+            Some(Box::new(NdjsonSink::new(BufWriter::new(file))))
+        }
+        None => None,
+    };
+    let inner: Option<Box<dyn WindowSink>> = match (file_sink, extra_sink) {
+        (Some(a), Some(b)) => Some(Box::new(Tee(a, b))),
+        (a, b) => a.or(b),
+    };
+    let mut sink = LoggingSink { inner };
+    let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown)?;
+    Ok(summary)
+}
+
+struct Tee(Box<dyn WindowSink>, Box<dyn WindowSink>);
+
+impl WindowSink for Tee {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        self.0.write_rows(rows)?;
+        self.1.write_rows(rows)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}

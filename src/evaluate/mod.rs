@@ -1,0 +1,293 @@
+//! Evaluate: the per-window statistics state and the `window_metrics` rows it
+//! yields when the window closes.
+//!
+//! A [`WindowState`] holds one mergeable summary per feature plus the
+//! model-level summaries (prediction, score, latency) and, once labels join,
+//! a [`PerformanceState`]. Memory per window is bounded by the number of
+//! features and categories, never by the number of events. Drift statistics
+//! against a baseline (next issue) read the same summaries at close time.
+//!
+//! Architecture invariant: pure computation; no I/O, no clock.
+
+pub mod categorical;
+pub mod numeric;
+pub mod performance;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Float64Array, UInt32Array};
+
+pub use categorical::CategoricalSummary;
+pub use numeric::NumericSummary;
+pub use performance::{Outcome, PerformanceState};
+
+use crate::decode::{FeatureArray, PredictionArray};
+use crate::model::{FeatureKind, ModelState, SeriesId};
+use crate::output::WindowMetricRow;
+
+/// The summary of one feature in one window.
+#[derive(Debug)]
+pub enum FeatureSummary {
+    Numeric(NumericSummary),
+    Categorical(CategoricalSummary),
+}
+
+impl FeatureSummary {
+    fn new(kind: FeatureKind) -> Self {
+        match kind {
+            FeatureKind::Numeric => FeatureSummary::Numeric(NumericSummary::new()),
+            FeatureKind::Categorical => FeatureSummary::Categorical(CategoricalSummary::default()),
+        }
+    }
+}
+
+/// Per-feature summary plus its type-error count.
+#[derive(Debug)]
+pub struct FeatureState {
+    pub summary: FeatureSummary,
+    /// Values whose JSON type did not match the feature (also counted missing).
+    pub type_errors: u64,
+}
+
+/// The distribution of predictions in a window.
+#[derive(Debug)]
+pub enum PredictionSummary {
+    /// Count per class id.
+    Classes(Vec<u64>),
+    Values(Box<NumericSummary>),
+}
+
+/// The columns of one group of rows (one series, one set of windows) as the
+/// window stage hands them over.
+pub struct GroupColumns<'a> {
+    pub len: usize,
+    pub features: &'a [FeatureArray],
+    pub prediction: &'a PredictionArray,
+    pub score: &'a Float64Array,
+    pub latency_ms: &'a Float64Array,
+}
+
+/// Everything kept for one (model, series, window).
+#[derive(Debug)]
+pub struct WindowState {
+    pub events: u64,
+    pub features: Vec<Option<FeatureState>>,
+    pub prediction: PredictionSummary,
+    pub score: NumericSummary,
+    pub latency_ms: NumericSummary,
+    pub performance: PerformanceState,
+}
+
+impl WindowState {
+    pub fn new(model: &ModelState) -> Self {
+        WindowState {
+            events: 0,
+            features: Vec::new(),
+            prediction: if model.is_classification() {
+                PredictionSummary::Classes(Vec::new())
+            } else {
+                PredictionSummary::Values(Box::default())
+            },
+            score: NumericSummary::new(),
+            latency_ms: NumericSummary::new(),
+            performance: PerformanceState::default(),
+        }
+    }
+
+    fn feature_mut(&mut self, model: &ModelState, feature: usize) -> &mut FeatureState {
+        if self.features.len() <= feature {
+            self.features.resize_with(feature + 1, || None);
+        }
+        self.features[feature].get_or_insert_with(|| {
+            let mut state = FeatureState { summary: FeatureSummary::new(model.features[feature].kind), type_errors: 0 };
+            // Events of this window seen before the feature existed lacked it.
+            match &mut state.summary {
+                FeatureSummary::Numeric(s) => s.add_missing(self.events),
+                FeatureSummary::Categorical(s) => s.add_missing(self.events),
+            }
+            state
+        })
+    }
+
+    /// Adds a group of rows. `max_categories` caps distinct categorical values.
+    pub fn update(&mut self, model: &ModelState, columns: &GroupColumns<'_>, max_categories: usize) {
+        for (feature, array) in columns.features.iter().enumerate() {
+            let state = self.feature_mut(model, feature);
+            match (&mut state.summary, array) {
+                (FeatureSummary::Numeric(s), FeatureArray::Numeric(a)) => s.update(a),
+                (FeatureSummary::Categorical(s), FeatureArray::Categorical(a)) => s.update(a, max_categories),
+                // A kind cannot change once set; keep the state consistent anyway.
+                (FeatureSummary::Numeric(s), _) => s.add_missing(columns.len as u64),
+                (FeatureSummary::Categorical(s), _) => s.add_missing(columns.len as u64),
+            }
+        }
+        // Features this batch does not carry yet were absent from its rows.
+        for state in self.features.iter_mut().skip(columns.features.len()).flatten() {
+            match &mut state.summary {
+                FeatureSummary::Numeric(s) => s.add_missing(columns.len as u64),
+                FeatureSummary::Categorical(s) => s.add_missing(columns.len as u64),
+            }
+        }
+        self.events += columns.len as u64;
+        match (&mut self.prediction, columns.prediction) {
+            (PredictionSummary::Classes(counts), PredictionArray::Class(classes)) => count_classes(counts, classes),
+            (PredictionSummary::Values(summary), PredictionArray::Value(values)) => summary.update(values),
+            _ => {}
+        }
+        if columns.score.null_count() < columns.len {
+            self.score.update(columns.score);
+        }
+        if columns.latency_ms.null_count() < columns.len {
+            self.latency_ms.update(columns.latency_ms);
+        }
+    }
+
+    pub fn add_type_errors(&mut self, model: &ModelState, feature: usize, count: u64) {
+        self.feature_mut(model, feature).type_errors += count;
+    }
+}
+
+fn count_classes(counts: &mut Vec<u64>, classes: &UInt32Array) {
+    for &class in classes.values() {
+        let class = class as usize;
+        if counts.len() <= class {
+            counts.resize(class + 1, 0);
+        }
+        counts[class] += 1;
+    }
+}
+
+/// Identifies the rows of one closed window.
+pub struct WindowIdentity<'a> {
+    pub model: &'a ModelState,
+    pub series: SeriesId,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl WindowIdentity<'_> {
+    fn row(&self, feature: Option<&Arc<str>>, metric: &'static str, value: f64, sample_count: u64) -> WindowMetricRow {
+        let series = &self.model.series[self.series as usize];
+        WindowMetricRow {
+            model: self.model.name.clone(),
+            model_version: series.model_version.clone(),
+            segment: series.segment.clone(),
+            window_start_ms: self.start_ms,
+            window_end_ms: self.end_ms,
+            feature: feature.cloned(),
+            metric,
+            value,
+            baseline: None,
+            threshold: None,
+            p_value: None,
+            drifted: None,
+            sample_count: sample_count as i64,
+        }
+    }
+}
+
+fn push_quantiles(
+    out: &mut Vec<WindowMetricRow>,
+    id: &WindowIdentity<'_>,
+    feature: Option<&Arc<str>>,
+    summary: &mut NumericSummary,
+    names: [&'static str; 3],
+) {
+    let n = summary.count();
+    for (name, q) in names.into_iter().zip([0.5, 0.95, 0.99]) {
+        if let Some(v) = summary.quantile(q) {
+            out.push(id.row(feature, name, v, n));
+        }
+    }
+}
+
+/// Rows for the data part of a closed window: model-level count, latency
+/// and late events, then every feature in name order.
+pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: u64, out: &mut Vec<WindowMetricRow>) {
+    let events = state.events;
+    out.push(id.row(None, "count", events as f64, events));
+    out.push(id.row(None, "events_late", events_late as f64, events_late));
+    push_quantiles(out, id, None, &mut state.latency_ms, ["latency_p50", "latency_p95", "latency_p99"]);
+    let mut order: Vec<usize> = (0..state.features.len()).filter(|&f| state.features[f].is_some()).collect();
+    order.sort_by(|&a, &b| id.model.features[a].name.cmp(&id.model.features[b].name));
+    for feature in order {
+        let name = Some(&id.model.features[feature].name);
+        let Some(feature_state) = state.features[feature].as_mut() else { continue };
+        match &mut feature_state.summary {
+            FeatureSummary::Numeric(s) => {
+                let n = s.count();
+                out.push(id.row(name, "count", n as f64, n));
+                out.push(id.row(name, "missing_rate", ratio(s.missing, events), events));
+                if let Some(mean) = s.mean() {
+                    out.push(id.row(name, "mean", mean, n));
+                }
+                if let Some(std) = s.std() {
+                    out.push(id.row(name, "std", std, n));
+                }
+                if let Some(min) = s.min() {
+                    out.push(id.row(name, "min", min, n));
+                }
+                if let Some(max) = s.max() {
+                    out.push(id.row(name, "max", max, n));
+                }
+                push_quantiles(out, id, name, s, ["p50", "p95", "p99"]);
+            }
+            FeatureSummary::Categorical(s) => {
+                out.push(id.row(name, "count", s.count as f64, s.count));
+                out.push(id.row(name, "missing_rate", ratio(s.missing, events), events));
+            }
+        }
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+}
+
+/// Rows for the performance part of a window, emitted once its labels had
+/// `label_horizon` to arrive.
+pub fn performance_rows(
+    performance: &PerformanceState,
+    events: u64,
+    id: &WindowIdentity<'_>,
+    out: &mut Vec<WindowMetricRow>,
+) {
+    let labeled = performance.labeled;
+    out.push(id.row(None, "labeled_count", labeled as f64, labeled));
+    out.push(id.row(None, "label_coverage", ratio(labeled, events), events));
+    if id.model.is_classification() {
+        if let Some(accuracy) = performance.accuracy() {
+            out.push(id.row(None, "accuracy", accuracy, labeled));
+        }
+        if matches!(id.model.task, crate::config::Task::BinaryClassification)
+            && let Some(positive) = id.model.positive_class()
+            && labeled > 0
+        {
+            let (tp, fp, fn_) = performance.binary_counts(positive);
+            let precision = (tp + fp > 0).then(|| tp as f64 / (tp + fp) as f64);
+            let recall = (tp + fn_ > 0).then(|| tp as f64 / (tp + fn_) as f64);
+            if let Some(p) = precision {
+                out.push(id.row(None, "precision", p, tp + fp));
+            }
+            if let Some(r) = recall {
+                out.push(id.row(None, "recall", r, tp + fn_));
+            }
+            if tp + fp + fn_ > 0 {
+                let f1 = 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64;
+                out.push(id.row(None, "f1", f1, labeled));
+            }
+        }
+    } else {
+        for (name, value) in [
+            ("mae", performance.mae()),
+            ("rmse", performance.rmse()),
+            ("mape", performance.mape()),
+            ("r2", performance.r2()),
+        ] {
+            if let Some(v) = value {
+                let n = if name == "mape" { performance.pct_count } else { labeled };
+                out.push(id.row(None, name, v, n));
+            }
+        }
+    }
+}

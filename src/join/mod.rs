@@ -1,0 +1,253 @@
+//! Join: pairs each label with its prediction by (model, event_id), in
+//! whichever order they arrive, within `label_horizon`.
+//!
+//! Pending entries are keyed by a 128-bit xxh3 hash of the event id (no
+//! per-event allocation, collisions practically impossible) and expire when
+//! the model's watermark passes their event time plus the horizon. The
+//! number of pending entries per model is capped; at the cap the oldest
+//! entry is evicted and counted. Every prediction that leaves unlabelled and
+//! every label that never finds its prediction is counted, never dropped
+//! silently.
+//!
+//! Architecture invariant: pure; time only comes from event timestamps.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::model::{ClassId, SeriesId};
+
+/// The key of a pending entry: xxh3-128 of the event id.
+pub type JoinKey = u128;
+
+/// The hash of an event id used as join key.
+#[inline]
+pub fn join_key(event_id: &str) -> JoinKey {
+    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+}
+
+/// The key is already a good hash: use its low bits as the map hash.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
+
+type KeyMap<V> = HashMap<JoinKey, V, BuildHasherDefault<KeyHasher>>;
+
+/// A predicted or actual value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    Class(ClassId),
+    Value(f64),
+}
+
+/// A prediction waiting for its label.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PendingPrediction {
+    pub series: SeriesId,
+    pub event_time_ms: i64,
+    pub predicted: Target,
+}
+
+/// A label waiting for its prediction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PendingLabel {
+    pub label_time_ms: i64,
+    pub actual: Target,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Prediction,
+    Label,
+}
+
+/// What happened to entries that left the join without a partner.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JoinCounters {
+    /// Predictions whose horizon passed without a label.
+    pub predictions_expired: u64,
+    /// Labels whose horizon passed without a prediction.
+    pub labels_unmatched: u64,
+    /// Entries evicted because the pending cap was reached.
+    pub evicted: u64,
+    /// Predictions whose event id was already pending (the first one is kept).
+    pub duplicate_predictions: u64,
+    pub matched: u64,
+}
+
+/// The pending predictions and labels of one model.
+#[derive(Debug)]
+pub struct ModelJoin {
+    predictions: KeyMap<PendingPrediction>,
+    labels: KeyMap<PendingLabel>,
+    /// Arrival order with expiry time: (expire_at, key, side).
+    queue: VecDeque<(i64, JoinKey, Side)>,
+    horizon_ms: i64,
+    max_pending: usize,
+    pub counters: JoinCounters,
+}
+
+impl ModelJoin {
+    pub fn new(horizon_ms: i64, max_pending: usize) -> Self {
+        ModelJoin {
+            predictions: KeyMap::default(),
+            labels: KeyMap::default(),
+            queue: VecDeque::new(),
+            horizon_ms,
+            max_pending: max_pending.max(1),
+            counters: JoinCounters::default(),
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.predictions.len() + self.labels.len()
+    }
+
+    fn make_room(&mut self) {
+        while self.pending() >= self.max_pending {
+            let Some((_, key, side)) = self.queue.pop_front() else { break };
+            let removed = match side {
+                Side::Prediction => self.predictions.remove(&key).is_some(),
+                Side::Label => self.labels.remove(&key).is_some(),
+            };
+            if removed {
+                self.counters.evicted += 1;
+            }
+        }
+    }
+
+    /// A prediction arrives: returns its label if one was waiting, else
+    /// keeps the prediction pending.
+    pub fn on_prediction(&mut self, key: JoinKey, prediction: PendingPrediction) -> Option<PendingLabel> {
+        if let Some(label) = self.labels.remove(&key) {
+            self.counters.matched += 1;
+            return Some(label);
+        }
+        if self.predictions.contains_key(&key) {
+            self.counters.duplicate_predictions += 1;
+            return None;
+        }
+        self.make_room();
+        self.predictions.insert(key, prediction);
+        self.queue.push_back((prediction.event_time_ms.saturating_add(self.horizon_ms), key, Side::Prediction));
+        None
+    }
+
+    /// A label arrives: returns its prediction if one was waiting, else
+    /// keeps the label pending.
+    pub fn on_label(&mut self, key: JoinKey, label: PendingLabel) -> Option<PendingPrediction> {
+        if let Some(prediction) = self.predictions.remove(&key) {
+            self.counters.matched += 1;
+            return Some(prediction);
+        }
+        self.make_room();
+        self.labels.insert(key, label);
+        self.queue.push_back((label.label_time_ms.saturating_add(self.horizon_ms), key, Side::Label));
+        None
+    }
+
+    /// Expires entries whose horizon the watermark has passed (all of them
+    /// when `watermark` is `i64::MAX`).
+    pub fn expire(&mut self, watermark: i64) {
+        while let Some(&(expire_at, key, side)) = self.queue.front() {
+            if expire_at > watermark && watermark != i64::MAX {
+                break;
+            }
+            self.queue.pop_front();
+            match side {
+                Side::Prediction => {
+                    if let Some(p) = self.predictions.get(&key)
+                        && p.event_time_ms.saturating_add(self.horizon_ms) == expire_at
+                    {
+                        self.predictions.remove(&key);
+                        self.counters.predictions_expired += 1;
+                    }
+                }
+                Side::Label => {
+                    if let Some(l) = self.labels.get(&key)
+                        && l.label_time_ms.saturating_add(self.horizon_ms) == expire_at
+                    {
+                        self.labels.remove(&key);
+                        self.counters.labels_unmatched += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prediction(t: i64) -> PendingPrediction {
+        PendingPrediction { series: 0, event_time_ms: t, predicted: Target::Class(1) }
+    }
+    fn label(t: i64) -> PendingLabel {
+        PendingLabel { label_time_ms: t, actual: Target::Class(0) }
+    }
+
+    #[test]
+    fn pairs_in_either_order_exactly_once() {
+        let mut j = ModelJoin::new(1_000, 100);
+        assert_eq!(j.on_prediction(join_key("a"), prediction(10)), None);
+        assert_eq!(j.on_label(join_key("a"), label(20)), Some(prediction(10)));
+        assert_eq!(j.on_label(join_key("b"), label(30)), None);
+        assert_eq!(j.on_prediction(join_key("b"), prediction(5)), Some(label(30)));
+        // A second label for an already joined id finds nothing.
+        assert_eq!(j.on_label(join_key("a"), label(40)), None);
+        assert_eq!(j.counters.matched, 2);
+        assert_eq!(j.pending(), 1);
+    }
+
+    #[test]
+    fn expires_at_the_horizon_and_counts() {
+        let mut j = ModelJoin::new(1_000, 100);
+        j.on_prediction(join_key("p"), prediction(0));
+        j.on_label(join_key("l"), label(500));
+        j.expire(999);
+        assert_eq!(j.pending(), 2);
+        j.expire(1_000);
+        assert_eq!(j.counters.predictions_expired, 1);
+        j.expire(1_500);
+        assert_eq!(j.counters.labels_unmatched, 1);
+        assert_eq!(j.pending(), 0);
+        // After expiry a late label does not join.
+        assert_eq!(j.on_label(join_key("p"), label(1_600)), None);
+    }
+
+    #[test]
+    fn cap_evicts_oldest_and_counts() {
+        let mut j = ModelJoin::new(1_000_000, 3);
+        for (i, id) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            j.on_prediction(join_key(id), prediction(i as i64));
+        }
+        assert_eq!(j.pending(), 3);
+        assert_eq!(j.counters.evicted, 2);
+        assert_eq!(j.on_label(join_key("a"), label(9)), None);
+        assert!(j.on_label(join_key("e"), label(9)).is_some());
+    }
+
+    #[test]
+    fn duplicate_prediction_keeps_the_first() {
+        let mut j = ModelJoin::new(1_000, 10);
+        j.on_prediction(join_key("x"), prediction(1));
+        j.on_prediction(join_key("x"), prediction(2));
+        assert_eq!(j.counters.duplicate_predictions, 1);
+        assert_eq!(j.on_label(join_key("x"), label(3)), Some(prediction(1)));
+    }
+}

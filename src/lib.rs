@@ -1,0 +1,24 @@
+//! driftwatch: a streaming model-monitoring daemon.
+//!
+//! The crate is laid out along the data flow (see docs/ARCHITECTURE.md):
+//! [`sources`] → [`decode`] → [`join`] → [`window`] → [`evaluate`] →
+//! [`rules`] → [`notify`], wired by [`engine`] and [`pipeline`] and driven by
+//! [`drivers`] (`run` over Kafka, `replay` over files).
+
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod drivers;
+pub mod engine;
+pub mod evaluate;
+pub mod join;
+pub mod model;
+pub mod notify;
+pub mod output;
+pub mod pipeline;
+pub mod rules;
+pub mod shutdown;
+pub mod simulate;
+pub mod sources;
+pub mod telemetry;
+pub mod window;

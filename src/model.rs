@@ -1,0 +1,151 @@
+//! The models driftwatch watches: their names, tasks and the per-model
+//! dictionaries (series and classes) that the decoder fills and the window
+//! stage reads.
+//!
+//! A *series* is one (model_version, segment) pair of a model; the decoder
+//! interns it to a small integer so the window stage groups rows without
+//! hashing strings. A *class* is one label value of a classification model,
+//! interned the same way so predictions and labels compare as integers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, ModelConfig, Task};
+
+/// Index of a model in [`ModelRegistry::models`].
+pub type ModelId = u32;
+/// Index of a (model_version, segment) pair in [`ModelState::series`].
+pub type SeriesId = u32;
+/// Index of a class label in [`ModelState::classes`].
+pub type ClassId = u32;
+
+/// One (model_version, segment) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub model_version: Arc<str>,
+    /// `""` for the whole model, else `key=value[,key=value]` with keys sorted.
+    pub segment: Arc<str>,
+    /// For a segment, the whole-model series of the same version: every
+    /// event of a segment also counts towards segment `""` (SPEC §4).
+    pub whole_model: Option<SeriesId>,
+}
+
+/// Interns strings to dense ids; lookups by `&str` never allocate.
+#[derive(Debug, Default, Clone)]
+pub struct Interner {
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    /// Returns the id of `name`, adding it when new and `names.len() < cap`.
+    pub fn intern(&mut self, name: &str, cap: usize) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        if self.names.len() >= cap {
+            return None;
+        }
+        let id = self.names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.ids.insert(name.clone(), id);
+        self.names.push(name);
+        Some(id)
+    }
+
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn name(&self, id: u32) -> &Arc<str> {
+        &self.names[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// The kind of a feature, fixed when it is first seen (or by the baseline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureKind {
+    Numeric,
+    Categorical,
+}
+
+/// A feature column of a model.
+#[derive(Debug, Clone)]
+pub struct FeatureMeta {
+    pub name: Arc<str>,
+    pub kind: FeatureKind,
+}
+
+/// Everything driftwatch has learned about one model while running.
+#[derive(Debug, Clone)]
+pub struct ModelState {
+    pub name: Arc<str>,
+    pub task: Task,
+    pub config: ModelConfig,
+    /// Interned `model_version + '\0' + segment` keys.
+    pub series_keys: Interner,
+    pub series: Vec<Series>,
+    /// Class labels (classification tasks only).
+    pub classes: Interner,
+    pub feature_ids: HashMap<Arc<str>, u32>,
+    pub features: Vec<FeatureMeta>,
+}
+
+impl ModelState {
+    pub fn new(config: &ModelConfig) -> Self {
+        ModelState {
+            name: Arc::from(config.name.as_str()),
+            task: config.task,
+            config: config.clone(),
+            series_keys: Interner::default(),
+            series: Vec::new(),
+            classes: Interner::default(),
+            feature_ids: HashMap::new(),
+            features: Vec::new(),
+        }
+    }
+
+    pub fn is_classification(&self) -> bool {
+        !matches!(self.task, Task::Regression)
+    }
+
+    /// The id of the class that counts as positive for binary metrics ("1").
+    pub fn positive_class(&self) -> Option<ClassId> {
+        self.classes.get("1")
+    }
+}
+
+/// All configured models, by id and by name.
+#[derive(Debug, Clone)]
+pub struct ModelRegistry {
+    pub models: Vec<ModelState>,
+    by_name: HashMap<Arc<str>, ModelId>,
+}
+
+impl ModelRegistry {
+    pub fn from_config(config: &Config) -> Self {
+        let models: Vec<ModelState> = config.models.iter().map(ModelState::new).collect();
+        let by_name = models.iter().enumerate().map(|(i, m)| (m.name.clone(), i as ModelId)).collect();
+        ModelRegistry { models, by_name }
+    }
+
+    pub fn id(&self, name: &str) -> Option<ModelId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn get(&self, id: ModelId) -> &ModelState {
+        &self.models[id as usize]
+    }
+
+    pub fn get_mut(&mut self, id: ModelId) -> &mut ModelState {
+        &mut self.models[id as usize]
+    }
+}

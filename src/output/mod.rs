@@ -1,0 +1,217 @@
+//! The `window_metrics` table (SPEC §4): the row type every closed window
+//! yields, its Arrow schema, and the NDJSON encoding used by `replay --out`
+//! and the daemon's output file.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::decode::timestamp::format_rfc3339_ms;
+
+/// One row of `window_metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowMetricRow {
+    pub model: Arc<str>,
+    pub model_version: Arc<str>,
+    pub segment: Arc<str>,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    /// `None` for model-level metrics.
+    pub feature: Option<Arc<str>>,
+    pub metric: &'static str,
+    pub value: f64,
+    pub baseline: Option<f64>,
+    pub threshold: Option<f64>,
+    pub p_value: Option<f64>,
+    pub drifted: Option<bool>,
+    pub sample_count: i64,
+}
+
+/// The Arrow schema of `window_metrics`.
+pub fn window_metrics_schema() -> SchemaRef {
+    let utc: Arc<str> = Arc::from("UTC");
+    Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("model_version", DataType::Utf8, false),
+        Field::new("segment", DataType::Utf8, false),
+        Field::new("window_start", DataType::Timestamp(TimeUnit::Millisecond, Some(utc.clone())), false),
+        Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, Some(utc)), false),
+        Field::new("feature", DataType::Utf8, true),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("baseline", DataType::Float64, true),
+        Field::new("threshold", DataType::Float64, true),
+        Field::new("p_value", DataType::Float64, true),
+        Field::new("drifted", DataType::Boolean, true),
+        Field::new("sample_count", DataType::Int64, false),
+    ]))
+}
+
+/// Rows as one Arrow record batch of [`window_metrics_schema`].
+pub fn rows_to_record_batch(rows: &[WindowMetricRow]) -> RecordBatch {
+    let mut model = StringBuilder::new();
+    let mut version = StringBuilder::new();
+    let mut segment = StringBuilder::new();
+    let mut start = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    let mut end = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    let mut feature = StringBuilder::new();
+    let mut metric = StringBuilder::new();
+    let mut value = Float64Builder::new();
+    let mut baseline = Float64Builder::new();
+    let mut threshold = Float64Builder::new();
+    let mut p_value = Float64Builder::new();
+    let mut drifted = BooleanBuilder::new();
+    let mut sample_count = Int64Builder::new();
+    for row in rows {
+        model.append_value(&row.model);
+        version.append_value(&row.model_version);
+        segment.append_value(&row.segment);
+        start.append_value(row.window_start_ms);
+        end.append_value(row.window_end_ms);
+        feature.append_option(row.feature.as_deref());
+        metric.append_value(row.metric);
+        value.append_value(row.value);
+        baseline.append_option(row.baseline);
+        threshold.append_option(row.threshold);
+        p_value.append_option(row.p_value);
+        drifted.append_option(row.drifted);
+        sample_count.append_value(row.sample_count);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(model.finish()),
+        Arc::new(version.finish()),
+        Arc::new(segment.finish()),
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(feature.finish()),
+        Arc::new(metric.finish()),
+        Arc::new(value.finish()),
+        Arc::new(baseline.finish()),
+        Arc::new(threshold.finish()),
+        Arc::new(p_value.finish()),
+        Arc::new(drifted.finish()),
+        Arc::new(sample_count.finish()),
+    ];
+    RecordBatch::try_new(window_metrics_schema(), columns).expect("columns match the schema")
+}
+
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    // serde_json's string escaping; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+fn write_json_f64(out: &mut Vec<u8>, value: Option<f64>) {
+    match value {
+        Some(v) if v.is_finite() => {
+            let _ = serde_json::to_writer(&mut *out, &v);
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Appends one row as a line of NDJSON (keys in schema order, timestamps as
+/// RFC 3339 UTC with milliseconds) to `out`.
+pub fn encode_ndjson_row(row: &WindowMetricRow, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"model\":");
+    write_json_str(out, &row.model);
+    out.extend_from_slice(b",\"model_version\":");
+    write_json_str(out, &row.model_version);
+    out.extend_from_slice(b",\"segment\":");
+    write_json_str(out, &row.segment);
+    out.extend_from_slice(b",\"window_start\":\"");
+    out.extend_from_slice(format_rfc3339_ms(row.window_start_ms).as_bytes());
+    out.extend_from_slice(b"\",\"window_end\":\"");
+    out.extend_from_slice(format_rfc3339_ms(row.window_end_ms).as_bytes());
+    out.extend_from_slice(b"\",\"feature\":");
+    match &row.feature {
+        Some(f) => write_json_str(out, f),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"metric\":");
+    write_json_str(out, row.metric);
+    out.extend_from_slice(b",\"value\":");
+    write_json_f64(out, Some(row.value));
+    out.extend_from_slice(b",\"baseline\":");
+    write_json_f64(out, row.baseline);
+    out.extend_from_slice(b",\"threshold\":");
+    write_json_f64(out, row.threshold);
+    out.extend_from_slice(b",\"p_value\":");
+    write_json_f64(out, row.p_value);
+    out.extend_from_slice(b",\"drifted\":");
+    out.extend_from_slice(match row.drifted {
+        Some(true) => b"true",
+        Some(false) => b"false",
+        None => b"null",
+    });
+    out.extend_from_slice(b",\"sample_count\":");
+    out.extend_from_slice(row.sample_count.to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
+/// Where closed windows go.
+pub trait WindowSink {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes rows as NDJSON to any writer.
+pub struct NdjsonSink<W: Write> {
+    writer: W,
+    buffer: Vec<u8>,
+}
+
+impl<W: Write> NdjsonSink<W> {
+    pub fn new(writer: W) -> Self {
+        NdjsonSink { writer, buffer: Vec::with_capacity(64 * 1024) }
+    }
+    pub fn into_inner(self) -> W {
+        self.writer
+    }
+}
+
+impl<W: Write> WindowSink for NdjsonSink<W> {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        for row in rows {
+            encode_ndjson_row(row, &mut self.buffer);
+            if self.buffer.len() > 60 * 1024 {
+                self.writer.write_all(&self.buffer)?;
+                self.buffer.clear();
+            }
+        }
+        self.writer.write_all(&self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// Keeps rows in memory (tests, the HTTP API's recent history).
+#[derive(Default)]
+pub struct MemorySink {
+    pub rows: Vec<WindowMetricRow>,
+}
+
+impl WindowSink for MemorySink {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        self.rows.extend_from_slice(rows);
+        Ok(())
+    }
+}
+
+/// Sends rows over a channel (tests and in-process consumers).
+impl WindowSink for std::sync::mpsc::Sender<Vec<WindowMetricRow>> {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.send(rows.to_vec()).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "receiver gone"))
+    }
+}

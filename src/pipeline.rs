@@ -1,0 +1,150 @@
+//! The pipeline: one model registry, one decoder and one engine wired
+//! together, fed raw payloads by a driver and flushed once per micro-batch.
+//! Both drivers (Kafka `run`, file `replay`) use it, so they share every
+//! behaviour but where the bytes come from.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::config::Config;
+use crate::decode::{Decoder, Invalid, LabelBatch, PredictionBatch};
+use crate::engine::Engine;
+use crate::model::ModelRegistry;
+use crate::output::{WindowMetricRow, WindowSink};
+use crate::telemetry::Telemetry;
+
+/// Topic names used for counting when events come from files.
+pub const PREDICTIONS: &str = "predictions";
+pub const LABELS: &str = "labels";
+
+pub struct Pipeline {
+    pub registry: ModelRegistry,
+    pub decoder: Decoder,
+    pub engine: Engine,
+    pub telemetry: Arc<Telemetry>,
+    predictions_topic: String,
+    labels_topic: String,
+    rows: Vec<WindowMetricRow>,
+    reported: crate::engine::EngineCounters,
+    reported_join: crate::join::JoinCounters,
+    reported_decode: crate::decode::DecodeCounters,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, telemetry: Arc<Telemetry>) -> Result<Pipeline, String> {
+        let registry = ModelRegistry::from_config(config);
+        let decoder = Decoder::new(&registry, &config.pipeline)?;
+        let engine = Engine::new(config, &registry);
+        let (predictions_topic, labels_topic) = match &config.kafka {
+            Some(k) => (k.predictions_topic.clone(), k.labels_topic.clone()),
+            None => (PREDICTIONS.to_string(), LABELS.to_string()),
+        };
+        Ok(Pipeline {
+            registry,
+            decoder,
+            engine,
+            telemetry,
+            predictions_topic,
+            labels_topic,
+            rows: Vec::new(),
+            reported: Default::default(),
+            reported_join: Default::default(),
+            reported_decode: Default::default(),
+        })
+    }
+
+    /// Decodes one prediction payload; an invalid one is counted and logged
+    /// (rate-limited) and returned so the caller can dead-letter it.
+    pub fn decode_prediction(&mut self, bytes: &[u8], location: &dyn std::fmt::Display) -> Result<(), Invalid> {
+        self.decoder.push_prediction(&mut self.registry, bytes).inspect_err(|invalid| {
+            self.telemetry.invalid_event(&self.predictions_topic, &location.to_string(), invalid)
+        })
+    }
+
+    pub fn decode_label(&mut self, bytes: &[u8], location: &dyn std::fmt::Display) -> Result<(), Invalid> {
+        self.decoder
+            .push_label(&mut self.registry, bytes)
+            .inspect_err(|invalid| self.telemetry.invalid_event(&self.labels_topic, &location.to_string(), invalid))
+    }
+
+    /// Runs the buffered predictions through the engine.
+    pub fn process_predictions(&mut self) {
+        let batches = self.decoder.finish_predictions();
+        self.push_prediction_batches(&batches);
+    }
+
+    /// Runs the buffered labels through the engine.
+    pub fn process_labels(&mut self) {
+        let batches = self.decoder.finish_labels();
+        self.push_label_batches(&batches);
+    }
+
+    /// Runs decoded prediction batches through the engine.
+    pub fn push_prediction_batches(&mut self, batches: &[PredictionBatch]) {
+        for batch in batches {
+            let model = &self.registry.get(batch.model).name;
+            self.telemetry.add_events(&self.predictions_topic, model, batch.len() as u64);
+            self.engine.push_predictions(&self.registry, batch, &mut self.rows);
+        }
+    }
+
+    /// Runs decoded label batches through the engine.
+    pub fn push_label_batches(&mut self, batches: &[LabelBatch]) {
+        for batch in batches {
+            let model = &self.registry.get(batch.model).name;
+            self.telemetry.add_events(&self.labels_topic, model, batch.len() as u64);
+            self.engine.push_labels(&self.registry, batch, &mut self.rows);
+        }
+    }
+
+    /// Processes everything buffered and writes the rows of closed windows.
+    pub fn process(&mut self, sink: &mut dyn WindowSink) -> io::Result<usize> {
+        self.process_predictions();
+        self.process_labels();
+        self.emit(sink)
+    }
+
+    /// End of input: closes every window.
+    pub fn finish(&mut self, sink: &mut dyn WindowSink) -> io::Result<usize> {
+        self.process_predictions();
+        self.process_labels();
+        self.engine.finish(&self.registry, &mut self.rows);
+        self.emit(sink)
+    }
+
+    /// Writes pending rows to `sink` and publishes counters.
+    pub fn emit(&mut self, sink: &mut dyn WindowSink) -> io::Result<usize> {
+        let written = self.rows.len();
+        if written > 0 {
+            sink.write_rows(&self.rows)?;
+            self.rows.clear();
+        }
+        self.publish_counters();
+        Ok(written)
+    }
+
+    fn publish_counters(&mut self) {
+        let t = &self.telemetry;
+        let now = self.engine.counters.clone();
+        t.events_late.fetch_add(now.events_late - self.reported.events_late, Ordering::Relaxed);
+        t.windows_closed.fetch_add(now.windows_closed - self.reported.windows_closed, Ordering::Relaxed);
+        t.labels_late.fetch_add(now.labels_late - self.reported.labels_late, Ordering::Relaxed);
+        self.reported = now;
+        let join = self.engine.join_counters();
+        t.join_predictions_expired
+            .fetch_add(join.predictions_expired - self.reported_join.predictions_expired, Ordering::Relaxed);
+        t.join_labels_unmatched
+            .fetch_add(join.labels_unmatched - self.reported_join.labels_unmatched, Ordering::Relaxed);
+        t.join_evicted.fetch_add(join.evicted - self.reported_join.evicted, Ordering::Relaxed);
+        self.reported_join = join;
+        t.join_pending.store(self.engine.pending_joins() as i64, Ordering::Relaxed);
+        let decode = self.decoder.counters.clone();
+        t.features_over_cap
+            .fetch_add(decode.features_over_cap - self.reported_decode.features_over_cap, Ordering::Relaxed);
+        t.segments_over_cap
+            .fetch_add(decode.segments_over_cap - self.reported_decode.segments_over_cap, Ordering::Relaxed);
+        t.feature_type_errors.fetch_add(decode.type_errors - self.reported_decode.type_errors, Ordering::Relaxed);
+        self.reported_decode = decode;
+    }
+}

@@ -1,0 +1,368 @@
+//! The Kafka source: a consumer group over the predictions and labels
+//! topics, feeding the pipeline in micro-batches, at least once.
+//!
+//! Delivery: `enable.auto.offset.store=false`; after a micro-batch has gone
+//! through the engine (its events are in window state) the batch's offsets
+//! are stored, and librdkafka's auto-commit commits stored offsets. On a
+//! revocation the stored offsets are committed synchronously inside the
+//! rebalance callback and buffered, unprocessed messages of the revoked
+//! partitions are dropped: the next owner reads them from the committed
+//! offset, so nothing is lost and nothing is counted twice. Invalid events
+//! go to the optional dead-letter topic with the reason in headers.
+//! Consumer lag per partition comes from librdkafka's statistics.
+//!
+//! Architecture invariant: this module and `notify` are the only ones that
+//! talk to the network; it never interprets payloads itself.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList as Tpl};
+
+use crate::config::{Config, KafkaConfig};
+use crate::decode::Invalid;
+use crate::output::WindowSink;
+use crate::pipeline::Pipeline;
+use crate::shutdown::Shutdown;
+use crate::telemetry::Telemetry;
+
+/// Header naming why an event was dead-lettered.
+pub const DLQ_REASON_HEADER: &str = "driftwatch-error-reason";
+/// Header with the human-readable detail.
+pub const DLQ_DETAIL_HEADER: &str = "driftwatch-error-detail";
+/// Header with `topic/partition@offset` of the original message.
+pub const DLQ_SOURCE_HEADER: &str = "driftwatch-source";
+
+/// Errors that stop the Kafka source (bad events never do).
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("creating the Kafka consumer: {0}")]
+    Consumer(KafkaError),
+    #[error("creating the dead-letter producer: {0}")]
+    Producer(KafkaError),
+    #[error("subscribing to {topics:?}: {source}")]
+    Subscribe { topics: Vec<String>, source: KafkaError },
+    #[error("writing window_metrics: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("the config has no `kafka` section")]
+    NotConfigured,
+}
+
+/// Consumer context: commits on revocation and exports lag.
+pub struct SourceContext {
+    telemetry: Arc<Telemetry>,
+    revoked: Mutex<Vec<(String, i32)>>,
+    assigned: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let assigned = self.assigned.lock().expect("context lock");
+        for (topic_name, topic) in &statistics.topics {
+            for (partition, stats) in &topic.partitions {
+                if *partition < 0 || !assigned.contains(&(topic_name.clone(), *partition)) {
+                    continue;
+                }
+                if stats.consumer_lag >= 0 {
+                    self.telemetry.set_consumer_lag(topic_name, *partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(partitions) = rebalance else { return };
+        // Offsets stored so far cover exactly the events in window state.
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(%error, "committing offsets on revocation failed"),
+        }
+        let mut revoked = self.revoked.lock().expect("context lock");
+        let mut assigned = self.assigned.lock().expect("context lock");
+        for element in partitions.elements() {
+            let key = (element.topic().to_string(), element.partition());
+            assigned.remove(&key);
+            self.telemetry.remove_consumer_lag(&key.0, key.1);
+            revoked.push(key);
+        }
+        self.telemetry.assigned_partitions.store(assigned.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(partitions = partitions.count(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            let mut assigned = self.assigned.lock().expect("context lock");
+            for element in partitions.elements() {
+                assigned.insert((element.topic().to_string(), element.partition()));
+            }
+            self.telemetry.assigned_partitions.store(assigned.len() as i64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stream {
+    Predictions,
+    Labels,
+}
+
+/// One buffered message: where it came from and its bytes in the arena.
+struct Buffered {
+    stream: Stream,
+    partition: i32,
+    offset: i64,
+    start: usize,
+    end: usize,
+}
+
+struct Location<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// librdkafka properties for the consumer: ours, then the user's
+/// `kafka.options`, then the ones at-least-once delivery depends on.
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", &kafka.group_id)
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("enable.partition.eof", "false");
+    for (key, value) in &kafka.options {
+        config.set(key, value);
+    }
+    for (key, value) in [("enable.auto.offset.store", "false"), ("enable.auto.commit", "true")] {
+        if kafka.options.get(key).is_some_and(|v| v != value) {
+            tracing::warn!(key, "kafka.options.{key} is overridden: at-least-once delivery needs {value}");
+        }
+        config.set(key, value);
+    }
+    config
+}
+
+/// librdkafka properties for the dead-letter producer.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.options {
+        // Consumer-only properties would make the producer complain.
+        if key.starts_with("group.") || key.starts_with("auto.") || key.starts_with("enable.auto") {
+            continue;
+        }
+        config.set(key, value);
+    }
+    config.set("enable.idempotence", "true").set("acks", "all");
+    config
+}
+
+/// What the source did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KafkaSummary {
+    pub messages: u64,
+    pub batches: u64,
+    pub dropped_on_revoke: u64,
+    pub dead_lettered: u64,
+}
+
+/// Consumes until `shutdown` is triggered, then drains the batch in hand,
+/// closes all open windows into `sink`, and commits.
+pub fn run_kafka(
+    config: &Config,
+    pipeline: &mut Pipeline,
+    sink: &mut dyn WindowSink,
+    shutdown: &Shutdown,
+) -> Result<KafkaSummary, KafkaSourceError> {
+    let kafka = config.kafka.as_ref().ok_or(KafkaSourceError::NotConfigured)?;
+    let context = SourceContext {
+        telemetry: pipeline.telemetry.clone(),
+        revoked: Mutex::new(Vec::new()),
+        assigned: Mutex::new(HashSet::new()),
+    };
+    let consumer: BaseConsumer<SourceContext> =
+        consumer_config(kafka).create_with_context(context).map_err(KafkaSourceError::Consumer)?;
+    let topics = [kafka.predictions_topic.as_str(), kafka.labels_topic.as_str()];
+    consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        source,
+    })?;
+    let producer: Option<BaseProducer> = match &kafka.dead_letter_topic {
+        Some(_) => Some(producer_config(kafka).create().map_err(KafkaSourceError::Producer)?),
+        None => None,
+    };
+    tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, "consuming");
+
+    let batch_size = config.pipeline.batch_size.max(1);
+    let linger = config.pipeline.linger;
+    let mut arena: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut buffered: Vec<Buffered> = Vec::with_capacity(batch_size);
+    let mut deadline: Option<Instant> = None;
+    let mut summary = KafkaSummary::default();
+    loop {
+        if shutdown.is_triggered() {
+            break;
+        }
+        let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
+        match consumer.poll(wait.min(Duration::from_millis(100))) {
+            Some(Ok(message)) => {
+                let stream =
+                    if message.topic() == kafka.predictions_topic { Stream::Predictions } else { Stream::Labels };
+                let payload = message.payload().unwrap_or(&[]);
+                let start = arena.len();
+                arena.extend_from_slice(payload);
+                buffered.push(Buffered {
+                    stream,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    start,
+                    end: arena.len(),
+                });
+                summary.messages += 1;
+                deadline.get_or_insert_with(|| Instant::now() + linger);
+            }
+            Some(Err(error)) => tracing::warn!(%error, "Kafka consumer error"),
+            None => {}
+        }
+        drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
+        let due = deadline.is_some_and(|d| Instant::now() >= d);
+        if buffered.len() >= batch_size || (due && !buffered.is_empty()) {
+            process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
+            arena.clear();
+            buffered.clear();
+            deadline = None;
+        } else if due {
+            deadline = None;
+        }
+    }
+    // Drain: the batch in hand, then every open window, then a final commit.
+    drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
+    process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
+    pipeline.finish(sink)?;
+    sink.flush()?;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(%error, "final commit failed"),
+    }
+    consumer.unsubscribe();
+    tracing::info!(messages = summary.messages, batches = summary.batches, "consumer stopped");
+    Ok(summary)
+}
+
+fn drop_revoked(
+    consumer: &BaseConsumer<SourceContext>,
+    kafka: &KafkaConfig,
+    buffered: &mut Vec<Buffered>,
+    summary: &mut KafkaSummary,
+) {
+    let revoked: Vec<(String, i32)> = std::mem::take(&mut *consumer.context().revoked.lock().expect("context lock"));
+    if revoked.is_empty() {
+        return;
+    }
+    let before = buffered.len();
+    buffered.retain(|b| {
+        let topic = match b.stream {
+            Stream::Predictions => &kafka.predictions_topic,
+            Stream::Labels => &kafka.labels_topic,
+        };
+        !revoked.iter().any(|(t, p)| t == topic && *p == b.partition)
+    });
+    summary.dropped_on_revoke += (before - buffered.len()) as u64;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process_batch(
+    consumer: &BaseConsumer<SourceContext>,
+    producer: Option<&BaseProducer>,
+    kafka: &KafkaConfig,
+    pipeline: &mut Pipeline,
+    sink: &mut dyn WindowSink,
+    arena: &[u8],
+    buffered: &[Buffered],
+    summary: &mut KafkaSummary,
+) -> Result<(), KafkaSourceError> {
+    if buffered.is_empty() {
+        return Ok(());
+    }
+    let mut next_offsets: BTreeMap<(Stream, i32), i64> = BTreeMap::new();
+    let mut dead_letters = 0u64;
+    for message in buffered {
+        let bytes = &arena[message.start..message.end];
+        let topic = match message.stream {
+            Stream::Predictions => kafka.predictions_topic.as_str(),
+            Stream::Labels => kafka.labels_topic.as_str(),
+        };
+        let location = Location { topic, partition: message.partition, offset: message.offset };
+        let outcome = match message.stream {
+            Stream::Predictions => pipeline.decode_prediction(bytes, &location),
+            Stream::Labels => pipeline.decode_label(bytes, &location),
+        };
+        if let (Err(invalid), Some(producer), Some(dlq)) = (&outcome, producer, &kafka.dead_letter_topic) {
+            dead_letter(producer, dlq, bytes, invalid, &location);
+            dead_letters += 1;
+        }
+        let next = next_offsets.entry((message.stream, message.partition)).or_insert(0);
+        *next = (*next).max(message.offset + 1);
+    }
+    pipeline.process(sink)?;
+    if let Some(producer) = producer
+        && dead_letters > 0
+    {
+        match producer.flush(Duration::from_secs(30)) {
+            Ok(()) => {
+                summary.dead_lettered += dead_letters;
+                pipeline.telemetry.dead_lettered.fetch_add(dead_letters, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(error) => tracing::error!(%error, count = dead_letters, "dead-letter delivery failed"),
+        }
+    }
+    let mut offsets = Tpl::new();
+    for ((stream, partition), next) in next_offsets {
+        let topic = match stream {
+            Stream::Predictions => &kafka.predictions_topic,
+            Stream::Labels => &kafka.labels_topic,
+        };
+        let _ = offsets.add_partition_offset(topic, partition, Offset::Offset(next));
+    }
+    if let Err(error) = store(consumer, &offsets) {
+        tracing::warn!(%error, "storing offsets failed (partition revoked meanwhile?)");
+    }
+    summary.batches += 1;
+    Ok(())
+}
+
+fn store(consumer: &BaseConsumer<SourceContext>, offsets: &TopicPartitionList) -> KafkaResult<()> {
+    consumer.store_offsets(offsets)
+}
+
+fn dead_letter(producer: &BaseProducer, topic: &str, payload: &[u8], invalid: &Invalid, location: &Location<'_>) {
+    let source = location.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: DLQ_REASON_HEADER, value: Some(invalid.reason.label()) })
+        .insert(Header { key: DLQ_DETAIL_HEADER, value: Some(invalid.detail.as_str()) })
+        .insert(Header { key: DLQ_SOURCE_HEADER, value: Some(source.as_str()) });
+    let record: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).payload(payload).headers(headers);
+    if let Err((error, _)) = producer.send(record) {
+        tracing::error!(%error, "queueing a dead letter failed");
+    }
+    producer.poll(Duration::ZERO);
+}

@@ -1,0 +1,116 @@
+//! Telemetry: the daemon's own counters and gauges (SPEC §8 names), shared
+//! between the pipeline thread and whoever exports them, plus typed internal
+//! events that both log and count.
+//!
+//! Counters are plain atomics or small maps behind a mutex, updated once per
+//! micro-batch, never per event.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::decode::{Invalid, InvalidReason};
+
+/// All counters of one driftwatch process.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    /// `driftwatch_events_total{topic,model}`.
+    events: Mutex<BTreeMap<(String, String), u64>>,
+    /// `driftwatch_events_invalid_total{reason}`, indexed by [`InvalidReason::index`].
+    invalid: [AtomicU64; InvalidReason::ALL.len()],
+    /// `driftwatch_events_late_total`.
+    pub events_late: AtomicU64,
+    /// `driftwatch_windows_closed_total`.
+    pub windows_closed: AtomicU64,
+    /// Predictions whose horizon passed without a label.
+    pub join_predictions_expired: AtomicU64,
+    /// Labels that never found their prediction.
+    pub join_labels_unmatched: AtomicU64,
+    /// Pending join entries evicted by the cap.
+    pub join_evicted: AtomicU64,
+    /// Labels that arrived after their windows were final.
+    pub labels_late: AtomicU64,
+    /// Pending join entries now.
+    pub join_pending: AtomicI64,
+    /// Invalid events sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Features not tracked because of the per-model cap.
+    pub features_over_cap: AtomicU64,
+    /// Segments folded into `__other__` by the per-model cap.
+    pub segments_over_cap: AtomicU64,
+    /// Feature values whose JSON type did not match the feature.
+    pub feature_type_errors: AtomicU64,
+    /// Partitions currently assigned to this consumer.
+    pub assigned_partitions: AtomicI64,
+    /// `driftwatch_consumer_lag{topic,partition}`.
+    consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Last time each invalid reason was logged, and how many were not.
+    invalid_log: Mutex<BTreeMap<InvalidReason, (Instant, u64)>>,
+}
+
+/// How often one invalid-event reason may be logged.
+pub const INVALID_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Telemetry {
+    pub fn add_events(&self, topic: &str, model: &str, count: u64) {
+        let mut events = self.events.lock().expect("telemetry lock");
+        match events.get_mut(&(topic.to_string(), model.to_string())) {
+            Some(n) => *n += count,
+            None => {
+                events.insert((topic.to_string(), model.to_string()), count);
+            }
+        }
+    }
+
+    pub fn events(&self) -> BTreeMap<(String, String), u64> {
+        self.events.lock().expect("telemetry lock").clone()
+    }
+
+    /// Total events counted for `topic` over all models.
+    pub fn events_on(&self, topic: &str) -> u64 {
+        self.events.lock().expect("telemetry lock").iter().filter(|((t, _), _)| t == topic).map(|(_, n)| n).sum()
+    }
+
+    /// Counts an invalid event and logs it, at most once per reason per
+    /// [`INVALID_LOG_INTERVAL`] (with the number of suppressed ones).
+    pub fn invalid_event(&self, topic: &str, location: &str, invalid: &Invalid) {
+        self.invalid[invalid.reason.index()].fetch_add(1, Ordering::Relaxed);
+        let mut log = self.invalid_log.lock().expect("telemetry lock");
+        let now = Instant::now();
+        let entry = log.entry(invalid.reason).or_insert((now - INVALID_LOG_INTERVAL * 2, 0));
+        if now.duration_since(entry.0) >= INVALID_LOG_INTERVAL {
+            tracing::warn!(
+                topic,
+                location,
+                reason = invalid.reason.label(),
+                suppressed = entry.1,
+                "invalid event skipped: {}",
+                invalid.detail
+            );
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+
+    pub fn invalid_count(&self, reason: InvalidReason) -> u64 {
+        self.invalid[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn invalid_total(&self) -> u64 {
+        self.invalid.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag.lock().expect("telemetry lock").insert((topic.to_string(), partition), lag);
+    }
+
+    pub fn remove_consumer_lag(&self, topic: &str, partition: i32) {
+        self.consumer_lag.lock().expect("telemetry lock").remove(&(topic.to_string(), partition));
+    }
+
+    pub fn consumer_lag(&self) -> BTreeMap<(String, i32), i64> {
+        self.consumer_lag.lock().expect("telemetry lock").clone()
+    }
+}

@@ -1,0 +1,180 @@
+//! Window: event-time windows, watermarks and lateness.
+//!
+//! Windows are aligned to the Unix epoch: a window of `size` sliding by
+//! `slide` (size a whole multiple of slide) covers `[start, start + size)`
+//! for every `start` that is a multiple of `slide`. Tumbling windows are the
+//! case `slide == size`. Each model has one watermark, the largest event time
+//! seen minus `allowed_lateness`; a window closes when the watermark reaches
+//! its end. An event whose window has already closed is *late*: it is
+//! counted (`events_late`, `driftwatch_events_late_total`) and not merged
+//! into any closed window.
+//!
+//! Architecture invariant: pure; time only ever comes from event timestamps.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::WindowsConfig;
+use crate::evaluate::{PerformanceState, WindowState};
+use crate::model::SeriesId;
+
+/// Window geometry and time limits in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub size_ms: i64,
+    pub slide_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub label_horizon_ms: i64,
+}
+
+impl WindowSpec {
+    pub fn from_config(windows: &WindowsConfig) -> Self {
+        WindowSpec {
+            size_ms: windows.size.as_millis() as i64,
+            slide_ms: windows.slide.as_millis() as i64,
+            allowed_lateness_ms: windows.allowed_lateness.as_millis() as i64,
+            label_horizon_ms: windows.label_horizon.as_millis() as i64,
+        }
+    }
+
+    /// Windows an event belongs to (`size / slide` of them).
+    pub fn windows_per_event(&self) -> i64 {
+        (self.size_ms / self.slide_ms).max(1)
+    }
+
+    /// Start of the latest window that contains `time_ms`.
+    #[inline]
+    pub fn last_start(&self, time_ms: i64) -> i64 {
+        time_ms.div_euclid(self.slide_ms) * self.slide_ms
+    }
+
+    /// Starts of all windows containing an event whose latest window starts
+    /// at `last_start`, oldest first.
+    pub fn starts_from_last(&self, last_start: i64) -> impl Iterator<Item = i64> + use<> {
+        let slide = self.slide_ms;
+        let count = self.windows_per_event();
+        (0..count).rev().map(move |j| last_start - j * slide)
+    }
+
+    /// Starts of all windows containing `time_ms`, oldest first.
+    pub fn starts_of(&self, time_ms: i64) -> impl Iterator<Item = i64> + use<> {
+        self.starts_from_last(self.last_start(time_ms))
+    }
+}
+
+/// A window whose data rows are out and which waits for labels until its
+/// end plus `label_horizon` has passed the watermark.
+#[derive(Debug, Default, Clone)]
+pub struct AwaitingLabels {
+    pub events: u64,
+    pub performance: PerformanceState,
+}
+
+/// The windows of one model.
+#[derive(Debug, Default)]
+pub struct ModelWindows {
+    /// Largest event time seen so far.
+    pub max_event_time_ms: Option<i64>,
+    /// Open windows by (start, series).
+    pub open: BTreeMap<(i64, SeriesId), WindowState>,
+    /// Closed windows waiting for labels, by (start, series).
+    pub awaiting_labels: BTreeMap<(i64, SeriesId), AwaitingLabels>,
+    /// Late events per series not yet reported in an `events_late` row.
+    pub late_unreported: HashMap<SeriesId, u64>,
+}
+
+impl ModelWindows {
+    /// The watermark, or `None` before the first event.
+    pub fn watermark(&self, spec: &WindowSpec) -> Option<i64> {
+        self.max_event_time_ms.map(|t| t.saturating_sub(spec.allowed_lateness_ms))
+    }
+
+    /// Whether the window starting at `start` has closed.
+    pub fn is_closed(&self, spec: &WindowSpec, start: i64) -> bool {
+        self.watermark(spec).is_some_and(|w| start + spec.size_ms <= w)
+    }
+
+    /// Moves the watermark forward (never back).
+    pub fn observe_event_time(&mut self, time_ms: i64) {
+        self.max_event_time_ms = Some(self.max_event_time_ms.map_or(time_ms, |t| t.max(time_ms)));
+    }
+
+    /// Removes and returns the open windows whose end the watermark has
+    /// reached (all of them when `everything`), in (start, series) order.
+    pub fn take_closable(&mut self, spec: &WindowSpec, everything: bool) -> Vec<((i64, SeriesId), WindowState)> {
+        let watermark = match (everything, self.watermark(spec)) {
+            (true, _) => i64::MAX,
+            (false, Some(w)) => w,
+            (false, None) => return Vec::new(),
+        };
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            if !everything && entry.key().0 + spec.size_ms > watermark {
+                break;
+            }
+            closed.push(entry.remove_entry());
+        }
+        closed
+    }
+
+    /// Removes and returns the windows whose labels had their horizon.
+    pub fn take_labelled(&mut self, spec: &WindowSpec, everything: bool) -> Vec<((i64, SeriesId), AwaitingLabels)> {
+        let watermark = match (everything, self.watermark(spec)) {
+            (true, _) => i64::MAX,
+            (false, Some(w)) => w,
+            (false, None) => return Vec::new(),
+        };
+        let mut done = Vec::new();
+        while let Some(entry) = self.awaiting_labels.first_entry() {
+            if !everything && entry.key().0 + spec.size_ms + spec.label_horizon_ms > watermark {
+                break;
+            }
+            done.push(entry.remove_entry());
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(size: i64, slide: i64, lateness: i64) -> WindowSpec {
+        WindowSpec { size_ms: size, slide_ms: slide, allowed_lateness_ms: lateness, label_horizon_ms: 0 }
+    }
+
+    #[test]
+    fn tumbling_windows_hold_each_event_once() {
+        let s = spec(60_000, 60_000, 0);
+        assert_eq!(s.starts_of(0).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(s.starts_of(59_999).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(s.starts_of(60_000).collect::<Vec<_>>(), vec![60_000]);
+        assert_eq!(s.starts_of(-1).collect::<Vec<_>>(), vec![-60_000]);
+    }
+
+    #[test]
+    fn hopping_windows_hold_each_event_size_over_slide_times() {
+        let s = spec(120_000, 60_000, 0);
+        assert_eq!(s.starts_of(61_000).collect::<Vec<_>>(), vec![0, 60_000]);
+        assert_eq!(s.starts_of(60_000).collect::<Vec<_>>(), vec![0, 60_000]);
+        assert_eq!(s.starts_of(59_999).collect::<Vec<_>>(), vec![-60_000, 0]);
+        for t in (0..600_000).step_by(7_777) {
+            for start in s.starts_of(t) {
+                assert!(start <= t && t < start + s.size_ms);
+            }
+        }
+    }
+
+    #[test]
+    fn watermark_trails_max_event_time_by_lateness_and_never_goes_back() {
+        let s = spec(60_000, 60_000, 10_000);
+        let mut w = ModelWindows::default();
+        assert_eq!(w.watermark(&s), None);
+        w.observe_event_time(100_000);
+        w.observe_event_time(50_000);
+        assert_eq!(w.watermark(&s), Some(90_000));
+        assert!(w.is_closed(&s, 0));
+        assert!(!w.is_closed(&s, 60_000));
+        w.observe_event_time(130_000);
+        assert!(w.is_closed(&s, 60_000));
+    }
+}

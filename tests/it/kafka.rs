@@ -1,0 +1,204 @@
+//! The daemon against a real Kafka-protocol broker (Tansu): exact counts,
+//! resuming from committed offsets, splitting partitions in a group, and
+//! malformed messages counted, dead-lettered and skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use driftwatch::config::Config;
+use driftwatch::decode::InvalidReason;
+use driftwatch::drivers::run::{RunError, run_daemon};
+use driftwatch::output::WindowMetricRow;
+use driftwatch::shutdown::Shutdown;
+use driftwatch::simulate::{Simulator, SimulatorOptions};
+use driftwatch::sources::kafka::{DLQ_REASON_HEADER, KafkaSummary};
+use driftwatch::telemetry::Telemetry;
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+
+use crate::support::{Broker, flush, send, wait_until};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+struct Daemon {
+    shutdown: Shutdown,
+    telemetry: Arc<Telemetry>,
+    handle: JoinHandle<Result<KafkaSummary, RunError>>,
+    rows: mpsc::Receiver<Vec<WindowMetricRow>>,
+}
+
+impl Daemon {
+    fn start(broker: &Broker, group: &str, extra: &str) -> Daemon {
+        let yaml = format!(
+            "kafka: {{brokers: \"{}\", group_id: {group}{extra}}}\n\
+             windows: {{size: 1m, allowed_lateness: 5s, label_horizon: 10m}}\n\
+             pipeline: {{batch_size: 256, linger: 50ms}}\n\
+             models: [{{name: fraud}}]\n",
+            broker.bootstrap()
+        );
+        let config = Config::from_yaml_str(&yaml, "test.yaml").expect("config");
+        let shutdown = Shutdown::new();
+        let telemetry = Arc::new(Telemetry::default());
+        let (sender, rows) = mpsc::channel();
+        let handle = {
+            let shutdown = shutdown.clone();
+            let telemetry = telemetry.clone();
+            std::thread::spawn(move || run_daemon(&config, telemetry, &shutdown, Some(Box::new(sender))))
+        };
+        Daemon { shutdown, telemetry, handle, rows }
+    }
+
+    fn predictions(&self) -> u64 {
+        self.telemetry.events_on("predictions")
+    }
+
+    fn stop(self) -> (KafkaSummary, Vec<WindowMetricRow>) {
+        self.shutdown.trigger();
+        let summary = self.handle.join().expect("daemon thread").expect("daemon ran");
+        let rows = self.rows.try_iter().flatten().collect();
+        (summary, rows)
+    }
+}
+
+/// Sum of the whole-model `count` rows: every event counted once.
+fn counted(rows: &[WindowMetricRow]) -> f64 {
+    rows.iter().filter(|r| r.metric == "count" && r.feature.is_none() && r.segment.is_empty()).map(|r| r.value).sum()
+}
+
+/// Produces `n` simulated predictions starting at `start_ms`.
+fn produce(broker: &Broker, n: u64, start_ms: i64, seed: u64) {
+    let producer = broker.producer();
+    let mut simulator = Simulator::new(SimulatorOptions { start_ms, seed, rate: 50.0, ..Default::default() });
+    let mut line = Vec::new();
+    for i in 0..n {
+        line.clear();
+        let time = simulator.next_time_ms();
+        simulator.write_prediction(time, &mut line);
+        send(&producer, "predictions", &format!("{seed}-{i}"), line.strip_suffix(b"\n").unwrap());
+    }
+    flush(&producer);
+}
+
+fn broker_with_topics() -> Broker {
+    let broker = Broker::start();
+    broker.create_topic("predictions", 4);
+    broker.create_topic("labels", 2);
+    broker
+}
+
+#[test]
+fn every_produced_event_is_counted_exactly_once() {
+    let broker = broker_with_topics();
+    produce(&broker, 2_000, 1_795_687_200_000, 1);
+    let daemon = Daemon::start(&broker, "exact", "");
+    wait_until(TIMEOUT, "2000 predictions consumed", || daemon.predictions() >= 2_000);
+    let (summary, rows) = daemon.stop();
+    assert_eq!(summary.messages, 2_000);
+    assert_eq!(counted(&rows), 2_000.0);
+}
+
+#[test]
+fn a_restarted_consumer_resumes_from_committed_offsets() {
+    let broker = broker_with_topics();
+    let first_start = 1_795_687_200_000; // 10:00
+    let second_start = first_start + 2 * 3_600_000; // 12:00
+    produce(&broker, 600, first_start, 2);
+    let first = Daemon::start(&broker, "resume", "");
+    wait_until(TIMEOUT, "first run consumed", || first.predictions() >= 600);
+    let (_, first_rows) = first.stop();
+    assert_eq!(counted(&first_rows), 600.0);
+
+    produce(&broker, 400, second_start, 3);
+    let second = Daemon::start(&broker, "resume", "");
+    wait_until(TIMEOUT, "second run consumed", || second.predictions() >= 400);
+    let (summary, second_rows) = second.stop();
+    assert_eq!(summary.messages, 400, "the restarted consumer read only new messages");
+    assert_eq!(counted(&second_rows), 400.0);
+    assert!(second_rows.iter().all(|r| r.window_start_ms >= second_start - 60_000), "no old window was counted again");
+}
+
+#[test]
+fn two_instances_in_one_group_split_the_partitions_and_count_each_event_once() {
+    let broker = broker_with_topics();
+    let a = Daemon::start(&broker, "split", "");
+    let b = Daemon::start(&broker, "split", "");
+    wait_until(TIMEOUT, "both instances to own partitions", || {
+        let (pa, pb) = (
+            a.telemetry.assigned_partitions.load(Ordering::Relaxed),
+            b.telemetry.assigned_partitions.load(Ordering::Relaxed),
+        );
+        pa > 0 && pb > 0 && pa + pb == 6
+    });
+    produce(&broker, 3_000, 1_795_687_200_000, 4);
+    wait_until(TIMEOUT, "3000 predictions consumed by the group", || a.predictions() + b.predictions() >= 3_000);
+    let (summary_a, rows_a) = a.stop();
+    let (summary_b, rows_b) = b.stop();
+    assert_eq!(summary_a.messages + summary_b.messages, 3_000);
+    assert!(summary_a.messages > 0 && summary_b.messages > 0, "{summary_a:?} {summary_b:?}");
+    assert_eq!(counted(&rows_a) + counted(&rows_b), 3_000.0);
+}
+
+#[test]
+fn malformed_messages_are_counted_dead_lettered_and_skipped() {
+    let broker = broker_with_topics();
+    broker.create_topic("driftwatch-dlq", 1);
+    let producer = broker.producer();
+    let mut simulator = Simulator::new(SimulatorOptions { seed: 5, ..Default::default() });
+    let bad: [&[u8]; 5] = [
+        b"not json at all",
+        b"",
+        br#"{"event_id":"x","model":"unknown-model","timestamp":1795687200000,"prediction":1}"#,
+        br#"{"event_id":"y","model":"fraud","timestamp":"yesterday","prediction":1}"#,
+        br#"{"event_id":"z","model":"fraud","timestamp":1795687200000,"prediction":1,"score":"NaN"}"#,
+    ];
+    let mut line = Vec::new();
+    for i in 0..100 {
+        line.clear();
+        let time = simulator.next_time_ms();
+        simulator.write_prediction(time, &mut line);
+        // All on one key, so good and bad messages interleave in one partition.
+        send(&producer, "predictions", "k", line.strip_suffix(b"\n").unwrap());
+        if i % 20 == 10 {
+            send(&producer, "predictions", "k", bad[i / 20]);
+        }
+    }
+    flush(&producer);
+    let daemon = Daemon::start(&broker, "malformed", ", dead_letter_topic: driftwatch-dlq");
+    wait_until(TIMEOUT, "good and bad messages processed", || {
+        daemon.predictions() >= 100 && daemon.telemetry.invalid_total() >= 5
+    });
+    let telemetry = daemon.telemetry.clone();
+    let (summary, rows) = daemon.stop();
+    assert_eq!(summary.messages, 105);
+    assert_eq!(counted(&rows), 100.0);
+    assert_eq!(telemetry.invalid_count(InvalidReason::InvalidJson), 2);
+    assert_eq!(telemetry.invalid_count(InvalidReason::UnknownModel), 1);
+    assert_eq!(telemetry.invalid_count(InvalidReason::BadTimestamp), 1);
+    assert_eq!(telemetry.invalid_count(InvalidReason::NonFinite), 1);
+    assert_eq!(summary.dead_lettered, 5);
+
+    // The dead letters carry the original payload and the reason.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["driftwatch-dlq"]).unwrap();
+    let mut reasons = Vec::new();
+    wait_until(TIMEOUT, "5 dead letters", || {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = message.headers().expect("headers");
+            let reason = headers.iter().find(|h| h.key == DLQ_REASON_HEADER).and_then(|h| h.value).unwrap();
+            reasons.push(String::from_utf8(reason.to_vec()).unwrap());
+        }
+        reasons.len() == 5
+    });
+    reasons.sort();
+    assert_eq!(reasons, ["bad_timestamp", "invalid_json", "invalid_json", "non_finite", "unknown_model"]);
+}

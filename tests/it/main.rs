@@ -1,0 +1,10 @@
+//! driftwatch's integration tests, one binary (DataFusion is heavy to link).
+//!
+//! `replay` checks the engine's numbers against numpy on committed fixtures;
+//! `kafka` runs the daemon against a real Kafka-protocol broker (Tansu,
+//! started per test on a loopback port); `cli` drives the binary.
+
+mod cli;
+mod kafka;
+mod replay;
+mod support;

@@ -1,0 +1,252 @@
+//! The engine over files, checked against numpy/scipy values computed by
+//! `tests/fixtures/stats/generate.py` on the same events.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use driftwatch::config::Config;
+use driftwatch::decode::timestamp::format_rfc3339_ms;
+use driftwatch::drivers::replay::replay;
+use driftwatch::output::{MemorySink, NdjsonSink, WindowMetricRow};
+use driftwatch::telemetry::Telemetry;
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats").join(name)
+}
+
+type Key = (String, String, String, String, Option<String>, String);
+
+fn replay_fixture(config: &str) -> (Vec<WindowMetricRow>, Arc<Telemetry>) {
+    let config = Config::load(&fixture(config)).expect("fixture config loads");
+    let telemetry = Arc::new(Telemetry::default());
+    let mut sink = MemorySink::default();
+    replay(&config, &[fixture("predictions.ndjson")], &[fixture("labels.ndjson")], &mut sink, telemetry.clone())
+        .expect("replay succeeds");
+    (sink.rows, telemetry)
+}
+
+fn index(rows: &[WindowMetricRow]) -> HashMap<Key, WindowMetricRow> {
+    let mut map = HashMap::new();
+    for row in rows {
+        let key = (
+            row.model.to_string(),
+            row.model_version.to_string(),
+            row.segment.to_string(),
+            format_rfc3339_ms(row.window_start_ms),
+            row.feature.as_deref().map(str::to_string),
+            row.metric.to_string(),
+        );
+        assert!(map.insert(key.clone(), row.clone()).is_none(), "duplicate row {key:?}");
+    }
+    map
+}
+
+fn close(actual: f64, expected: f64, tolerance: f64, what: &str) {
+    let scale = expected.abs().max(1.0);
+    assert!(
+        (actual - expected).abs() <= tolerance * scale,
+        "{what}: driftwatch {actual} vs numpy {expected} (tolerance {tolerance})"
+    );
+}
+
+struct Lookup<'a> {
+    rows: &'a HashMap<Key, WindowMetricRow>,
+    window: &'a Value,
+}
+
+impl Lookup<'_> {
+    fn get(&self, feature: Option<&str>, metric: &str) -> &WindowMetricRow {
+        let w = self.window;
+        let key = (
+            w["model"].as_str().unwrap().to_string(),
+            w["model_version"].as_str().unwrap().to_string(),
+            w["segment"].as_str().unwrap().to_string(),
+            w["window_start"].as_str().unwrap().to_string(),
+            feature.map(str::to_string),
+            metric.to_string(),
+        );
+        self.rows.get(&key).unwrap_or_else(|| panic!("no row for {key:?}"))
+    }
+}
+
+#[test]
+fn tumbling_window_statistics_match_numpy() {
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let (rows, telemetry) = replay_fixture("config.yaml");
+    let rows = index(&rows);
+    let windows = expected["windows"].as_array().unwrap();
+    assert!(windows.len() >= 20);
+    for window in windows {
+        let at = Lookup { rows: &rows, window };
+        let label = format!(
+            "{} {} {:?} {}",
+            window["model"], window["model_version"], window["segment"], window["window_start"]
+        );
+        let events = window["events"].as_f64().unwrap();
+        let count = at.get(None, "count");
+        assert_eq!(count.value, events, "{label} count");
+        assert_eq!(count.sample_count as f64, events);
+        assert_eq!(at.get(None, "events_late").value, 0.0, "{label}");
+        for (feature, stats) in window["features"].as_object().unwrap() {
+            let what = |m: &str| format!("{label} {feature} {m}");
+            let f = Some(feature.as_str());
+            close(
+                at.get(f, "missing_rate").value,
+                stats["missing_rate"].as_f64().unwrap(),
+                1e-12,
+                &what("missing_rate"),
+            );
+            assert_eq!(at.get(f, "count").value, stats["n"].as_f64().unwrap(), "{}", what("count"));
+            if stats.get("frequencies").is_some() {
+                continue;
+            }
+            let n = stats["n"].as_f64().unwrap();
+            for (metric, key) in [("mean", "mean"), ("std", "std_sample"), ("min", "min"), ("max", "max")] {
+                let row = at.get(f, metric);
+                close(row.value, stats[key].as_f64().unwrap(), 1e-9, &what(metric));
+                assert_eq!(row.sample_count as f64, n, "{}", what(metric));
+            }
+            // Windows of at most 1024 values have exact quantiles.
+            for q in ["p50", "p95", "p99"] {
+                close(at.get(f, q).value, stats[q].as_f64().unwrap(), 1e-9, &what(q));
+            }
+        }
+        if let Some(labeled) = window.get("labeled").and_then(Value::as_f64) {
+            assert_eq!(at.get(None, "labeled_count").value, labeled, "{label} labeled");
+            close(at.get(None, "label_coverage").value, labeled / events, 1e-12, &format!("{label} coverage"));
+        }
+        for metric in ["accuracy", "precision", "recall", "f1", "mae", "rmse", "mape", "r2"] {
+            if let Some(value) = window.get(metric).and_then(Value::as_f64) {
+                close(at.get(None, metric).value, value, 1e-9, &format!("{label} {metric}"));
+            }
+        }
+        for metric in ["latency_p50", "latency_p95", "latency_p99"] {
+            if let Some(value) = window.get(metric).and_then(Value::as_f64) {
+                let row = at.get(None, metric);
+                close(row.value, value, 1e-9, &format!("{label} {metric}"));
+            }
+        }
+    }
+    assert_eq!(
+        telemetry.join_labels_unmatched.load(std::sync::atomic::Ordering::Relaxed),
+        expected["unmatched_labels"].as_u64().unwrap()
+    );
+    assert_eq!(telemetry.invalid_total(), 0);
+}
+
+#[test]
+fn hopping_window_statistics_match_numpy() {
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("hopping_expected.json")).unwrap()).unwrap();
+    let (rows, _) = replay_fixture("hopping_config.yaml");
+    let rows = index(&rows);
+    let windows = expected["windows"].as_array().unwrap();
+    assert!(!windows.is_empty());
+    for window in windows {
+        let at = Lookup { rows: &rows, window };
+        let label = format!("{} {:?} {}", window["model"], window["segment"], window["window_start"]);
+        assert_eq!(at.get(None, "count").value, window["events"].as_f64().unwrap(), "{label}");
+        for (feature, stats) in window["features"].as_object().unwrap() {
+            let f = Some(feature.as_str());
+            assert_eq!(at.get(f, "count").value, stats["n"].as_f64().unwrap(), "{label} {feature}");
+            for (metric, key) in [("mean", "mean"), ("std", "std_sample"), ("min", "min"), ("max", "max")] {
+                close(
+                    at.get(f, metric).value,
+                    stats[key].as_f64().unwrap(),
+                    1e-9,
+                    &format!("{label} {feature} {metric}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn replay_is_deterministic_to_the_byte() {
+    let config = Config::load(&fixture("config.yaml")).unwrap();
+    let run = || {
+        let mut sink = NdjsonSink::new(Vec::new());
+        replay(
+            &config,
+            &[fixture("predictions.ndjson")],
+            &[fixture("labels.ndjson")],
+            &mut sink,
+            Arc::new(Telemetry::default()),
+        )
+        .unwrap();
+        sink.into_inner()
+    };
+    let first = run();
+    assert!(first.len() > 10_000);
+    assert_eq!(first, run());
+    // Every line is a window_metrics row with the SPEC §4 keys, in order.
+    let line = first.split(|&b| b == b'\n').next().unwrap();
+    let row: serde_json::Map<String, Value> = serde_json::from_slice(line).unwrap();
+    let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+    let mut expected = vec![
+        "model",
+        "model_version",
+        "segment",
+        "window_start",
+        "window_end",
+        "feature",
+        "metric",
+        "value",
+        "baseline",
+        "threshold",
+        "p_value",
+        "drifted",
+        "sample_count",
+    ];
+    expected.sort();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+    assert!(row["window_start"].as_str().unwrap().ends_with(".000Z"));
+}
+
+#[test]
+fn late_events_are_counted_not_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("c.yaml");
+    std::fs::write(
+        &config_path,
+        "windows: {size: 1m, allowed_lateness: 0s}\npipeline: {batch_size: 1}\nmodels: [{name: m}]\n",
+    )
+    .unwrap();
+    let events = dir.path().join("p.ndjson");
+    let lines = [
+        (0, "a"),
+        (30, "b"),
+        (61, "c"),    // closes [0, 60)
+        (10, "late"), // belongs to the closed window
+        (70, "d"),
+        (200, "e"),
+    ];
+    let body: String = lines
+        .iter()
+        .map(|(s, id)| {
+            format!(
+                "{{\"event_id\":\"{id}\",\"model\":\"m\",\"timestamp\":{},\"prediction\":1}}\n",
+                1_795_687_200_000i64 + s * 1000
+            )
+        })
+        .collect();
+    std::fs::write(&events, body).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let mut sink = MemorySink::default();
+    let telemetry = Arc::new(Telemetry::default());
+    replay(&config, &[events], &[], &mut sink, telemetry.clone()).unwrap();
+    let model_rows = |metric: &str| -> Vec<(i64, f64)> {
+        sink.rows
+            .iter()
+            .filter(|r| r.metric == metric && r.feature.is_none())
+            .map(|r| ((r.window_start_ms - 1_795_687_200_000) / 1000, r.value))
+            .collect()
+    };
+    assert_eq!(model_rows("count"), vec![(0, 2.0), (60, 2.0), (180, 1.0)]);
+    assert_eq!(model_rows("events_late"), vec![(0, 0.0), (60, 1.0), (180, 0.0)]);
+    assert_eq!(telemetry.events_late.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
