@@ -135,17 +135,25 @@ impl Engine {
         self.windows.iter().map(|w| w.open.len()).sum()
     }
 
-    fn group_rows(&mut self, batch: &PredictionBatch) {
-        for group in &mut self.groups {
-            group.rows.clear();
-        }
+    /// Groups the batch's rows by (latest window start, target series): the
+    /// row's whole-model series when `whole_model`, else its own segment
+    /// series (rows without a segment are skipped in that pass).
+    fn group_rows(&mut self, batch: &PredictionBatch, model: &ModelState, whole_model: bool) {
         let mut used = 0usize;
         self.group_index.clear();
         let times = batch.event_time_ms.values();
         let series = batch.series.values();
         let mut previous: Option<((i64, SeriesId), usize)> = None;
         for row in 0..batch.len() {
-            let key = (self.spec.last_start(times[row]), series[row]);
+            let own = series[row];
+            let parent = model.series[own as usize].whole_model;
+            let target = match (whole_model, parent) {
+                (true, Some(parent)) => parent,
+                (true, None) => own,
+                (false, Some(_)) => own,
+                (false, None) => continue,
+            };
+            let key = (self.spec.last_start(times[row]), target);
             let index = match previous {
                 Some((k, i)) if k == key => i,
                 _ => *self.group_index.entry(key).or_insert_with(|| {
@@ -166,28 +174,21 @@ impl Engine {
         self.groups.truncate(used);
     }
 
-    /// Adds a micro-batch of predictions; rows of windows that close as a
-    /// result are appended to `out`.
-    pub fn push_predictions(
+    /// Updates the windows of every group formed by [`Self::group_rows`].
+    /// Returns the rows that fell only into closed windows (whole-model pass).
+    fn update_groups(
         &mut self,
-        registry: &ModelRegistry,
+        model: &ModelState,
+        model_index: usize,
         batch: &PredictionBatch,
-        out: &mut Vec<WindowMetricRow>,
+        whole_model: bool,
+        accepted: &mut [bool],
     ) {
-        if batch.is_empty() {
-            return;
-        }
-        let model_index = batch.model as usize;
-        let model = registry.get(batch.model);
-        self.counters.predictions += batch.len() as u64;
-        self.group_rows(batch);
-        let whole_batch = self.groups.len() == 1;
-        // Row → group, for type errors and the join.
-        let mut accepted = vec![true; batch.len()];
         let groups = std::mem::take(&mut self.groups);
+        let covers_batch = groups.len() == 1 && groups[0].rows.len() == batch.len();
         for group in &groups {
             let taken;
-            let columns = if whole_batch {
+            let columns = if covers_batch {
                 GroupColumns {
                     len: batch.len(),
                     features: &batch.features,
@@ -214,26 +215,47 @@ impl Engine {
                     continue;
                 }
                 any_open = true;
-                let targets = [Some(group.series), model.series[group.series as usize].whole_model];
-                for series in targets.into_iter().flatten() {
-                    let state = windows.open.entry((start, series)).or_insert_with(|| WindowState::new(model));
-                    state.update(model, &columns, self.max_categories);
-                }
+                let state = windows.open.entry((start, group.series)).or_insert_with(|| WindowState::new(model));
+                state.update(model, &columns, self.max_categories);
             }
             if late {
                 let n = group.rows.len() as u64;
-                self.counters.events_late += n;
                 *windows.late_unreported.entry(group.series).or_default() += n;
-                if let Some(whole) = model.series[group.series as usize].whole_model {
-                    *windows.late_unreported.entry(whole).or_default() += n;
+                if whole_model {
+                    self.counters.events_late += n;
                 }
             }
-            if !any_open {
+            if whole_model && !any_open {
                 for &row in &group.rows {
                     accepted[row as usize] = false;
                 }
             }
         }
+        self.groups = groups;
+    }
+
+    /// Adds a micro-batch of predictions; rows of windows that close as a
+    /// result are appended to `out`.
+    pub fn push_predictions(
+        &mut self,
+        registry: &ModelRegistry,
+        batch: &PredictionBatch,
+        out: &mut Vec<WindowMetricRow>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let model_index = batch.model as usize;
+        let model = registry.get(batch.model);
+        self.counters.predictions += batch.len() as u64;
+        // Rows whose every window had closed are neither counted nor joined.
+        let mut accepted = vec![true; batch.len()];
+        // Whole-model series first (usually one group: no copying), then the
+        // segments, which each event also counts in.
+        self.group_rows(batch, model, true);
+        self.update_groups(model, model_index, batch, true, &mut accepted);
+        self.group_rows(batch, model, false);
+        self.update_groups(model, model_index, batch, false, &mut accepted);
         // Type errors belong to the windows of their row.
         for &(row, feature) in &batch.type_errors {
             let time = batch.event_time_ms.value(row as usize);
@@ -247,7 +269,6 @@ impl Engine {
                 }
             }
         }
-        self.groups = groups;
         // Join: predictions meet waiting labels or wait for theirs.
         for (row, _) in accepted.iter().enumerate().filter(|(_, accepted)| **accepted) {
             let predicted = match &batch.prediction {
@@ -342,5 +363,141 @@ impl Engine {
         for (index, model) in registry.models.iter().enumerate() {
             self.close(model, index, true, out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoder;
+
+    const T0: i64 = 1_795_687_200_000; // 2026-11-26T10:00:00Z, a whole hour
+
+    struct Harness {
+        registry: ModelRegistry,
+        decoder: Decoder,
+        engine: Engine,
+        rows: Vec<WindowMetricRow>,
+    }
+
+    impl Harness {
+        fn new(windows: &str) -> Self {
+            let yaml = format!("windows: {windows}\nmodels: [{{name: m, task: binary_classification}}]\n");
+            let config = Config::from_yaml_str(&yaml, "t.yaml").unwrap();
+            let registry = ModelRegistry::from_config(&config);
+            let decoder = Decoder::new(&registry, &config.pipeline).unwrap();
+            let engine = Engine::new(&config, &registry);
+            Harness { registry, decoder, engine, rows: Vec::new() }
+        }
+
+        fn predict(&mut self, id: &str, seconds: i64, prediction: u8) {
+            let event = format!(
+                r#"{{"event_id":"{id}","model":"m","timestamp":{},"prediction":{prediction},"features":{{"x":{seconds}}}}}"#,
+                T0 + seconds * 1000
+            );
+            self.decoder.push_prediction(&mut self.registry, event.as_bytes()).unwrap();
+            for batch in self.decoder.finish_predictions() {
+                self.engine.push_predictions(&self.registry, &batch, &mut self.rows);
+            }
+        }
+
+        fn label(&mut self, id: &str, seconds: i64, label: u8) {
+            let event =
+                format!(r#"{{"event_id":"{id}","model":"m","timestamp":{},"label":{label}}}"#, T0 + seconds * 1000);
+            self.decoder.push_label(&mut self.registry, event.as_bytes()).unwrap();
+            for batch in self.decoder.finish_labels() {
+                self.engine.push_labels(&self.registry, &batch, &mut self.rows);
+            }
+        }
+
+        fn finish(&mut self) {
+            self.engine.finish(&self.registry, &mut self.rows);
+        }
+
+        /// (window start in seconds after T0, value) of model-level rows.
+        fn model_rows(&self, metric: &str) -> Vec<(i64, f64)> {
+            self.rows
+                .iter()
+                .filter(|r| r.metric == metric && r.feature.is_none())
+                .map(|r| ((r.window_start_ms - T0) / 1000, r.value))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn labels_join_in_either_order_and_credit_the_prediction_window() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 10m}");
+        h.label("early", 5, 1); // label before its prediction
+        h.predict("early", 10, 1);
+        h.predict("late-label", 20, 1);
+        h.predict("wrong", 70, 1); // second window
+        h.label("late-label", 100, 0); // label after the first window closed
+        h.label("wrong", 110, 0);
+        h.label("nobody", 120, 1);
+        h.finish();
+        assert_eq!(h.model_rows("count"), vec![(0, 2.0), (60, 1.0)]);
+        assert_eq!(h.model_rows("labeled_count"), vec![(0, 2.0), (60, 1.0)]);
+        assert_eq!(h.model_rows("accuracy"), vec![(0, 0.5), (60, 0.0)]);
+        assert_eq!(h.model_rows("label_coverage"), vec![(0, 1.0), (60, 1.0)]);
+        let join = h.engine.join_counters();
+        assert_eq!((join.matched, join.labels_unmatched), (3, 1));
+    }
+
+    #[test]
+    fn performance_rows_wait_for_the_label_horizon() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 5m}");
+        h.predict("a", 10, 1);
+        h.predict("b", 70, 1); // closes [0, 1m): data rows now
+        assert_eq!(h.model_rows("count"), vec![(0, 1.0)]);
+        assert!(h.model_rows("labeled_count").is_empty());
+        h.label("a", 200, 1);
+        h.predict("c", 360, 0); // watermark 6m = end of [0,1m) + 5m: performance rows now
+        assert_eq!(h.model_rows("labeled_count"), vec![(0, 1.0)]);
+        assert_eq!(h.model_rows("accuracy"), vec![(0, 1.0)]);
+        // A label without a prediction waits, then expires unmatched.
+        h.label("a-again", 400, 1);
+        h.predict("d", 1_000, 1);
+        h.label("b", 1_001, 1); // b's horizon (70s + 5m) has passed: expired unlabelled
+        h.finish();
+        let join = h.engine.join_counters();
+        // b and c expired unlabelled at the watermark, d at the end of input.
+        assert_eq!((join.predictions_expired, join.labels_unmatched), (3, 2));
+        assert_eq!(h.model_rows("accuracy"), vec![(0, 1.0)]);
+    }
+
+    #[test]
+    fn hopping_windows_count_every_event_in_each_window_it_falls_in() {
+        let mut h = Harness::new("{size: 2m, slide: 1m, allowed_lateness: 0s, label_horizon: 0s}");
+        for (i, s) in [10, 50, 70, 130, 170].iter().enumerate() {
+            h.predict(&i.to_string(), *s, 1);
+        }
+        h.finish();
+        assert_eq!(h.model_rows("count"), vec![(-60, 2.0), (0, 3.0), (60, 3.0), (120, 2.0)]);
+        let means: Vec<(i64, f64)> = h
+            .rows
+            .iter()
+            .filter(|r| r.metric == "mean" && r.feature.as_deref() == Some("x"))
+            .map(|r| ((r.window_start_ms - T0) / 1000, r.value))
+            .collect();
+        let expected = [(-60, 30.0), (0, 130.0 / 3.0), (60, 370.0 / 3.0), (120, 150.0)];
+        assert_eq!(means.len(), expected.len());
+        for ((start, mean), (expected_start, expected_mean)) in means.iter().zip(expected) {
+            assert_eq!(*start, expected_start);
+            assert!((mean - expected_mean).abs() < 1e-9, "{start}: {mean} vs {expected_mean}");
+        }
+    }
+
+    #[test]
+    fn late_events_do_not_change_closed_windows_and_are_reported() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 10s}");
+        h.predict("a", 0, 1);
+        h.predict("b", 65, 1); // watermark 55s: [0,1m) still open
+        h.predict("c", 30, 1); // within lateness: counted in [0,1m)
+        h.predict("d", 75, 1); // watermark 65s: closes [0,1m)
+        h.predict("e", 40, 1); // late
+        h.finish();
+        assert_eq!(h.model_rows("count"), vec![(0, 2.0), (60, 2.0)]);
+        assert_eq!(h.model_rows("events_late"), vec![(0, 0.0), (60, 1.0)]);
+        assert_eq!(h.engine.counters.events_late, 1);
     }
 }

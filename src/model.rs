@@ -30,10 +30,13 @@ pub struct Series {
     pub whole_model: Option<SeriesId>,
 }
 
+/// A fast, deterministic hash map for short string keys.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 /// Interns strings to dense ids; lookups by `&str` never allocate.
 #[derive(Debug, Default, Clone)]
 pub struct Interner {
-    ids: HashMap<Arc<str>, u32>,
+    ids: FastMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
 }
 
@@ -95,8 +98,12 @@ pub struct ModelState {
     pub series: Vec<Series>,
     /// Class labels (classification tasks only).
     pub classes: Interner,
-    pub feature_ids: HashMap<Arc<str>, u32>,
+    pub feature_ids: FastMap<Arc<str>, u32>,
     pub features: Vec<FeatureMeta>,
+    /// The feature id last seen at each position of an event's features
+    /// object: producers usually write features in the same order, so a
+    /// string compare replaces most hash lookups.
+    pub feature_order_hint: Vec<u32>,
 }
 
 impl ModelState {
@@ -108,8 +115,9 @@ impl ModelState {
             series_keys: Interner::default(),
             series: Vec::new(),
             classes: Interner::default(),
-            feature_ids: HashMap::new(),
+            feature_ids: FastMap::default(),
             features: Vec::new(),
+            feature_order_hint: Vec::new(),
         }
     }
 
@@ -120,6 +128,22 @@ impl ModelState {
     /// The id of the class that counts as positive for binary metrics ("1").
     pub fn positive_class(&self) -> Option<ClassId> {
         self.classes.get("1")
+    }
+
+    /// The id of feature `name` seen at `position` of an event's features.
+    #[inline]
+    pub fn feature_id(&mut self, position: usize, name: &str) -> Option<u32> {
+        if let Some(&hint) = self.feature_order_hint.get(position)
+            && *self.features[hint as usize].name == *name
+        {
+            return Some(hint);
+        }
+        let id = *self.feature_ids.get(name)?;
+        if self.feature_order_hint.len() <= position {
+            self.feature_order_hint.resize(position + 1, id);
+        }
+        self.feature_order_hint[position] = id;
+        Some(id)
     }
 }
 

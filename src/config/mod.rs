@@ -278,15 +278,17 @@ pub struct PipelineConfig {
     /// Default [`DEFAULT_LINGER`] (200ms).
     #[serde(with = "duration")]
     pub linger: Duration,
-    /// Most predictions (and early labels) held waiting for their other half
-    /// of the label join; beyond it the oldest are evicted and counted.
+    /// Most predictions (and early labels) held per model waiting for their
+    /// other half of the label join; beyond it the oldest are evicted and
+    /// counted.
     /// Default [`DEFAULT_MAX_PENDING_JOINS`] (1,000,000). At least 1.
     pub max_pending_joins: usize,
     /// Most distinct features tracked per model; extra features are ignored
     /// and counted. Default [`DEFAULT_MAX_FEATURES_PER_MODEL`] (500). At least 1.
     pub max_features_per_model: usize,
-    /// Most distinct segments tracked per model; extra segments are folded
-    /// into the whole-model rows only. Default
+    /// Most distinct (model_version, segment) series tracked per model;
+    /// events of further segments are filed under segment `__other__` (and
+    /// still count in their version's whole-model rows). Default
     /// [`DEFAULT_MAX_SEGMENTS_PER_MODEL`] (1000). At least 1.
     pub max_segments_per_model: usize,
     /// Most distinct categories kept per categorical feature and window;

@@ -31,7 +31,7 @@ pub enum Scalar {
 /// Everything extracted from one event, reused from event to event.
 #[derive(Debug, Default)]
 pub struct RowScratch {
-    pub bytes: Vec<u8>,
+    bytes: Vec<u8>,
     pub event_id: Option<Span>,
     pub model: Option<Span>,
     pub model_version: Option<Span>,
@@ -65,8 +65,12 @@ impl RowScratch {
 
     #[inline]
     pub fn str(&self, span: Span) -> &str {
-        // Spans are only ever made from `&str` copies or ASCII number text.
-        std::str::from_utf8(&self.bytes[span.start as usize..span.end as usize]).unwrap_or("")
+        let bytes = &self.bytes[span.start as usize..span.end as usize];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: `bytes` is only ever appended to from `&str` values
+        // (`push_str`) or from `Display` output (`push_display`), and spans
+        // always cover whole appended pieces, so every span is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     #[inline]

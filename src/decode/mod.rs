@@ -421,10 +421,10 @@ impl Decoder {
         }
         columns.score.append_option(score);
         columns.latency.append_option(latency);
-        for &(name_span, value) in &row.features {
+        for (position, &(name_span, value)) in row.features.iter().enumerate() {
             let name = row.str(name_span);
-            let feature_id = match model.feature_ids.get(name) {
-                Some(&id) => id as usize,
+            let feature_id = match model.feature_id(position, name) {
+                Some(id) => id as usize,
                 None => {
                     let kind = match value {
                         Scalar::Number(_) => FeatureKind::Numeric,

@@ -77,7 +77,10 @@ pub fn replay(
         }
         pipeline.push_prediction_batches(&batches);
         // Read label batches until one starts after the predictions so far.
-        while !labels_exhausted && queued_labels.back().is_none_or(|(min, _)| *min <= max_prediction_time) {
+        // (At the end of the predictions, every remaining label.)
+        while !labels_exhausted
+            && (predictions_done || queued_labels.back().is_none_or(|(min, _)| *min <= max_prediction_time))
+        {
             let mut read = 0;
             while read < batch_size {
                 if !label_lines.next_line(&mut line)? {

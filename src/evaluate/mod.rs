@@ -12,6 +12,7 @@
 pub mod categorical;
 pub mod numeric;
 pub mod performance;
+pub mod sketch;
 
 use std::sync::Arc;
 

@@ -1,12 +1,11 @@
 //! The mergeable summary of one numeric column in one window, built from
-//! DataFusion's own aggregate accumulators: `VarianceAccumulator` (count,
-//! mean and M2 by Welford's method), `MinAccumulator`/`MaxAccumulator`, and
-//! the t-digest behind `approx_percentile_cont` for quantiles. Quantiles are
-//! exact (numpy's linear interpolation) while a window holds at most
-//! [`EXACT_QUANTILE_LIMIT`] values, and come from the t-digest beyond that.
-//! Memory is bounded per window whatever its event count.
+//! DataFusion's own aggregate accumulators (`VarianceAccumulator` for count,
+//! mean and M2 by Welford's method, `MinAccumulator`/`MaxAccumulator`) plus a
+//! quantile sketch. Quantiles are exact (numpy's linear interpolation) while
+//! a window holds at most [`EXACT_QUANTILE_LIMIT`] values, and come from the
+//! relative-error [`QuantileSketch`] beyond that. Memory is bounded per
+//! window whatever its event count.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Float64Array};
@@ -16,15 +15,11 @@ use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::functions_aggregate::variance::VarianceAccumulator;
 use datafusion::logical_expr::Accumulator;
 use datafusion_functions_aggregate_common::stats::StatsType;
-use datafusion_functions_aggregate_common::tdigest::{DEFAULT_MAX_SIZE, TDigest};
 
-thread_local! {
-    /// Reused buffer for sorting a batch's values before they enter the digest.
-    static SORT_BUFFER: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
-}
+use super::sketch::QuantileSketch;
 
 /// Up to this many values per window are kept as they are, so small
-/// windows get exact quantiles; beyond it they move into the t-digest.
+/// windows get exact quantiles; beyond it they move into the sketch.
 pub const EXACT_QUANTILE_LIMIT: usize = 1024;
 
 /// Count, missing, moments, extremes and a quantile sketch of one column.
@@ -37,7 +32,7 @@ pub struct NumericSummary {
     max: MaxAccumulator,
     /// The values themselves while there are at most `EXACT_QUANTILE_LIMIT`.
     exact: Option<Vec<f64>>,
-    digest: TDigest,
+    sketch: QuantileSketch,
 }
 
 /// numpy's default (`linear`) percentile of sorted values.
@@ -65,6 +60,18 @@ fn scalar_f64(value: ScalarValue) -> Option<f64> {
     }
 }
 
+fn add_all(sketch: &mut QuantileSketch, values: &Float64Array) {
+    if values.null_count() == 0 {
+        for &value in values.values() {
+            sketch.add(value);
+        }
+    } else {
+        for value in values.iter().flatten() {
+            sketch.add(value);
+        }
+    }
+}
+
 impl NumericSummary {
     pub fn new() -> Self {
         NumericSummary {
@@ -73,7 +80,7 @@ impl NumericSummary {
             min: MinAccumulator::try_new(&DataType::Float64).expect("Float64 is supported"),
             max: MaxAccumulator::try_new(&DataType::Float64).expect("Float64 is supported"),
             exact: Some(Vec::new()),
-            digest: TDigest::new(DEFAULT_MAX_SIZE),
+            sketch: QuantileSketch::default(),
         }
     }
 
@@ -89,33 +96,20 @@ impl NumericSummary {
         let _ = self.moments.update_batch(batch);
         let _ = self.min.update_batch(batch);
         let _ = self.max.update_batch(batch);
-        SORT_BUFFER.with_borrow_mut(|sorted| {
-            sorted.clear();
-            if values.null_count() == 0 {
-                sorted.extend_from_slice(values.values());
-            } else {
-                sorted.extend(values.iter().flatten());
+        match &mut self.exact {
+            Some(exact) if exact.len() + values.len() - values.null_count() <= EXACT_QUANTILE_LIMIT => {
+                exact.extend(values.iter().flatten());
             }
-            sorted.sort_unstable_by(f64::total_cmp);
-            self.add_sorted(sorted);
-        });
-    }
-
-    fn add_sorted(&mut self, sorted: &[f64]) {
-        if let Some(exact) = &mut self.exact {
-            if exact.len() + sorted.len() <= EXACT_QUANTILE_LIMIT {
-                exact.extend_from_slice(sorted);
-                return;
+            Some(exact) => {
+                // Too many for exact: everything moves into the sketch.
+                for value in exact.drain(..) {
+                    self.sketch.add(value);
+                }
+                self.exact = None;
+                add_all(&mut self.sketch, values);
             }
-            // Too many for exact: everything moves into the digest.
-            let mut all = std::mem::take(exact);
-            all.extend_from_slice(sorted);
-            all.sort_unstable_by(f64::total_cmp);
-            self.exact = None;
-            self.digest = self.digest.merge_sorted_f64(&all);
-            return;
+            None => add_all(&mut self.sketch, values),
         }
-        self.digest = self.digest.merge_sorted_f64(sorted);
     }
 
     /// Adds `count` missing observations (e.g. rows where the feature was absent).
@@ -141,18 +135,18 @@ impl NumericSummary {
                 .collect();
             into.merge_batch(&state).expect("merge of matching state");
         }
-        match other.exact.take() {
-            Some(mut values) => {
-                values.sort_unstable_by(f64::total_cmp);
-                self.add_sorted(&values);
-                other.exact = Some(values);
+        match (&mut self.exact, &other.exact) {
+            (Some(mine), Some(theirs)) if mine.len() + theirs.len() <= EXACT_QUANTILE_LIMIT => {
+                mine.extend_from_slice(theirs);
             }
-            None => {
-                if let Some(mut values) = self.exact.take() {
-                    values.sort_unstable_by(f64::total_cmp);
-                    self.digest = self.digest.merge_sorted_f64(&values);
+            _ => {
+                for value in self.exact.take().into_iter().flatten() {
+                    self.sketch.add(value);
                 }
-                self.digest = TDigest::merge_digests([&self.digest, &other.digest]);
+                for &value in other.exact.iter().flatten() {
+                    self.sketch.add(value);
+                }
+                self.sketch.merge(&other.sketch);
             }
         }
     }
@@ -185,7 +179,8 @@ impl NumericSummary {
     }
 
     /// Quantile `q`: exact (numpy's linear interpolation) for windows of at
-    /// most [`EXACT_QUANTILE_LIMIT`] values, from the t-digest beyond.
+    /// most [`EXACT_QUANTILE_LIMIT`] values, from the sketch (within 0.4%)
+    /// beyond.
     pub fn quantile(&mut self, q: f64) -> Option<f64> {
         if self.count() == 0 {
             return None;
@@ -195,7 +190,7 @@ impl NumericSummary {
                 values.sort_unstable_by(f64::total_cmp);
                 linear_quantile(values, q)
             }
-            None => Some(self.digest.estimate_quantile(q)),
+            None => self.sketch.quantile(q),
         }
     }
 
@@ -240,11 +235,10 @@ mod tests {
         assert!(s.is_exact());
     }
 
-    /// Measures the t-digest's error on a large skewed window: each estimate
-    /// is within 1% of the exact value's rank neighbourhood (checked as
-    /// relative error of the value on lognormal data).
+    /// Large windows use the sketch: within 1% of numpy's value on skewed
+    /// (lognormal) data.
     #[test]
-    fn large_windows_use_the_digest_within_measured_error() {
+    fn large_windows_use_the_sketch_within_its_error_bound() {
         let mut rng = crate::simulate::Rng::new(7);
         let values: Vec<f64> = (0..200_000).map(|_| (1.0 + 0.8 * rng.normal()).exp()).collect();
         let mut s = NumericSummary::new();
@@ -258,7 +252,7 @@ mod tests {
             let exact = linear_quantile(&sorted, q).unwrap();
             let estimate = s.quantile(q).unwrap();
             let relative = (estimate - exact).abs() / exact;
-            assert!(relative < 0.01, "q{q}: digest {estimate} vs exact {exact} ({relative})");
+            assert!(relative < 0.01, "q{q}: sketch {estimate} vs exact {exact} ({relative})");
         }
     }
 

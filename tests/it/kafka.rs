@@ -202,3 +202,22 @@ fn malformed_messages_are_counted_dead_lettered_and_skipped() {
     reasons.sort();
     assert_eq!(reasons, ["bad_timestamp", "invalid_json", "invalid_json", "non_finite", "unknown_model"]);
 }
+
+#[test]
+fn a_rebalance_mid_stream_neither_loses_nor_double_counts() {
+    let broker = broker_with_topics();
+    let a = Daemon::start(&broker, "rebalance", "");
+    produce(&broker, 1_500, 1_795_687_200_000, 6);
+    wait_until(TIMEOUT, "the first instance to be consuming", || a.predictions() >= 200);
+    // A second member joins while events are flowing: partitions move.
+    let b = Daemon::start(&broker, "rebalance", "");
+    produce(&broker, 1_500, 1_795_687_200_000 + 60_000, 7);
+    wait_until(TIMEOUT, "the second instance to own partitions", || {
+        b.telemetry.assigned_partitions.load(Ordering::Relaxed) > 0
+    });
+    produce(&broker, 1_000, 1_795_687_200_000 + 120_000, 8);
+    wait_until(TIMEOUT, "4000 predictions consumed by the group", || a.predictions() + b.predictions() >= 4_000);
+    let (_, rows_a) = a.stop();
+    let (_, rows_b) = b.stop();
+    assert_eq!(counted(&rows_a) + counted(&rows_b), 4_000.0);
+}

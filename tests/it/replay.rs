@@ -250,3 +250,39 @@ fn late_events_are_counted_not_merged() {
     assert_eq!(model_rows("events_late"), vec![(0, 0.0), (60, 1.0), (180, 0.0)]);
     assert_eq!(telemetry.events_late.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[test]
+fn every_label_is_read_even_when_labels_outlast_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("c.yaml");
+    std::fs::write(
+        &config_path,
+        "windows: {size: 1m, label_horizon: 1h}\npipeline: {batch_size: 10}\nmodels: [{name: m}]\n",
+    )
+    .unwrap();
+    let t0 = 1_795_687_200_000i64;
+    let predictions: String = (0..30)
+        .map(|i| format!("{{\"event_id\":\"{i}\",\"model\":\"m\",\"timestamp\":{},\"prediction\":1}}\n", t0 + i * 1000))
+        .collect();
+    let labels: String = (0..30)
+        .map(|i| {
+            format!("{{\"event_id\":\"{i}\",\"model\":\"m\",\"timestamp\":{},\"label\":{}}}\n", t0 + 600_000 + i, i % 2)
+        })
+        .collect();
+    std::fs::write(dir.path().join("p.ndjson"), predictions).unwrap();
+    std::fs::write(dir.path().join("l.ndjson"), labels).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let mut sink = MemorySink::default();
+    replay(
+        &config,
+        &[dir.path().join("p.ndjson")],
+        &[dir.path().join("l.ndjson")],
+        &mut sink,
+        Arc::new(Telemetry::default()),
+    )
+    .unwrap();
+    let labeled: f64 = sink.rows.iter().filter(|r| r.metric == "labeled_count").map(|r| r.value).sum();
+    assert_eq!(labeled, 30.0);
+    let accuracy = sink.rows.iter().find(|r| r.metric == "accuracy").unwrap();
+    assert_eq!(accuracy.value, 0.5);
+}
