@@ -20,5 +20,7 @@ if ! command -v tansu >/dev/null 2>&1; then
 fi
 log "tansu: $(command -v tansu)"
 
-log "cargo test"
+log "cargo test (unit, integration, benches as smoke tests)"
 cargo test --locked --all-targets "$@"
+log "cargo test --doc"
+cargo test --locked --doc "$@"

@@ -254,3 +254,13 @@ fn feature_and_segment_caps_hold() {
     assert!(segments.len() <= 4, "{segments:?}");
     assert!(segments.contains(&OVERFLOW_SEGMENT));
 }
+
+#[test]
+fn invalid_utf8_is_not_json() {
+    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    let mut payload = SPEC_EXAMPLE.as_bytes().to_vec();
+    let at = payload.iter().position(|&b| b == b'D').unwrap();
+    payload[at] = 0xff;
+    let error = decoder.push_prediction(&mut registry, &payload).unwrap_err();
+    assert_eq!(error.reason, InvalidReason::InvalidJson);
+}

@@ -29,14 +29,14 @@ use crate::output::WindowMetricRow;
 /// The summary of one feature in one window.
 #[derive(Debug)]
 pub enum FeatureSummary {
-    Numeric(NumericSummary),
+    Numeric(Box<NumericSummary>),
     Categorical(CategoricalSummary),
 }
 
 impl FeatureSummary {
     fn new(kind: FeatureKind) -> Self {
         match kind {
-            FeatureKind::Numeric => FeatureSummary::Numeric(NumericSummary::new()),
+            FeatureKind::Numeric => FeatureSummary::Numeric(Box::default()),
             FeatureKind::Categorical => FeatureSummary::Categorical(CategoricalSummary::default()),
         }
     }

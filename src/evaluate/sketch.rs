@@ -24,6 +24,15 @@ struct Buckets {
 impl Buckets {
     #[inline]
     fn add(&mut self, index: u64, count: u32) {
+        if let Some(slot) = index.checked_sub(self.offset).and_then(|i| self.counts.get_mut(i as usize)) {
+            *slot = slot.saturating_add(count);
+            return;
+        }
+        self.add_outside(index, count);
+    }
+
+    #[cold]
+    fn add_outside(&mut self, index: u64, count: u32) {
         if self.counts.is_empty() {
             self.offset = index;
             self.counts.push(count);
