@@ -337,7 +337,13 @@ impl Engine {
 
     fn close(&mut self, model: &ModelState, model_index: usize, everything: bool, out: &mut Vec<WindowMetricRow>) {
         let windows = &mut self.windows[model_index];
-        let closed = windows.take_closable(&self.spec, everything);
+        let mut closed = windows.take_closable(&self.spec, everything);
+        // Rows come out by window, then version, then segment ("" first).
+        let order = |start: i64, series: SeriesId| {
+            let s = &model.series[series as usize];
+            (start, s.model_version.clone(), s.segment.clone())
+        };
+        closed.sort_by_cached_key(|((start, series), _)| order(*start, *series));
         for ((start, series), mut state) in closed {
             self.counters.windows_closed += 1;
             let late = windows.late_unreported.remove(&series).unwrap_or(0);
@@ -351,7 +357,9 @@ impl Engine {
         if let Some(watermark) = watermark {
             self.joins[model_index].expire(watermark);
         }
-        for ((start, series), awaiting) in windows.take_labelled(&self.spec, everything) {
+        let mut labelled = windows.take_labelled(&self.spec, everything);
+        labelled.sort_by_cached_key(|((start, series), _)| order(*start, *series));
+        for ((start, series), awaiting) in labelled {
             let id = WindowIdentity { model, series, start_ms: start, end_ms: start + self.spec.size_ms };
             evaluate::performance_rows(&awaiting.performance, awaiting.events, &id, out);
         }

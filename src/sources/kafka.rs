@@ -42,6 +42,9 @@ pub const DLQ_DETAIL_HEADER: &str = "driftwatch-error-detail";
 /// Header with `topic/partition@offset` of the original message.
 pub const DLQ_SOURCE_HEADER: &str = "driftwatch-source";
 
+/// How often the consumer logs a one-line summary of what it has done.
+pub const STATS_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Errors that stop the Kafka source (bad events never do).
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSourceError {
@@ -218,9 +221,14 @@ pub fn run_kafka(
     let mut buffered: Vec<Buffered> = Vec::with_capacity(batch_size);
     let mut deadline: Option<Instant> = None;
     let mut summary = KafkaSummary::default();
+    let mut last_log = Instant::now();
     loop {
         if shutdown.is_triggered() {
             break;
+        }
+        if last_log.elapsed() >= STATS_LOG_INTERVAL {
+            log_stats(pipeline, kafka);
+            last_log = Instant::now();
         }
         let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
         match consumer.poll(wait.min(Duration::from_millis(100))) {
@@ -266,6 +274,23 @@ pub fn run_kafka(
     consumer.unsubscribe();
     tracing::info!(messages = summary.messages, batches = summary.batches, "consumer stopped");
     Ok(summary)
+}
+
+fn log_stats(pipeline: &Pipeline, kafka: &KafkaConfig) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = &pipeline.telemetry;
+    let lag: i64 = t.consumer_lag().values().sum();
+    tracing::info!(
+        predictions = t.events_on(&kafka.predictions_topic),
+        labels = t.events_on(&kafka.labels_topic),
+        invalid = t.invalid_total(),
+        late = t.events_late.load(Relaxed),
+        windows_closed = t.windows_closed.load(Relaxed),
+        open_windows = pipeline.engine.open_windows(),
+        pending_joins = pipeline.engine.pending_joins(),
+        consumer_lag = lag,
+        "pipeline stats"
+    );
 }
 
 fn drop_revoked(

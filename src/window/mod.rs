@@ -101,37 +101,28 @@ impl ModelWindows {
     /// Removes and returns the open windows whose end the watermark has
     /// reached (all of them when `everything`), in (start, series) order.
     pub fn take_closable(&mut self, spec: &WindowSpec, everything: bool) -> Vec<((i64, SeriesId), WindowState)> {
-        let watermark = match (everything, self.watermark(spec)) {
-            (true, _) => i64::MAX,
-            (false, Some(w)) => w,
-            (false, None) => return Vec::new(),
-        };
-        let mut closed = Vec::new();
-        while let Some(entry) = self.open.first_entry() {
-            if !everything && entry.key().0 + spec.size_ms > watermark {
-                break;
-            }
-            closed.push(entry.remove_entry());
-        }
-        closed
+        let limit = if everything { Some(i64::MAX) } else { self.watermark(spec) };
+        drain_ended(&mut self.open, limit, spec.size_ms)
     }
 
     /// Removes and returns the windows whose labels had their horizon.
     pub fn take_labelled(&mut self, spec: &WindowSpec, everything: bool) -> Vec<((i64, SeriesId), AwaitingLabels)> {
-        let watermark = match (everything, self.watermark(spec)) {
-            (true, _) => i64::MAX,
-            (false, Some(w)) => w,
-            (false, None) => return Vec::new(),
-        };
-        let mut done = Vec::new();
-        while let Some(entry) = self.awaiting_labels.first_entry() {
-            if !everything && entry.key().0 + spec.size_ms + spec.label_horizon_ms > watermark {
-                break;
-            }
-            done.push(entry.remove_entry());
-        }
-        done
+        let limit = if everything { Some(i64::MAX) } else { self.watermark(spec) };
+        drain_ended(&mut self.awaiting_labels, limit, spec.size_ms.saturating_add(spec.label_horizon_ms))
     }
+}
+
+/// Removes the entries whose start plus `span` is at most `limit`.
+fn drain_ended<V>(map: &mut BTreeMap<(i64, SeriesId), V>, limit: Option<i64>, span: i64) -> Vec<((i64, SeriesId), V)> {
+    let Some(limit) = limit else { return Vec::new() };
+    let mut ended = Vec::new();
+    while let Some(entry) = map.first_entry() {
+        if limit != i64::MAX && entry.key().0.saturating_add(span) > limit {
+            break;
+        }
+        ended.push(entry.remove_entry());
+    }
+    ended
 }
 
 #[cfg(test)]
