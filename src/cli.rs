@@ -114,14 +114,48 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BaselineCommand {
-    /// Build a baseline profile from training data.
+    /// Build a baseline profile from training data (Parquet, CSV or NDJSON).
     Build {
+        /// Input files or glob patterns.
         #[arg(long, num_args = 1.., required = true)]
-        input: Vec<PathBuf>,
+        input: Vec<String>,
         #[arg(long)]
         model: String,
         #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
         out: PathBuf,
+        #[arg(long, default_value = "label")]
+        label_column: String,
+        #[arg(long, default_value = "prediction")]
+        prediction_column: String,
+        #[arg(long, default_value = "score")]
+        score_column: String,
+        /// Only these columns are features (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        features: Option<Vec<String>>,
+        /// Columns that are not features (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
+        /// Quantile bins per numeric feature.
+        #[arg(long, default_value_t = crate::baseline::build::DEFAULT_BINS)]
+        bins: usize,
+        /// Categories kept per categorical column; the rest count as `other`.
+        #[arg(long, default_value_t = crate::baseline::build::DEFAULT_TOP_CATEGORIES)]
+        top_categories: usize,
+        /// binary_classification, multiclass_classification or regression
+        /// (inferred from the label/prediction column type when absent).
+        #[arg(long)]
+        task: Option<String>,
+        /// DVC `md5` of the dataset, recorded in the profile.
+        #[arg(long)]
+        dvc_md5: Option<String>,
+        /// MLflow run id, recorded in the profile.
+        #[arg(long)]
+        mlflow_run_id: Option<String>,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -296,7 +330,70 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             Ok(())
         }
         Command::Demo { .. } => not_yet("demo"),
-        Command::Baseline { .. } => not_yet("baseline build"),
+        Command::Baseline { command } => baseline_command(command),
         Command::Rules { .. } => not_yet("rules"),
     }
+}
+
+fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
+    let BaselineCommand::Build {
+        input,
+        model,
+        version,
+        out,
+        label_column,
+        prediction_column,
+        score_column,
+        features,
+        exclude,
+        bins,
+        top_categories,
+        task,
+        dvc_md5,
+        mlflow_run_id,
+        quiet,
+    } = command;
+    let task = match task.as_deref() {
+        None => None,
+        Some("binary_classification") => Some(crate::config::Task::BinaryClassification),
+        Some("multiclass_classification") => Some(crate::config::Task::MulticlassClassification),
+        Some("regression") => Some(crate::config::Task::Regression),
+        Some(other) => {
+            eprintln!("--task {other}: use binary_classification, multiclass_classification or regression");
+            return Err(ExitCode::from(2));
+        }
+    };
+    if bins == 0 {
+        eprintln!("--bins must be at least 1");
+        return Err(ExitCode::from(2));
+    }
+    let options = crate::baseline::build::BuildOptions {
+        version,
+        label_column,
+        prediction_column,
+        score_column,
+        features,
+        exclude,
+        bins,
+        top_categories,
+        task,
+        dvc_md5,
+        mlflow_run_id,
+        progress: !quiet,
+        ..crate::baseline::build::BuildOptions::new(input, &model)
+    };
+    let fail = |e: crate::baseline::BaselineError| {
+        eprintln!("driftwatch baseline build: {e}");
+        ExitCode::from(1)
+    };
+    let baseline = crate::baseline::build::build_baseline(&options).map_err(fail)?;
+    baseline.save(&out).map_err(fail)?;
+    eprintln!(
+        "baseline for {} from {} rows ({} features) written to {}",
+        baseline.model,
+        baseline.source.rows,
+        baseline.features.len(),
+        out.display()
+    );
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! [`rules`] → [`notify`], wired by [`engine`] and [`pipeline`] and driven by
 //! [`drivers`] (`run` over Kafka, `replay` over files).
 
+pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod decode;

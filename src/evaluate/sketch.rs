@@ -15,7 +15,7 @@ const SHIFT: u32 = 52 - MANTISSA_BITS;
 
 /// Counts per bucket for one sign, stored densely between the lowest and
 /// highest bucket seen.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Buckets {
     offset: u64,
     counts: Vec<u32>,
@@ -70,7 +70,7 @@ fn bucket_midpoint(index: u64) -> f64 {
 }
 
 /// The sketch: negative values, zeros and positive values.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QuantileSketch {
     negative: Buckets,
     zeros: u64,

@@ -1,0 +1,146 @@
+//! Baselines: the reference profile of a model's training (or validation)
+//! data that every window is compared with (SPEC §5), and
+//! [`build`], which computes one from files with DataFusion.
+//!
+//! The profile is a JSON file with `"format_version": 1`. Loading is strict
+//! (unknown keys are errors) so a hand-edited or truncated profile is caught
+//! before it silently changes what counts as drift.
+
+pub mod build;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::evaluate::sketch::QuantileSketch;
+
+/// The profile format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A model's reference profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    pub format_version: u32,
+    pub model: String,
+    pub version: Option<String>,
+    /// RFC 3339 UTC time the profile was built.
+    pub created_at: String,
+    pub source: Source,
+    /// `binary_classification`, `multiclass_classification` or `regression`.
+    pub task: String,
+    pub features: BTreeMap<String, ColumnProfile>,
+    pub prediction: Option<ColumnProfile>,
+    pub score: Option<ColumnProfile>,
+    pub label: Option<ColumnProfile>,
+    /// Reference performance (accuracy, precision, recall, f1 / mae, rmse,
+    /// mape, r2) when labels and predictions are both present.
+    #[serde(default)]
+    pub performance: BTreeMap<String, f64>,
+}
+
+/// Where the reference data came from, so every alert traces back to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub files: Vec<SourceFile>,
+    pub rows: u64,
+    /// DVC `md5` of the dataset, when given with `--dvc-md5`.
+    pub dvc_md5: Option<String>,
+    /// MLflow run id, when given with `--mlflow-run-id`.
+    pub mlflow_run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    pub path: String,
+    pub rows: u64,
+    pub sha256: String,
+}
+
+/// The profile of one column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ColumnProfile {
+    Numeric(NumericProfile),
+    Categorical(CategoricalProfile),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumericProfile {
+    /// Non-missing values.
+    pub count: u64,
+    pub missing: u64,
+    pub missing_rate: f64,
+    pub mean: Option<f64>,
+    /// Sample standard deviation (n − 1).
+    pub std: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// `p01`, `p05`, `p25`, `p50`, `p75`, `p95`, `p99`.
+    pub quantiles: BTreeMap<String, f64>,
+    /// Inner edges of the quantile bins (bins − 1 of them); the outer bins
+    /// are open-ended, so every window value falls in some bin.
+    pub bin_edges: Vec<f64>,
+    /// Share of reference values in each bin (bins of them, summing to 1):
+    /// bin i holds values v with `edges[i-1] < v <= edges[i]`.
+    pub bin_proportions: Vec<f64>,
+    /// The reference distribution as a mergeable relative-error sketch
+    /// (for KS and Wasserstein against windows).
+    pub sketch: QuantileSketch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoricalProfile {
+    pub count: u64,
+    pub missing: u64,
+    pub missing_rate: f64,
+    /// Share of non-missing values per category, for the top categories.
+    pub frequencies: BTreeMap<String, f64>,
+    /// Share of non-missing values in all other categories.
+    pub other: f64,
+    /// Distinct values seen (up to the tracking cap).
+    pub distinct: u64,
+}
+
+/// Errors loading or writing a baseline, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a baseline profile: {message}")]
+    Format { path: String, message: String },
+    #[error("{path}: format_version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    Version { path: String, found: u32 },
+    #[error("{0}")]
+    Build(String),
+}
+
+impl Baseline {
+    /// Reads and checks a profile.
+    pub fn load(path: &Path) -> Result<Baseline, BaselineError> {
+        let display = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| BaselineError::Io { path: display.clone(), source })?;
+        let baseline: Baseline = serde_json::from_str(&text)
+            .map_err(|e| BaselineError::Format { path: display.clone(), message: e.to_string() })?;
+        if baseline.format_version != FORMAT_VERSION {
+            return Err(BaselineError::Version { path: display, found: baseline.format_version });
+        }
+        Ok(baseline)
+    }
+
+    /// Writes the profile as pretty JSON (atomically: temp file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), BaselineError> {
+        let display = path.display().to_string();
+        let io = |source| BaselineError::Io { path: display.clone(), source };
+        let json = serde_json::to_vec_pretty(self).expect("a baseline always serialises");
+        let temp = path.with_extension("json.tmp");
+        std::fs::write(&temp, json).map_err(io)?;
+        std::fs::rename(&temp, path).map_err(io)
+    }
+}
