@@ -21,5 +21,6 @@ pub mod rules;
 pub mod shutdown;
 pub mod simulate;
 pub mod sources;
+pub mod stats;
 pub mod telemetry;
 pub mod window;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ModelConfig, Task};
+use crate::evaluate::reference::{FeatureReference, ModelReference};
 
 /// Index of a model in [`ModelRegistry::models`].
 pub type ModelId = u32;
@@ -104,6 +105,10 @@ pub struct ModelState {
     /// object: producers usually write features in the same order, so a
     /// string compare replaces most hash lookups.
     pub feature_order_hint: Vec<u32>,
+    /// The model's baseline, when one is configured.
+    pub reference: Option<Arc<ModelReference>>,
+    /// Per feature id, its baseline reference (if the baseline has it).
+    pub feature_refs: Vec<Option<Arc<FeatureReference>>>,
 }
 
 impl ModelState {
@@ -118,7 +123,34 @@ impl ModelState {
             feature_ids: FastMap::default(),
             features: Vec::new(),
             feature_order_hint: Vec::new(),
+            reference: None,
+            feature_refs: Vec::new(),
         }
+    }
+
+    /// Attaches a baseline: its features are registered up front with the
+    /// baseline's kinds, so events cannot change a feature's type.
+    pub fn attach_reference(&mut self, reference: ModelReference) {
+        let reference = Arc::new(reference);
+        for (name, feature) in &reference.features {
+            if !self.feature_ids.contains_key(name.as_str()) {
+                self.add_feature(name, feature.kind());
+            }
+        }
+        self.reference = Some(reference);
+        self.feature_refs =
+            self.features.iter().map(|f| self.reference.as_ref().and_then(|r| r.feature(&f.name).cloned())).collect();
+    }
+
+    /// Registers a new feature and returns its id.
+    pub fn add_feature(&mut self, name: &str, kind: FeatureKind) -> u32 {
+        let name: Arc<str> = Arc::from(name);
+        let id = self.features.len() as u32;
+        self.feature_ids.insert(name.clone(), id);
+        let reference = self.reference.as_ref().and_then(|r| r.feature(&name).cloned());
+        self.features.push(FeatureMeta { name, kind });
+        self.feature_refs.push(reference);
+        id
     }
 
     pub fn is_classification(&self) -> bool {

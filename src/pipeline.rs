@@ -33,7 +33,15 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: &Config, telemetry: Arc<Telemetry>) -> Result<Pipeline, String> {
-        let registry = ModelRegistry::from_config(config);
+        let mut registry = ModelRegistry::from_config(config);
+        for (id, model) in config.models.iter().enumerate() {
+            let Some(path) = &model.baseline else { continue };
+            let baseline = crate::baseline::Baseline::load(path).map_err(|e| format!("models[{id}].baseline: {e}"))?;
+            if baseline.model != model.name {
+                tracing::warn!(model = %model.name, baseline_model = %baseline.model, "baseline was built for another model name");
+            }
+            registry.get_mut(id as u32).attach_reference(crate::evaluate::reference::ModelReference::new(baseline));
+        }
         let decoder = Decoder::new(&registry, &config.pipeline)?;
         let engine = Engine::new(config, &registry);
         let (predictions_topic, labels_topic) = match &config.kafka {

@@ -14,7 +14,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, StructArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
@@ -29,8 +29,8 @@ use crate::evaluate::sketch::QuantileSketch;
 use crate::evaluate::{NumericSummary, Outcome, PerformanceState};
 use crate::model::Interner;
 
-/// Columns never treated as features.
-pub const IGNORED_COLUMNS: [&str; 2] = ["event_id", "timestamp"];
+/// Columns never treated as features (event metadata in logged events).
+pub const IGNORED_COLUMNS: [&str; 6] = ["event_id", "timestamp", "model", "model_version", "segment", "latency_ms"];
 /// Default number of quantile bins per numeric feature.
 pub const DEFAULT_BINS: usize = 10;
 /// Default number of categories kept per categorical column (rest: `other`).
@@ -178,6 +178,26 @@ async fn read(ctx: &SessionContext, path: &Path) -> Result<datafusion::prelude::
     }
 }
 
+/// The batch's columns with struct columns (such as the `features` object of
+/// logged prediction events) replaced by their children.
+fn flat_columns(batch: &RecordBatch, ignored: &[&str]) -> Vec<(String, DataType, ArrayRef)> {
+    let mut columns = Vec::new();
+    for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
+        if ignored.contains(&field.name().as_str()) {
+            continue;
+        }
+        match array.as_any().downcast_ref::<StructArray>() {
+            Some(structs) => {
+                for (child, values) in structs.fields().iter().zip(structs.columns()) {
+                    columns.push((child.name().clone(), child.data_type().clone(), values.clone()));
+                }
+            }
+            None => columns.push((field.name().clone(), field.data_type().clone(), array.clone())),
+        }
+    }
+    columns
+}
+
 struct Builder<'a> {
     options: &'a BuildOptions,
     columns: Vec<Column>,
@@ -197,7 +217,7 @@ impl Builder<'_> {
             Some(Role::Prediction)
         } else if name == o.score_column {
             Some(Role::Score)
-        } else if IGNORED_COLUMNS.contains(&name) || o.exclude.iter().any(|e| e == name) {
+        } else if o.exclude.iter().any(|e| e == name) {
             None
         } else if let Some(only) = &o.features {
             only.iter().any(|f| f == name).then_some(Role::Feature)
@@ -244,11 +264,11 @@ impl Builder<'_> {
     }
 
     fn first_pass(&mut self, batch: &RecordBatch) {
-        let schema = batch.schema();
         let mut predicted: Option<ArrayRef> = None;
         let mut actual: Option<ArrayRef> = None;
-        for (field, array) in schema.fields().iter().zip(batch.columns()) {
-            let Some(index) = self.column_index(field.name(), field.data_type()) else { continue };
+        for (name, data_type, array) in flat_columns(batch, &IGNORED_COLUMNS) {
+            let array = &array;
+            let Some(index) = self.column_index(&name, &data_type) else { continue };
             let column = &mut self.columns[index];
             match &mut column.acc {
                 Accumulator::Numeric { summary, sketch, .. } => {
@@ -313,11 +333,10 @@ impl Builder<'_> {
     }
 
     fn second_pass(&mut self, batch: &RecordBatch) {
-        let schema = batch.schema();
-        for (field, array) in schema.fields().iter().zip(batch.columns()) {
-            let Some(&index) = self.by_name.get(field.name().as_str()) else { continue };
+        for (name, _, array) in flat_columns(batch, &IGNORED_COLUMNS) {
+            let Some(&index) = self.by_name.get(name.as_str()) else { continue };
             if let Accumulator::Numeric { bins, edges, .. } = &mut self.columns[index].acc {
-                for value in as_f64(array).iter().flatten() {
+                for value in as_f64(&array).iter().flatten() {
                     bins[edges.partition_point(|&e| e < value)] += 1;
                 }
             }

@@ -21,7 +21,7 @@ use datafusion::arrow::array::{
 };
 
 use crate::config::{PipelineConfig, Task};
-use crate::model::{ClassId, FeatureKind, FeatureMeta, ModelId, ModelRegistry, ModelState, Series};
+use crate::model::{ClassId, FeatureKind, ModelId, ModelRegistry, ModelState, Series};
 use json::{RowScratch, Scalar};
 use pointer::{Field, Node};
 
@@ -435,11 +435,7 @@ impl Decoder {
                         self.counters.features_over_cap += 1;
                         continue;
                     }
-                    let name: Arc<str> = Arc::from(name);
-                    let id = model.features.len();
-                    model.feature_ids.insert(name.clone(), id as u32);
-                    model.features.push(FeatureMeta { name, kind });
-                    id
+                    model.add_feature(name, kind) as usize
                 }
             };
             while columns.features.len() <= feature_id {

@@ -12,6 +12,7 @@
 pub mod categorical;
 pub mod numeric;
 pub mod performance;
+pub mod reference;
 pub mod sketch;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub use performance::{Outcome, PerformanceState};
 use crate::decode::{FeatureArray, PredictionArray};
 use crate::model::{FeatureKind, ModelState, SeriesId};
 use crate::output::WindowMetricRow;
+use reference::FeatureReference;
 
 /// The summary of one feature in one window.
 #[derive(Debug)]
@@ -42,12 +44,17 @@ impl FeatureSummary {
     }
 }
 
-/// Per-feature summary plus its type-error count.
+/// Per-feature summary plus its type-error count and, when the feature has
+/// a baseline, the window's counts in the baseline's bins.
 #[derive(Debug)]
 pub struct FeatureState {
     pub summary: FeatureSummary,
     /// Values whose JSON type did not match the feature (also counted missing).
     pub type_errors: u64,
+    /// Numeric features with a baseline: values per baseline bin.
+    pub reference_bins: Vec<u64>,
+    /// Numeric features with a baseline: values outside its [min, max].
+    pub out_of_range: u64,
 }
 
 /// The distribution of predictions in a window.
@@ -100,7 +107,16 @@ impl WindowState {
             self.features.resize_with(feature + 1, || None);
         }
         self.features[feature].get_or_insert_with(|| {
-            let mut state = FeatureState { summary: FeatureSummary::new(model.features[feature].kind), type_errors: 0 };
+            let reference_bins = match model.feature_refs.get(feature).and_then(Option::as_deref) {
+                Some(FeatureReference::Numeric(r)) => vec![0; r.proportions.len()],
+                _ => Vec::new(),
+            };
+            let mut state = FeatureState {
+                summary: FeatureSummary::new(model.features[feature].kind),
+                type_errors: 0,
+                reference_bins,
+                out_of_range: 0,
+            };
             // Events of this window seen before the feature existed lacked it.
             match &mut state.summary {
                 FeatureSummary::Numeric(s) => s.add_missing(self.events),
@@ -115,7 +131,17 @@ impl WindowState {
         for (feature, array) in columns.features.iter().enumerate() {
             let state = self.feature_mut(model, feature);
             match (&mut state.summary, array) {
-                (FeatureSummary::Numeric(s), FeatureArray::Numeric(a)) => s.update(a),
+                (FeatureSummary::Numeric(s), FeatureArray::Numeric(a)) => {
+                    s.update(a);
+                    if let Some(FeatureReference::Numeric(r)) =
+                        model.feature_refs.get(feature).and_then(Option::as_deref)
+                    {
+                        for value in a.iter().flatten() {
+                            state.reference_bins[r.bin(value)] += 1;
+                            state.out_of_range += u64::from(r.out_of_range(value));
+                        }
+                    }
+                }
                 (FeatureSummary::Categorical(s), FeatureArray::Categorical(a)) => s.update(a, max_categories),
                 // A kind cannot change once set; keep the state consistent anyway.
                 (FeatureSummary::Numeric(s), _) => s.add_missing(columns.len as u64),
@@ -213,7 +239,9 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
     order.sort_by(|&a, &b| id.model.features[a].name.cmp(&id.model.features[b].name));
     for feature in order {
         let name = Some(&id.model.features[feature].name);
+        let reference = id.model.feature_refs.get(feature).and_then(Option::as_deref);
         let Some(feature_state) = state.features[feature].as_mut() else { continue };
+        let first_row = out.len();
         match &mut feature_state.summary {
             FeatureSummary::Numeric(s) => {
                 let n = s.count();
@@ -232,12 +260,132 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
                     out.push(id.row(name, "max", max, n));
                 }
                 push_quantiles(out, id, name, s, ["p50", "p95", "p99"]);
+                if let Some(FeatureReference::Numeric(r)) = reference
+                    && n > 0
+                {
+                    numeric_drift_rows(s, r, &feature_state.reference_bins, feature_state.out_of_range, id, name, out);
+                }
             }
             FeatureSummary::Categorical(s) => {
                 out.push(id.row(name, "count", s.count as f64, s.count));
                 out.push(id.row(name, "missing_rate", ratio(s.missing, events), events));
+                if let Some(FeatureReference::Categorical(r)) = reference
+                    && s.count > 0
+                {
+                    categorical_drift_rows(s, r, id, name, out);
+                }
             }
         }
+        if let Some(reference) = reference {
+            fill_baselines(&mut out[first_row..], reference);
+        }
+    }
+}
+
+/// The baseline's value of the summary metrics, on the rows just written.
+fn fill_baselines(rows: &mut [WindowMetricRow], reference: &FeatureReference) {
+    for row in rows {
+        row.baseline = match (row.metric, reference) {
+            ("missing_rate", r) => Some(r.missing_rate()),
+            ("mean", FeatureReference::Numeric(r)) => r.mean,
+            ("std", FeatureReference::Numeric(r)) => r.std,
+            ("min", FeatureReference::Numeric(r)) => r.min,
+            ("max", FeatureReference::Numeric(r)) => r.max,
+            (q @ ("p50" | "p95" | "p99"), FeatureReference::Numeric(r)) => {
+                r.quantiles.iter().find(|(k, _)| k == q).map(|(_, v)| *v)
+            }
+            ("out_of_range_rate" | "unseen_rate", _) => Some(0.0),
+            _ => row.baseline,
+        };
+    }
+}
+
+/// Drift of a numeric feature against its baseline: PSI, Jensen–Shannon
+/// and Hellinger over the baseline's quantile bins; KS and Wasserstein-1
+/// (normalised by the baseline's std) over the two distributions; the share
+/// of values outside the baseline's range.
+fn numeric_drift_rows(
+    summary: &NumericSummary,
+    reference: &reference::NumericReference,
+    bins: &[u64],
+    out_of_range: u64,
+    id: &WindowIdentity<'_>,
+    name: Option<&Arc<str>>,
+    out: &mut Vec<WindowMetricRow>,
+) {
+    let n = summary.count();
+    out.push(id.row(name, "out_of_range_rate", ratio(out_of_range, n), n));
+    let total: u64 = bins.iter().sum();
+    let shares: Vec<f64> = bins.iter().map(|&b| ratio(b, total)).collect();
+    let psi = crate::stats::psi(&reference.proportions, bins, crate::stats::PSI_EPSILON);
+    if psi.is_finite() {
+        out.push(id.row(name, "psi", psi, n));
+    }
+    let js = crate::stats::jensen_shannon_distance(&reference.proportions, &shares);
+    if js.is_finite() {
+        out.push(id.row(name, "jensen_shannon", js, n));
+    }
+    let hellinger = crate::stats::hellinger(&reference.proportions, &shares);
+    if hellinger.is_finite() {
+        out.push(id.row(name, "hellinger", hellinger, n));
+    }
+    let window = summary.to_sketch();
+    let (grid, reference_cdf, window_cdf) = sketch::common_cdfs(&reference.sketch, &window);
+    let (d, _) = crate::stats::ks_two_sample_from_cdfs(&reference_cdf, &window_cdf, reference.sketch.count(), n);
+    if d.is_finite() {
+        // scipy's `ks_2samp(method='asymp')` p-value convention.
+        let p = crate::stats::ks_pvalue_scipy_asymp(d, reference.sketch.count(), n);
+        let mut row = id.row(name, "ks", d, n);
+        row.p_value = p.is_finite().then_some(p);
+        out.push(row);
+    }
+    let w = crate::stats::wasserstein_from_cdfs(&grid, &reference_cdf, &window_cdf);
+    if let Some(std) = reference.std.filter(|s| *s > 0.0)
+        && w.is_finite()
+    {
+        out.push(id.row(name, "wasserstein", w / std, n));
+    }
+}
+
+/// Drift of a categorical feature against its baseline: PSI, chi-square
+/// (with p-value) and Jensen–Shannon over the baseline's categories plus
+/// `other`, and the share of values the baseline never saw.
+fn categorical_drift_rows(
+    summary: &CategoricalSummary,
+    reference: &reference::CategoricalReference,
+    id: &WindowIdentity<'_>,
+    name: Option<&Arc<str>>,
+    out: &mut Vec<WindowMetricRow>,
+) {
+    let n = summary.count;
+    let other = reference.proportions.len() - 1;
+    let mut counts = vec![0u64; reference.proportions.len()];
+    let mut unseen = summary.other;
+    counts[other] += summary.other;
+    for (value, &count) in &summary.frequencies {
+        match reference.index.get(&**value) {
+            Some(&i) => counts[i] += count,
+            None => {
+                counts[other] += count;
+                unseen += count;
+            }
+        }
+    }
+    out.push(id.row(name, "unseen_rate", ratio(unseen, n), n));
+    let psi = crate::stats::psi(&reference.proportions, &counts, crate::stats::PSI_EPSILON);
+    if psi.is_finite() {
+        out.push(id.row(name, "psi", psi, n));
+    }
+    let (chi2, p) = crate::stats::chi_square(&reference.proportions, &counts);
+    if chi2.is_finite() {
+        let mut row = id.row(name, "chi2", chi2, n);
+        row.p_value = p.is_finite().then_some(p);
+        out.push(row);
+    }
+    let shares: Vec<f64> = counts.iter().map(|&c| ratio(c, n)).collect();
+    let js = crate::stats::jensen_shannon_distance(&reference.proportions, &shares);
+    if js.is_finite() {
+        out.push(id.row(name, "jensen_shannon", js, n));
     }
 }
 

@@ -194,6 +194,25 @@ impl NumericSummary {
         }
     }
 
+    /// The window's values as a sketch (built from the exact values while
+    /// the window is small).
+    pub fn to_sketch(&self) -> QuantileSketch {
+        match &self.exact {
+            Some(values) => {
+                let mut sketch = QuantileSketch::default();
+                values.iter().for_each(|&v| sketch.add(v));
+                sketch
+            }
+            None => self.sketch.clone(),
+        }
+    }
+
+    /// The exact values, while the window holds at most
+    /// [`EXACT_QUANTILE_LIMIT`] of them.
+    pub fn exact_values(&self) -> Option<&[f64]> {
+        self.exact.as_deref()
+    }
+
     /// Whether quantiles are exact (the window is small enough).
     pub fn is_exact(&self) -> bool {
         self.exact.is_some()

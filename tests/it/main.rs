@@ -6,6 +6,7 @@
 
 mod baseline;
 mod cli;
+mod drift;
 mod kafka;
 mod replay;
 mod support;

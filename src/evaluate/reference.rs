@@ -1,0 +1,126 @@
+//! The baseline as the window stage uses it: per feature, what a closed
+//! window is compared with (bin edges and proportions, category shares,
+//! range, missing rate, the reference sketch), prepared once at start-up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::baseline::{Baseline, ColumnProfile};
+use crate::evaluate::sketch::QuantileSketch;
+use crate::model::FeatureKind;
+
+/// One feature's reference.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureReference {
+    Numeric(NumericReference),
+    Categorical(CategoricalReference),
+}
+
+impl FeatureReference {
+    pub fn kind(&self) -> FeatureKind {
+        match self {
+            FeatureReference::Numeric(_) => FeatureKind::Numeric,
+            FeatureReference::Categorical(_) => FeatureKind::Categorical,
+        }
+    }
+
+    pub fn missing_rate(&self) -> f64 {
+        match self {
+            FeatureReference::Numeric(r) => r.missing_rate,
+            FeatureReference::Categorical(r) => r.missing_rate,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumericReference {
+    pub count: u64,
+    pub missing_rate: f64,
+    pub mean: Option<f64>,
+    pub std: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Inner bin edges; bin i holds `edges[i-1] < v <= edges[i]`.
+    pub edges: Vec<f64>,
+    pub proportions: Vec<f64>,
+    pub quantiles: Vec<(String, f64)>,
+    pub sketch: QuantileSketch,
+}
+
+impl NumericReference {
+    /// The bin of a value.
+    #[inline]
+    pub fn bin(&self, value: f64) -> usize {
+        self.edges.partition_point(|&e| e < value)
+    }
+
+    /// Whether a value lies outside the reference's [min, max].
+    #[inline]
+    pub fn out_of_range(&self, value: f64) -> bool {
+        self.min.is_some_and(|m| value < m) || self.max.is_some_and(|m| value > m)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CategoricalReference {
+    pub count: u64,
+    pub missing_rate: f64,
+    /// Category → index into `proportions`; the last proportion is `other`.
+    pub index: HashMap<String, usize>,
+    pub categories: Vec<String>,
+    pub proportions: Vec<f64>,
+}
+
+/// A model's baseline, prepared for the window stage.
+#[derive(Debug, Clone)]
+pub struct ModelReference {
+    pub baseline: Arc<Baseline>,
+    /// Features in name order.
+    pub features: Vec<(String, Arc<FeatureReference>)>,
+}
+
+impl ModelReference {
+    pub fn new(baseline: Baseline) -> ModelReference {
+        let features = baseline
+            .features
+            .iter()
+            .map(|(name, profile)| (name.clone(), Arc::new(FeatureReference::from_profile(profile))))
+            .collect();
+        ModelReference { baseline: Arc::new(baseline), features }
+    }
+
+    pub fn feature(&self, name: &str) -> Option<&Arc<FeatureReference>> {
+        self.features.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+}
+
+impl FeatureReference {
+    pub fn from_profile(profile: &ColumnProfile) -> FeatureReference {
+        match profile {
+            ColumnProfile::Numeric(p) => FeatureReference::Numeric(NumericReference {
+                count: p.count,
+                missing_rate: p.missing_rate,
+                mean: p.mean,
+                std: p.std,
+                min: p.min,
+                max: p.max,
+                edges: p.bin_edges.clone(),
+                proportions: p.bin_proportions.clone(),
+                quantiles: p.quantiles.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                sketch: p.sketch.clone(),
+            }),
+            ColumnProfile::Categorical(p) => {
+                let categories: Vec<String> = p.frequencies.keys().cloned().collect();
+                let mut proportions: Vec<f64> = p.frequencies.values().copied().collect();
+                proportions.push(p.other);
+                FeatureReference::Categorical(CategoricalReference {
+                    count: p.count,
+                    missing_rate: p.missing_rate,
+                    index: categories.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect(),
+                    categories,
+                    proportions,
+                })
+            }
+        }
+    }
+}
