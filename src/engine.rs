@@ -46,6 +46,7 @@ struct Group {
 /// The streaming engine for all models.
 pub struct Engine {
     spec: WindowSpec,
+    drift_alpha: f64,
     max_categories: usize,
     windows: Vec<ModelWindows>,
     joins: Vec<ModelJoin>,
@@ -90,6 +91,7 @@ impl Engine {
         let spec = WindowSpec::from_config(&config.windows);
         Engine {
             spec,
+            drift_alpha: config.drift.alpha,
             max_categories: config.pipeline.max_categories_per_feature,
             windows: registry.models.iter().map(|_| ModelWindows::default()).collect(),
             joins: registry
@@ -347,7 +349,13 @@ impl Engine {
         for ((start, series), mut state) in closed {
             self.counters.windows_closed += 1;
             let late = windows.late_unreported.remove(&series).unwrap_or(0);
-            let id = WindowIdentity { model, series, start_ms: start, end_ms: start + self.spec.size_ms };
+            let id = WindowIdentity {
+                model,
+                series,
+                start_ms: start,
+                end_ms: start + self.spec.size_ms,
+                drift_alpha: self.drift_alpha,
+            };
             evaluate::data_rows(&mut state, &id, late, out);
             windows
                 .awaiting_labels
@@ -360,7 +368,13 @@ impl Engine {
         let mut labelled = windows.take_labelled(&self.spec, everything);
         labelled.sort_by_cached_key(|((start, series), _)| order(*start, *series));
         for ((start, series), awaiting) in labelled {
-            let id = WindowIdentity { model, series, start_ms: start, end_ms: start + self.spec.size_ms };
+            let id = WindowIdentity {
+                model,
+                series,
+                start_ms: start,
+                end_ms: start + self.spec.size_ms,
+                drift_alpha: self.drift_alpha,
+            };
             evaluate::performance_rows(&awaiting.performance, awaiting.events, &id, out);
         }
     }

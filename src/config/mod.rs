@@ -162,6 +162,38 @@ pub struct Config {
     /// Extra outputs (driftwatch extension). Default: none.
     #[serde(default)]
     pub output: OutputConfig,
+    /// How drift rows are judged (driftwatch extension). Default:
+    /// [`DriftConfig::default`].
+    #[serde(default)]
+    pub drift: DriftConfig,
+}
+
+/// Default `drift.alpha`: the false-alarm rate per window and drift metric,
+/// shared across the model's features (Bonferroni).
+pub const DEFAULT_DRIFT_ALPHA: f64 = 0.01;
+
+/// `drift:` — thresholds for the `drifted` column (driftwatch extension).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Probability that a window drawn from the baseline's own distribution
+    /// is marked drifted on a given metric for any of the model's features
+    /// (the per-feature level is `alpha / features`). Thresholds are the
+    /// metric's critical value at that level for the window's sample size,
+    /// so they tighten as windows grow. Default [`DEFAULT_DRIFT_ALPHA`]
+    /// (0.01). Must be in (0, 0.5).
+    #[serde(default = "default_drift_alpha")]
+    pub alpha: f64,
+}
+
+fn default_drift_alpha() -> f64 {
+    DEFAULT_DRIFT_ALPHA
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig { alpha: DEFAULT_DRIFT_ALPHA }
+    }
 }
 
 /// `kafka:`. Only `brokers` is required.

@@ -32,6 +32,9 @@ impl Config {
         self.check_windows(&mut errors);
         self.check_pipeline(&mut errors);
         self.check_models(&mut errors);
+        if !(self.drift.alpha > 0.0 && self.drift.alpha < 0.5) {
+            errors.push(format!("drift.alpha: {} is not in (0, 0.5)", self.drift.alpha));
+        }
         for (i, pattern) in self.rules.iter().enumerate() {
             if pattern.trim().is_empty() {
                 errors.push(format!("rules[{i}]: empty pattern"));

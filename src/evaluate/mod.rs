@@ -14,6 +14,7 @@ pub mod numeric;
 pub mod performance;
 pub mod reference;
 pub mod sketch;
+pub mod thresholds;
 
 use std::sync::Arc;
 
@@ -190,6 +191,25 @@ pub struct WindowIdentity<'a> {
     pub series: SeriesId,
     pub start_ms: i64,
     pub end_ms: i64,
+    /// `drift.alpha`; divided among the model's baselined features.
+    pub drift_alpha: f64,
+}
+
+impl WindowIdentity<'_> {
+    /// The false-alarm level of one feature's drift test (Bonferroni).
+    fn feature_alpha(&self) -> f64 {
+        let features = self.model.reference.as_ref().map_or(1, |r| r.features.len().max(1));
+        self.drift_alpha / features as f64
+    }
+}
+
+/// A drift row with its threshold and verdict.
+fn judged(mut row: WindowMetricRow, threshold: f64) -> WindowMetricRow {
+    if threshold.is_finite() {
+        row.threshold = Some(threshold);
+        row.drifted = Some(row.value > threshold);
+    }
+    row
 }
 
 impl WindowIdentity<'_> {
@@ -314,20 +334,25 @@ fn numeric_drift_rows(
     out: &mut Vec<WindowMetricRow>,
 ) {
     let n = summary.count();
+    let alpha = id.feature_alpha();
+    let reference_n = reference.count;
+    let k = reference.proportions.iter().filter(|p| **p > 0.0).count();
     out.push(id.row(name, "out_of_range_rate", ratio(out_of_range, n), n));
     let total: u64 = bins.iter().sum();
     let shares: Vec<f64> = bins.iter().map(|&b| ratio(b, total)).collect();
     let psi = crate::stats::psi(&reference.proportions, bins, crate::stats::PSI_EPSILON);
     if psi.is_finite() {
-        out.push(id.row(name, "psi", psi, n));
+        out.push(judged(id.row(name, "psi", psi, n), thresholds::psi_threshold(k, n, reference_n, alpha)));
     }
     let js = crate::stats::jensen_shannon_distance(&reference.proportions, &shares);
     if js.is_finite() {
-        out.push(id.row(name, "jensen_shannon", js, n));
+        let threshold = thresholds::jensen_shannon_threshold(k, n, reference_n, alpha);
+        out.push(judged(id.row(name, "jensen_shannon", js, n), threshold));
     }
     let hellinger = crate::stats::hellinger(&reference.proportions, &shares);
     if hellinger.is_finite() {
-        out.push(id.row(name, "hellinger", hellinger, n));
+        let threshold = thresholds::hellinger_threshold(k, n, reference_n, alpha);
+        out.push(judged(id.row(name, "hellinger", hellinger, n), threshold));
     }
     let window = summary.to_sketch();
     let (grid, reference_cdf, window_cdf) = sketch::common_cdfs(&reference.sketch, &window);
@@ -335,7 +360,7 @@ fn numeric_drift_rows(
     if d.is_finite() {
         // scipy's `ks_2samp(method='asymp')` p-value convention.
         let p = crate::stats::ks_pvalue_scipy_asymp(d, reference.sketch.count(), n);
-        let mut row = id.row(name, "ks", d, n);
+        let mut row = judged(id.row(name, "ks", d, n), thresholds::ks_threshold(n, reference_n, alpha));
         row.p_value = p.is_finite().then_some(p);
         out.push(row);
     }
@@ -358,6 +383,7 @@ fn categorical_drift_rows(
     out: &mut Vec<WindowMetricRow>,
 ) {
     let n = summary.count;
+    let alpha = id.feature_alpha();
     let other = reference.proportions.len() - 1;
     let mut counts = vec![0u64; reference.proportions.len()];
     let mut unseen = summary.other;
@@ -372,20 +398,25 @@ fn categorical_drift_rows(
         }
     }
     out.push(id.row(name, "unseen_rate", ratio(unseen, n), n));
+    // Categories the baseline has, plus `other` when the baseline or the
+    // window puts anything there.
+    let k = reference.proportions.iter().zip(&counts).filter(|(p, c)| **p > 0.0 || **c > 0).count();
     let psi = crate::stats::psi(&reference.proportions, &counts, crate::stats::PSI_EPSILON);
     if psi.is_finite() {
-        out.push(id.row(name, "psi", psi, n));
+        out.push(judged(id.row(name, "psi", psi, n), thresholds::psi_threshold(k, n, reference.count, alpha)));
     }
     let (chi2, p) = crate::stats::chi_square(&reference.proportions, &counts);
     if chi2.is_finite() {
-        let mut row = id.row(name, "chi2", chi2, n);
+        let critical = thresholds::chi_square_critical(k.saturating_sub(1), alpha);
+        let mut row = judged(id.row(name, "chi2", chi2, n), critical);
         row.p_value = p.is_finite().then_some(p);
         out.push(row);
     }
     let shares: Vec<f64> = counts.iter().map(|&c| ratio(c, n)).collect();
     let js = crate::stats::jensen_shannon_distance(&reference.proportions, &shares);
     if js.is_finite() {
-        out.push(id.row(name, "jensen_shannon", js, n));
+        let threshold = thresholds::jensen_shannon_threshold(k, n, reference.count, alpha);
+        out.push(judged(id.row(name, "jensen_shannon", js, n), threshold));
     }
 }
 

@@ -63,6 +63,29 @@ fn drift_rows_rise_only_after_the_drift_starts() {
         let after = values[2].1.min(values[3].1);
         assert!(after > 4.0 * before && after > 0.05, "{feature} {metric}: {values:?}");
     }
+    // Verdicts: healthy windows (before 10:10) almost never drifted, shifted
+    // features drifted after. (Whole-model rows: the baseline is the whole
+    // model's, and a segment defined by a feature, like region by country,
+    // rightly differs from it.)
+    let drift_rows: Vec<&Value> = rows.iter().filter(|r| r["drifted"].is_boolean() && r["segment"] == "").collect();
+    let healthy: Vec<&&Value> =
+        drift_rows.iter().filter(|r| r["window_start"].as_str().unwrap() < "2026-11-26T10:10").collect();
+    let false_alarms = healthy.iter().filter(|r| r["drifted"] == true).count();
+    assert!(healthy.len() > 150, "{}", healthy.len());
+    assert!(
+        false_alarms * 100 <= healthy.len(),
+        "{false_alarms} of {} healthy drift rows marked drifted",
+        healthy.len()
+    );
+    for metric in ["psi", "ks", "jensen_shannon", "hellinger"] {
+        let after: Vec<&&Value> = drift_rows
+            .iter()
+            .filter(|r| r["feature"] == "amount" && r["metric"] == metric && r["segment"] == "")
+            .filter(|r| r["window_start"].as_str().unwrap() >= "2026-11-26T10:10")
+            .collect();
+        assert_eq!(after.len(), 2, "{metric}");
+        assert!(after.iter().all(|r| r["drifted"] == true && r["threshold"].is_number()), "{metric}: {after:?}");
+    }
     // Healthy windows: the reference bins fit (PSI well under the usual 0.1).
     assert!(series("amount", "psi")[..2].iter().all(|(_, v)| *v < 0.05));
     // Every drift row of a feature with a baseline carries the baseline value where it has one.
