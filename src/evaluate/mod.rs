@@ -432,6 +432,43 @@ pub fn performance_rows(
     id: &WindowIdentity<'_>,
     out: &mut Vec<WindowMetricRow>,
 ) {
+    let first_row = out.len();
+    performance_rows_without_baseline(performance, events, id, out);
+    let Some(reference) = &id.model.reference else { return };
+    let baseline = &reference.baseline.performance;
+    let baseline_labeled = baseline.get("labeled_count").copied().unwrap_or(0.0) as u64;
+    for row in &mut out[first_row..] {
+        if matches!(row.metric, "labeled_count" | "label_coverage") {
+            continue;
+        }
+        row.baseline = baseline.get(row.metric).copied();
+        // "Worse than baseline" for accuracy: a one-sided two-proportion
+        // z-test of the window's correct share against the baseline's.
+        if row.metric == "accuracy"
+            && let Some(reference_accuracy) = row.baseline
+            && baseline_labeled > 0
+            && row.sample_count > 0
+        {
+            let correct = ((row.value * row.sample_count as f64).round() as u64).min(row.sample_count as u64);
+            let reference_correct =
+                ((reference_accuracy * baseline_labeled as f64).round() as u64).min(baseline_labeled);
+            let (_, p) = crate::stats::two_proportion_z_test(
+                reference_correct,
+                baseline_labeled,
+                correct,
+                row.sample_count as u64,
+            );
+            row.p_value = p.is_finite().then_some(p);
+        }
+    }
+}
+
+fn performance_rows_without_baseline(
+    performance: &PerformanceState,
+    events: u64,
+    id: &WindowIdentity<'_>,
+    out: &mut Vec<WindowMetricRow>,
+) {
     let labeled = performance.labeled;
     out.push(id.row(None, "labeled_count", labeled as f64, labeled));
     out.push(id.row(None, "label_coverage", ratio(labeled, events), events));

@@ -117,3 +117,59 @@ fn baseline_build_reports_bad_inputs_clearly() {
     let error = Baseline::load(&dir.path().join("x.json")).unwrap_err().to_string();
     assert!(error.contains("x.json"), "{error}");
 }
+
+#[test]
+fn performance_rows_carry_the_baseline_and_a_worse_than_baseline_p_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = dir.path().join("b.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["baseline", "build", "--input", &fixture("train.csv"), "--model", "m", "--quiet"])
+        .args(["--out", baseline.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let t0 = 1_795_687_200_000i64;
+    // 200 predictions in one window; labels agree with 100 of them.
+    let predictions: String = (0..200)
+        .map(|i| format!("{{\"event_id\":\"{i}\",\"model\":\"m\",\"timestamp\":{},\"prediction\":1}}\n", t0 + i * 100))
+        .collect();
+    let labels: String = (0..200)
+        .map(|i| {
+            format!("{{\"event_id\":\"{i}\",\"model\":\"m\",\"timestamp\":{},\"label\":{}}}\n", t0 + 60_000, i % 2)
+        })
+        .collect();
+    std::fs::write(dir.path().join("p.ndjson"), predictions).unwrap();
+    std::fs::write(dir.path().join("l.ndjson"), labels).unwrap();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        format!("windows: {{size: 1m}}\nmodels: [{{name: m, baseline: {}}}]\n", baseline.display()),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["replay", "--config", dir.path().join("c.yaml").to_str().unwrap()])
+        .args(["--predictions", dir.path().join("p.ndjson").to_str().unwrap()])
+        .args(["--labels", dir.path().join("l.ndjson").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let accuracy = rows.iter().find(|r| r["metric"] == "accuracy").expect("an accuracy row");
+    assert_eq!(accuracy["value"].as_f64().unwrap(), 0.5);
+    close(
+        accuracy["baseline"].as_f64().unwrap(),
+        expected["performance"]["accuracy"].as_f64().unwrap(),
+        1e-12,
+        "baseline",
+    );
+    // 0.5 on 200 against ~0.85 on 2000 is far worse: a tiny one-sided p.
+    assert!(accuracy["p_value"].as_f64().unwrap() < 1e-6, "{accuracy}");
+    let precision = rows.iter().find(|r| r["metric"] == "precision").unwrap();
+    close(
+        precision["baseline"].as_f64().unwrap(),
+        expected["performance"]["precision"].as_f64().unwrap(),
+        1e-12,
+        "precision",
+    );
+}
