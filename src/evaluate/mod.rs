@@ -85,6 +85,27 @@ pub struct WindowState {
     pub score: NumericSummary,
     pub latency_ms: NumericSummary,
     pub performance: PerformanceState,
+    /// Scores per bin of the baseline's score profile (when it has one).
+    pub score_bins: Vec<u64>,
+    /// Regression predictions per bin of the baseline's prediction profile.
+    pub prediction_bins: Vec<u64>,
+}
+
+fn numeric_bins(reference: Option<&FeatureReference>) -> Vec<u64> {
+    match reference {
+        Some(FeatureReference::Numeric(r)) => vec![0; r.proportions.len()],
+        _ => Vec::new(),
+    }
+}
+
+fn count_into_bins(bins: &mut [u64], reference: Option<&FeatureReference>, values: &Float64Array) {
+    if let Some(FeatureReference::Numeric(r)) = reference
+        && !bins.is_empty()
+    {
+        for value in values.iter().flatten() {
+            bins[r.bin(value)] += 1;
+        }
+    }
 }
 
 impl WindowState {
@@ -100,6 +121,8 @@ impl WindowState {
             score: NumericSummary::new(),
             latency_ms: NumericSummary::new(),
             performance: PerformanceState::default(),
+            score_bins: numeric_bins(model.reference.as_ref().and_then(|r| r.score.as_ref())),
+            prediction_bins: numeric_bins(model.reference.as_ref().and_then(|r| r.prediction.as_ref())),
         }
     }
 
@@ -159,11 +182,17 @@ impl WindowState {
         self.events += columns.len as u64;
         match (&mut self.prediction, columns.prediction) {
             (PredictionSummary::Classes(counts), PredictionArray::Class(classes)) => count_classes(counts, classes),
-            (PredictionSummary::Values(summary), PredictionArray::Value(values)) => summary.update(values),
+            (PredictionSummary::Values(summary), PredictionArray::Value(values)) => {
+                summary.update(values);
+                let reference = model.reference.as_ref().and_then(|r| r.prediction.as_ref());
+                count_into_bins(&mut self.prediction_bins, reference, values);
+            }
             _ => {}
         }
         if columns.score.null_count() < columns.len {
             self.score.update(columns.score);
+            let reference = model.reference.as_ref().and_then(|r| r.score.as_ref());
+            count_into_bins(&mut self.score_bins, reference, columns.score);
         }
         if columns.latency_ms.null_count() < columns.len {
             self.latency_ms.update(columns.latency_ms);
@@ -255,6 +284,26 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
     out.push(id.row(None, "count", events as f64, events));
     out.push(id.row(None, "events_late", events_late as f64, events_late));
     push_quantiles(out, id, None, &mut state.latency_ms, ["latency_p50", "latency_p95", "latency_p99"]);
+    if let Some(reference) = &id.model.reference {
+        // Output drift: the distribution of predictions and scores.
+        let prediction_counts = match (&state.prediction, &reference.prediction) {
+            (PredictionSummary::Classes(counts), Some(FeatureReference::Categorical(r))) => Some((
+                r.counts(counts.iter().enumerate().map(|(class, n)| (&**id.model.classes.name(class as u32), *n))),
+                &r.proportions,
+                r.count,
+            )),
+            (PredictionSummary::Values(_), Some(FeatureReference::Numeric(r))) => {
+                Some((state.prediction_bins.clone(), &r.proportions, r.count))
+            }
+            _ => None,
+        };
+        if let Some((counts, proportions, reference_n)) = prediction_counts {
+            push_model_psi(out, id, "prediction_psi", proportions, &counts, reference_n);
+        }
+        if let Some(FeatureReference::Numeric(r)) = &reference.score {
+            push_model_psi(out, id, "score_psi", &r.proportions, &state.score_bins, r.count);
+        }
+    }
     let mut order: Vec<usize> = (0..state.features.len()).filter(|&f| state.features[f].is_some()).collect();
     order.sort_by(|&a, &b| id.model.features[a].name.cmp(&id.model.features[b].name));
     for feature in order {
@@ -299,6 +348,27 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
         if let Some(reference) = reference {
             fill_baselines(&mut out[first_row..], reference);
         }
+    }
+}
+
+/// A model-level PSI row (one test per window: level `drift.alpha`).
+fn push_model_psi(
+    out: &mut Vec<WindowMetricRow>,
+    id: &WindowIdentity<'_>,
+    metric: &'static str,
+    proportions: &[f64],
+    counts: &[u64],
+    reference_n: u64,
+) {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
+        return;
+    }
+    let psi = crate::stats::psi(proportions, counts, crate::stats::PSI_EPSILON);
+    if psi.is_finite() {
+        let k = proportions.iter().zip(counts).filter(|(p, c)| **p > 0.0 || **c > 0).count();
+        let threshold = thresholds::psi_threshold(k, n, reference_n, id.drift_alpha);
+        out.push(judged(id.row(None, metric, psi, n), threshold));
     }
 }
 
@@ -435,6 +505,14 @@ pub fn performance_rows(
     let first_row = out.len();
     performance_rows_without_baseline(performance, events, id, out);
     let Some(reference) = &id.model.reference else { return };
+    if let Some(FeatureReference::Categorical(r)) = &reference.label {
+        let mut actual: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+        for (&(_, class), &n) in &performance.confusion {
+            *actual.entry(class).or_default() += n;
+        }
+        let counts = r.counts(actual.iter().map(|(class, n)| (&**id.model.classes.name(*class), *n)));
+        push_model_psi(out, id, "label_psi", &r.proportions, &counts, r.count);
+    }
     let baseline = &reference.baseline.performance;
     let baseline_labeled = baseline.get("labeled_count").copied().unwrap_or(0.0) as u64;
     for row in &mut out[first_row..] {

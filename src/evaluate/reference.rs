@@ -77,6 +77,9 @@ pub struct ModelReference {
     pub baseline: Arc<Baseline>,
     /// Features in name order.
     pub features: Vec<(String, Arc<FeatureReference>)>,
+    pub prediction: Option<FeatureReference>,
+    pub score: Option<FeatureReference>,
+    pub label: Option<FeatureReference>,
 }
 
 impl ModelReference {
@@ -86,11 +89,30 @@ impl ModelReference {
             .iter()
             .map(|(name, profile)| (name.clone(), Arc::new(FeatureReference::from_profile(profile))))
             .collect();
-        ModelReference { baseline: Arc::new(baseline), features }
+        let prepare = |p: &Option<ColumnProfile>| p.as_ref().map(FeatureReference::from_profile);
+        ModelReference {
+            prediction: prepare(&baseline.prediction),
+            score: prepare(&baseline.score),
+            label: prepare(&baseline.label),
+            baseline: Arc::new(baseline),
+            features,
+        }
     }
 
     pub fn feature(&self, name: &str) -> Option<&Arc<FeatureReference>> {
         self.features.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+}
+
+impl CategoricalReference {
+    /// Counts per reference category (the last one `other`) of named counts.
+    pub fn counts<'a>(&self, named: impl Iterator<Item = (&'a str, u64)>) -> Vec<u64> {
+        let mut counts = vec![0u64; self.proportions.len()];
+        let other = counts.len() - 1;
+        for (name, count) in named {
+            counts[self.index.get(name).copied().unwrap_or(other)] += count;
+        }
+        counts
     }
 }
 

@@ -165,6 +165,11 @@ fn performance_rows_carry_the_baseline_and_a_worse_than_baseline_p_value() {
     );
     // 0.5 on 200 against ~0.85 on 2000 is far worse: a tiny one-sided p.
     assert!(accuracy["p_value"].as_f64().unwrap() < 1e-6, "{accuracy}");
+    // Every prediction is 1 while training predicted 1 about half the time.
+    let prediction_psi = rows.iter().find(|r| r["metric"] == "prediction_psi" && r["segment"] == "").unwrap();
+    assert_eq!(prediction_psi["drifted"], true, "{prediction_psi}");
+    let label_psi = rows.iter().find(|r| r["metric"] == "label_psi").unwrap();
+    assert!(label_psi["threshold"].is_number(), "{label_psi}");
     let precision = rows.iter().find(|r| r["metric"] == "precision").unwrap();
     close(
         precision["baseline"].as_f64().unwrap(),
