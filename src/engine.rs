@@ -281,6 +281,7 @@ impl Engine {
                 series: batch.series.value(row),
                 event_time_ms: batch.event_time_ms.value(row),
                 predicted,
+                score: if batch.score.is_null(row) { f64::NAN } else { batch.score.value(row) },
             };
             let key = join_key(batch.event_id.value(row));
             if let Some(label) = self.joins[model_index].on_prediction(key, pending) {
@@ -314,7 +315,9 @@ impl Engine {
     /// Credits a joined pair to every window of the prediction's event time.
     fn credit(&mut self, model: &ModelState, model_index: usize, prediction: &PendingPrediction, label: &PendingLabel) {
         let outcome = match (prediction.predicted, label.actual) {
-            (Target::Class(predicted), Target::Class(actual)) => Outcome::Class { predicted, actual },
+            (Target::Class(predicted), Target::Class(actual)) => {
+                Outcome::Class { predicted, actual, score: prediction.score }
+            }
             (Target::Value(predicted), Target::Value(actual)) => Outcome::Value { predicted, actual },
             _ => return,
         };
@@ -432,6 +435,13 @@ mod tests {
             }
         }
 
+        fn raw(&mut self, event: &str) {
+            self.decoder.push_prediction(&mut self.registry, event.as_bytes()).unwrap();
+            for batch in self.decoder.finish_predictions() {
+                self.engine.push_predictions(&self.registry, &batch, &mut self.rows);
+            }
+        }
+
         fn finish(&mut self) {
             self.engine.finish(&self.registry, &mut self.rows);
         }
@@ -521,5 +531,23 @@ mod tests {
         assert_eq!(h.model_rows("count"), vec![(0, 2.0), (60, 2.0)]);
         assert_eq!(h.model_rows("events_late"), vec![(0, 0.0), (60, 1.0)]);
         assert_eq!(h.engine.counters.events_late, 1);
+    }
+
+    #[test]
+    fn type_errors_are_reported_per_feature() {
+        let mut h = Harness::new("{size: 1m}");
+        h.predict("a", 1, 1);
+        h.raw(&format!(
+            r#"{{"event_id":"b","model":"m","timestamp":{},"prediction":1,"features":{{"x":"twelve"}}}}"#,
+            T0 + 2_000
+        ));
+        h.finish();
+        let rows: Vec<(&str, f64)> = h
+            .rows
+            .iter()
+            .filter(|r| r.feature.as_deref() == Some("x") && matches!(r.metric, "type_error_rate" | "missing_rate"))
+            .map(|r| (r.metric, r.value))
+            .collect();
+        assert_eq!(rows, vec![("missing_rate", 0.5), ("type_error_rate", 0.5)]);
     }
 }

@@ -266,6 +266,7 @@ impl Builder<'_> {
     fn first_pass(&mut self, batch: &RecordBatch) {
         let mut predicted: Option<ArrayRef> = None;
         let mut actual: Option<ArrayRef> = None;
+        let mut scores: Option<Float64Array> = None;
         for (name, data_type, array) in flat_columns(batch, &IGNORED_COLUMNS) {
             let array = &array;
             let Some(index) = self.column_index(&name, &data_type) else { continue };
@@ -278,6 +279,7 @@ impl Builder<'_> {
                     match column.role {
                         Role::Prediction => predicted = Some(Arc::new(values)),
                         Role::Label => actual = Some(Arc::new(values)),
+                        Role::Score => scores = Some(values),
                         _ => {}
                     }
                 }
@@ -303,11 +305,11 @@ impl Builder<'_> {
             }
         }
         if let (Some(p), Some(a)) = (predicted, actual) {
-            self.add_performance(&p, &a);
+            self.add_performance(&p, &a, scores.as_ref());
         }
     }
 
-    fn add_performance(&mut self, predicted: &ArrayRef, actual: &ArrayRef) {
+    fn add_performance(&mut self, predicted: &ArrayRef, actual: &ArrayRef, scores: Option<&Float64Array>) {
         if let (Some(p), Some(a)) =
             (predicted.as_any().downcast_ref::<Float64Array>(), actual.as_any().downcast_ref::<Float64Array>())
         {
@@ -319,14 +321,15 @@ impl Builder<'_> {
         } else if let (Some(p), Some(a)) =
             (predicted.as_any().downcast_ref::<StringArray>(), actual.as_any().downcast_ref::<StringArray>())
         {
-            for (p, a) in p.iter().zip(a.iter()) {
+            for (row, (p, a)) in p.iter().zip(a.iter()).enumerate() {
                 if let (Some(p), Some(a)) = (p, a) {
                     let (Some(predicted), Some(actual)) =
                         (self.classes.intern(p, usize::MAX), self.classes.intern(a, usize::MAX))
                     else {
                         continue;
                     };
-                    self.performance.add(Outcome::Class { predicted, actual });
+                    let score = scores.filter(|s| s.is_valid(row)).map_or(f64::NAN, |s| s.value(row));
+                    self.performance.add(Outcome::Class { predicted, actual, score });
                 }
             }
         }
@@ -530,6 +533,16 @@ pub fn build_baseline(options: &BuildOptions) -> Result<Baseline, BaselineError>
                 }
                 if tp + fp + fn_ > 0 {
                     performance.insert("f1".into(), 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64);
+                }
+                let scores = &perf.scores;
+                for (name, value) in [
+                    ("roc_auc", scores.roc_auc(positive)),
+                    ("log_loss", scores.log_loss(positive)),
+                    ("brier", scores.brier(positive)),
+                ] {
+                    if let Some(v) = value {
+                        performance.insert(name.into(), v);
+                    }
                 }
             }
         }

@@ -345,6 +345,11 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
                 }
             }
         }
+        if feature_state.type_errors > 0 {
+            // Values of the wrong JSON type (also counted as missing).
+            let rate = ratio(feature_state.type_errors, events);
+            out.push(id.row(name, "type_error_rate", rate, events));
+        }
         if let Some(reference) = reference {
             fill_baselines(&mut out[first_row..], reference);
         }
@@ -570,6 +575,16 @@ fn performance_rows_without_baseline(
             if tp + fp + fn_ > 0 {
                 let f1 = 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64;
                 out.push(id.row(None, "f1", f1, labeled));
+            }
+            let scored = performance.scores.count();
+            for (name, value) in [
+                ("roc_auc", performance.scores.roc_auc(positive)),
+                ("log_loss", performance.scores.log_loss(positive)),
+                ("brier", performance.scores.brier(positive)),
+            ] {
+                if let Some(v) = value {
+                    out.push(id.row(None, name, v, scored));
+                }
             }
         }
     } else {

@@ -9,8 +9,154 @@ use crate::model::ClassId;
 /// What a joined (prediction, label) pair looks like.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Outcome {
-    Class { predicted: ClassId, actual: ClassId },
-    Value { predicted: f64, actual: f64 },
+    /// `score` is the predicted probability of the positive class (NaN when
+    /// the event had none).
+    Class {
+        predicted: ClassId,
+        actual: ClassId,
+        score: f64,
+    },
+    Value {
+        predicted: f64,
+        actual: f64,
+    },
+}
+
+/// Scored pairs kept exactly up to this many per window (for an exact ROC
+/// AUC); beyond it scores are counted in [`SCORE_BINS`] equal-width bins.
+pub const EXACT_SCORES: usize = 4096;
+/// Score histogram resolution once a window has more than [`EXACT_SCORES`].
+pub const SCORE_BINS: usize = 1000;
+
+/// Probability-quality sums of the pairs whose actual class is one class.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreSums {
+    pub count: u64,
+    /// Σ ln(clip(s)) and Σ ln(clip(1 − s)), clipped like sklearn's log loss.
+    pub ln_score: f64,
+    pub ln_complement: f64,
+    /// Σ s² and Σ (1 − s)².
+    pub score_squared: f64,
+    pub complement_squared: f64,
+}
+
+/// Scores by actual class: exact pairs while few, then histograms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreState {
+    pub sums: BTreeMap<ClassId, ScoreSums>,
+    pub exact: Option<Vec<(f64, ClassId)>>,
+    pub histograms: BTreeMap<ClassId, Vec<u64>>,
+}
+
+fn score_bin(score: f64) -> usize {
+    ((score.clamp(0.0, 1.0) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+}
+
+impl ScoreState {
+    fn add(&mut self, score: f64, actual: ClassId) {
+        let clipped = score.clamp(crate::stats::LOG_LOSS_EPS, 1.0 - crate::stats::LOG_LOSS_EPS);
+        let sums = self.sums.entry(actual).or_default();
+        sums.count += 1;
+        sums.ln_score += clipped.ln();
+        sums.ln_complement += (1.0 - clipped).ln();
+        sums.score_squared += score * score;
+        sums.complement_squared += (1.0 - score) * (1.0 - score);
+        let total: u64 = self.sums.values().map(|s| s.count).sum();
+        match &mut self.exact {
+            Some(pairs) if total as usize <= EXACT_SCORES => pairs.push((score, actual)),
+            None if total as usize <= EXACT_SCORES => self.exact = Some(vec![(score, actual)]),
+            _ => {
+                for (s, c) in self.exact.take().into_iter().flatten() {
+                    self.histograms.entry(c).or_insert_with(|| vec![0; SCORE_BINS])[score_bin(s)] += 1;
+                }
+                self.histograms.entry(actual).or_insert_with(|| vec![0; SCORE_BINS])[score_bin(score)] += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &ScoreState) {
+        for (class, sums) in &other.sums {
+            let mine = self.sums.entry(*class).or_default();
+            mine.count += sums.count;
+            mine.ln_score += sums.ln_score;
+            mine.ln_complement += sums.ln_complement;
+            mine.score_squared += sums.score_squared;
+            mine.complement_squared += sums.complement_squared;
+        }
+        let total: u64 = self.sums.values().map(|s| s.count).sum();
+        if let (Some(mine), Some(theirs)) = (&mut self.exact, &other.exact)
+            && total as usize <= EXACT_SCORES
+            && self.histograms.is_empty()
+            && other.histograms.is_empty()
+        {
+            mine.extend_from_slice(theirs);
+            return;
+        }
+        for (s, c) in self.exact.take().into_iter().flatten().chain(other.exact.iter().flatten().copied()) {
+            self.histograms.entry(c).or_insert_with(|| vec![0; SCORE_BINS])[score_bin(s)] += 1;
+        }
+        for (class, bins) in &other.histograms {
+            let mine = self.histograms.entry(*class).or_insert_with(|| vec![0; SCORE_BINS]);
+            mine.iter_mut().zip(bins).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    /// Scored pairs.
+    pub fn count(&self) -> u64 {
+        self.sums.values().map(|s| s.count).sum()
+    }
+
+    /// Log loss with `positive` as the positive class.
+    pub fn log_loss(&self, positive: ClassId) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| {
+            let total: f64 =
+                self.sums.iter().map(|(class, s)| if *class == positive { s.ln_score } else { s.ln_complement }).sum();
+            -total / n as f64
+        })
+    }
+
+    /// Brier score with `positive` as the positive class.
+    pub fn brier(&self, positive: ClassId) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| {
+            let total: f64 = self
+                .sums
+                .iter()
+                .map(|(class, s)| if *class == positive { s.complement_squared } else { s.score_squared })
+                .sum();
+            total / n as f64
+        })
+    }
+
+    /// ROC AUC with `positive` as the positive class: exact (average ranks
+    /// for ties) while the window has at most [`EXACT_SCORES`] scored pairs,
+    /// else from the histograms (pairs within one bin count as ties, so the
+    /// error is at most the share of positive–negative pairs sharing a bin).
+    pub fn roc_auc(&self, positive: ClassId) -> Option<f64> {
+        if let Some(pairs) = &self.exact {
+            let scores: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+            let labels: Vec<bool> = pairs.iter().map(|p| p.1 == positive).collect();
+            return crate::stats::roc_auc(&scores, &labels);
+        }
+        let mut positives = vec![0u64; SCORE_BINS];
+        let mut negatives = vec![0u64; SCORE_BINS];
+        for (class, bins) in &self.histograms {
+            let into = if *class == positive { &mut positives } else { &mut negatives };
+            into.iter_mut().zip(bins).for_each(|(a, b)| *a += b);
+        }
+        let (p, n): (u64, u64) = (positives.iter().sum(), negatives.iter().sum());
+        if p == 0 || n == 0 {
+            return None;
+        }
+        let mut below = 0u64;
+        let mut wins = 0.0;
+        for (pos, neg) in positives.iter().zip(&negatives) {
+            wins += *pos as f64 * (below as f64 + 0.5 * *neg as f64);
+            below += neg;
+        }
+        Some(wins / (p as f64 * n as f64))
+    }
 }
 
 /// Performance accumulators of one window.
@@ -28,13 +174,20 @@ pub struct PerformanceState {
     /// for R²'s total sum of squares without cancellation.
     pub actual_mean: f64,
     pub actual_m2: f64,
+    /// Scores of classification pairs that had one.
+    pub scores: ScoreState,
 }
 
 impl PerformanceState {
     pub fn add(&mut self, outcome: Outcome) {
         self.labeled += 1;
         match outcome {
-            Outcome::Class { predicted, actual } => *self.confusion.entry((predicted, actual)).or_default() += 1,
+            Outcome::Class { predicted, actual, score } => {
+                *self.confusion.entry((predicted, actual)).or_default() += 1;
+                if score.is_finite() {
+                    self.scores.add(score, actual);
+                }
+            }
             Outcome::Value { predicted, actual } => {
                 let error = predicted - actual;
                 self.abs_error_sum += error.abs();
@@ -59,6 +212,7 @@ impl PerformanceState {
         self.actual_mean += delta * n2 / (n1 + n2);
         self.actual_m2 += other.actual_m2 + delta * delta * n1 * n2 / (n1 + n2);
         self.labeled += other.labeled;
+        self.scores.merge(&other.scores);
         for (k, v) in &other.confusion {
             *self.confusion.entry(*k).or_default() += v;
         }
@@ -112,5 +266,42 @@ impl PerformanceState {
         }
         let ss_tot = self.actual_m2;
         (ss_tot > 0.0).then(|| 1.0 - self.squared_error_sum / ss_tot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_windows_keep_roc_auc_within_the_histogram_bound_and_sums_exact() {
+        let mut rng = crate::simulate::Rng::new(3);
+        let mut state = PerformanceState::default();
+        let (mut scores, mut labels) = (Vec::new(), Vec::new());
+        for _ in 0..20_000 {
+            let positive = rng.uniform() < 0.3;
+            let score = (rng.normal() * 0.2 + if positive { 0.65 } else { 0.4 }).clamp(0.0, 1.0);
+            state.add(Outcome::Class { predicted: 0, actual: u32::from(positive), score });
+            scores.push(score);
+            labels.push(positive);
+        }
+        assert!(state.scores.exact.is_none(), "past the exact limit");
+        let exact = crate::stats::roc_auc(&scores, &labels).unwrap();
+        let binned = state.scores.roc_auc(1).unwrap();
+        assert!((exact - binned).abs() < 1e-3, "{exact} vs {binned}");
+        let brier: f64 =
+            scores.iter().zip(&labels).map(|(s, l)| (s - f64::from(u8::from(*l))).powi(2)).sum::<f64>() / 20_000.0;
+        assert!((state.scores.brier(1).unwrap() - brier).abs() < 1e-12);
+        let log_loss = crate::stats::log_loss(&scores, &labels, crate::stats::LOG_LOSS_EPS);
+        assert!((state.scores.log_loss(1).unwrap() - log_loss).abs() < 1e-9);
+        // Merging two halves gives the same verdicts.
+        let mut left = PerformanceState::default();
+        let mut right = PerformanceState::default();
+        for (i, (s, l)) in scores.iter().zip(&labels).enumerate() {
+            let outcome = Outcome::Class { predicted: 0, actual: u32::from(*l), score: *s };
+            if i % 2 == 0 { left.add(outcome) } else { right.add(outcome) }
+        }
+        left.merge(&right);
+        assert!((left.scores.roc_auc(1).unwrap() - binned).abs() < 1e-12);
     }
 }

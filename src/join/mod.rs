@@ -60,6 +60,8 @@ pub struct PendingPrediction {
     pub series: SeriesId,
     pub event_time_ms: i64,
     pub predicted: Target,
+    /// The event's score (probability of the positive class), NaN if none.
+    pub score: f64,
 }
 
 /// A label waiting for its prediction.
@@ -195,7 +197,7 @@ mod tests {
     use super::*;
 
     fn prediction(t: i64) -> PendingPrediction {
-        PendingPrediction { series: 0, event_time_ms: t, predicted: Target::Class(1) }
+        PendingPrediction { series: 0, event_time_ms: t, predicted: Target::Class(1), score: 0.5 }
     }
     fn label(t: i64) -> PendingLabel {
         PendingLabel { label_time_ms: t, actual: Target::Class(0) }

@@ -117,7 +117,9 @@ fn tumbling_window_statistics_match_numpy() {
             assert_eq!(at.get(None, "labeled_count").value, labeled, "{label} labeled");
             close(at.get(None, "label_coverage").value, labeled / events, 1e-12, &format!("{label} coverage"));
         }
-        for metric in ["accuracy", "precision", "recall", "f1", "mae", "rmse", "mape", "r2"] {
+        for metric in
+            ["accuracy", "precision", "recall", "f1", "mae", "rmse", "mape", "r2", "roc_auc", "log_loss", "brier"]
+        {
             if let Some(value) = window.get(metric).and_then(Value::as_f64) {
                 close(at.get(None, metric).value, value, 1e-9, &format!("{label} {metric}"));
             }
