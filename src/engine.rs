@@ -349,17 +349,18 @@ impl Engine {
             (start, s.model_version.clone(), s.segment.clone())
         };
         closed.sort_by_cached_key(|((start, series), _)| order(*start, *series));
+        let (size_ms, drift_alpha) = (self.spec.size_ms, self.drift_alpha);
+        let identity = |start: i64, series: SeriesId| WindowIdentity {
+            model,
+            series,
+            start_ms: start,
+            end_ms: start + size_ms,
+            drift_alpha,
+        };
         for ((start, series), mut state) in closed {
             self.counters.windows_closed += 1;
             let late = windows.late_unreported.remove(&series).unwrap_or(0);
-            let id = WindowIdentity {
-                model,
-                series,
-                start_ms: start,
-                end_ms: start + self.spec.size_ms,
-                drift_alpha: self.drift_alpha,
-            };
-            evaluate::data_rows(&mut state, &id, late, out);
+            evaluate::data_rows(&mut state, &identity(start, series), late, out);
             windows
                 .awaiting_labels
                 .insert((start, series), AwaitingLabels { events: state.events, performance: state.performance });
@@ -371,14 +372,7 @@ impl Engine {
         let mut labelled = windows.take_labelled(&self.spec, everything);
         labelled.sort_by_cached_key(|((start, series), _)| order(*start, *series));
         for ((start, series), awaiting) in labelled {
-            let id = WindowIdentity {
-                model,
-                series,
-                start_ms: start,
-                end_ms: start + self.spec.size_ms,
-                drift_alpha: self.drift_alpha,
-            };
-            evaluate::performance_rows(&awaiting.performance, awaiting.events, &id, out);
+            evaluate::performance_rows(&awaiting.performance, awaiting.events, &identity(start, series), out);
         }
     }
 

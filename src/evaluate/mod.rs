@@ -559,6 +559,15 @@ fn performance_rows_without_baseline(
         if let Some(accuracy) = performance.accuracy() {
             out.push(id.row(None, "accuracy", accuracy, labeled));
         }
+        if matches!(id.model.task, crate::config::Task::MulticlassClassification)
+            && let Some((precision, recall, f1)) = performance.macro_scores()
+        {
+            for (name, value) in [("precision", precision), ("recall", recall), ("f1", f1)] {
+                if value.is_finite() {
+                    out.push(id.row(None, name, value, labeled));
+                }
+            }
+        }
         if matches!(id.model.task, crate::config::Task::BinaryClassification)
             && let Some(positive) = id.model.positive_class()
             && labeled > 0

@@ -245,6 +245,30 @@ impl PerformanceState {
         (tp, fp, fn_)
     }
 
+    /// Macro-averaged (precision, recall, f1) over the classes that occur
+    /// as predicted or actual; a class's precision counts only when it was
+    /// predicted, its recall only when it occurred (as sklearn with
+    /// `zero_division` left out of the average).
+    pub fn macro_scores(&self) -> Option<(f64, f64, f64)> {
+        let classes: std::collections::BTreeSet<ClassId> = self.confusion.keys().flat_map(|&(p, a)| [p, a]).collect();
+        if classes.is_empty() {
+            return None;
+        }
+        let (mut precision, mut recall, mut f1) = (Vec::new(), Vec::new(), Vec::new());
+        for &class in &classes {
+            let (tp, fp, fn_) = self.binary_counts(class);
+            if tp + fp > 0 {
+                precision.push(tp as f64 / (tp + fp) as f64);
+            }
+            if tp + fn_ > 0 {
+                recall.push(tp as f64 / (tp + fn_) as f64);
+            }
+            f1.push(2.0 * tp as f64 / (2 * tp + fp + fn_) as f64);
+        }
+        let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        Some((mean(&precision), mean(&recall), mean(&f1)))
+    }
+
     pub fn mae(&self) -> Option<f64> {
         (self.labeled > 0 && self.confusion.is_empty()).then(|| self.abs_error_sum / self.labeled as f64)
     }
@@ -303,5 +327,18 @@ mod tests {
         }
         left.merge(&right);
         assert!((left.scores.roc_auc(1).unwrap() - binned).abs() < 1e-12);
+    }
+
+    #[test]
+    fn macro_scores_average_per_class_scores() {
+        let mut state = PerformanceState::default();
+        // class 0: tp 2, fp 1, fn 0; class 1: tp 1, fp 0, fn 1
+        for (p, a) in [(0, 0), (0, 0), (0, 1), (1, 1)] {
+            state.add(Outcome::Class { predicted: p, actual: a, score: f64::NAN });
+        }
+        let (precision, recall, f1) = state.macro_scores().unwrap();
+        assert!((precision - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+        assert!((recall - (1.0 + 0.5) / 2.0).abs() < 1e-12);
+        assert!((f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
     }
 }
