@@ -141,14 +141,7 @@ pub fn ks_two_sample_exact_values(a: &[f64], b: &[f64]) -> (f64, f64) {
     if a.is_empty() || b.is_empty() {
         return (f64::NAN, f64::NAN);
     }
-    let sorted = |xs: &[f64]| {
-        let mut v = xs.to_vec();
-        if !v.is_sorted_by(|x, y| x.total_cmp(y).is_le()) {
-            v.sort_unstable_by(f64::total_cmp);
-        }
-        v
-    };
-    let (a, b) = (sorted(a), sorted(b));
+    let (a, b) = (super::sorted_copy(a), super::sorted_copy(b));
     let (n, m) = (a.len(), b.len());
     let (mut i, mut j) = (0usize, 0usize);
     let mut best: u128 = 0;

@@ -43,6 +43,15 @@ mod performance;
 mod proportion;
 mod wasserstein;
 
+/// A sorted copy of a sample (one linear check when it is already sorted).
+fn sorted_copy(xs: &[f64]) -> Vec<f64> {
+    let mut v = xs.to_vec();
+    if !v.is_sorted_by(|x, y| x.total_cmp(y).is_le()) {
+        v.sort_unstable_by(f64::total_cmp);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests;
 
