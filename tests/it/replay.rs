@@ -288,3 +288,43 @@ fn every_label_is_read_even_when_labels_outlast_predictions() {
     let accuracy = sink.rows.iter().find(|r| r.metric == "accuracy").unwrap();
     assert_eq!(accuracy.value, 0.5);
 }
+
+#[test]
+fn parquet_input_gives_the_same_rows_as_ndjson() {
+    use std::io::{BufReader, Cursor};
+
+    use datafusion::arrow::json::ReaderBuilder;
+    use datafusion::arrow::json::reader::infer_json_schema_from_seekable;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use driftwatch::simulate::{Simulator, SimulatorOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut simulator = Simulator::new(SimulatorOptions { rate: 20.0, ..Default::default() });
+    let mut ndjson = Vec::new();
+    for _ in 0..3_000 {
+        let time = simulator.next_time_ms();
+        simulator.write_prediction(time, &mut ndjson);
+    }
+    std::fs::write(dir.path().join("p.ndjson"), &ndjson).unwrap();
+    let (schema, _) = infer_json_schema_from_seekable(&mut BufReader::new(Cursor::new(&ndjson)), None).unwrap();
+    let schema = Arc::new(schema);
+    let reader = ReaderBuilder::new(schema.clone()).build(Cursor::new(&ndjson)).unwrap();
+    let file = std::fs::File::create(dir.path().join("p.parquet")).unwrap();
+    let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
+    for batch in reader {
+        writer.write(&batch.unwrap()).unwrap();
+    }
+    writer.close().unwrap();
+
+    let config = Config::from_yaml_str("windows: {size: 1m}\nmodels: [{name: fraud}]\n", "c.yaml").unwrap();
+    let run = |file: &str| {
+        let mut sink = NdjsonSink::new(Vec::new());
+        let summary =
+            replay(&config, &[dir.path().join(file)], &[], &mut sink, Arc::new(Telemetry::default())).unwrap();
+        assert_eq!((summary.predictions, summary.invalid), (3_000, 0), "{file}");
+        sink.into_inner()
+    };
+    let from_ndjson = run("p.ndjson");
+    assert!(!from_ndjson.is_empty());
+    assert_eq!(String::from_utf8(run("p.parquet")).unwrap(), String::from_utf8(from_ndjson).unwrap());
+}
