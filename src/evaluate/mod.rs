@@ -412,7 +412,8 @@ fn numeric_drift_rows(
     let alpha = id.feature_alpha();
     let reference_n = reference.count;
     let k = reference.proportions.iter().filter(|p| **p > 0.0).count();
-    out.push(id.row(name, "out_of_range_rate", ratio(out_of_range, n), n));
+    let out_of_range_threshold = thresholds::out_of_range_threshold(n, reference_n, alpha);
+    out.push(judged(id.row(name, "out_of_range_rate", ratio(out_of_range, n), n), out_of_range_threshold));
     let total: u64 = bins.iter().sum();
     let shares: Vec<f64> = bins.iter().map(|&b| ratio(b, total)).collect();
     let psi = crate::stats::psi(&reference.proportions, bins, crate::stats::PSI_EPSILON);

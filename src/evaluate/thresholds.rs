@@ -21,11 +21,17 @@
 //!   threshold is `√(χ²_{1−α}(k−1)·(1/n + 1/N)/(8·ln 2))`.
 //! - Hellinger: `H² ≈ X²/(8n)`, so `H_crit = √(χ²_{1−α}(k−1)·(1/n + 1/N)/8)`.
 //!
-//! Wasserstein, `unseen_rate` and `out_of_range_rate` have no threshold
-//! (their null distributions depend on the feature's shape); they are
-//! descriptive and rules may use them directly.
+//! - `out_of_range_rate`: a value drawn from the baseline's distribution
+//!   falls outside the baseline's [min, max] of N values with probability
+//!   `2/(N+1)` (at most, for discrete features); the count of such values in
+//!   a window is then about `Poisson(n·2/(N+1))`, and the threshold is the
+//!   smallest rate `c/n` with `P(count > c) ≤ α`.
+//!
+//! Wasserstein and `unseen_rate` have no threshold (their null
+//! distributions depend on the feature's shape); they are descriptive and
+//! rules may use them directly.
 
-use statrs::distribution::{ChiSquared, ContinuousCDF};
+use statrs::distribution::{ChiSquared, ContinuousCDF, DiscreteCDF, Poisson};
 
 /// The `1 − alpha` quantile of the chi-square distribution with `df` degrees
 /// of freedom.
@@ -63,6 +69,20 @@ pub fn hellinger_threshold(bins: usize, n: u64, reference_n: u64, alpha: f64) ->
     (chi_square_critical(bins.saturating_sub(1), alpha) * sampling(n, reference_n) / 8.0).sqrt()
 }
 
+/// Out-of-range rate critical value (see the module comment).
+pub fn out_of_range_threshold(n: u64, reference_n: u64, alpha: f64) -> f64 {
+    if n == 0 || reference_n == 0 {
+        return f64::INFINITY;
+    }
+    let lambda = n as f64 * 2.0 / (reference_n as f64 + 1.0);
+    let Ok(poisson) = Poisson::new(lambda) else { return f64::INFINITY };
+    let mut count = 0u64;
+    while poisson.sf(count) > alpha && count < n {
+        count += 1;
+    }
+    count as f64 / n as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +93,13 @@ mod tests {
         assert!((chi_square_critical(9, 0.01) - 21.665_994_333_461_924).abs() < 1e-9);
         // c(0.05) = sqrt(-ln(0.025)/2) = 1.3581 (Smirnov's table), for n = m = 100 times sqrt(0.02)
         assert!((ks_threshold(100, 100, 0.05) - 1.358_101_515_740_619_5 * 0.02f64.sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn out_of_range_threshold_is_a_poisson_quantile() {
+        // n = 1000, N = 1999: λ = 1; P(Poisson(1) > 4) = 0.00366, > 5 = 0.000594.
+        assert_eq!(out_of_range_threshold(1000, 1999, 0.001), 5.0 / 1000.0);
+        assert_eq!(out_of_range_threshold(1000, 1999, 0.01), 4.0 / 1000.0);
     }
 
     #[test]
