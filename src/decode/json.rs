@@ -3,7 +3,6 @@
 //! `serde_json::Value` tree and no allocation once the scratch has warmed up.
 
 use std::fmt;
-use std::io::Write as _;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -68,7 +67,7 @@ impl RowScratch {
         let bytes = &self.bytes[span.start as usize..span.end as usize];
         debug_assert!(std::str::from_utf8(bytes).is_ok());
         // SAFETY: `bytes` is only ever appended to from `&str` values
-        // (`push_str`) or from `Display` output (`push_display`), and spans
+        // (`push_str`) or from number formatting (`canonical_number`), and spans
         // always cover whole appended pieces, so every span is valid UTF-8.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
@@ -80,28 +79,31 @@ impl RowScratch {
         Span { start, end: self.bytes.len() as u32 }
     }
 
-    #[inline]
-    fn push_display(&mut self, value: impl fmt::Display) -> Span {
-        let start = self.bytes.len() as u32;
-        let _ = write!(self.bytes, "{value}");
-        Span { start, end: self.bytes.len() as u32 }
-    }
-
     fn fail<E: de::Error>(&mut self, reason: InvalidReason, field: Field) -> E {
         self.error = Some((reason, field));
         E::custom(reason.label())
     }
 }
 
-/// Formats a JSON number the way class labels and ids are compared:
+/// Writes a JSON number the way class labels and ids are compared:
 /// integral values without a fraction (`1.0` → `1`).
 #[inline]
-pub fn canonical_number(scratch: &mut RowScratch, value: f64) -> Span {
-    if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 {
-        scratch.push_display(value as i64)
+pub fn write_canonical_number(out: &mut Vec<u8>, value: f64) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 {
+        write!(out, "{}", value as i64)
     } else {
-        scratch.push_display(value)
-    }
+        write!(out, "{value}")
+    };
+}
+
+/// [`write_canonical_number`] into the scratch.
+#[inline]
+pub fn canonical_number(scratch: &mut RowScratch, value: f64) -> Span {
+    let start = scratch.bytes.len() as u32;
+    write_canonical_number(&mut scratch.bytes, value);
+    Span { start, end: scratch.bytes.len() as u32 }
 }
 
 /// Parses one event into `scratch` following `root`.

@@ -260,6 +260,8 @@ pub struct Decoder {
     model_finder: Option<(Node, Node)>,
     scratch: RowScratch,
     segment_key: String,
+    /// Reused text of numbers used as class labels or category values.
+    number_text: Vec<u8>,
     predictions: Vec<PredictionColumns>,
     labels: Vec<LabelColumns>,
     max_features: usize,
@@ -307,6 +309,7 @@ impl Decoder {
             model_finder,
             scratch: RowScratch::default(),
             segment_key: String::new(),
+            number_text: Vec::new(),
             predictions: registry.models.iter().map(|m| PredictionColumns::new(m.task)).collect(),
             labels: registry
                 .models
@@ -396,10 +399,12 @@ impl Decoder {
         let model = registry.get_mut(model_id);
         let row = &self.scratch;
         // Validate every value before touching a column.
-        let prediction = match to_value(row, row.prediction.unwrap_or(Scalar::Null), model, self.max_classes) {
-            Ok(v) => v,
-            Err(reason) => return Err(self.invalid(reason, Some(Field::Prediction))),
-        };
+        let prediction =
+            match to_value(row, row.prediction.unwrap_or(Scalar::Null), model, self.max_classes, &mut self.number_text)
+            {
+                Ok(v) => v,
+                Err(reason) => return Err(self.invalid(reason, Some(Field::Prediction))),
+            };
         let score = match optional_number(row.score) {
             Ok(v) => v,
             Err(reason) => return Err(self.invalid(reason, Some(Field::Score))),
@@ -461,9 +466,7 @@ impl Decoder {
                 (FeatureBuilder::Categorical(b), Scalar::Text(span)) => b.append_value(row.str(span)),
                 (FeatureBuilder::Categorical(b), Scalar::Bool(v)) => b.append_value(if v { "true" } else { "false" }),
                 (FeatureBuilder::Categorical(b), Scalar::Number(n)) => {
-                    let mut buffer = ryu_like(n);
-                    b.append_value(buffer.as_str());
-                    buffer.clear();
+                    b.append_value(number_text(&mut self.number_text, n));
                 }
                 (FeatureBuilder::Categorical(b), Scalar::Null) => b.append_null(),
                 (FeatureBuilder::Categorical(b), Scalar::Nested) => {
@@ -489,10 +492,11 @@ impl Decoder {
         let (model_id, time) = self.common_checks(registry, Field::Label)?;
         let model = registry.get_mut(model_id);
         let row = &self.scratch;
-        let label = match to_value(row, row.label.unwrap_or(Scalar::Null), model, self.max_classes) {
-            Ok(v) => v,
-            Err(reason) => return Err(self.invalid(reason, Some(Field::Label))),
-        };
+        let label =
+            match to_value(row, row.label.unwrap_or(Scalar::Null), model, self.max_classes, &mut self.number_text) {
+                Ok(v) => v,
+                Err(reason) => return Err(self.invalid(reason, Some(Field::Label))),
+            };
         let columns = &mut self.labels[model_id as usize];
         columns.time.push(time);
         columns.event_id.append_value(row.str(row.event_id.unwrap_or_default()));
@@ -584,6 +588,7 @@ fn to_value(
     scalar: Scalar,
     model: &mut ModelState,
     max_classes: usize,
+    number_buffer: &mut Vec<u8>,
 ) -> Result<Value, InvalidReason> {
     if matches!(model.task, Task::Regression) {
         return match scalar {
@@ -592,33 +597,23 @@ fn to_value(
             _ => Err(InvalidReason::WrongType),
         };
     }
-    let mut number_text;
     let name: &str = match scalar {
         Scalar::Text(span) => row.str(span),
         Scalar::Bool(true) => "1",
         Scalar::Bool(false) => "0",
-        Scalar::Number(n) => {
-            number_text = ryu_like(n);
-            number_text.as_mut_str()
-        }
+        Scalar::Number(n) => number_text(number_buffer, n),
         Scalar::Null => return Err(InvalidReason::MissingField),
         Scalar::Nested => return Err(InvalidReason::WrongType),
     };
     model.classes.intern(name, max_classes).map(Value::Class).ok_or(InvalidReason::TooManyClasses)
 }
 
-/// Number → text the way class labels compare: `1.0` and `1` are both "1".
-/// Small integers (the common case) use a stack buffer via `itoa`-style
-/// formatting inside `String` with reserved capacity.
-fn ryu_like(n: f64) -> String {
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(24);
-    if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-        let _ = write!(text, "{}", n as i64);
-    } else {
-        let _ = write!(text, "{n}");
-    }
-    text
+/// Number → text the way class labels compare (`1.0` and `1` are both
+/// "1"), in a buffer the decoder reuses, so no event allocates for it.
+fn number_text(buffer: &mut Vec<u8>, n: f64) -> &str {
+    buffer.clear();
+    json::write_canonical_number(buffer, n);
+    std::str::from_utf8(buffer).unwrap_or("")
 }
 
 fn optional_number(scalar: Option<Scalar>) -> Result<Option<f64>, InvalidReason> {
