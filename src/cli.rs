@@ -137,6 +137,11 @@ pub enum BaselineCommand {
         /// Columns that are not features (comma-separated).
         #[arg(long, value_delimiter = ',')]
         exclude: Vec<String>,
+        /// Numeric columns to profile as categories, e.g. integer codes
+        /// (comma-separated). Values are named as the decoder names JSON
+        /// numbers: `12.0` → `12`.
+        #[arg(long, value_delimiter = ',')]
+        categorical: Vec<String>,
         /// Quantile bins per numeric feature.
         #[arg(long, default_value_t = crate::baseline::build::DEFAULT_BINS)]
         bins: usize,
@@ -346,6 +351,7 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         score_column,
         features,
         exclude,
+        categorical,
         bins,
         top_categories,
         task,
@@ -374,6 +380,7 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         score_column,
         features,
         exclude,
+        categorical,
         bins,
         top_categories,
         task,

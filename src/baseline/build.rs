@@ -52,6 +52,8 @@ pub struct BuildOptions {
     pub features: Option<Vec<String>>,
     /// Columns that are not features.
     pub exclude: Vec<String>,
+    /// Numeric columns profiled as categories (codes, ids).
+    pub categorical: Vec<String>,
     pub bins: usize,
     pub top_categories: usize,
     /// The model's task; inferred from the label/prediction type when absent.
@@ -73,6 +75,7 @@ impl BuildOptions {
             score_column: "score".into(),
             features: None,
             exclude: Vec::new(),
+            categorical: Vec::new(),
             bins: DEFAULT_BINS,
             top_categories: DEFAULT_TOP_CATEGORIES,
             task: None,
@@ -155,6 +158,21 @@ fn as_strings(array: &ArrayRef, role: Role) -> StringArray {
         && let Some(bools) = array.as_any().downcast_ref::<BooleanArray>()
     {
         return bools.iter().map(|b| b.map(|b| if b { "1" } else { "0" })).collect();
+    }
+    if is_numeric(array.data_type()) {
+        // Numeric codes profiled as categories: named as the decoder names
+        // JSON numbers, so `12.0` in training and `12` in an event agree.
+        let mut buffer = Vec::new();
+        return as_f64(array)
+            .iter()
+            .map(|v| {
+                v.map(|v| {
+                    buffer.clear();
+                    crate::decode::json::write_canonical_number(&mut buffer, v);
+                    String::from_utf8_lossy(&buffer).into_owned()
+                })
+            })
+            .collect();
     }
     let strings = cast(array, &DataType::Utf8).expect("categorical columns cast to Utf8");
     strings.as_any().downcast_ref::<StringArray>().expect("Utf8").clone()
@@ -241,6 +259,7 @@ impl Builder<'_> {
                 });
                 matches!(task, Task::Regression)
             }
+            Role::Feature if self.options.categorical.iter().any(|c| c == name) => false,
             Role::Feature if is_numeric(data_type) => true,
             Role::Feature if is_categorical(data_type) => false,
             Role::Feature => {
@@ -401,6 +420,10 @@ fn numeric_profile(
             .into_iter()
             .filter_map(|(name, q)| sketch.quantile(q).map(|v| (name.to_string(), v)))
             .collect();
+    let bin_proportions: Vec<f64> =
+        bins.iter().map(|&b| if total == 0 { 0.0 } else { b as f64 / total as f64 }).collect();
+    let calibration =
+        crate::evaluate::calibration::calibrate_numeric(sketch, summary.std().unwrap_or(0.0), edges, &bin_proportions);
     NumericProfile {
         count,
         missing,
@@ -411,8 +434,9 @@ fn numeric_profile(
         max: summary.max(),
         quantiles,
         bin_edges: edges.to_vec(),
-        bin_proportions: bins.iter().map(|&b| if total == 0 { 0.0 } else { b as f64 / total as f64 }).collect(),
+        bin_proportions,
         sketch: sketch.clone(),
+        calibration,
     }
 }
 
@@ -427,13 +451,17 @@ fn categorical_profile(
     sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let share = |n: u64| if count == 0 { 0.0 } else { n as f64 / count as f64 };
     let kept: u64 = sorted.iter().take(top).map(|(_, n)| **n).sum();
+    let frequencies: BTreeMap<String, f64> = sorted.iter().take(top).map(|(k, n)| ((*k).clone(), share(**n))).collect();
+    let other = share(count - kept);
+    let proportions: Vec<f64> = frequencies.values().copied().chain([other]).collect();
     CategoricalProfile {
         count,
         missing,
         missing_rate: if count + missing == 0 { 0.0 } else { missing as f64 / (count + missing) as f64 },
-        frequencies: sorted.iter().take(top).map(|(k, n)| ((*k).clone(), share(**n))).collect(),
-        other: share(count - kept),
+        frequencies,
+        other,
         distinct: counts.len() as u64 + u64::from(untracked > 0),
+        calibration: crate::evaluate::calibration::calibrate_categorical(&proportions),
     }
 }
 
@@ -488,6 +516,18 @@ pub fn build_baseline(options: &BuildOptions) -> Result<Baseline, BaselineError>
     if options.progress && std::io::stderr().is_terminal() {
         eprintln!();
     }
+    let unknown: Vec<&str> = options
+        .categorical
+        .iter()
+        .filter(|name| !builder.by_name.contains_key(name.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(BaselineError::Build(format!(
+            "--categorical names columns the input does not have: {}",
+            unknown.join(", ")
+        )));
+    }
     let task = builder.task.unwrap_or(Task::BinaryClassification);
     let mut features = BTreeMap::new();
     let (mut prediction, mut score, mut label) = (None, None, None);
@@ -534,6 +574,9 @@ pub fn build_baseline(options: &BuildOptions) -> Result<Baseline, BaselineError>
                 if tp + fp + fn_ > 0 {
                     performance.insert("f1".into(), 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64);
                 }
+                // The denominators, for the windows' worse-than-baseline tests.
+                performance.insert("predicted_positive_count".into(), (tp + fp) as f64);
+                performance.insert("positive_count".into(), (tp + fn_) as f64);
                 let scores = &perf.scores;
                 for (name, value) in [
                     ("roc_auc", scores.roc_auc(positive)),

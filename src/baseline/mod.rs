@@ -91,6 +91,23 @@ pub struct NumericProfile {
     /// The reference distribution as a mergeable relative-error sketch
     /// (for KS and Wasserstein against windows).
     pub sketch: QuantileSketch,
+    /// Per drift metric, its spread across chunks resampled from this
+    /// reference, per chunk size (`psi`, `ks`, `wasserstein`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calibration: BTreeMap<String, Vec<ChunkSpread>>,
+}
+
+/// The spread of a drift metric across reference chunks of one size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkSpread {
+    /// Values per chunk.
+    pub size: u64,
+    pub mean: f64,
+    pub std: f64,
+    /// Mean and std of the metric's logarithm (its positive values).
+    pub log_mean: f64,
+    pub log_std: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +122,10 @@ pub struct CategoricalProfile {
     pub other: f64,
     /// Distinct values seen (up to the tracking cap).
     pub distinct: u64,
+    /// Per drift metric, its spread across chunks resampled from this
+    /// reference, per chunk size (`psi`, `chi2`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calibration: BTreeMap<String, Vec<ChunkSpread>>,
 }
 
 /// Errors loading or writing a baseline, naming the file.

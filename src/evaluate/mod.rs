@@ -9,6 +9,7 @@
 //!
 //! Architecture invariant: pure computation; no I/O, no clock.
 
+pub mod calibration;
 pub mod categorical;
 pub mod numeric;
 pub mod performance;
@@ -389,7 +390,8 @@ fn fill_baselines(rows: &mut [WindowMetricRow], reference: &FeatureReference) {
             (q @ ("p50" | "p95" | "p99"), FeatureReference::Numeric(r)) => {
                 r.quantiles.iter().find(|(k, _)| k == q).map(|(_, v)| *v)
             }
-            ("out_of_range_rate" | "unseen_rate", _) => Some(0.0),
+            ("out_of_range_rate", _) => Some(0.0),
+            ("unseen_rate", FeatureReference::Categorical(r)) => Some(r.other_share()),
             _ => row.baseline,
         };
     }
@@ -444,7 +446,8 @@ fn numeric_drift_rows(
     if let Some(std) = reference.std.filter(|s| *s > 0.0)
         && w.is_finite()
     {
-        out.push(id.row(name, "wasserstein", w / std, n));
+        let threshold = reference.wasserstein_null().threshold(n, reference_n, alpha);
+        out.push(judged(id.row(name, "wasserstein", w / std, n), threshold));
     }
 }
 
@@ -473,7 +476,8 @@ fn categorical_drift_rows(
             }
         }
     }
-    out.push(id.row(name, "unseen_rate", ratio(unseen, n), n));
+    let threshold = thresholds::unseen_rate_threshold(n, reference.other_share(), reference.count, alpha);
+    out.push(judged(id.row(name, "unseen_rate", ratio(unseen, n), n), threshold));
     // Categories the baseline has, plus `other` when the baseline or the
     // window puts anything there.
     let k = reference.proportions.iter().zip(&counts).filter(|(p, c)| **p > 0.0 || **c > 0).count();
@@ -520,30 +524,57 @@ pub fn performance_rows(
         push_model_psi(out, id, "label_psi", &r.proportions, &counts, r.count);
     }
     let baseline = &reference.baseline.performance;
-    let baseline_labeled = baseline.get("labeled_count").copied().unwrap_or(0.0) as u64;
+    let baseline_count = |key: &str| baseline.get(key).copied().unwrap_or(0.0).max(0.0) as u64;
+    let baseline_labeled = baseline_count("labeled_count");
+    let positive = id.model.positive_class();
+    let scored_positives = positive.and_then(|p| performance.scores.sums.get(&p)).map_or(0, |s| s.count);
+    let window_error_std = performance.absolute_error_std();
     for row in &mut out[first_row..] {
-        if matches!(row.metric, "labeled_count" | "label_coverage") {
+        if matches!(row.metric, "labeled_count" | "label_coverage" | "label_psi") {
             continue;
         }
         row.baseline = baseline.get(row.metric).copied();
-        // "Worse than baseline" for accuracy: a one-sided two-proportion
-        // z-test of the window's correct share against the baseline's.
-        if row.metric == "accuracy"
-            && let Some(reference_accuracy) = row.baseline
-            && baseline_labeled > 0
-            && row.sample_count > 0
-        {
-            let correct = ((row.value * row.sample_count as f64).round() as u64).min(row.sample_count as u64);
-            let reference_correct =
-                ((reference_accuracy * baseline_labeled as f64).round() as u64).min(baseline_labeled);
-            let (_, p) = crate::stats::two_proportion_z_test(
-                reference_correct,
-                baseline_labeled,
-                correct,
-                row.sample_count as u64,
-            );
-            row.p_value = p.is_finite().then_some(p);
+        let Some(reference_value) = row.baseline else { continue };
+        let n = row.sample_count.max(0) as u64;
+        if n == 0 {
+            continue;
         }
+        // "Worse than baseline", one-sided (docs/DRIFT.md): proportions by
+        // a two-proportion z-test over their own denominators, ROC AUC by
+        // Hanley–McNeil standard errors, MAE by a z-test of mean errors.
+        let proportion_denominator = match row.metric {
+            "accuracy" => Some(baseline_labeled),
+            "precision" => Some(baseline_count("predicted_positive_count")),
+            "recall" => Some(baseline_count("positive_count")),
+            _ => None,
+        };
+        let p = if let Some(reference_n) = proportion_denominator {
+            if reference_n == 0
+                || !matches!(id.model.task, crate::config::Task::BinaryClassification) && row.metric != "accuracy"
+            {
+                continue;
+            }
+            let successes = ((row.value * n as f64).round() as u64).min(n);
+            let reference_successes = ((reference_value * reference_n as f64).round() as u64).min(reference_n);
+            crate::stats::two_proportion_z_test(reference_successes, reference_n, successes, n).1
+        } else if row.metric == "roc_auc" {
+            let reference_positives = baseline_count("positive_count").min(baseline_labeled);
+            crate::stats::auc_lower_p_value(
+                (reference_value, reference_positives, baseline_labeled - reference_positives),
+                (row.value, scored_positives.min(n), n - scored_positives.min(n)),
+            )
+        } else if row.metric == "mae"
+            && let (Some(window_std), Some(reference_rmse)) = (window_error_std, baseline.get("rmse"))
+        {
+            let reference_std = (reference_rmse.powi(2) - reference_value.powi(2)).max(0.0).sqrt();
+            crate::stats::mean_higher_p_value(
+                (reference_value, reference_std, baseline_labeled),
+                (row.value, window_std, n),
+            )
+        } else {
+            continue;
+        };
+        row.p_value = p.is_finite().then_some(p);
     }
 }
 

@@ -273,6 +273,16 @@ impl PerformanceState {
         (self.labeled > 0 && self.confusion.is_empty()).then(|| self.abs_error_sum / self.labeled as f64)
     }
 
+    /// Standard deviation of the absolute errors (regression), from
+    /// Σ|e| and Σe².
+    pub fn absolute_error_std(&self) -> Option<f64> {
+        let n = self.labeled as f64;
+        (self.labeled > 1 && self.confusion.is_empty()).then(|| {
+            let mean = self.abs_error_sum / n;
+            ((self.squared_error_sum / n - mean * mean).max(0.0) * n / (n - 1.0)).sqrt()
+        })
+    }
+
     pub fn rmse(&self) -> Option<f64> {
         (self.labeled > 0 && self.confusion.is_empty()).then(|| (self.squared_error_sum / self.labeled as f64).sqrt())
     }

@@ -3,10 +3,11 @@
 //! range, missing rate, the reference sketch), prepared once at start-up.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::baseline::{Baseline, ColumnProfile};
 use crate::evaluate::sketch::QuantileSketch;
+use crate::evaluate::thresholds::WassersteinNull;
 use crate::model::FeatureKind;
 
 /// One feature's reference.
@@ -45,9 +46,16 @@ pub struct NumericReference {
     pub proportions: Vec<f64>,
     pub quantiles: Vec<(String, f64)>,
     pub sketch: QuantileSketch,
+    /// The Wasserstein null law, calibrated from the sketch on first use.
+    pub wasserstein_null: OnceLock<WassersteinNull>,
 }
 
 impl NumericReference {
+    /// The calibrated null law of the normalised Wasserstein distance.
+    pub fn wasserstein_null(&self) -> &WassersteinNull {
+        self.wasserstein_null.get_or_init(|| WassersteinNull::calibrate(&self.sketch, self.std.unwrap_or(0.0)))
+    }
+
     /// The bin of a value.
     #[inline]
     pub fn bin(&self, value: f64) -> usize {
@@ -105,6 +113,11 @@ impl ModelReference {
 }
 
 impl CategoricalReference {
+    /// The baseline's share of values outside its listed categories.
+    pub fn other_share(&self) -> f64 {
+        self.proportions.last().copied().unwrap_or(0.0)
+    }
+
     /// Counts per reference category (the last one `other`) of named counts.
     pub fn counts<'a>(&self, named: impl Iterator<Item = (&'a str, u64)>) -> Vec<u64> {
         let mut counts = vec![0u64; self.proportions.len()];
@@ -130,6 +143,10 @@ impl FeatureReference {
                 proportions: p.bin_proportions.clone(),
                 quantiles: p.quantiles.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 sketch: p.sketch.clone(),
+                wasserstein_null: match p.calibration.get("wasserstein") {
+                    Some(spreads) => OnceLock::from(WassersteinNull::from_spreads(spreads)),
+                    None => OnceLock::new(),
+                },
             }),
             ColumnProfile::Categorical(p) => {
                 let categories: Vec<String> = p.frequencies.keys().cloned().collect();

@@ -150,6 +150,12 @@ impl QuantileSketch {
         points
     }
 
+    /// The distribution the sketch holds: (bucket midpoint, count) in
+    /// ascending value order, empty buckets left out.
+    pub fn weighted_points(&self) -> Vec<(f64, u64)> {
+        self.points().into_iter().map(|(_, value, count)| (value, count)).collect()
+    }
+
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         (self.negative.counts.capacity() + self.positive.counts.capacity()) * 4

@@ -63,5 +63,5 @@ pub use ks::{
 pub use kstwo::{kolmogorov_smirnov_survival, ks_pvalue_scipy_asymp};
 pub use multiple_testing::holm_bonferroni;
 pub use performance::{LOG_LOSS_EPS, brier, log_loss, roc_auc};
-pub use proportion::two_proportion_z_test;
+pub use proportion::{auc_lower_p_value, mean_higher_p_value, two_proportion_z_test};
 pub use wasserstein::{wasserstein_1, wasserstein_from_cdfs, wasserstein_from_quantiles};

@@ -177,4 +177,71 @@ fn performance_rows_carry_the_baseline_and_a_worse_than_baseline_p_value() {
         1e-12,
         "precision",
     );
+    // Precision 0.5 against the baseline's ~0.85: worse, significantly.
+    // Recall 1.0 (every prediction is 1): not worse, p near 1.
+    assert!(precision["p_value"].as_f64().unwrap() < 1e-6, "{precision}");
+    let recall = rows.iter().find(|r| r["metric"] == "recall").unwrap();
+    assert!(recall["p_value"].as_f64().unwrap() > 0.99, "{recall}");
+}
+
+/// `--categorical` profiles numeric codes as categories, named as the
+/// decoder names JSON numbers, so live events (`"store": 12`) match them;
+/// naming a column the input lacks is an error.
+#[test]
+fn numeric_codes_can_be_profiled_as_categories() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.csv");
+    let mut csv = String::from("store,amount\n");
+    for i in 0..300 {
+        csv.push_str(&format!("{},{}.5\n", [12, 40, 7][i % 3], i));
+    }
+    std::fs::write(&train, csv).unwrap();
+    let out = dir.path().join("b.json");
+    let build = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+            .args(["baseline", "build", "--input", train.to_str().unwrap(), "--model", "m"])
+            .args(["--out", out.to_str().unwrap(), "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = build(&["--categorical", "store"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let baseline = Baseline::load(&out).unwrap();
+    let ColumnProfile::Categorical(store) = &baseline.features["store"] else { panic!("store is not categorical") };
+    let mut names: Vec<&str> = store.frequencies.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["12", "40", "7"]);
+    assert!(matches!(baseline.features["amount"], ColumnProfile::Numeric(_)));
+
+    // A window of events with the same codes (as JSON numbers, one as 12.0) shows no unseen values.
+    let events = dir.path().join("e.ndjson");
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            let store = ["12.0", "40", "7"][i % 3];
+            format!(
+                "{{\"event_id\":\"{i}\",\"model\":\"m\",\"timestamp\":\"2026-11-26T10:00:{i:02}Z\",\"prediction\":1,\"features\":{{\"store\":{store},\"amount\":{i}.5}}}}"
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines.join("\n")).unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, format!("windows: {{size: 1m}}\nmodels: [{{name: m, baseline: {}}}]\n", out.display()))
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["replay", "--config", config.to_str().unwrap(), "--predictions", events.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let unseen =
+        rows.iter().find(|r| r["feature"] == "store" && r["metric"] == "unseen_rate").expect("unseen_rate row");
+    assert_eq!(unseen["value"], 0.0);
+
+    let output = build(&["--categorical", "stor"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--categorical names columns the input does not have: stor")
+    );
 }

@@ -94,3 +94,108 @@ fn drift_rows_rise_only_after_the_drift_starts() {
     let ks = rows.iter().find(|r| r["feature"] == "amount" && r["metric"] == "ks").unwrap();
     assert!(ks["p_value"].is_number());
 }
+
+/// The "done when": a replay of a stream whose second half drifts
+/// (`tests/fixtures/replay_drift/`, made by its `generate.py`) marks rows
+/// drifted only after the drift starts, and its statistics equal scipy's on
+/// the same data: exactly (1e-6) where driftwatch computes exactly, within
+/// the fixture's stated bound where it uses the baseline's sketch.
+#[test]
+fn replayed_drift_matches_scipy_and_is_flagged_only_after_it_starts() {
+    let fixture =
+        |name: &str| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replay_drift").join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!("windows: {{size: 5m}}\nmodels: [{{name: shop, baseline: {}}}]\n", fixture("baseline.json").display()),
+    )
+    .unwrap();
+    let output = driftwatch(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--predictions",
+        fixture("live.ndjson").to_str().unwrap(),
+    ]);
+    let rows: Vec<Value> = output.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let drift_starts = expected["drift_starts"].as_str().unwrap();
+    let row = |window: &str, feature: &str, metric: &str| -> &Value {
+        rows.iter()
+            .find(|r| {
+                r["window_start"] == window && r["segment"] == "" && r["feature"] == feature && r["metric"] == metric
+            })
+            .unwrap_or_else(|| panic!("no {feature} {metric} row for {window}"))
+    };
+    let mut compared = 0;
+    for window in expected["windows"].as_array().unwrap() {
+        let start = window["window_start"].as_str().unwrap();
+        for (feature, values) in window["features"].as_object().unwrap() {
+            let n = values["n"].as_u64().unwrap();
+            for metric in ["psi", "jensen_shannon", "hellinger", "chi2", "unseen_rate", "out_of_range_rate"] {
+                let Some(want) = values[metric].as_f64() else { continue };
+                let got = row(start, feature, metric);
+                let value = got["value"].as_f64().unwrap();
+                assert!(
+                    (value - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{start} {feature} {metric}: {value} vs scipy {want}"
+                );
+                assert_eq!(got["sample_count"].as_u64(), Some(n), "{start} {feature} {metric} sample_count");
+                compared += 1;
+            }
+            if let Some(want) = values["chi2_p_value"].as_f64() {
+                let p = row(start, feature, "chi2")["p_value"].as_f64().unwrap();
+                assert!(
+                    (p - want).abs() <= 1e-6 * want.max(1e-300).max(1e-12) + 1e-12,
+                    "{start} {feature} chi2 p: {p} vs scipy {want}"
+                );
+            }
+            if let Some(want) = values["ks"].as_f64() {
+                let got = row(start, feature, "ks");
+                let (d, p) = (got["value"].as_f64().unwrap(), got["p_value"].as_f64().unwrap());
+                let bound = values["ks_bound"].as_f64().unwrap();
+                assert!((d - want).abs() <= bound, "{start} {feature} ks: {d} vs scipy {want} (bound {bound})");
+                let range = values["ks_p_value_range"].as_array().unwrap();
+                let (low, high) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
+                assert!(
+                    p >= low * (1.0 - 1e-9) && p <= high * (1.0 + 1e-9),
+                    "{start} {feature} ks p {p} outside [{low}, {high}]"
+                );
+                let w = row(start, feature, "wasserstein")["value"].as_f64().unwrap();
+                let want = values["wasserstein"].as_f64().unwrap();
+                let bound = values["wasserstein_bound"].as_f64().unwrap();
+                assert!(
+                    (w - want).abs() <= bound,
+                    "{start} {feature} wasserstein: {w} vs scipy {want} (bound {bound})"
+                );
+                compared += 2;
+            }
+        }
+    }
+    assert_eq!(compared, 4 * (2 * 6 + 4), "every expected value was compared");
+    // Verdicts: every drift row carries a threshold; nothing is drifted
+    // before the drift starts; afterwards every metric of the drifting
+    // features is, and the stable feature (`tenure`) is not.
+    let drift_rows: Vec<&Value> = rows.iter().filter(|r| r["segment"] == "" && r["drifted"].is_boolean()).collect();
+    for metric in
+        ["psi", "ks", "wasserstein", "jensen_shannon", "hellinger", "chi2", "unseen_rate", "out_of_range_rate"]
+    {
+        assert!(drift_rows.iter().any(|r| r["metric"] == metric), "{metric} rows carry a verdict");
+    }
+    assert!(drift_rows.iter().all(|r| r["threshold"].is_number()));
+    let early_alarms: Vec<&&Value> = drift_rows
+        .iter()
+        .filter(|r| r["window_start"].as_str().unwrap() < drift_starts && r["drifted"] == true)
+        .collect();
+    assert!(early_alarms.is_empty(), "drifted before the drift: {early_alarms:?}");
+    for window in ["2026-11-26T10:10:00.000Z", "2026-11-26T10:15:00.000Z"] {
+        for metric in ["psi", "ks", "wasserstein", "jensen_shannon", "hellinger"] {
+            assert_eq!(row(window, "amount", metric)["drifted"], true, "{window} amount {metric}");
+            assert_eq!(row(window, "tenure", metric)["drifted"], false, "{window} tenure {metric}");
+        }
+        for metric in ["psi", "chi2", "jensen_shannon", "unseen_rate"] {
+            assert_eq!(row(window, "country", metric)["drifted"], true, "{window} country {metric}");
+        }
+    }
+}
