@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::output::NdjsonSink;
+use crate::output::{NdjsonSink, WindowSink};
 use crate::shutdown::Shutdown;
 use crate::simulate::SimulatorOptions;
 use crate::telemetry::Telemetry;
@@ -166,10 +166,20 @@ pub enum BaselineCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
-    /// Validate rule files.
-    Check { paths: Vec<PathBuf> },
-    /// Run rule unit tests.
-    Test { files: Vec<PathBuf> },
+    /// Validate rule files: syntax, SQL planned against `window_metrics`,
+    /// templates, duplicate names, and (with --config) notifier names.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Check `notify` names against this config's notifiers.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run rule unit tests (format: docs/RULES.md).
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +189,58 @@ pub enum ConfigCommand {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+fn rules_check(paths: &[PathBuf], config: Option<&std::path::Path>) -> Result<(), ExitCode> {
+    let notifiers = match config {
+        Some(path) => Some(load_config(path)?.notifiers.keys().cloned().collect()),
+        None => None,
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let pattern = glob::Pattern::escape(&path.to_string_lossy()) + "/*.y*ml";
+            let mut found: Vec<PathBuf> = glob::glob(&pattern).into_iter().flatten().flatten().collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    match crate::rules::RuleSet::load(&files, notifiers.as_ref()) {
+        Ok(set) => {
+            let note = if notifiers.is_none() { " (notifier names not checked: no --config)" } else { "" };
+            println!("{} rules in {} files: OK{note}", set.rules.len(), files.len());
+            Ok(())
+        }
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            eprintln!("{} errors", errors.len());
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn rules_test(files: &[PathBuf]) -> Result<(), ExitCode> {
+    let mut failed = false;
+    for file in files {
+        match crate::rules::testing::run_test_file(file) {
+            Ok(report) => {
+                for (name, explanation) in &report.failures {
+                    println!("FAIL {}: {name}\n{explanation}", file.display());
+                }
+                println!("{}: {} passed, {} failed", file.display(), report.passed, report.failures.len());
+                failed |= !report.failures.is_empty();
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                failed = true;
+            }
+        }
+    }
+    if failed { Err(ExitCode::from(1)) } else { Ok(()) }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -239,7 +301,11 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                 ExitCode::from(1)
             })?;
             let telemetry = Arc::new(Telemetry::default());
-            crate::drivers::run::run_daemon(&config, telemetry, &shutdown, None).map_err(|e| {
+            let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
+                tracing::warn!(error = %e, "SIGHUP handler not installed: rule reload by signal unavailable");
+            }
+            crate::drivers::run::run_daemon(&config, telemetry, &shutdown, &reload, None).map_err(|e| {
                 eprintln!("driftwatch: {e}");
                 ExitCode::from(1)
             })?;
@@ -247,30 +313,38 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
         }
         Command::Replay { config, predictions, labels, out, alerts, notify: _ } => {
             let config = load_config(&config)?;
-            if let Some(alerts) = alerts {
-                // Alert rules arrive with issue 4; until then no transitions.
-                File::create(&alerts).map_err(|e| {
-                    eprintln!("{}: {e}", alerts.display());
-                    ExitCode::from(1)
-                })?;
-            }
+            let rules = Arc::new(crate::drivers::alerting::load_rules(&config).map_err(|errors| {
+                for error in errors {
+                    eprintln!("{error}");
+                }
+                ExitCode::from(1)
+            })?);
             let telemetry = Arc::new(Telemetry::default());
-            let result = match &out {
+            let mut rows_sink: Box<dyn WindowSink> = match &out {
                 Some(path) => {
                     let file = File::create(path).map_err(|e| {
                         eprintln!("{}: {e}", path.display());
                         ExitCode::from(1)
                     })?;
-                    let mut sink = NdjsonSink::new(BufWriter::new(file));
-                    crate::drivers::replay::replay(&config, &predictions, &labels, &mut sink, telemetry.clone())
+                    Box::new(NdjsonSink::new(BufWriter::new(file)))
                 }
-                None => {
-                    let mut sink = NdjsonSink::new(BufWriter::new(io::stdout().lock()));
-                    crate::drivers::replay::replay(&config, &predictions, &labels, &mut sink, telemetry.clone())
-                }
+                None => Box::new(NdjsonSink::new(BufWriter::new(io::stdout()))),
             };
+            let mut sink =
+                crate::drivers::alerting::AlertingSink::new(rows_sink.as_mut(), &config, rules, alerts.as_deref())
+                    .map_err(|e| {
+                        eprintln!("driftwatch replay: alerts or audit log: {e}");
+                        ExitCode::from(1)
+                    })?;
+            let result = crate::drivers::replay::replay(&config, &predictions, &labels, &mut sink, telemetry.clone());
+            let transitions = sink.events.len();
+            let firing = sink.events.iter().filter(|e| e.transition.state == "firing").count();
+            drop(sink);
             match result {
                 Ok(summary) => {
+                    if !config.rules.is_empty() {
+                        eprintln!("{transitions} alert transitions ({firing} firing)");
+                    }
                     let rate = summary.predictions as f64 / summary.seconds.max(1e-9);
                     eprintln!(
                         "replayed {} predictions and {} labels ({} invalid) in {:.2}s ({:.0} predictions/s): {} windows closed, {} rows",
@@ -336,7 +410,8 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
         }
         Command::Demo { .. } => not_yet("demo"),
         Command::Baseline { command } => baseline_command(command),
-        Command::Rules { .. } => not_yet("rules"),
+        Command::Rules { command: RulesCommand::Check { paths, config } } => rules_check(&paths, config.as_deref()),
+        Command::Rules { command: RulesCommand::Test { files } } => rules_test(&files),
     }
 }
 

@@ -166,6 +166,54 @@ pub struct Config {
     /// [`DriftConfig::default`].
     #[serde(default)]
     pub drift: DriftConfig,
+    /// Rule evaluation and the audit log (driftwatch extension). Default:
+    /// [`AlertingConfig::default`].
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+}
+
+/// Default `alerting.history`: rows kept for `query:` rules.
+pub const DEFAULT_ALERTING_HISTORY: Duration = Duration::from_secs(60 * 60);
+/// Default `alerting.evaluation_interval`: how often the daemon evaluates
+/// `query:` rules when no window closes.
+pub const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(30);
+
+/// `alerting:` — rule evaluation (driftwatch extension; every key optional).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// How far back `query:` rules see `window_metrics` (by `window_end`,
+    /// from the newest closed window). Default [`DEFAULT_ALERTING_HISTORY`]
+    /// (1h).
+    #[serde(with = "duration")]
+    pub history: Duration,
+    /// How often the daemon evaluates `query:` rules on the wall clock, so
+    /// that "no windows for 10 minutes" fires while nothing arrives.
+    /// Default [`DEFAULT_EVALUATION_INTERVAL`] (30s).
+    #[serde(with = "duration")]
+    pub evaluation_interval: Duration,
+    /// The append-only audit log of alert transitions (NDJSON); relative
+    /// paths are resolved against the config file's directory. Default:
+    /// `audit.ndjson` in `state.dir`, or none without a state dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<PathBuf>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            history: DEFAULT_ALERTING_HISTORY,
+            evaluation_interval: DEFAULT_EVALUATION_INTERVAL,
+            audit_log: None,
+        }
+    }
+}
+
+impl AlertingConfig {
+    /// The audit log's path: `audit_log`, else `audit.ndjson` in the state dir.
+    pub fn audit_log_path(&self, state: &StateConfig) -> Option<PathBuf> {
+        self.audit_log.clone().or_else(|| state.dir.as_ref().map(|d| d.join("audit.ndjson")))
+    }
 }
 
 /// Default `drift.alpha`: the false-alarm rate per window and drift metric,
@@ -603,6 +651,9 @@ impl Config {
         if let Some(o) = self.output.window_metrics.as_mut() {
             resolve(o);
         }
+        if let Some(a) = self.alerting.audit_log.as_mut() {
+            resolve(a);
+        }
         let escaped_base = glob::Pattern::escape(&base_dir.to_string_lossy());
         for pattern in &mut self.rules {
             if Path::new(pattern.as_str()).is_relative() {
@@ -680,21 +731,23 @@ fn parse_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         });
     }
     serde_saphyr::from_str::<Config>(text).map_err(|e| {
-        let location = e.location();
-        let plain = e.without_snippet().to_string();
-        match location {
-            Some(loc) => {
-                let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
-                let msg = plain.strip_suffix(&suffix).unwrap_or(&plain);
-                ConfigError::Parse {
-                    origin: origin.to_string(),
-                    message: format!("line {}, column {}: {msg}", loc.line(), loc.column()),
-                    line: Some(loc.line()),
-                }
-            }
-            None => ConfigError::Parse { origin: origin.to_string(), message: plain, line: None },
-        }
+        let (line, message) = yaml_error(&e);
+        ConfigError::Parse { origin: origin.to_string(), message, line }
     })
+}
+
+/// A YAML parse error as (line, "line L, column C: message") without the
+/// source snippet; shared by the config and rule-file loaders.
+pub fn yaml_error(error: &serde_saphyr::Error) -> (Option<u64>, String) {
+    let plain = error.without_snippet().to_string();
+    match error.location() {
+        Some(loc) => {
+            let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
+            let message = plain.strip_suffix(&suffix).unwrap_or(&plain);
+            (Some(loc.line()), format!("line {}, column {}: {message}", loc.line(), loc.column()))
+        }
+        None => (None, plain),
+    }
 }
 
 /// A map whose values may be YAML strings, numbers or booleans, all kept as

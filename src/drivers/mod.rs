@@ -2,6 +2,7 @@
 //! rows somewhere. [`run`] is the daemon over Kafka, [`replay`] the same
 //! engine over files.
 
+pub mod alerting;
 pub mod replay;
 pub mod run;
 pub mod simulate;

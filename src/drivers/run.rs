@@ -6,7 +6,10 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
 use std::sync::Arc;
 
+use std::sync::atomic::AtomicBool;
+
 use crate::config::Config;
+use crate::drivers::alerting::{AlertingSink, Live};
 use crate::output::{NdjsonSink, WindowMetricRow, WindowSink};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
@@ -52,14 +55,21 @@ impl WindowSink for LoggingSink {
             None => Ok(()),
         }
     }
+    fn tick(&mut self) {
+        if let Some(sink) = &mut self.inner {
+            sink.tick();
+        }
+    }
 }
 
 /// Runs the daemon until `shutdown` is triggered. Extra rows go to `sink`
-/// as well when given (tests use a channel).
+/// as well when given (tests use a channel). Setting `reload` reloads the
+/// rule files (SIGHUP does, through the CLI).
 pub fn run_daemon(
     config: &Config,
     telemetry: Arc<Telemetry>,
     shutdown: &Shutdown,
+    reload: &Arc<AtomicBool>,
     extra_sink: Option<Box<dyn WindowSink>>,
 ) -> Result<KafkaSummary, RunError> {
     let mut pipeline = Pipeline::new(config, telemetry).map_err(RunError::Setup)?;
@@ -78,7 +88,15 @@ pub fn run_daemon(
         (Some(a), Some(b)) => Some(Box::new(Tee(a, b))),
         (a, b) => a.or(b),
     };
-    let mut sink = LoggingSink { inner };
+    let mut logging = LoggingSink { inner };
+    let rules = crate::drivers::alerting::load_rules(config).map_err(|errors| RunError::Setup(errors.join("\n")))?;
+    let mut sink = AlertingSink::new(&mut logging, config, Arc::new(rules), None)
+        .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
+    sink.live = Some(Live {
+        config: config.clone(),
+        reload_requested: reload.clone(),
+        last_evaluation: std::time::Instant::now(),
+    });
     let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown)?;
     Ok(summary)
 }
@@ -93,5 +111,9 @@ impl WindowSink for Tee {
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()?;
         self.1.flush()
+    }
+    fn tick(&mut self) {
+        self.0.tick();
+        self.1.tick();
     }
 }

@@ -2,6 +2,8 @@
 //! yields, its Arrow schema, and the NDJSON encoding used by `replay --out`
 //! and the daemon's output file.
 
+pub mod alerts;
+
 use std::io::{self, Write};
 use std::sync::Arc;
 
@@ -30,6 +32,48 @@ pub struct WindowMetricRow {
     pub drifted: Option<bool>,
     pub sample_count: i64,
 }
+
+/// Every metric name a `window_metrics` row may carry (SPEC §4).
+pub const METRIC_NAMES: &[&str] = &[
+    "count",
+    "missing_rate",
+    "type_error_rate",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "p50",
+    "p95",
+    "p99",
+    "psi",
+    "ks",
+    "chi2",
+    "jensen_shannon",
+    "wasserstein",
+    "hellinger",
+    "unseen_rate",
+    "out_of_range_rate",
+    "prediction_psi",
+    "score_psi",
+    "label_psi",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "log_loss",
+    "brier",
+    "mae",
+    "rmse",
+    "mape",
+    "r2",
+    "labeled_count",
+    "label_coverage",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "events_late",
+];
 
 /// The Arrow schema of `window_metrics`.
 pub fn window_metrics_schema() -> SchemaRef {
@@ -158,6 +202,9 @@ pub trait WindowSink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Called on every turn of the daemon's loop (at least every 100 ms),
+    /// for work driven by the wall clock. Must be cheap when idle.
+    fn tick(&mut self) {}
 }
 
 /// Writes rows as NDJSON to any writer.

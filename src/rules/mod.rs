@@ -1,6 +1,23 @@
-//! Rules: SQL alert rules over `window_metrics` and the alert lifecycle.
-//! Not built yet (issue 4); the module exists so the tree shows where the
-//! stage sits in the data flow.
+//! Rules: SQL alert rules over `window_metrics` and the alert lifecycle
+//! (SPEC §6).
 //!
-//! Architecture invariant: rules never do I/O; only `notify` talks to
-//! receivers.
+//! - [`file`] — the rule file format as written (Prometheus-style groups).
+//! - [`ruleset`] — loading and checking: SQL planned against the schema,
+//!   templates compiled, notifier names and duplicates checked, errors with
+//!   file and line.
+//! - [`lifecycle`] — evaluation on each batch of closed windows and the
+//!   inactive → pending → firing → resolved state machine per alert
+//!   instance, with `for`, `keep_firing_for` and `cooldown`.
+//! - [`testing`] — `driftwatch rules test`: rule unit tests.
+//!
+//! Architecture invariant: rules never do I/O; they turn rows into
+//! transitions. Writing the alerts file and the audit log is `output`'s job;
+//! delivering notifications is `notify`'s.
+
+pub mod file;
+pub mod lifecycle;
+pub mod ruleset;
+pub mod testing;
+
+pub use lifecycle::{AlertEngine, AlertEvent, Transition};
+pub use ruleset::{RuleError, RuleSet};

@@ -226,6 +226,7 @@ pub fn run_kafka(
         if shutdown.is_triggered() {
             break;
         }
+        sink.tick();
         if last_log.elapsed() >= STATS_LOG_INTERVAL {
             log_stats(pipeline, kafka);
             last_log = Instant::now();

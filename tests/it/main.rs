@@ -9,4 +9,5 @@ mod cli;
 mod drift;
 mod kafka;
 mod replay;
+mod rules;
 mod support;

@@ -1,0 +1,185 @@
+//! The glue between closed windows and alerts: a [`WindowSink`] that passes
+//! rows on, evaluates the rules on them, and writes the transitions to the
+//! alerts file and the audit log. `replay` and `run` both wrap their row
+//! sink in it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::output::alerts::{AlertsWriter, AuditLog};
+use crate::output::{WindowMetricRow, WindowSink};
+use crate::rules::{AlertEngine, AlertEvent, RuleSet};
+
+/// Loads the rule files the config names, checking notifier names against
+/// the config's notifiers. Errors are `file:line: message` lines.
+pub fn load_rules(config: &Config) -> Result<RuleSet, Vec<String>> {
+    let files = config.rule_files().map_err(|e| vec![e.to_string()])?;
+    let notifiers = config.notifiers.keys().cloned().collect();
+    RuleSet::load(&files, Some(&notifiers)).map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+/// Model name → what identifies its baseline (for the audit log).
+pub fn baseline_identities(config: &Config) -> BTreeMap<String, Value> {
+    let mut identities = BTreeMap::new();
+    for model in &config.models {
+        let Some(path) = &model.baseline else { continue };
+        let Ok(baseline) = crate::baseline::Baseline::load(path) else { continue };
+        identities.insert(
+            model.name.clone(),
+            serde_json::json!({
+                "path": path.display().to_string(),
+                "model": baseline.model,
+                "version": baseline.version,
+                "created_at": baseline.created_at,
+                "source": baseline.source,
+            }),
+        );
+    }
+    identities
+}
+
+/// Receives each batch of new transitions (the notification stage).
+pub type EventHandler<'a> = Box<dyn FnMut(&[AlertEvent]) + Send + 'a>;
+
+/// Rows in, rows out plus alert transitions.
+pub struct AlertingSink<'a> {
+    inner: &'a mut dyn WindowSink,
+    pub engine: AlertEngine,
+    alerts: Option<AlertsWriter<BufWriter<File>>>,
+    audit: Option<AuditLog>,
+    /// Every transition so far (kept for summaries and notification).
+    pub events: Vec<AlertEvent>,
+    /// Where new transitions are handed on (notification), if anywhere.
+    pub on_events: Option<EventHandler<'a>>,
+    /// Wall-clock evaluation and reload (the daemon); `None` in a replay.
+    pub live: Option<Live>,
+}
+
+/// What the daemon adds: query rules evaluated on the wall clock, and rule
+/// reloads requested by SIGHUP (or the HTTP API).
+pub struct Live {
+    pub config: Config,
+    pub reload_requested: Arc<std::sync::atomic::AtomicBool>,
+    pub last_evaluation: std::time::Instant,
+}
+
+impl<'a> AlertingSink<'a> {
+    pub fn new(
+        inner: &'a mut dyn WindowSink,
+        config: &Config,
+        rules: Arc<RuleSet>,
+        alerts_path: Option<&Path>,
+    ) -> io::Result<AlertingSink<'a>> {
+        let alerts = match alerts_path {
+            Some(path) => Some(AlertsWriter::new(BufWriter::new(File::create(path)?))),
+            None => None,
+        };
+        let audit = match config.alerting.audit_log_path(&config.state) {
+            Some(path) => Some(AuditLog::open(&path, baseline_identities(config))?),
+            None => None,
+        };
+        Ok(AlertingSink {
+            inner,
+            engine: AlertEngine::new(rules, config.alerting.history),
+            alerts,
+            audit,
+            events: Vec::new(),
+            on_events: None,
+            live: None,
+        })
+    }
+
+    /// Writes transitions (from a window batch or a timer tick).
+    pub fn record(&mut self, events: Vec<AlertEvent>) -> io::Result<()> {
+        for error in self.engine.errors.drain(..) {
+            tracing::warn!(rule = %error.rule, error = %error.message, "rule evaluation failed");
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in &events {
+            let t = &event.transition;
+            tracing::info!(
+                alert = %t.alert, state = t.state, model = %t.model, feature = ?t.feature,
+                window_end = %t.window_end, notify = ?t.notify, "alert transition"
+            );
+        }
+        if let Some(alerts) = &mut self.alerts {
+            alerts.write(&events)?;
+        }
+        if let Some(audit) = &mut self.audit {
+            audit.write(&events)?;
+        }
+        if let Some(on_events) = &mut self.on_events {
+            on_events(&events);
+        }
+        self.events.extend(events);
+        Ok(())
+    }
+
+    /// Evaluates the query rules at `now_ms` (wall clock).
+    pub fn tick_rules(&mut self, now_ms: i64) -> io::Result<()> {
+        let events = self.engine.tick(now_ms);
+        self.record(events)
+    }
+}
+
+impl AlertingSink<'_> {
+    /// Reloads the rule files: a valid set replaces the old one (alert
+    /// states of unchanged rules survive); an invalid one is rejected with
+    /// its errors and the old set stays. Returns the errors, if any.
+    pub fn reload(&mut self, config: &Config) -> Result<usize, Vec<String>> {
+        match load_rules(config) {
+            Ok(rules) => {
+                let count = rules.rules.len();
+                self.engine.replace_rules(Arc::new(rules));
+                tracing::info!(rules = count, "rules reloaded");
+                Ok(count)
+            }
+            Err(errors) => {
+                for error in &errors {
+                    tracing::error!(%error, "rule reload rejected; keeping the previous rules");
+                }
+                Err(errors)
+            }
+        }
+    }
+}
+
+impl WindowSink for AlertingSink<'_> {
+    fn tick(&mut self) {
+        self.inner.tick();
+        let Some(live) = &mut self.live else { return };
+        let reload = live.reload_requested.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let due = live.last_evaluation.elapsed() >= live.config.alerting.evaluation_interval;
+        if due {
+            live.last_evaluation = std::time::Instant::now();
+        }
+        if reload {
+            let config = live.config.clone();
+            let _ = self.reload(&config);
+        }
+        if due {
+            let now = chrono::Utc::now().timestamp_millis();
+            if let Err(error) = self.tick_rules(now) {
+                tracing::warn!(%error, "writing alert transitions failed");
+            }
+        }
+    }
+
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        self.inner.write_rows(rows)?;
+        let events = self.engine.evaluate(rows);
+        self.record(events)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

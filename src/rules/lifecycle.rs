@@ -1,0 +1,599 @@
+//! Evaluating rules and the alert lifecycle.
+//!
+//! Each batch of closed windows is split by `window_end` and evaluated in
+//! that order, one evaluation per window end, at evaluation time =
+//! `window_end` (event time: replays are deterministic). Per evaluation:
+//!
+//! - an `expr` rule's planned expression runs over the new rows; each
+//!   matching row belongs to the alert instance of its fingerprint (rule,
+//!   model, model_version, segment, feature). An instance is re-evaluated
+//!   only when the window brings a row of the metrics its expression names
+//!   (`metric = '…'`/`metric IN (…)`), so performance rows that arrive late
+//!   do not count as a miss for a drift alert, nor drift rows for an
+//!   accuracy alert;
+//! - a `query` rule runs over the retained history (`window_metrics` =
+//!   rows of windows ending within `history` of the evaluation time); its
+//!   rows are the instances, every other instance of the rule is a miss.
+//!
+//! States: inactive → pending → firing → resolved. `for` (windows or a
+//! duration) delays firing, `keep_firing_for` delays resolving, `cooldown`
+//! suppresses a notifier for the same model within the given time.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::MemTable;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::file::Span;
+use super::ruleset::{Condition, Rule, RuleSet, template_name};
+use crate::decode::timestamp::format_rfc3339_ms;
+use crate::output::{WindowMetricRow, rows_to_record_batch, window_metrics_schema};
+
+/// An alert state change, as written to `--alerts` and served by
+/// `/api/v1/alerts` (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub alert: String,
+    /// `pending`, `firing`, `resolved`, or `inactive` (a pending alert whose
+    /// condition stopped before it fired).
+    pub state: &'static str,
+    pub fingerprint: String,
+    pub model: String,
+    pub model_version: String,
+    pub segment: String,
+    pub feature: Option<String>,
+    pub window_start: String,
+    pub window_end: String,
+    pub value: Option<f64>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Notifiers to send this transition to.
+    pub notify: Vec<String>,
+    /// Notifiers the rule names but `cooldown` held back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<String>,
+    /// When the alert became active (its first matching window's start).
+    pub active_since: String,
+    /// The evaluation that made the transition.
+    pub evaluation_time: String,
+}
+
+/// A transition with what the audit log needs to explain it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertEvent {
+    pub transition: Transition,
+    pub rule: RuleReference,
+    /// The rows that made the condition true (for a resolve, the last ones).
+    pub evidence: Vec<Value>,
+}
+
+/// Which rule, exactly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleReference {
+    pub name: String,
+    pub group: String,
+    pub file: String,
+    pub line: u64,
+    pub sha256: String,
+}
+
+impl RuleReference {
+    fn of(rule: &Rule) -> RuleReference {
+        RuleReference {
+            name: rule.name.clone(),
+            group: rule.group.clone(),
+            file: rule.file.clone(),
+            line: rule.line,
+            sha256: rule.sha256.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    Firing,
+}
+
+/// The identity columns of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+struct Series {
+    model: String,
+    model_version: String,
+    segment: String,
+    feature: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    series: Series,
+    state: State,
+    active_since_ms: i64,
+    last_match_ms: i64,
+    matches: u32,
+    misses: u32,
+    evidence: Vec<Value>,
+    window: (i64, i64),
+    value: Option<f64>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    notified: Vec<String>,
+}
+
+/// A match in one evaluation: the instance's series and its rows.
+struct Match {
+    series: Series,
+    rows: Vec<Value>,
+    window: (i64, i64),
+    value: Option<f64>,
+}
+
+/// Errors evaluating a rule; logged and counted, never fatal.
+#[derive(Debug, thiserror::Error)]
+#[error("rule {rule}: {message}")]
+pub struct EvaluationError {
+    pub rule: String,
+    pub message: String,
+}
+
+/// Rules, alert instance states and the history query rules read.
+pub struct AlertEngine {
+    rules: Arc<RuleSet>,
+    instances: HashMap<(String, u128), Instance>,
+    /// (rule, notifier, model) → last notification time (ms).
+    cooldowns: HashMap<(String, String, String), i64>,
+    history: VecDeque<(i64, RecordBatch)>,
+    history_ms: i64,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Evaluation errors since start.
+    pub errors: Vec<EvaluationError>,
+}
+
+fn fingerprint(rule: &str, series: &Series) -> u128 {
+    let mut key = Vec::with_capacity(64);
+    for part in [rule, &series.model, &series.model_version, &series.segment, series.feature.as_deref().unwrap_or("")] {
+        key.extend_from_slice(part.as_bytes());
+        key.push(0);
+    }
+    key.push(u8::from(series.feature.is_some()));
+    xxhash_rust::xxh3::xxh3_128(&key)
+}
+
+/// A `window_metrics` row as JSON (the evidence and template context).
+pub fn row_json(row: &WindowMetricRow) -> Value {
+    serde_json::json!({
+        "model": &*row.model,
+        "model_version": &*row.model_version,
+        "segment": &*row.segment,
+        "window_start": format_rfc3339_ms(row.window_start_ms),
+        "window_end": format_rfc3339_ms(row.window_end_ms),
+        "feature": row.feature.as_deref(),
+        "metric": row.metric,
+        "value": row.value,
+        "baseline": row.baseline,
+        "threshold": row.threshold,
+        "p_value": row.p_value,
+        "drifted": row.drifted,
+        "sample_count": row.sample_count,
+    })
+}
+
+/// The rows of a query result as JSON objects (timestamps as RFC 3339).
+fn batch_json(batch: &RecordBatch) -> Vec<Value> {
+    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|row| {
+            let mut object = serde_json::Map::new();
+            for (i, field) in schema.fields().iter().enumerate() {
+                let column = batch.column(i);
+                let value = if column.is_null(row) {
+                    Value::Null
+                } else {
+                    match field.data_type() {
+                        DataType::Utf8 => Value::from(column.as_string::<i32>().value(row)),
+                        DataType::LargeUtf8 => Value::from(column.as_string::<i64>().value(row)),
+                        DataType::Utf8View => Value::from(column.as_string_view().value(row)),
+                        DataType::Boolean => Value::from(column.as_boolean().value(row)),
+                        DataType::Timestamp(_, _) => {
+                            match datafusion::arrow::compute::cast(
+                                column,
+                                &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+                            ) {
+                                Ok(ms) => Value::from(format_rfc3339_ms(
+                                    ms.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>()
+                                        .value(row),
+                                )),
+                                Err(_) => Value::Null,
+                            }
+                        }
+                        t if t.is_numeric() => match datafusion::arrow::compute::cast(column, &DataType::Float64) {
+                            Ok(f) => {
+                                let v = f.as_primitive::<datafusion::arrow::datatypes::Float64Type>().value(row);
+                                if v.fract() == 0.0 && t.is_integer() {
+                                    Value::from(v as i64)
+                                } else {
+                                    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+                                }
+                            }
+                            Err(_) => Value::Null,
+                        },
+                        _ => match datafusion::arrow::util::display::array_value_to_string(column, row) {
+                            Ok(s) => Value::from(s),
+                            Err(_) => Value::Null,
+                        },
+                    }
+                };
+                object.insert(field.name().clone(), value);
+            }
+            Value::Object(object)
+        })
+        .collect()
+}
+
+fn series_of(row: &Value) -> Series {
+    let text = |key: &str| row.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    Series {
+        model: text("model"),
+        model_version: text("model_version"),
+        segment: text("segment"),
+        feature: row.get("feature").and_then(Value::as_str).map(str::to_string),
+    }
+}
+
+fn parse_time(row: &Value, key: &str) -> Option<i64> {
+    row.get(key).and_then(Value::as_str).and_then(crate::decode::timestamp::parse_rfc3339_ms)
+}
+
+impl AlertEngine {
+    /// An engine over `rules`, keeping `history` of rows for query rules.
+    pub fn new(rules: Arc<RuleSet>, history: std::time::Duration) -> AlertEngine {
+        AlertEngine {
+            rules,
+            instances: HashMap::new(),
+            cooldowns: HashMap::new(),
+            history: VecDeque::new(),
+            history_ms: history.as_millis().min(i64::MAX as u128) as i64,
+            runtime: None,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Replaces the rule set; instances of rules whose text is unchanged
+    /// keep their state, the others start over.
+    pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
+        let old = self.rules.hashes();
+        let new = rules.hashes();
+        self.instances.retain(|(rule, _), _| old.get(rule).is_some_and(|hash| new.get(rule) == Some(hash)));
+        self.cooldowns.retain(|(rule, _, _), _| new.contains_key(rule));
+        self.rules = rules;
+    }
+
+    /// Alert instances currently pending or firing, as transitions
+    /// describing their present state.
+    pub fn active(&self) -> Vec<Transition> {
+        let mut active: Vec<Transition> = self
+            .instances
+            .iter()
+            .map(|((rule, fp), instance)| {
+                let state = if instance.state == State::Firing { "firing" } else { "pending" };
+                self.transition(rule, *fp, instance, state, instance.last_match_ms, Vec::new(), Vec::new())
+            })
+            .collect();
+        active.sort_by(|a, b| (&a.alert, &a.fingerprint).cmp(&(&b.alert, &b.fingerprint)));
+        active
+    }
+
+    /// Evaluates every rule on newly closed windows' rows.
+    pub fn evaluate(&mut self, rows: &[WindowMetricRow]) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        if rows.is_empty() {
+            return events;
+        }
+        let mut ends: Vec<i64> = rows.iter().map(|r| r.window_end_ms).collect();
+        ends.sort_unstable();
+        ends.dedup();
+        for end in ends {
+            let group: Vec<WindowMetricRow> = rows.iter().filter(|r| r.window_end_ms == end).cloned().collect();
+            let batch = rows_to_record_batch(&group);
+            self.history.push_back((end, batch.clone()));
+            let newest = self.history.iter().map(|(e, _)| *e).max().unwrap_or(end);
+            while self.history.front().is_some_and(|(e, _)| *e < newest.saturating_sub(self.history_ms)) {
+                self.history.pop_front();
+            }
+            let rules = self.rules.clone();
+            for rule in &rules.rules {
+                match &rule.condition {
+                    Condition::Expr { physical, metrics, .. } => {
+                        match self.expr_matches(rule, physical.as_ref(), metrics.as_deref(), &group, &batch) {
+                            Ok((matches, scope)) => events.extend(self.apply(rule, matches, Some(&scope), end)),
+                            Err(message) => self.errors.push(EvaluationError { rule: rule.name.clone(), message }),
+                        }
+                    }
+                    Condition::Query { sql } => events.extend(self.evaluate_query(rule, sql, end)),
+                }
+            }
+        }
+        events
+    }
+
+    /// Evaluates only the query rules at `now_ms` (a timer tick: lets
+    /// "no windows for 10 minutes" fire while nothing arrives).
+    pub fn tick(&mut self, now_ms: i64) -> Vec<AlertEvent> {
+        let rules = self.rules.clone();
+        let mut events = Vec::new();
+        for rule in &rules.rules {
+            if let Condition::Query { sql } = &rule.condition {
+                events.extend(self.evaluate_query(rule, sql, now_ms));
+            }
+        }
+        events
+    }
+
+    fn expr_matches(
+        &self,
+        rule: &Rule,
+        physical: &dyn datafusion::physical_expr::PhysicalExpr,
+        metrics: Option<&[String]>,
+        rows: &[WindowMetricRow],
+        batch: &RecordBatch,
+    ) -> Result<(Vec<Match>, HashSet<u128>), String> {
+        let result = physical.evaluate(batch).map_err(|e| e.strip_backtrace())?;
+        let mask = result.into_array(batch.num_rows()).map_err(|e| e.strip_backtrace())?;
+        let mask: &BooleanArray = mask.as_boolean_opt().ok_or("the expression is not boolean")?;
+        let mut scope = HashSet::new();
+        let mut by_series: Vec<(u128, Match)> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let relevant = metrics.is_none_or(|m| m.iter().any(|name| name == row.metric));
+            if !relevant {
+                continue;
+            }
+            let series = Series {
+                model: row.model.to_string(),
+                model_version: row.model_version.to_string(),
+                segment: row.segment.to_string(),
+                feature: row.feature.as_deref().map(str::to_string),
+            };
+            let fp = fingerprint(&rule.name, &series);
+            scope.insert(fp);
+            if !(mask.is_valid(i) && mask.value(i)) {
+                continue;
+            }
+            match by_series.iter_mut().find(|(f, _)| *f == fp) {
+                Some((_, m)) => m.rows.push(row_json(row)),
+                None => by_series.push((
+                    fp,
+                    Match {
+                        series,
+                        rows: vec![row_json(row)],
+                        window: (row.window_start_ms, row.window_end_ms),
+                        value: Some(row.value),
+                    },
+                )),
+            }
+        }
+        Ok((by_series.into_iter().map(|(_, m)| m).collect(), scope))
+    }
+
+    fn evaluate_query(&mut self, rule: &Rule, sql: &str, now_ms: i64) -> Vec<AlertEvent> {
+        match self.run_query(sql, now_ms) {
+            Ok(rows) => {
+                let matches = rows
+                    .into_iter()
+                    .map(|row| {
+                        let start = parse_time(&row, "window_start").unwrap_or(now_ms);
+                        let end = parse_time(&row, "window_end").unwrap_or(now_ms);
+                        Match {
+                            series: series_of(&row),
+                            value: row.get("value").and_then(Value::as_f64),
+                            window: (start, end),
+                            rows: vec![row],
+                        }
+                    })
+                    .collect();
+                self.apply(rule, matches, None, now_ms)
+            }
+            Err(message) => {
+                self.errors.push(EvaluationError { rule: rule.name.clone(), message });
+                Vec::new()
+            }
+        }
+    }
+
+    fn run_query(&mut self, sql: &str, now_ms: i64) -> Result<Vec<Value>, String> {
+        self.rules.evaluation_time.store(now_ms, Ordering::Relaxed);
+        let batches: Vec<RecordBatch> = self.history.iter().map(|(_, b)| b.clone()).collect();
+        let table = MemTable::try_new(window_metrics_schema(), vec![batches]).map_err(|e| e.strip_backtrace())?;
+        let context = &self.rules.context;
+        context.deregister_table("window_metrics").map_err(|e| e.strip_backtrace())?;
+        context.register_table("window_metrics", Arc::new(table)).map_err(|e| e.strip_backtrace())?;
+        let runtime = match &self.runtime {
+            Some(r) => r,
+            None => self.runtime.insert(
+                tokio::runtime::Builder::new_current_thread().build().map_err(|e| format!("query runtime: {e}"))?,
+            ),
+        };
+        let result = runtime.block_on(async {
+            let frame = context.sql(sql).await?;
+            frame.collect().await
+        });
+        let batches = result.map_err(|e| e.strip_backtrace())?;
+        Ok(batches.iter().flat_map(batch_json).collect())
+    }
+
+    /// Applies one evaluation's matches to a rule's instances. `scope`:
+    /// the fingerprints this evaluation covers (`None`: all of the rule's).
+    fn apply(
+        &mut self,
+        rule: &Rule,
+        matches: Vec<Match>,
+        scope: Option<&HashSet<u128>>,
+        now_ms: i64,
+    ) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        let mut matched = HashSet::new();
+        for m in matches {
+            let fp = fingerprint(&rule.name, &m.series);
+            if !matched.insert(fp) {
+                // A query returning the same series twice: the first row wins.
+                continue;
+            }
+            let (labels, annotations) = self.render(rule, &m.rows[0]);
+            let key = (rule.name.clone(), fp);
+            let instance = self.instances.entry(key.clone()).or_insert_with(|| Instance {
+                series: m.series.clone(),
+                state: State::Pending,
+                active_since_ms: m.window.0,
+                last_match_ms: now_ms,
+                matches: 0,
+                misses: 0,
+                evidence: Vec::new(),
+                window: m.window,
+                value: m.value,
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                notified: Vec::new(),
+            });
+            let new = instance.matches == 0;
+            instance.matches = instance.matches.saturating_add(1);
+            instance.misses = 0;
+            instance.last_match_ms = now_ms;
+            instance.evidence = m.rows;
+            instance.window = m.window;
+            instance.value = m.value;
+            instance.labels = labels;
+            instance.annotations = annotations;
+            let ready = match rule.pending_for {
+                Span::Windows(n) => instance.matches >= n.max(1),
+                Span::Duration(d) => now_ms - instance.active_since_ms >= d.as_millis() as i64,
+            };
+            if instance.state == State::Pending && ready {
+                instance.state = State::Firing;
+                let (notify, suppressed) = self.notifications(rule, &key, now_ms);
+                let instance = self.instances.get_mut(&key).expect("just inserted");
+                instance.notified = notify.clone();
+                events.push(self.event(rule, fp, "firing", now_ms, notify, suppressed));
+            } else if new {
+                events.push(self.event(rule, fp, "pending", now_ms, Vec::new(), Vec::new()));
+            }
+        }
+        let missed: Vec<u128> = self
+            .instances
+            .keys()
+            .filter(|(name, fp)| *name == rule.name && !matched.contains(fp) && scope.is_none_or(|s| s.contains(fp)))
+            .map(|(_, fp)| *fp)
+            .collect();
+        for fp in missed {
+            let key = (rule.name.clone(), fp);
+            let instance = self.instances.get_mut(&key).expect("listed above");
+            instance.misses = instance.misses.saturating_add(1);
+            let (state, done) = match instance.state {
+                State::Pending => ("inactive", true),
+                State::Firing => {
+                    let resolved = match rule.keep_firing_for {
+                        Span::Windows(n) => instance.misses > n,
+                        Span::Duration(d) => now_ms - instance.last_match_ms >= d.as_millis() as i64,
+                    };
+                    ("resolved", resolved)
+                }
+            };
+            if done {
+                let notify = if state == "resolved" { instance.notified.clone() } else { Vec::new() };
+                events.push(self.event(rule, fp, state, now_ms, notify, Vec::new()));
+                self.instances.remove(&key);
+            }
+        }
+        events
+    }
+
+    /// The notifiers a firing transition goes to, and those `cooldown`
+    /// holds back (per rule, notifier and model).
+    fn notifications(&mut self, rule: &Rule, key: &(String, u128), now_ms: i64) -> (Vec<String>, Vec<String>) {
+        let model = self.instances[key].series.model.clone();
+        let mut notify = Vec::new();
+        let mut suppressed = Vec::new();
+        for notifier in &rule.notify {
+            let cooldown_key = (rule.name.clone(), notifier.clone(), model.clone());
+            match (rule.cooldown, self.cooldowns.get(&cooldown_key)) {
+                (Some(cooldown), Some(&last)) if now_ms - last < cooldown.as_millis() as i64 => {
+                    suppressed.push(notifier.clone());
+                }
+                _ => {
+                    self.cooldowns.insert(cooldown_key, now_ms);
+                    notify.push(notifier.clone());
+                }
+            }
+        }
+        (notify, suppressed)
+    }
+
+    fn render(&self, rule: &Rule, row: &Value) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let context = minijinja::Value::from_serialize(row);
+        let render = |kind: &str, key: &str| -> String {
+            let name = template_name(&rule.name, kind, key);
+            match self.rules.templates.get_template(&name).and_then(|t| t.render(&context)) {
+                Ok(text) => text,
+                Err(e) => format!("<template error: {e}>"),
+            }
+        };
+        let labels = rule.labels.iter().map(|k| (k.clone(), render("labels", k))).collect();
+        let annotations = rule.annotations.iter().map(|k| (k.clone(), render("annotations", k))).collect();
+        (labels, annotations)
+    }
+
+    fn event(
+        &self,
+        rule: &Rule,
+        fp: u128,
+        state: &'static str,
+        now_ms: i64,
+        notify: Vec<String>,
+        suppressed: Vec<String>,
+    ) -> AlertEvent {
+        let instance = &self.instances[&(rule.name.clone(), fp)];
+        AlertEvent {
+            transition: self.transition(&rule.name, fp, instance, state, now_ms, notify, suppressed),
+            rule: RuleReference::of(rule),
+            evidence: instance.evidence.clone(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transition(
+        &self,
+        rule: &str,
+        fp: u128,
+        instance: &Instance,
+        state: &'static str,
+        now_ms: i64,
+        notify: Vec<String>,
+        suppressed: Vec<String>,
+    ) -> Transition {
+        Transition {
+            alert: rule.to_string(),
+            state,
+            fingerprint: format!("{fp:032x}"),
+            model: instance.series.model.clone(),
+            model_version: instance.series.model_version.clone(),
+            segment: instance.series.segment.clone(),
+            feature: instance.series.feature.clone(),
+            window_start: format_rfc3339_ms(instance.window.0),
+            window_end: format_rfc3339_ms(instance.window.1),
+            value: instance.value,
+            labels: instance.labels.clone(),
+            annotations: instance.annotations.clone(),
+            notify,
+            suppressed,
+            active_since: format_rfc3339_ms(instance.active_since_ms),
+            evaluation_time: format_rfc3339_ms(now_ms),
+        }
+    }
+}
