@@ -12,6 +12,7 @@ pub mod decode;
 pub mod drivers;
 pub mod engine;
 pub mod evaluate;
+pub mod http;
 pub mod join;
 pub mod model;
 pub mod notify;

@@ -67,6 +67,34 @@ pub struct Live {
     pub config: Config,
     pub reload_requested: Arc<std::sync::atomic::AtomicBool>,
     pub last_evaluation: std::time::Instant,
+    /// The HTTP API's state (published snapshots) and its reload requests.
+    pub api: Option<(Arc<crate::http::ApiState>, std::sync::mpsc::Receiver<crate::http::ReloadRequest>)>,
+}
+
+/// The loaded rules as the API lists them.
+pub fn rules_json(rules: &RuleSet) -> Vec<Value> {
+    rules
+        .rules
+        .iter()
+        .map(|rule| {
+            let (kind, sql) = match &rule.condition {
+                crate::rules::ruleset::Condition::Expr { sql, .. } => ("expr", sql),
+                crate::rules::ruleset::Condition::Query { sql } => ("query", sql),
+            };
+            serde_json::json!({
+                "alert": rule.name,
+                "group": rule.group,
+                "file": rule.file,
+                "line": rule.line,
+                "sha256": rule.sha256,
+                kind: sql,
+                "for": rule.pending_for,
+                "keep_firing_for": rule.keep_firing_for,
+                "cooldown": rule.cooldown.map(|d| humantime::format_duration(d).to_string()),
+                "notify": rule.notify,
+            })
+        })
+        .collect()
 }
 
 impl<'a> AlertingSink<'a> {
@@ -95,6 +123,14 @@ impl<'a> AlertingSink<'a> {
         })
     }
 
+    /// Publishes the active alerts and the rules to the HTTP API.
+    pub fn publish(&self) {
+        if let Some(Live { api: Some((api, _)), .. }) = &self.live {
+            *api.alerts.write().expect("alerts lock") = self.engine.active();
+            *api.rules.write().expect("rules lock") = rules_json(self.engine.rules());
+        }
+    }
+
     /// Writes transitions (from a window batch or a timer tick).
     pub fn record(&mut self, events: Vec<AlertEvent>) -> io::Result<()> {
         for error in self.engine.errors.drain(..) {
@@ -120,6 +156,7 @@ impl<'a> AlertingSink<'a> {
             on_events(&events);
         }
         self.events.extend(events);
+        self.publish();
         Ok(())
     }
 
@@ -161,9 +198,17 @@ impl WindowSink for AlertingSink<'_> {
         if due {
             live.last_evaluation = std::time::Instant::now();
         }
-        if reload {
+        let requests: Vec<crate::http::ReloadRequest> = match &live.api {
+            Some((_, receiver)) => receiver.try_iter().collect(),
+            None => Vec::new(),
+        };
+        if reload || !requests.is_empty() {
             let config = live.config.clone();
-            let _ = self.reload(&config);
+            let outcome = self.reload(&config);
+            for request in requests {
+                let _ = request.reply.send(outcome.clone());
+            }
+            self.publish();
         }
         if due {
             let now = chrono::Utc::now().timestamp_millis();

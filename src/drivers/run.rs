@@ -25,6 +25,8 @@ pub enum RunError {
     Output { path: String, source: io::Error },
     #[error(transparent)]
     Kafka(#[from] KafkaSourceError),
+    #[error("HTTP server on {listen}: {source}")]
+    Http { listen: String, source: io::Error },
 }
 
 /// Logs closed windows and forwards them to an optional inner sink.
@@ -92,13 +94,20 @@ pub fn run_daemon(
     let rules = crate::drivers::alerting::load_rules(config).map_err(|errors| RunError::Setup(errors.join("\n")))?;
     let mut sink = AlertingSink::new(&mut logging, config, Arc::new(rules), None)
         .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
+    let (api, reload_requests) = crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()));
+    let _server = crate::http::serve(&config.http.listen, api.clone())
+        .map_err(|source| RunError::Http { listen: config.http.listen.clone(), source })?;
     sink.live = Some(Live {
         config: config.clone(),
         reload_requested: reload.clone(),
         last_evaluation: std::time::Instant::now(),
+        api: Some((api.clone(), reload_requests)),
     });
-    let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown)?;
-    Ok(summary)
+    sink.publish();
+    api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown);
+    api.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    Ok(summary?)
 }
 
 struct Tee(Box<dyn WindowSink>, Box<dyn WindowSink>);

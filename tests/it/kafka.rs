@@ -41,6 +41,7 @@ impl Daemon {
             "kafka: {{brokers: \"{}\", group_id: {group}{extra}}}\n\
              windows: {{size: 1m, allowed_lateness: 10m, label_horizon: 10m}}\n\
              pipeline: {{batch_size: 256, linger: 50ms}}\n\
+             http: {{listen: \"127.0.0.1:0\"}}\n\
              models: [{{name: fraud}}]\n",
             broker.bootstrap()
         );

@@ -247,6 +247,7 @@ fn a_running_daemon_reloads_rules_on_sighup() {
              pipeline: {{batch_size: 64, linger: 20ms}}\n\
              models: [{{name: m}}]\n\
              rules: [rules.yaml]\n\
+             http: {{listen: \"127.0.0.1:0\", token: \"${{RELOAD_TOKEN}}\"}}\n\
              alerting: {{audit_log: {}}}\n",
             broker.bootstrap(),
             audit.display()
@@ -257,6 +258,7 @@ fn a_running_daemon_reloads_rules_on_sighup() {
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
         .args(["run", "--config", config.to_str().unwrap()])
         .env("NO_COLOR", "1")
+        .env("RELOAD_TOKEN", "s3cret")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -316,7 +318,71 @@ fn a_running_daemon_reloads_rules_on_sighup() {
     let lines = audit_lines();
     assert_eq!(lines[2..].iter().filter(|(_, state)| state == "resolved").count(), 2, "{lines:?}");
     assert!(daemon.try_wait().unwrap().is_none(), "the daemon is still running");
+
+    // The same over HTTP: POST /-/reload needs the bearer token; an invalid
+    // set is refused with its errors (422), a valid one is loaded.
+    let address = http_address(&log_text());
+    let reload = |token: Option<&str>| http(&address, "POST", "/-/reload", token);
+    assert_eq!(reload(None).0, 401);
+    assert_eq!(reload(Some("wrong")).0, 401);
+    let (status, body) = reload(Some("s3cret"));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_rules");
+    assert!(body["error"]["details"][0].as_str().unwrap().contains("No field named nosuch"), "{body}");
+    std::fs::write(&rules, format!("groups:\n  - name: g\n    rules:\n{busy}")).unwrap();
+    let (status, body) = reload(Some("s3cret"));
+    assert_eq!((status, &body["rules"]), (200, &serde_json::json!(1)), "{body}");
+    let (status, body) = http(&address, "GET", "/api/v1/rules", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["rules"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["rules"][0]["alert"], "Busy");
+    // Window [30s, 40s) with two events: Busy fires again and is listed.
+    produce(&[32, 33, 41]);
+    wait_until(timeout, "Busy to fire again", || audit_lines().len() >= 5);
+    wait_until(timeout, "the alert in /api/v1/alerts", || {
+        let (_, body) = http(&address, "GET", "/api/v1/alerts", None);
+        body["alerts"].as_array().is_some_and(|a| a.len() == 1 && a[0]["alert"] == "Busy" && a[0]["state"] == "firing")
+    });
+    assert_eq!(http(&address, "GET", "/readyz", None).0, 200);
+    assert_eq!(http(&address, "GET", "/nope", None).0, 404);
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = daemon.wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", log_text());
+}
+
+/// The HTTP API's address from the daemon's log line.
+fn http_address(log: &str) -> String {
+    let mut plain = String::new();
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain.lines().find(|l| l.contains("HTTP API listening")).expect("the listening line");
+    let start = line.find("address=").expect("address field") + "address=".len();
+    line[start..].split_whitespace().next().unwrap().to_string()
+}
+
+/// A minimal HTTP/1.1 request; returns the status and the JSON body.
+fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }

@@ -1,0 +1,211 @@
+//! The HTTP API (SPEC §7), served by axum on its own small runtime so the
+//! pipeline thread never waits on a socket. Handlers read snapshots the
+//! pipeline publishes into [`ApiState`] and send requests (rule reload)
+//! over a channel the pipeline answers on its next turn.
+//!
+//! Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.
+//! Mutating endpoints need `Authorization: Bearer <http.token>`; without a
+//! configured token they are disabled.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::rules::Transition;
+
+/// A rule reload asked for over HTTP; the pipeline answers with the number
+/// of rules loaded or the errors.
+pub struct ReloadRequest {
+    pub reply: tokio::sync::oneshot::Sender<Result<usize, Vec<String>>>,
+}
+
+/// What the API serves, published by the pipeline.
+pub struct ApiState {
+    /// Alert instances pending or firing.
+    pub alerts: RwLock<Vec<Transition>>,
+    /// The loaded rules (name, group, file, line, sha256, condition...).
+    pub rules: RwLock<Vec<Value>>,
+    /// True once the pipeline runs with its rules loaded.
+    pub ready: AtomicBool,
+    token: Option<String>,
+    reload: Mutex<mpsc::Sender<ReloadRequest>>,
+}
+
+impl ApiState {
+    /// State for a server whose reload requests arrive on the returned
+    /// receiver.
+    pub fn new(token: Option<String>) -> (Arc<ApiState>, mpsc::Receiver<ReloadRequest>) {
+        let (sender, receiver) = mpsc::channel();
+        let state = ApiState {
+            alerts: RwLock::new(Vec::new()),
+            rules: RwLock::new(Vec::new()),
+            ready: AtomicBool::new(false),
+            token,
+            reload: Mutex::new(sender),
+        };
+        (Arc::new(state), receiver)
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>, extra: Option<Value>) -> Response {
+    let mut body = json!({"error": {"code": code, "message": message.into()}});
+    if let Some(extra) = extra {
+        body["error"]["details"] = extra;
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Constant-time comparison of the presented token with the configured one.
+fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    let mut difference = presented.len() ^ expected.len();
+    for (i, byte) in expected.iter().enumerate() {
+        difference |= usize::from(presented.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    difference == 0
+}
+
+/// `None` when the request may proceed, else the rejection.
+fn rejection(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &state.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "mutating endpoints are disabled: set http.token to enable them",
+            None,
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token_matches(presented.as_bytes(), expected.as_bytes()) {
+        None
+    } else {
+        Some(error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required", None))
+    }
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the pipeline is starting", None)
+    }
+}
+
+#[derive(Serialize)]
+struct Alerts {
+    alerts: Vec<Transition>,
+}
+
+async fn alerts(State(state): State<Arc<ApiState>>) -> Json<Alerts> {
+    Json(Alerts { alerts: state.alerts.read().expect("alerts lock").clone() })
+}
+
+async fn rules(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({"rules": state.rules.read().expect("rules lock").clone()}))
+}
+
+async fn reload(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Some(response) = rejection(&state, &headers) {
+        return response;
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state.reload.lock().expect("reload lock").send(ReloadRequest { reply }).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not_running", "the pipeline is not running", None);
+    }
+    match tokio::time::timeout(Duration::from_secs(30), answer).await {
+        Ok(Ok(Ok(count))) => Json(json!({"status": "reloaded", "rules": count})).into_response(),
+        Ok(Ok(Err(errors))) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rules",
+            "the new rules were rejected; the previous rules stay in force",
+            Some(json!(errors)),
+        ),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the pipeline did not answer in time", None),
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None)
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/rules", get(rules))
+        .route("/-/reload", post(reload))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// A running server; dropping it stops it.
+pub struct Server {
+    pub address: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Binds `listen` and serves the API on a one-thread runtime of its own.
+pub fn serve(listen: &str, state: Arc<ApiState>) -> std::io::Result<Server> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("driftwatch-http")
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(async move {
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%address, "HTTP API listening");
+    Ok(Server { address, runtime: Some(runtime), stop: Some(stop) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(token_matches(b"secret", b"secret"));
+        assert!(!token_matches(b"secreT", b"secret"));
+        assert!(!token_matches(b"secret2", b"secret"));
+        assert!(!token_matches(b"", b"secret"));
+    }
+}
