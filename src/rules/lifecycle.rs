@@ -147,8 +147,15 @@ pub struct AlertEngine {
     instances: HashMap<(String, u128), Instance>,
     /// (rule, notifier, model) → last notification time (ms).
     cooldowns: HashMap<(String, String, String), i64>,
+    /// Rows for query rules, each with the evaluation clock when it arrived
+    /// (so rows of old windows arriving late, like performance rows after
+    /// the label horizon, are kept as long as any other).
     history: VecDeque<(i64, RecordBatch)>,
     history_ms: i64,
+    /// The evaluation clock of query rules: the latest evaluation time so
+    /// far (window ends, and the wall clock in the daemon). Monotonic, so a
+    /// late batch of old windows never turns the clock back.
+    clock_ms: i64,
     runtime: Option<tokio::runtime::Runtime>,
     /// Evaluation errors since start.
     pub errors: Vec<EvaluationError>,
@@ -258,6 +265,7 @@ impl AlertEngine {
             cooldowns: HashMap::new(),
             history: VecDeque::new(),
             history_ms: history.as_millis().min(i64::MAX as u128) as i64,
+            clock_ms: i64::MIN,
             runtime: None,
             errors: Vec::new(),
         }
@@ -304,11 +312,10 @@ impl AlertEngine {
         for end in ends {
             let group: Vec<WindowMetricRow> = rows.iter().filter(|r| r.window_end_ms == end).cloned().collect();
             let batch = rows_to_record_batch(&group);
-            self.history.push_back((end, batch.clone()));
-            let newest = self.history.iter().map(|(e, _)| *e).max().unwrap_or(end);
-            while self.history.front().is_some_and(|(e, _)| *e < newest.saturating_sub(self.history_ms)) {
-                self.history.pop_front();
-            }
+            self.clock_ms = self.clock_ms.max(end);
+            self.history.push_back((self.clock_ms, batch.clone()));
+            self.prune_history();
+            let clock = self.clock_ms;
             let rules = self.rules.clone();
             for rule in &rules.rules {
                 match &rule.condition {
@@ -318,7 +325,7 @@ impl AlertEngine {
                             Err(message) => self.errors.push(EvaluationError { rule: rule.name.clone(), message }),
                         }
                     }
-                    Condition::Query { sql } => events.extend(self.evaluate_query(rule, sql, end)),
+                    Condition::Query { sql } => events.extend(self.evaluate_query(rule, sql, clock)),
                 }
             }
         }
@@ -328,6 +335,9 @@ impl AlertEngine {
     /// Evaluates only the query rules at `now_ms` (a timer tick: lets
     /// "no windows for 10 minutes" fire while nothing arrives).
     pub fn tick(&mut self, now_ms: i64) -> Vec<AlertEvent> {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.prune_history();
+        let now_ms = self.clock_ms;
         let rules = self.rules.clone();
         let mut events = Vec::new();
         for rule in &rules.rules {
@@ -336,6 +346,13 @@ impl AlertEngine {
             }
         }
         events
+    }
+
+    fn prune_history(&mut self) {
+        let oldest = self.clock_ms.saturating_sub(self.history_ms);
+        while self.history.front().is_some_and(|(arrived, _)| *arrived < oldest) {
+            self.history.pop_front();
+        }
     }
 
     fn expr_matches(
@@ -595,5 +612,68 @@ impl AlertEngine {
             active_since: format_rfc3339_ms(instance.active_since_ms),
             evaluation_time: format_rfc3339_ms(now_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, metric: &'static str, end_minute: i64, value: f64) -> WindowMetricRow {
+        let t0 = 1_795_687_200_000i64; // 2026-11-26T10:00:00Z
+        let end = t0 + end_minute * 60_000;
+        WindowMetricRow {
+            model: model.into(),
+            model_version: "".into(),
+            segment: "".into(),
+            window_start_ms: end - 300_000,
+            window_end_ms: end,
+            feature: None,
+            metric,
+            value,
+            baseline: None,
+            threshold: None,
+            p_value: None,
+            drifted: None,
+            sample_count: 1000,
+        }
+    }
+
+    fn engine(rules: &str) -> AlertEngine {
+        let set = RuleSet::from_sources(&[("r.yaml".into(), rules.into())], None).expect("rules load");
+        AlertEngine::new(Arc::new(set), std::time::Duration::from_secs(3600))
+    }
+
+    const RULES: &str = "groups:
+  - name: g
+    rules:
+      - alert: Silence
+        query: >-
+          SELECT model, max(window_end) AS window_end FROM window_metrics WHERE metric = 'count'
+          GROUP BY model HAVING max(window_end) < evaluation_time() - INTERVAL '10 minutes'
+      - alert: LowAccuracy
+        query: SELECT model, value FROM window_metrics WHERE metric = 'accuracy' AND value < 0.9
+";
+
+    #[test]
+    fn late_rows_of_old_windows_neither_turn_the_clock_back_nor_age_out_at_once() {
+        let mut engine = engine(RULES);
+        let mut rows = vec![row("fraud", "count", 5, 10.0)];
+        rows.extend((1..=5).map(|i| row("churn", "count", 5 * i, 10.0)));
+        let states: Vec<(String, &str)> =
+            engine.evaluate(&rows).iter().map(|e| (e.transition.alert.clone(), e.transition.state)).collect();
+        assert_eq!(states, [("Silence".to_string(), "firing")]);
+        // Performance rows of a window two hours old arrive (after its label
+        // horizon): the silence alert stays firing, and the late rows are
+        // visible to query rules although their window is older than the
+        // history.
+        let late = engine.evaluate(&[row("churn", "accuracy", -115, 0.5)]);
+        let states: Vec<(&str, &str)> =
+            late.iter().map(|e| (e.transition.alert.as_str(), e.transition.state)).collect();
+        assert_eq!(states, [("LowAccuracy", "firing")]);
+        assert_eq!(engine.active().len(), 2);
+        // An hour of wall clock later the late rows have aged out.
+        let later = engine.tick(1_795_687_200_000 + 25 * 60_000 + 3_600_001);
+        assert!(later.iter().any(|e| e.transition.alert == "LowAccuracy" && e.transition.state == "resolved"));
     }
 }

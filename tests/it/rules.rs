@@ -131,6 +131,18 @@ tests:
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
+    // A broken rule file under test is reported with its file and line.
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - alert: Slow\n        expr: latency > 1\n",
+    )
+    .unwrap();
+    let output = driftwatch(&["rules", "test", test.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected =
+        format!("{}:5: Slow: expr: Schema error: No field named latency", dir.path().join("r.yaml").display());
+    assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
 }
 
 #[test]
