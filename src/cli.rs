@@ -311,7 +311,7 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             })?;
             Ok(())
         }
-        Command::Replay { config, predictions, labels, out, alerts, notify: _ } => {
+        Command::Replay { config, predictions, labels, out, alerts, notify } => {
             let config = load_config(&config)?;
             let rules = Arc::new(crate::drivers::alerting::load_rules(&config).map_err(|errors| {
                 for error in errors {
@@ -330,16 +330,53 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                 }
                 None => Box::new(NdjsonSink::new(BufWriter::new(io::stdout()))),
             };
-            let mut sink =
-                crate::drivers::alerting::AlertingSink::new(rows_sink.as_mut(), &config, rules, alerts.as_deref())
-                    .map_err(|e| {
-                        eprintln!("driftwatch replay: alerts or audit log: {e}");
-                        ExitCode::from(1)
-                    })?;
+            let audit = crate::drivers::alerting::open_audit(&config).map_err(|e| {
+                eprintln!("driftwatch replay: audit log: {e}");
+                ExitCode::from(1)
+            })?;
+            let dispatcher = if notify {
+                Some(crate::notify::start(&config, audit.clone(), telemetry.clone()).map_err(|e| {
+                    eprintln!("driftwatch replay: {e}");
+                    ExitCode::from(1)
+                })?)
+            } else {
+                None
+            };
+            let mut sink = crate::drivers::alerting::AlertingSink::new(
+                rows_sink.as_mut(),
+                &config,
+                rules,
+                alerts.as_deref(),
+                audit,
+            )
+            .map_err(|e| {
+                eprintln!("driftwatch replay: alerts file: {e}");
+                ExitCode::from(1)
+            })?;
+            if let Some(dispatcher) = &dispatcher {
+                sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
+            }
             let result = crate::drivers::replay::replay(&config, &predictions, &labels, &mut sink, telemetry.clone());
             let transitions = sink.events.len();
             let firing = sink.events.iter().filter(|e| e.transition.state == "firing").count();
             drop(sink);
+            if let Some(dispatcher) = &dispatcher {
+                // Deliveries (with their retries) finish before the replay ends.
+                let patience = config
+                    .delivery
+                    .retry_max
+                    .saturating_mul(config.delivery.max_attempts)
+                    .min(Duration::from_secs(600));
+                if !dispatcher.wait_idle(patience) {
+                    eprintln!(
+                        "{} notifications still pending (kept in the outbox when state.dir is set)",
+                        dispatcher.pending()
+                    );
+                }
+                let delivered: u64 =
+                    telemetry.notifications().iter().filter(|((_, o), _)| o == "delivered").map(|(_, n)| n).sum();
+                eprintln!("{delivered} notifications delivered");
+            }
             match result {
                 Ok(summary) => {
                     if !config.rules.is_empty() {

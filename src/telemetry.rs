@@ -45,6 +45,8 @@ pub struct Telemetry {
     pub assigned_partitions: AtomicI64,
     /// `driftwatch_consumer_lag{topic,partition}`.
     consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// `driftwatch_notifications_total{notifier,outcome}`.
+    notifications: Mutex<BTreeMap<(String, String), u64>>,
     /// Last time each invalid reason was logged, and how many were not.
     invalid_log: Mutex<BTreeMap<InvalidReason, (Instant, u64)>>,
 }
@@ -100,6 +102,18 @@ impl Telemetry {
 
     pub fn invalid_total(&self) -> u64 {
         self.invalid.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts one notification outcome (`delivered`, `retried`, `failed`,
+    /// `expired`, `dropped`, `skipped`).
+    pub fn notification(&self, notifier: &str, outcome: &str) {
+        let mut map = self.notifications.lock().expect("telemetry lock");
+        *map.entry((notifier.to_string(), outcome.to_string())).or_default() += 1;
+    }
+
+    /// `driftwatch_notifications_total` by (notifier, outcome).
+    pub fn notifications(&self) -> BTreeMap<(String, String), u64> {
+        self.notifications.lock().expect("telemetry lock").clone()
     }
 
     pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {

@@ -170,6 +170,41 @@ pub struct Config {
     /// [`AlertingConfig::default`].
     #[serde(default)]
     pub alerting: AlertingConfig,
+    /// Notification delivery: retries and the outbox (driftwatch
+    /// extension). Default: [`DeliveryConfig::default`].
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+/// `delivery:` — how notifications are retried (driftwatch extension;
+/// every key optional).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// First retry's backoff ceiling; it doubles per attempt (full jitter:
+    /// the wait is uniform below the ceiling). Default 1s.
+    #[serde(with = "duration")]
+    pub retry_initial: Duration,
+    /// Largest backoff ceiling (and longest `Retry-After` honoured).
+    /// Default 5m.
+    #[serde(with = "duration")]
+    pub retry_max: Duration,
+    /// Attempts before a notification is given up (`expired`). Default 12.
+    pub max_attempts: u32,
+    /// Most notifications pending in the outbox; beyond it new ones are
+    /// dropped and counted. Default 10,000.
+    pub max_pending: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            max_attempts: 12,
+            max_pending: crate::notify::outbox::DEFAULT_MAX_PENDING,
+        }
+    }
 }
 
 /// Default `alerting.history`: rows kept for `query:` rules.

@@ -271,13 +271,41 @@ fn no_models_is_an_error() {
 }
 
 #[test]
-fn every_notifier_type_is_accepted() {
+fn every_notifier_type_is_accepted_with_its_required_settings() {
+    let required = |t: &str| match t {
+        "webhook" => "url: http://h/x",
+        "github_dispatch" => "repo: a/b, token: t, event_type: retrain",
+        "github_workflow" => "repo: a/b, workflow: w.yml, token: t",
+        "gitlab_trigger" => "project: a/b, token: t",
+        "jenkins" => "url: http://j, job: j",
+        "airflow_dag" => "url: http://a, dag_id: d",
+        "argo_workflow" => "url: http://a, namespace: n, workflow_template: w",
+        "kubeflow_run" => "url: http://k, pipeline_id: p",
+        "email" => "smtp: 'smtp://m:25', from: a@b.c, to: [d@e.f]",
+        "alertmanager" => "url: http://am:9093",
+        "slack" => "webhook_url: http://s",
+        other => panic!("no settings for {other}"),
+    };
     let mut text = String::from("models: [{name: m}]\nnotifiers:\n");
     for t in NOTIFIER_TYPES {
-        text.push_str(&format!("  n-{t}: {{type: {t}}}\n"));
+        text.push_str(&format!("  n-{t}: {{type: {t}, {}}}\n", required(t)));
     }
     let c = parse(&text).unwrap();
     assert_eq!(c.notifiers.len(), NOTIFIER_TYPES.len());
+    // Without them, each type names what it misses; unknown settings and
+    // broken templates are errors too.
+    let errors = invalid_errors(
+        "models: [{name: m}]\nnotifiers:\n  gh: {type: github_dispatch, repo: a/b}\n  \
+         wh: {type: webhook, url: http://h, colour: red, body: '{{ oops'}\n",
+    );
+    for expected in [
+        "notifiers.gh.token: required for type github_dispatch",
+        "notifiers.gh.event_type: required for type github_dispatch",
+        "notifiers.wh.colour: unknown setting for type webhook",
+        "notifiers.wh.body: template error",
+    ] {
+        assert!(errors.iter().any(|e| e.starts_with(expected)), "missing {expected:?} in {errors:?}");
+    }
 }
 
 #[test]

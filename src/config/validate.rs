@@ -157,7 +157,21 @@ impl Config {
                     notifier.kind,
                     NOTIFIER_TYPES.join(", ")
                 ));
+                continue;
             }
+            // The per-type settings (required, unknown, templates, values).
+            if let Err(mut problems) = crate::notify::NotifierSpec::from_config(name, notifier) {
+                errors.append(&mut problems);
+            }
+        }
+        if self.delivery.max_attempts == 0 {
+            errors.push("delivery.max_attempts: must be at least 1".to_string());
+        }
+        if self.delivery.max_pending == 0 {
+            errors.push("delivery.max_pending: must be at least 1".to_string());
+        }
+        if self.delivery.retry_initial.is_zero() || self.delivery.retry_max < self.delivery.retry_initial {
+            errors.push("delivery: retry_initial must be positive and not above retry_max".to_string());
         }
     }
 

@@ -47,12 +47,21 @@ pub fn baseline_identities(config: &Config) -> BTreeMap<String, Value> {
 /// Receives each batch of new transitions (the notification stage).
 pub type EventHandler<'a> = Box<dyn FnMut(&[AlertEvent]) + Send + 'a>;
 
+/// Opens the audit log the config names (`alerting.audit_log`, else
+/// `audit.ndjson` in the state dir), shared by rules and notification.
+pub fn open_audit(config: &Config) -> io::Result<Option<Arc<std::sync::Mutex<AuditLog>>>> {
+    match config.alerting.audit_log_path(&config.state) {
+        Some(path) => Ok(Some(Arc::new(std::sync::Mutex::new(AuditLog::open(&path, baseline_identities(config))?)))),
+        None => Ok(None),
+    }
+}
+
 /// Rows in, rows out plus alert transitions.
 pub struct AlertingSink<'a> {
     inner: &'a mut dyn WindowSink,
     pub engine: AlertEngine,
     alerts: Option<AlertsWriter<BufWriter<File>>>,
-    audit: Option<AuditLog>,
+    audit: Option<Arc<std::sync::Mutex<AuditLog>>>,
     /// Every transition so far (kept for summaries and notification).
     pub events: Vec<AlertEvent>,
     /// Where new transitions are handed on (notification), if anywhere.
@@ -103,13 +112,10 @@ impl<'a> AlertingSink<'a> {
         config: &Config,
         rules: Arc<RuleSet>,
         alerts_path: Option<&Path>,
+        audit: Option<Arc<std::sync::Mutex<AuditLog>>>,
     ) -> io::Result<AlertingSink<'a>> {
         let alerts = match alerts_path {
             Some(path) => Some(AlertsWriter::new(BufWriter::new(File::create(path)?))),
-            None => None,
-        };
-        let audit = match config.alerting.audit_log_path(&config.state) {
-            Some(path) => Some(AuditLog::open(&path, baseline_identities(config))?),
             None => None,
         };
         Ok(AlertingSink {
@@ -149,8 +155,8 @@ impl<'a> AlertingSink<'a> {
         if let Some(alerts) = &mut self.alerts {
             alerts.write(&events)?;
         }
-        if let Some(audit) = &mut self.audit {
-            audit.write(&events)?;
+        if let Some(audit) = &self.audit {
+            audit.lock().expect("audit lock").write(&events)?;
         }
         if let Some(on_events) = &mut self.on_events {
             on_events(&events);
@@ -205,10 +211,11 @@ impl WindowSink for AlertingSink<'_> {
         if reload || !requests.is_empty() {
             let config = live.config.clone();
             let outcome = self.reload(&config);
+            // Publish first: a client told "reloaded" must then see the new rules.
+            self.publish();
             for request in requests {
                 let _ = request.reply.send(outcome.clone());
             }
-            self.publish();
         }
         if due {
             let now = chrono::Utc::now().timestamp_millis();

@@ -92,8 +92,18 @@ pub fn run_daemon(
     };
     let mut logging = LoggingSink { inner };
     let rules = crate::drivers::alerting::load_rules(config).map_err(|errors| RunError::Setup(errors.join("\n")))?;
-    let mut sink = AlertingSink::new(&mut logging, config, Arc::new(rules), None)
+    let audit = crate::drivers::alerting::open_audit(config)
         .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
+    let dispatcher = if config.notifiers.is_empty() {
+        None
+    } else {
+        Some(crate::notify::start(config, audit.clone(), pipeline.telemetry.clone()).map_err(RunError::Setup)?)
+    };
+    let mut sink = AlertingSink::new(&mut logging, config, Arc::new(rules), None, audit)
+        .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
+    if let Some(dispatcher) = &dispatcher {
+        sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
+    }
     let (api, reload_requests) = crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()));
     let _server = crate::http::serve(&config.http.listen, api.clone())
         .map_err(|source| RunError::Http { listen: config.http.listen.clone(), source })?;
@@ -107,6 +117,12 @@ pub fn run_daemon(
     api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown);
     api.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    drop(sink);
+    if let Some(dispatcher) = &dispatcher
+        && !dispatcher.wait_idle(std::time::Duration::from_secs(5))
+    {
+        tracing::warn!(pending = dispatcher.pending(), "notifications still pending at shutdown; kept in the outbox");
+    }
     Ok(summary?)
 }
 

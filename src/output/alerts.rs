@@ -33,9 +33,10 @@ impl<W: Write> AlertsWriter<W> {
     }
 }
 
-/// One audit log line.
+/// One audit log line for a transition (`kind: transition`).
 #[derive(Serialize)]
 struct AuditRecord<'a> {
+    kind: &'static str,
     /// Wall-clock time the line was written (RFC 3339).
     logged_at: String,
     #[serde(flatten)]
@@ -66,6 +67,14 @@ impl AuditLog {
         Ok(AuditLog { writer: BufWriter::new(file), baselines })
     }
 
+    /// Appends one free-form record (notification attempts).
+    pub fn write_record(&mut self, record: &Value) -> io::Result<()> {
+        serde_json::to_writer(&mut self.writer, record)?;
+        self.writer.write_all(b"\n")?;
+        self.writer.flush()?;
+        self.writer.get_ref().sync_data()
+    }
+
     pub fn write(&mut self, events: &[AlertEvent]) -> io::Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -73,6 +82,7 @@ impl AuditLog {
         let logged_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for event in events {
             let record = AuditRecord {
+                kind: "transition",
                 logged_at: logged_at.clone(),
                 transition: &event.transition,
                 rule: &event.rule,

@@ -36,12 +36,12 @@ use crate::output::{WindowMetricRow, rows_to_record_batch, window_metrics_schema
 
 /// An alert state change, as written to `--alerts` and served by
 /// `/api/v1/alerts` (SPEC §6).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Transition {
     pub alert: String,
     /// `pending`, `firing`, `resolved`, or `inactive` (a pending alert whose
     /// condition stopped before it fired).
-    pub state: &'static str,
+    pub state: String,
     pub fingerprint: String,
     pub model: String,
     pub model_version: String,
@@ -55,7 +55,7 @@ pub struct Transition {
     /// Notifiers to send this transition to.
     pub notify: Vec<String>,
     /// Notifiers the rule names but `cooldown` held back.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppressed: Vec<String>,
     /// When the alert became active (its first matching window's start).
     pub active_since: String,
@@ -596,7 +596,7 @@ impl AlertEngine {
     ) -> Transition {
         Transition {
             alert: rule.to_string(),
-            state,
+            state: state.to_string(),
             fingerprint: format!("{fp:032x}"),
             model: instance.series.model.clone(),
             model_version: instance.series.model_version.clone(),
@@ -660,8 +660,9 @@ mod tests {
         let mut engine = engine(RULES);
         let mut rows = vec![row("fraud", "count", 5, 10.0)];
         rows.extend((1..=5).map(|i| row("churn", "count", 5 * i, 10.0)));
+        let events = engine.evaluate(&rows);
         let states: Vec<(String, &str)> =
-            engine.evaluate(&rows).iter().map(|e| (e.transition.alert.clone(), e.transition.state)).collect();
+            events.iter().map(|e| (e.transition.alert.clone(), e.transition.state.as_str())).collect();
         assert_eq!(states, [("Silence".to_string(), "firing")]);
         // Performance rows of a window two hours old arrive (after its label
         // horizon): the silence alert stays firing, and the late rows are
@@ -669,7 +670,7 @@ mod tests {
         // history.
         let late = engine.evaluate(&[row("churn", "accuracy", -115, 0.5)]);
         let states: Vec<(&str, &str)> =
-            late.iter().map(|e| (e.transition.alert.as_str(), e.transition.state)).collect();
+            late.iter().map(|e| (e.transition.alert.as_str(), e.transition.state.as_str())).collect();
         assert_eq!(states, [("LowAccuracy", "firing")]);
         assert_eq!(engine.active().len(), 2);
         // An hour of wall clock later the late rows have aged out.

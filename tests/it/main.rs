@@ -8,6 +8,7 @@ mod baseline;
 mod cli;
 mod drift;
 mod kafka;
+mod notify;
 mod replay;
 mod rules;
 mod support;

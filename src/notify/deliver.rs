@@ -1,0 +1,417 @@
+//! Delivery: every notification is queued in the outbox, then sent by a
+//! task on the notify runtime, at most `concurrency` at a time per
+//! notifier, retried with exponential backoff and full jitter while the
+//! failure is retriable (connect errors, timeouts, 408, 429 — honouring
+//! `Retry-After` —, 5xx, transient SMTP errors), and given up at once on
+//! the others (4xx, permanent SMTP errors) or after `max_attempts`. Every
+//! attempt is counted in `driftwatch_notifications_total{notifier,outcome}`
+//! and written to the audit log. Errors never include URLs (a Jenkins
+//! trigger token travels in the query string) or secrets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::outbox::{Added, Outbox};
+use super::spec::{Notification, NotifierSpec, Outgoing, OutgoingEmail, OutgoingRequest, SmtpSettings};
+use crate::output::alerts::AuditLog;
+use crate::rules::AlertEvent;
+use crate::telemetry::Telemetry;
+
+/// Retry timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First backoff ceiling; doubles per attempt.
+    pub initial: Duration,
+    /// Largest backoff ceiling.
+    pub max: Duration,
+    /// Attempts before giving up (`expired`).
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(300), max_attempts: 12 }
+    }
+}
+
+impl RetryPolicy {
+    /// Full jitter: uniform in [0, min(max, initial · 2^(attempt−1))].
+    fn backoff(&self, attempt: u32, random: f64) -> Duration {
+        let ceiling = self.initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(self.max);
+        ceiling.mul_f64(random.clamp(0.0, 1.0))
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Attempt {
+    Delivered(Option<u16>),
+    /// Retriable; `after` from `Retry-After` when the receiver sent one.
+    Retry {
+        status: Option<u16>,
+        error: String,
+        after: Option<Duration>,
+    },
+    Failed {
+        status: Option<u16>,
+        error: String,
+    },
+}
+
+struct Shared {
+    specs: HashMap<String, NotifierSpec>,
+    limits: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    outbox: Mutex<Outbox>,
+    audit: Option<Arc<Mutex<AuditLog>>>,
+    telemetry: Arc<Telemetry>,
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    in_flight: AtomicUsize,
+    seed: Mutex<crate::simulate::Rng>,
+}
+
+/// The notification stage: an outbox and the tasks delivering it.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Dispatcher {
+    /// Starts delivering: first whatever the outbox holds from before.
+    pub fn start(
+        specs: Vec<NotifierSpec>,
+        outbox: Outbox,
+        audit: Option<Arc<Mutex<AuditLog>>>,
+        telemetry: Arc<Telemetry>,
+        retry: RetryPolicy,
+    ) -> std::io::Result<Dispatcher> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("driftwatch-notify")
+            .enable_all()
+            .build()?;
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("driftwatch/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| std::io::Error::other(e.without_url().to_string()))?;
+        let limits =
+            specs.iter().map(|s| (s.name.clone(), Arc::new(tokio::sync::Semaphore::new(s.concurrency)))).collect();
+        let pending = outbox.pending();
+        let shared = Arc::new(Shared {
+            specs: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            limits,
+            outbox: Mutex::new(outbox),
+            audit,
+            telemetry,
+            client,
+            retry,
+            in_flight: AtomicUsize::new(0),
+            seed: Mutex::new(crate::simulate::Rng::new(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64)),
+        });
+        let dispatcher = Dispatcher { shared, runtime: Some(runtime) };
+        if !pending.is_empty() {
+            tracing::info!(pending = pending.len(), "delivering notifications left in the outbox");
+        }
+        for notification in pending {
+            dispatcher.spawn(notification);
+        }
+        Ok(dispatcher)
+    }
+
+    /// Queues the notifications of new transitions (each notifier a
+    /// transition names) and starts delivering them.
+    pub fn submit(&self, events: &[AlertEvent]) {
+        let now = chrono::Utc::now().timestamp_millis();
+        for event in events {
+            for notifier in &event.transition.notify {
+                let notification = Notification::new(notifier, &event.transition, now);
+                let added = self.shared.outbox.lock().expect("outbox lock").add(&notification);
+                match added {
+                    Ok(Added::Queued) => self.spawn(notification),
+                    Ok(Added::Duplicate) => {}
+                    Ok(Added::Full) => {
+                        tracing::error!(notifier, alert = %event.transition.alert, "outbox full: notification dropped");
+                        self.shared.telemetry.notification(notifier, "dropped");
+                    }
+                    Err(error) => {
+                        // Not durable, but still worth trying now.
+                        tracing::error!(notifier, %error, "writing the outbox failed; delivering from memory");
+                        self.spawn(notification);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notifications not yet delivered or given up.
+    pub fn pending(&self) -> usize {
+        self.shared.outbox.lock().expect("outbox lock").len()
+    }
+
+    /// Waits until nothing is in flight (or `timeout`); true when idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.shared.in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    fn spawn(&self, notification: Notification) {
+        let shared = self.shared.clone();
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(async move {
+                deliver(&shared, notification).await;
+                shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Pending deliveries stay in the outbox for the next start.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+fn audit_attempt(shared: &Shared, n: &Notification, outcome: &str, status: Option<u16>, error: Option<&str>) {
+    let Some(audit) = &shared.audit else { return };
+    let record = json!({
+        "logged_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "kind": "notification_attempt",
+        "notifier": n.notifier,
+        "idempotency_key": n.idempotency_key,
+        "alert": n.transition.alert,
+        "state": n.transition.state,
+        "fingerprint": n.transition.fingerprint,
+        "model": n.transition.model,
+        "attempt": n.attempts,
+        "outcome": outcome,
+        "status": status,
+        "error": error,
+    });
+    if let Err(e) = audit.lock().expect("audit lock").write_record(&record) {
+        tracing::warn!(error = %e, "writing the audit log failed");
+    }
+}
+
+async fn deliver(shared: &Shared, mut n: Notification) {
+    let Some(spec) = shared.specs.get(&n.notifier) else {
+        tracing::error!(notifier = %n.notifier, "notification for an unknown notifier dropped");
+        let _ = shared.outbox.lock().expect("outbox lock").remove(&n.id);
+        return;
+    };
+    let outgoing = match spec.request(&n) {
+        Ok(Outgoing::Skip) => {
+            shared.telemetry.notification(&n.notifier, "skipped");
+            let _ = shared.outbox.lock().expect("outbox lock").remove(&n.id);
+            return;
+        }
+        Ok(outgoing) => outgoing,
+        Err(error) => {
+            tracing::error!(notifier = %n.notifier, %error, "notification could not be rendered");
+            shared.telemetry.notification(&n.notifier, "failed");
+            audit_attempt(shared, &n, "failed", None, Some(&error));
+            let _ = shared.outbox.lock().expect("outbox lock").remove(&n.id);
+            return;
+        }
+    };
+    let limit = shared.limits.get(&n.notifier).cloned();
+    loop {
+        n.attempts += 1;
+        let _ = shared.outbox.lock().expect("outbox lock").update(&n);
+        let result = {
+            let _permit = match &limit {
+                Some(semaphore) => semaphore.acquire().await.ok(),
+                None => None,
+            };
+            match &outgoing {
+                Outgoing::Http(request) => send_http(&shared.client, request, &n, spec.timeout).await,
+                Outgoing::Email(email) => send_email(spec.smtp.as_ref(), email, &n, spec.timeout).await,
+                Outgoing::Skip => Attempt::Delivered(None),
+            }
+        };
+        match result {
+            Attempt::Delivered(status) => {
+                tracing::info!(notifier = %n.notifier, alert = %n.transition.alert, state = n.transition.state,
+                    attempt = n.attempts, "notification delivered");
+                shared.telemetry.notification(&n.notifier, "delivered");
+                audit_attempt(shared, &n, "delivered", status, None);
+                let _ = shared.outbox.lock().expect("outbox lock").remove(&n.id);
+                return;
+            }
+            Attempt::Failed { status, error } => {
+                tracing::error!(notifier = %n.notifier, alert = %n.transition.alert, ?status, %error,
+                    "notification failed permanently");
+                shared.telemetry.notification(&n.notifier, "failed");
+                audit_attempt(shared, &n, "failed", status, Some(&error));
+                let _ = shared.outbox.lock().expect("outbox lock").remove(&n.id);
+                return;
+            }
+            Attempt::Retry { status, error, after } => {
+                if n.attempts >= shared.retry.max_attempts {
+                    tracing::error!(notifier = %n.notifier, alert = %n.transition.alert, attempts = n.attempts, %error,
+                        "notification given up after the last retry");
+                    shared.telemetry.notification(&n.notifier, "expired");
+                    audit_attempt(shared, &n, "expired", status, Some(&error));
+                    let _ = shared.outbox.lock().expect("outbox lock").remove(&n.id);
+                    return;
+                }
+                shared.telemetry.notification(&n.notifier, "retried");
+                audit_attempt(shared, &n, "retried", status, Some(&error));
+                let random = shared.seed.lock().expect("rng lock").uniform();
+                let wait = after.unwrap_or_else(|| shared.retry.backoff(n.attempts, random)).min(shared.retry.max);
+                tracing::warn!(notifier = %n.notifier, attempt = n.attempts, ?status, %error, ?wait, "notification will be retried");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Parses `Retry-After` given in seconds (HTTP dates fall back to backoff).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+async fn send_http(
+    client: &reqwest::Client,
+    request: &OutgoingRequest,
+    n: &Notification,
+    timeout: Duration,
+) -> Attempt {
+    let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut builder = client.request(method, &request.url).timeout(timeout).body(request.body.clone());
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    builder = builder.header("Idempotency-Key", &n.idempotency_key);
+    match builder.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let code = Some(status.as_u16());
+            if status.is_success() {
+                return Attempt::Delivered(code);
+            }
+            let after = retry_after(response.headers());
+            let mut body = response.text().await.unwrap_or_default();
+            body.truncate(300);
+            let error = format!("HTTP {status}: {}", body.trim());
+            if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
+                Attempt::Retry { status: code, error, after }
+            } else {
+                Attempt::Failed { status: code, error }
+            }
+        }
+        Err(error) => {
+            let retriable = error.is_connect() || error.is_timeout() || error.is_request() || error.is_body();
+            let error = error.without_url().to_string();
+            if retriable {
+                Attempt::Retry { status: None, error, after: None }
+            } else {
+                Attempt::Failed { status: None, error }
+            }
+        }
+    }
+}
+
+async fn send_email(
+    smtp: Option<&SmtpSettings>,
+    email: &OutgoingEmail,
+    n: &Notification,
+    timeout: Duration,
+) -> Attempt {
+    use lettre::message::{Mailbox, MultiPart, header};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let Some(smtp) = smtp else {
+        return Attempt::Failed { status: None, error: "no SMTP settings".into() };
+    };
+    let failed = |error: String| Attempt::Failed { status: None, error };
+    let from: Mailbox = match smtp.from.parse() {
+        Ok(m) => m,
+        Err(e) => return failed(format!("from address: {e}")),
+    };
+    let mut message = Message::builder()
+        .from(from)
+        .subject(&email.subject)
+        .message_id(Some(format!("<{}@driftwatch>", n.idempotency_key)))
+        .header(header::ContentTransferEncoding::QuotedPrintable);
+    for to in &smtp.to {
+        match to.parse::<Mailbox>() {
+            Ok(m) => message = message.to(m),
+            Err(e) => return failed(format!("to address {to:?}: {e}")),
+        }
+    }
+    let message = match message.multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone())) {
+        Ok(m) => m,
+        Err(e) => return failed(format!("building the message: {e}")),
+    };
+    let (implicit, rest) = match (smtp.url.strip_prefix("smtps://"), smtp.url.strip_prefix("smtp://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return failed("smtp: expected smtp:// or smtps://".into()),
+    };
+    let hostport = rest.rsplit('@').next().unwrap_or(rest).trim_end_matches('/');
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) => (h.to_string(), p),
+            Err(_) => return failed("smtp: bad port".into()),
+        },
+        None => (hostport.to_string(), if implicit { 465 } else { 587 }),
+    };
+    let parameters = match TlsParameters::new(host.clone()) {
+        Ok(p) => p,
+        Err(e) => return failed(format!("TLS setup: {e}")),
+    };
+    let tls = match smtp.tls.as_str() {
+        "implicit" => Tls::Wrapper(parameters),
+        "opportunistic" => Tls::Opportunistic(parameters),
+        "none" => Tls::None,
+        _ => Tls::Required(parameters),
+    };
+    let mut transport =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).port(port).tls(tls).timeout(Some(timeout));
+    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
+        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    match transport.build().send(message).await {
+        Ok(response) => Attempt::Delivered(Some(response.code().into())),
+        Err(error) => {
+            let text = error.to_string();
+            if error.is_permanent() { failed(text) } else { Attempt::Retry { status: None, error: text, after: None } }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling() {
+        let policy = RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(1), max_attempts: 5 };
+        assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(3, 1.0), Duration::from_millis(400));
+        assert_eq!(policy.backoff(3, 0.5), Duration::from_millis(200));
+        assert_eq!(policy.backoff(10, 1.0), Duration::from_secs(1));
+        assert_eq!(policy.backoff(2, 0.0), Duration::ZERO);
+    }
+}

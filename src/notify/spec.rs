@@ -1,0 +1,703 @@
+//! Typed notifier settings and the requests they make.
+//!
+//! `notifiers:` in `driftwatch.yaml` gives each notifier a `type` and
+//! settings; [`NotifierSpec::from_config`] checks them (every problem named
+//! with the notifier and key) and [`NotifierSpec::request`] turns a
+//! notification into the exact HTTP request the receiving system documents.
+//! Pure: no I/O here; `deliver` sends.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::config::NotifierConfig;
+use crate::rules::Transition;
+
+/// One notification: a transition for one notifier, as queued in the
+/// outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Unique per (notifier, idempotency key); the outbox file name.
+    pub id: String,
+    pub notifier: String,
+    /// Sent as `Idempotency-Key`: the same for every attempt and every
+    /// restart, different per alert instance and transition.
+    pub idempotency_key: String,
+    pub transition: Transition,
+    /// When it was queued (ms since the epoch, wall clock).
+    pub queued_at_ms: i64,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl Notification {
+    pub fn new(notifier: &str, transition: &Transition, queued_at_ms: i64) -> Notification {
+        let key = idempotency_key(transition);
+        let id = {
+            use sha2::Digest;
+            let digest = Sha256::digest(format!("{notifier}\0{key}").as_bytes());
+            digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        };
+        Notification {
+            id,
+            notifier: notifier.to_string(),
+            idempotency_key: key,
+            transition: transition.clone(),
+            queued_at_ms,
+            attempts: 0,
+        }
+    }
+}
+
+/// The idempotency key of a transition: alert instance (fingerprint),
+/// state and the evaluation that made it.
+pub fn idempotency_key(t: &Transition) -> String {
+    use sha2::Digest;
+    let digest = Sha256::digest(format!("{}\0{}\0{}\0{}", t.fingerprint, t.state, t.active_since, t.evaluation_time));
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HTTP request to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An email to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingEmail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// What a notifier does with a notification.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Http(OutgoingRequest),
+    Email(OutgoingEmail),
+    /// Nothing to send for this transition (e.g. `pending`, or `resolved`
+    /// for a trigger that only acts on firing).
+    Skip,
+}
+
+/// SMTP settings of an `email` notifier. (`Debug` redacts the password.)
+#[derive(Clone, PartialEq)]
+pub struct SmtpSettings {
+    /// `smtp://host:port` (STARTTLS when offered... see `tls`), `smtps://`
+    /// (implicit TLS).
+    pub url: String,
+    /// `starttls` (required), `opportunistic`, `none` or `implicit`.
+    pub tls: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("tls", &self.tls)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("password", &self.password.as_ref().map(|_| crate::config::redact::REDACTED))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checked notifier. (`Debug` shows no settings: they hold secrets.)
+#[derive(Clone)]
+pub struct NotifierSpec {
+    pub name: String,
+    pub kind: String,
+    pub timeout: Duration,
+    /// Most deliveries in flight at once for this notifier.
+    pub concurrency: usize,
+    /// Whether `resolved` transitions are sent (triggers default to no).
+    pub send_resolved: bool,
+    settings: BTreeMap<String, Value>,
+    /// Email notifiers' SMTP settings.
+    pub smtp: Option<SmtpSettings>,
+}
+
+impl std::fmt::Debug for NotifierSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifierSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("send_resolved", &self.send_resolved)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default per-request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deliveries in flight per notifier.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// Settings each type requires, and those it may have (beyond the common
+/// `timeout`, `concurrency`, `send_resolved`).
+fn keys(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    match kind {
+        "webhook" => (&["url"], &["method", "headers", "body", "secret"]),
+        "github_dispatch" => (&["repo", "token", "event_type"], &["api_url", "client_payload"]),
+        "github_workflow" => (&["repo", "workflow", "token"], &["ref", "inputs", "api_url"]),
+        "gitlab_trigger" => (&["project", "token"], &["ref", "variables", "url"]),
+        "jenkins" => (&["url", "job"], &["user", "api_token", "token", "parameters"]),
+        "airflow_dag" => (&["url", "dag_id"], &["username", "password", "token", "conf", "api_version"]),
+        "argo_workflow" => (&["url", "namespace", "workflow_template"], &["token", "parameters"]),
+        "kubeflow_run" => (&["url", "pipeline_id"], &["pipeline_version_id", "experiment_id", "token", "parameters"]),
+        "email" => (&["smtp", "from", "to"], &["username", "password", "tls", "subject"]),
+        "alertmanager" => (&["url"], &["generator_url"]),
+        "slack" => (&["webhook_url"], &["text"]),
+        _ => (&[], &[]),
+    }
+}
+
+const COMMON: &[&str] = &["timeout", "concurrency", "send_resolved"];
+
+fn template_env() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    env
+}
+
+/// Every string leaf of a settings value must be a valid template.
+fn check_templates(value: &Value, path: &str, errors: &mut Vec<String>) {
+    match value {
+        Value::String(s) => {
+            if let Err(e) = template_env().template_from_str(s) {
+                errors.push(format!("{path}: template error: {}", e.detail().unwrap_or(&e.to_string())));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_templates(item, &format!("{path}[{i}]"), errors);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                check_templates(v, &format!("{path}.{k}"), errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Renders every string leaf as a template with `context`.
+fn render(value: &Value, context: &minijinja::Value) -> Result<Value, String> {
+    Ok(match value {
+        Value::String(s) => Value::String(template_env().render_str(s, context).map_err(|e| e.to_string())?),
+        Value::Array(items) => Value::Array(items.iter().map(|v| render(v, context)).collect::<Result<_, _>>()?),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| Ok((k.clone(), render(v, context)?))).collect::<Result<_, String>>()?)
+        }
+        other => other.clone(),
+    })
+}
+
+/// Query-string / form encoding of one component.
+pub fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// `X-Driftwatch-Signature` value: `sha256=<hex HMAC-SHA256 of the body>`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!("sha256={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+impl NotifierSpec {
+    /// Checks a notifier's settings; errors name the notifier and key.
+    pub fn from_config(name: &str, config: &NotifierConfig) -> Result<NotifierSpec, Vec<String>> {
+        let kind = config.kind.as_str();
+        let mut errors = Vec::new();
+        let (required, optional) = keys(kind);
+        if required.is_empty() {
+            return Err(vec![format!("notifiers.{name}.type: unknown notifier type {kind:?}")]);
+        }
+        for key in required {
+            match config.settings.get(*key) {
+                None | Some(Value::Null) => errors.push(format!("notifiers.{name}.{key}: required for type {kind}")),
+                Some(Value::String(s)) if s.trim().is_empty() => {
+                    errors.push(format!("notifiers.{name}.{key}: must not be empty"))
+                }
+                _ => {}
+            }
+        }
+        for key in config.settings.keys() {
+            if !required.contains(&key.as_str()) && !optional.contains(&key.as_str()) && !COMMON.contains(&key.as_str())
+            {
+                let mut known: Vec<&str> = required.iter().chain(optional).chain(COMMON).copied().collect();
+                known.sort();
+                errors.push(format!(
+                    "notifiers.{name}.{key}: unknown setting for type {kind} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        for (key, value) in &config.settings {
+            check_templates(value, &format!("notifiers.{name}.{key}"), &mut errors);
+        }
+        let timeout = match config.settings.get("timeout") {
+            None => DEFAULT_TIMEOUT,
+            Some(Value::String(s)) => humantime::parse_duration(s).unwrap_or_else(|e| {
+                errors.push(format!("notifiers.{name}.timeout: {s:?}: {e}"));
+                DEFAULT_TIMEOUT
+            }),
+            Some(other) => {
+                errors.push(format!("notifiers.{name}.timeout: expected a duration such as \"10s\", got {other}"));
+                DEFAULT_TIMEOUT
+            }
+        };
+        let concurrency = match config.settings.get("concurrency") {
+            None => DEFAULT_CONCURRENCY,
+            Some(v) => match v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) {
+                Some(n) if n >= 1 => n as usize,
+                _ => {
+                    errors
+                        .push(format!("notifiers.{name}.concurrency: expected a whole number of at least 1, got {v}"));
+                    DEFAULT_CONCURRENCY
+                }
+            },
+        };
+        let triggers = matches!(
+            kind,
+            "github_dispatch"
+                | "github_workflow"
+                | "gitlab_trigger"
+                | "jenkins"
+                | "airflow_dag"
+                | "argo_workflow"
+                | "kubeflow_run"
+        );
+        let send_resolved = match config.settings.get("send_resolved") {
+            None => !triggers,
+            Some(v) => match v.as_bool().or_else(|| v.as_str().and_then(|s| s.parse().ok())) {
+                Some(b) => b,
+                None => {
+                    errors.push(format!("notifiers.{name}.send_resolved: expected true or false, got {v}"));
+                    !triggers
+                }
+            },
+        };
+        let text = |key: &str| {
+            config.settings.get(key).and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        let smtp = if kind == "email" {
+            let to: Vec<String> = match config.settings.get("to") {
+                Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Some(Value::String(s)) => {
+                    s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+                }
+                _ => Vec::new(),
+            };
+            if to.is_empty() && config.settings.contains_key("to") {
+                errors.push(format!("notifiers.{name}.to: expected a list of addresses"));
+            }
+            let url = text("smtp").unwrap_or_default();
+            let default_tls = if url.starts_with("smtps://") { "implicit" } else { "starttls" };
+            let tls = text("tls").unwrap_or_else(|| default_tls.to_string());
+            if !["starttls", "opportunistic", "none", "implicit"].contains(&tls.as_str()) {
+                errors
+                    .push(format!("notifiers.{name}.tls: use starttls, opportunistic, none or implicit (got {tls:?})"));
+            }
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://") || url.is_empty()) {
+                errors.push(format!("notifiers.{name}.smtp: expected smtp://host:port or smtps://host:port"));
+            }
+            // Credentials may also come as the URL's userinfo (smtp://user:pass@host:587).
+            let userinfo = url.split_once("://").and_then(|(_, rest)| rest.rsplit_once('@')).map(|(info, _)| {
+                info.split_once(':').map_or((info.to_string(), None), |(u, p)| (u.to_string(), Some(p.to_string())))
+            });
+            let username = text("username").or_else(|| userinfo.as_ref().map(|(u, _)| u.clone()));
+            let password = text("password").or_else(|| userinfo.and_then(|(_, p)| p));
+            Some(SmtpSettings { url, tls, username, password, from: text("from").unwrap_or_default(), to })
+        } else {
+            None
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(NotifierSpec {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            timeout,
+            concurrency,
+            send_resolved,
+            settings: config.settings.clone(),
+            smtp,
+        })
+    }
+
+    fn setting(&self, key: &str) -> Option<String> {
+        self.settings.get(key).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        })
+    }
+
+    fn setting_or(&self, key: &str, default: &str) -> String {
+        self.setting(key).unwrap_or_else(|| default.to_string())
+    }
+
+    /// The rendered value of a structured setting (or `default`).
+    fn rendered(&self, key: &str, context: &minijinja::Value, default: Value) -> Result<Value, String> {
+        match self.settings.get(key) {
+            Some(v) => render(v, context),
+            None => Ok(default),
+        }
+    }
+
+    /// What to send for `notification` (`Skip` for transitions this
+    /// notifier does not act on).
+    pub fn request(&self, notification: &Notification) -> Result<Outgoing, String> {
+        let t = &notification.transition;
+        if t.state == "pending" || t.state == "inactive" || (t.state == "resolved" && !self.send_resolved) {
+            return Ok(Outgoing::Skip);
+        }
+        let summary = t.annotations.get("summary").cloned().unwrap_or_else(|| {
+            format!(
+                "{} {} for {}{}",
+                t.alert,
+                t.state,
+                t.model,
+                t.feature.as_ref().map(|f| format!(" ({f})")).unwrap_or_default()
+            )
+        });
+        let context = minijinja::Value::from_serialize(json!({
+            "alert": t.alert, "state": t.state, "fingerprint": t.fingerprint, "model": t.model,
+            "model_version": t.model_version, "segment": t.segment, "feature": t.feature,
+            "window_start": t.window_start, "window_end": t.window_end, "value": t.value,
+            "labels": t.labels, "annotations": t.annotations, "summary": summary,
+            "idempotency_key": notification.idempotency_key, "transition": t,
+        }));
+        // The payload most triggers carry: what fired, on which model.
+        let payload = json!({
+            "alert": t.alert, "state": t.state, "model": t.model, "model_version": t.model_version,
+            "segment": t.segment, "feature": t.feature, "value": t.value, "window_end": t.window_end,
+            "fingerprint": t.fingerprint, "summary": summary,
+        });
+        let string_map = |value: Value| -> Value {
+            match value {
+                Value::Object(map) => Value::Object(
+                    map.into_iter()
+                        .map(|(k, v)| {
+                            let s = match v {
+                                Value::String(s) => s,
+                                Value::Null => String::new(),
+                                other => other.to_string(),
+                            };
+                            (k, Value::String(s))
+                        })
+                        .collect(),
+                ),
+                other => other,
+            }
+        };
+        let json_request = |method: &str, url: String, headers: Vec<(String, String)>, body: &Value| {
+            let mut headers = headers;
+            headers.push(("Content-Type".into(), "application/json".into()));
+            Outgoing::Http(OutgoingRequest {
+                method: method.to_string(),
+                url,
+                headers,
+                body: serde_json::to_vec(body).expect("JSON serialises"),
+            })
+        };
+        let bearer = |token: Option<String>| -> Vec<(String, String)> {
+            token.map(|t| vec![("Authorization".to_string(), format!("Bearer {t}"))]).unwrap_or_default()
+        };
+        let trim = |url: String| url.trim_end_matches('/').to_string();
+        Ok(match self.kind.as_str() {
+            "webhook" => {
+                let body = match self.settings.get("body") {
+                    Some(Value::String(template)) => {
+                        template_env().render_str(template, &context).map_err(|e| e.to_string())?.into_bytes()
+                    }
+                    Some(structured) => serde_json::to_vec(&render(structured, &context)?).expect("JSON"),
+                    None => {
+                        serde_json::to_vec(&json!({"transition": t, "idempotency_key": notification.idempotency_key}))
+                            .expect("JSON")
+                    }
+                };
+                let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+                if let Some(Value::Object(extra)) = self.settings.get("headers") {
+                    for (k, v) in extra {
+                        let v = render(v, &context)?;
+                        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
+                        headers.push((k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
+                    }
+                }
+                if let Some(secret) = self.setting("secret") {
+                    headers.push(("X-Driftwatch-Signature".into(), signature(&secret, &body)));
+                }
+                Outgoing::Http(OutgoingRequest {
+                    method: self.setting_or("method", "POST").to_uppercase(),
+                    url: template_env().render_str(&self.setting_or("url", ""), &context).map_err(|e| e.to_string())?,
+                    headers,
+                    body,
+                })
+            }
+            // POST /repos/{owner}/{repo}/dispatches (repository_dispatch):
+            // token with `repo` scope (classic) or Contents: write
+            // (fine-grained); client_payload has at most 10 top-level keys.
+            "github_dispatch" => {
+                let api = trim(self.setting_or("api_url", "https://api.github.com"));
+                let url = format!("{api}/repos/{}/dispatches", self.setting_or("repo", ""));
+                let client_payload = self.rendered("client_payload", &context, payload)?;
+                let mut headers = bearer(self.setting("token"));
+                headers.push(("Accept".into(), "application/vnd.github+json".into()));
+                headers.push(("X-GitHub-Api-Version".into(), "2022-11-28".into()));
+                json_request(
+                    "POST",
+                    url,
+                    headers,
+                    &json!({"event_type": self.setting_or("event_type", "retrain"), "client_payload": client_payload}),
+                )
+            }
+            // POST /repos/{owner}/{repo}/actions/workflows/{workflow}/dispatches
+            // (workflow_dispatch): Actions: write; inputs are strings.
+            "github_workflow" => {
+                let api = trim(self.setting_or("api_url", "https://api.github.com"));
+                let url = format!(
+                    "{api}/repos/{}/actions/workflows/{}/dispatches",
+                    self.setting_or("repo", ""),
+                    url_encode(&self.setting_or("workflow", ""))
+                );
+                let inputs = string_map(self.rendered(
+                    "inputs",
+                    &context,
+                    json!({"alert": t.alert, "model": t.model, "model_version": t.model_version, "fingerprint": t.fingerprint}),
+                )?);
+                let mut headers = bearer(self.setting("token"));
+                headers.push(("Accept".into(), "application/vnd.github+json".into()));
+                headers.push(("X-GitHub-Api-Version".into(), "2022-11-28".into()));
+                json_request("POST", url, headers, &json!({"ref": self.setting_or("ref", "main"), "inputs": inputs}))
+            }
+            // POST /api/v4/projects/:id/trigger/pipeline with a pipeline
+            // trigger token (not a personal token), ref and variables.
+            "gitlab_trigger" => {
+                let base = trim(self.setting_or("url", "https://gitlab.com"));
+                let url =
+                    format!("{base}/api/v4/projects/{}/trigger/pipeline", url_encode(&self.setting_or("project", "")));
+                let variables = string_map(self.rendered(
+                    "variables",
+                    &context,
+                    json!({"DRIFTWATCH_ALERT": t.alert, "DRIFTWATCH_MODEL": t.model, "DRIFTWATCH_FINGERPRINT": t.fingerprint}),
+                )?);
+                json_request(
+                    "POST",
+                    url,
+                    Vec::new(),
+                    &json!({"token": self.setting_or("token", ""), "ref": self.setting_or("ref", "main"), "variables": variables}),
+                )
+            }
+            // POST /job/{job}/buildWithParameters (form parameters), as a
+            // user with an API token (Job/Build permission), or with the
+            // job's "trigger builds remotely" token.
+            "jenkins" => {
+                let base = trim(self.setting_or("url", ""));
+                let job_path: Vec<String> =
+                    self.setting_or("job", "").split('/').map(|part| format!("job/{}", url_encode(part))).collect();
+                let mut url = format!("{base}/{}/buildWithParameters", job_path.join("/"));
+                if let Some(token) = self.setting("token") {
+                    url.push_str(&format!("?token={}", url_encode(&token)));
+                }
+                let parameters = string_map(self.rendered(
+                    "parameters",
+                    &context,
+                    json!({"ALERT": t.alert, "MODEL": t.model, "MODEL_VERSION": t.model_version, "FINGERPRINT": t.fingerprint}),
+                )?);
+                let form: Vec<String> = parameters
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v.as_str().unwrap_or(""))))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut headers = vec![("Content-Type".to_string(), "application/x-www-form-urlencoded".to_string())];
+                if let (Some(user), Some(api_token)) = (self.setting("user"), self.setting("api_token")) {
+                    headers.push(("Authorization".into(), basic_auth(&user, &api_token)));
+                }
+                Outgoing::Http(OutgoingRequest {
+                    method: "POST".into(),
+                    url,
+                    headers,
+                    body: form.join("&").into_bytes(),
+                })
+            }
+            // POST /api/v1/dags/{dag_id}/dagRuns (Airflow 2 stable REST API;
+            // `api_version: v2` for Airflow 3), role with DAG run create.
+            "airflow_dag" => {
+                let base = trim(self.setting_or("url", ""));
+                let version = self.setting_or("api_version", "v1");
+                let url = format!("{base}/api/{version}/dags/{}/dagRuns", url_encode(&self.setting_or("dag_id", "")));
+                let conf = self.rendered("conf", &context, payload)?;
+                let mut headers = match (self.setting("username"), self.setting("password")) {
+                    (Some(user), Some(password)) => vec![("Authorization".to_string(), basic_auth(&user, &password))],
+                    _ => bearer(self.setting("token")),
+                };
+                headers.push(("Accept".into(), "application/json".into()));
+                let mut body =
+                    json!({"dag_run_id": format!("driftwatch-{}", notification.idempotency_key), "conf": conf});
+                if version != "v1" {
+                    body["logical_date"] = Value::Null;
+                }
+                json_request("POST", url, headers, &body)
+            }
+            // POST /api/v1/workflows/{namespace}/submit (Argo Server):
+            // submit a WorkflowTemplate with parameters; service-account
+            // token allowed to create workflows.
+            "argo_workflow" => {
+                let base = trim(self.setting_or("url", ""));
+                let url = format!("{base}/api/v1/workflows/{}/submit", url_encode(&self.setting_or("namespace", "")));
+                let parameters = string_map(self.rendered(
+                    "parameters",
+                    &context,
+                    json!({"alert": t.alert, "model": t.model, "model_version": t.model_version, "fingerprint": t.fingerprint}),
+                )?);
+                let list: Vec<String> = parameters
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+                    .unwrap_or_default();
+                json_request(
+                    "POST",
+                    url,
+                    bearer(self.setting("token")),
+                    &json!({
+                        "resourceKind": "WorkflowTemplate",
+                        "resourceName": self.setting_or("workflow_template", ""),
+                        "submitOptions": {"parameters": list, "labels": format!("driftwatch/fingerprint={}", t.fingerprint)},
+                    }),
+                )
+            }
+            // POST /apis/v2beta1/runs (Kubeflow Pipelines v2 API).
+            "kubeflow_run" => {
+                let base = trim(self.setting_or("url", ""));
+                let url = format!("{base}/apis/v2beta1/runs");
+                let parameters = self.rendered(
+                    "parameters",
+                    &context,
+                    json!({"alert": t.alert, "model": t.model, "model_version": t.model_version}),
+                )?;
+                let mut reference = json!({"pipeline_id": self.setting_or("pipeline_id", "")});
+                if let Some(version) = self.setting("pipeline_version_id") {
+                    reference["pipeline_version_id"] = Value::String(version);
+                }
+                let mut body = json!({
+                    "display_name": format!("driftwatch {} {} {}", t.alert, t.model, &notification.idempotency_key[..8]),
+                    "description": summary,
+                    "pipeline_version_reference": reference,
+                    "runtime_config": {"parameters": parameters},
+                });
+                if let Some(experiment) = self.setting("experiment_id") {
+                    body["experiment_id"] = Value::String(experiment);
+                }
+                json_request("POST", url, bearer(self.setting("token")), &body)
+            }
+            "slack" => {
+                let text = match self.setting("text") {
+                    Some(template) => template_env().render_str(&template, &context).map_err(|e| e.to_string())?,
+                    None => {
+                        let icon = if t.state == "firing" { ":rotating_light:" } else { ":white_check_mark:" };
+                        format!("{icon} *{}* {} — {}", t.alert, t.state, summary)
+                    }
+                };
+                json_request("POST", self.setting_or("webhook_url", ""), Vec::new(), &json!({"text": text}))
+            }
+            // POST /api/v2/alerts: labels identify the alert; endsAt set on
+            // resolve; re-sent while firing.
+            "alertmanager" => {
+                let base = trim(self.setting_or("url", ""));
+                let mut labels = serde_json::Map::new();
+                labels.insert("alertname".into(), json!(t.alert));
+                labels.insert("model".into(), json!(t.model));
+                for (key, value) in [("model_version", &t.model_version), ("segment", &t.segment)] {
+                    if !value.is_empty() {
+                        labels.insert(key.into(), json!(value));
+                    }
+                }
+                if let Some(feature) = &t.feature {
+                    labels.insert("feature".into(), json!(feature));
+                }
+                for (k, v) in &t.labels {
+                    labels.insert(k.clone(), json!(v));
+                }
+                let mut alert = json!({
+                    "labels": labels,
+                    "annotations": t.annotations,
+                    "startsAt": t.active_since,
+                    "generatorURL": self.setting_or("generator_url", "http://127.0.0.1:9464/"),
+                });
+                if t.state == "resolved" {
+                    alert["endsAt"] = json!(t.evaluation_time);
+                }
+                json_request("POST", format!("{base}/api/v2/alerts"), Vec::new(), &json!([alert]))
+            }
+            "email" => {
+                let subject = match self.setting("subject") {
+                    Some(template) => template_env().render_str(&template, &context).map_err(|e| e.to_string())?,
+                    None => format!("[driftwatch] {} {}: {}", t.state.to_uppercase(), t.alert, t.model),
+                };
+                let mut text = format!("{summary}\n\nalert: {}\nstate: {}\nmodel: {}", t.alert, t.state, t.model);
+                for (k, v) in [("model_version", &t.model_version), ("segment", &t.segment)] {
+                    if !v.is_empty() {
+                        text.push_str(&format!("\n{k}: {v}"));
+                    }
+                }
+                if let Some(f) = &t.feature {
+                    text.push_str(&format!("\nfeature: {f}"));
+                }
+                if let Some(v) = t.value {
+                    text.push_str(&format!("\nvalue: {v}"));
+                }
+                text.push_str(&format!(
+                    "\nwindow: {} – {}\nfingerprint: {}\n",
+                    t.window_start, t.window_end, t.fingerprint
+                ));
+                let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+                let rows: String = text
+                    .lines()
+                    .skip(2)
+                    .filter_map(|l| l.split_once(": "))
+                    .map(|(k, v)| format!("<tr><th align=\"left\">{}</th><td>{}</td></tr>", escape(k), escape(v)))
+                    .collect();
+                let html = format!("<html><body><p>{}</p><table>{rows}</table></body></html>", escape(&summary));
+                Outgoing::Email(OutgoingEmail { subject, text, html })
+            }
+            other => return Err(format!("unknown notifier type {other:?}")),
+        })
+    }
+}
