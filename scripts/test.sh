@@ -20,6 +20,20 @@ if ! command -v tansu >/dev/null 2>&1; then
 fi
 log "tansu: $(command -v tansu)"
 
+# Real receivers for the notification tests: Alertmanager (Debian package)
+# and an SMTP server (aiosmtpd, from PyPI).
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if [ ! -x /usr/bin/prometheus-alertmanager ] && ! command -v alertmanager >/dev/null 2>&1; then
+  log "installing prometheus-alertmanager"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -q prometheus-alertmanager >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q prometheus-alertmanager >/dev/null; }
+fi
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  log "installing aiosmtpd"
+  python3 -m pip install -q aiosmtpd
+fi
+
 log "cargo test (unit, integration, benches as smoke tests)"
 cargo test --locked --all-targets "$@"
 log "cargo test --doc"

@@ -56,6 +56,9 @@ pub fn open_audit(config: &Config) -> io::Result<Option<Arc<std::sync::Mutex<Aud
     }
 }
 
+/// Receives the active alerts on each wall-clock evaluation.
+pub type ActiveHandler<'a> = Box<dyn FnMut(&[crate::rules::Transition]) + Send + 'a>;
+
 /// Rows in, rows out plus alert transitions.
 pub struct AlertingSink<'a> {
     inner: &'a mut dyn WindowSink,
@@ -66,6 +69,9 @@ pub struct AlertingSink<'a> {
     pub events: Vec<AlertEvent>,
     /// Where new transitions are handed on (notification), if anywhere.
     pub on_events: Option<EventHandler<'a>>,
+    /// Called on each wall-clock evaluation with the active alerts (the
+    /// notification stage re-sends firing ones to Alertmanager).
+    pub on_active: Option<ActiveHandler<'a>>,
     /// Wall-clock evaluation and reload (the daemon); `None` in a replay.
     pub live: Option<Live>,
 }
@@ -125,6 +131,7 @@ impl<'a> AlertingSink<'a> {
             audit,
             events: Vec::new(),
             on_events: None,
+            on_active: None,
             live: None,
         })
     }
@@ -221,6 +228,9 @@ impl WindowSink for AlertingSink<'_> {
             let now = chrono::Utc::now().timestamp_millis();
             if let Err(error) = self.tick_rules(now) {
                 tracing::warn!(%error, "writing alert transitions failed");
+            }
+            if let Some(on_active) = &mut self.on_active {
+                on_active(&self.engine.active());
             }
         }
     }

@@ -103,6 +103,7 @@ pub fn run_daemon(
         .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
     if let Some(dispatcher) = &dispatcher {
         sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
+        sink.on_active = Some(Box::new(move |active| dispatcher.resend_firing(active)));
     }
     let (api, reload_requests) = crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()));
     let _server = crate::http::serve(&config.http.listen, api.clone())

@@ -62,6 +62,10 @@ enum Attempt {
     },
 }
 
+/// The last queued delivery of a (notifier, alert instance): its sequence
+/// number and its completion.
+type Predecessor = (u64, tokio::sync::oneshot::Receiver<()>);
+
 struct Shared {
     specs: HashMap<String, NotifierSpec>,
     limits: HashMap<String, Arc<tokio::sync::Semaphore>>,
@@ -72,6 +76,13 @@ struct Shared {
     retry: RetryPolicy,
     in_flight: AtomicUsize,
     seed: Mutex<crate::simulate::Rng>,
+    /// Per (notifier, alert instance): the completion of the last delivery
+    /// queued, which the next one waits for, so a `resolved` never
+    /// overtakes its `firing`. Tagged with a sequence number for cleanup.
+    order: Mutex<HashMap<(String, String), Predecessor>>,
+    sequence: AtomicUsize,
+    /// Per notifier with a re-send interval: when it last re-sent.
+    last_resend: Mutex<HashMap<String, Instant>>,
 }
 
 /// The notification stage: an outbox and the tasks delivering it.
@@ -111,6 +122,9 @@ impl Dispatcher {
             client,
             retry,
             in_flight: AtomicUsize::new(0),
+            order: Mutex::new(HashMap::new()),
+            last_resend: Mutex::new(HashMap::new()),
+            sequence: AtomicUsize::new(0),
             seed: Mutex::new(crate::simulate::Rng::new(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64)),
         });
         let dispatcher = Dispatcher { shared, runtime: Some(runtime) };
@@ -148,6 +162,36 @@ impl Dispatcher {
         }
     }
 
+    /// Sends firing alerts again to notifiers that want it (Alertmanager,
+    /// every `resend_interval`). `active`: the alerts pending or firing,
+    /// with the notifiers their firing went to.
+    pub fn resend_firing(&self, active: &[crate::rules::Transition]) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut last = self.shared.last_resend.lock().expect("resend lock");
+            for spec in self.shared.specs.values() {
+                let Some(interval) = spec.resend_interval else { continue };
+                let entry = last.entry(spec.name.clone()).or_insert(now);
+                if now.duration_since(*entry) >= interval {
+                    *entry = now;
+                    due.push(spec.name.clone());
+                }
+            }
+        }
+        let wall = chrono::Utc::now().timestamp_millis();
+        for transition in active.iter().filter(|t| t.state == "firing") {
+            for notifier in transition.notify.iter().filter(|n| due.contains(n)) {
+                let mut notification = Notification::new(notifier, transition, wall);
+                // A distinct outbox entry per re-send; the key stays the firing's.
+                notification.id = format!("{}-{wall}", notification.id);
+                if let Ok(Added::Queued) = self.shared.outbox.lock().expect("outbox lock").add(&notification) {
+                    self.spawn(notification);
+                }
+            }
+        }
+    }
+
     /// Notifications not yet delivered or given up.
     pub fn pending(&self) -> usize {
         self.shared.outbox.lock().expect("outbox lock").len()
@@ -168,9 +212,23 @@ impl Dispatcher {
     fn spawn(&self, notification: Notification) {
         let shared = self.shared.clone();
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Deliveries of one alert instance to one notifier go in order.
+        let key = (notification.notifier.clone(), notification.transition.fingerprint.clone());
+        let sequence = shared.sequence.fetch_add(1, Ordering::SeqCst) as u64;
+        let (done, completion) = tokio::sync::oneshot::channel();
+        let previous = shared.order.lock().expect("order lock").insert(key.clone(), (sequence, completion));
         if let Some(runtime) = &self.runtime {
             runtime.spawn(async move {
+                if let Some((_, previous)) = previous {
+                    let _ = previous.await;
+                }
                 deliver(&shared, notification).await;
+                let _ = done.send(());
+                let mut order = shared.order.lock().expect("order lock");
+                if order.get(&key).is_some_and(|(s, _)| *s == sequence) {
+                    order.remove(&key);
+                }
+                drop(order);
                 shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -404,6 +462,42 @@ async fn send_email(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn firing_alerts_are_re_sent_to_alertmanager_each_interval() {
+        let config: crate::config::NotifierConfig = serde_json::from_value(json!({
+            "type": "alertmanager", "url": "http://127.0.0.1:9", "resend_interval": "1ns"
+        }))
+        .unwrap();
+        let spec = NotifierSpec::from_config("am", &config).unwrap();
+        let outbox = Outbox::open(None, 100).unwrap();
+        let retry = RetryPolicy { initial: Duration::from_secs(60), max: Duration::from_secs(60), max_attempts: 2 };
+        let dispatcher = Dispatcher::start(vec![spec], outbox, None, Arc::new(Telemetry::default()), retry).unwrap();
+        let firing = crate::rules::Transition {
+            alert: "A".into(),
+            state: "firing".into(),
+            fingerprint: "f".into(),
+            model: "m".into(),
+            model_version: String::new(),
+            segment: String::new(),
+            feature: None,
+            window_start: "2026-11-26T10:00:00.000Z".into(),
+            window_end: "2026-11-26T10:05:00.000Z".into(),
+            value: Some(1.0),
+            labels: Default::default(),
+            annotations: Default::default(),
+            notify: vec!["am".into()],
+            suppressed: Vec::new(),
+            active_since: "2026-11-26T10:00:00.000Z".into(),
+            evaluation_time: "2026-11-26T10:05:00.000Z".into(),
+        };
+        let pending = crate::rules::Transition { state: "pending".into(), fingerprint: "g".into(), ..firing.clone() };
+        // The first call starts the clock; the next (an interval later) re-sends firing alerts only.
+        dispatcher.resend_firing(&[firing.clone(), pending.clone()]);
+        assert_eq!(dispatcher.pending(), 0);
+        dispatcher.resend_firing(&[firing, pending]);
+        assert_eq!(dispatcher.pending(), 1);
+    }
 
     #[test]
     fn backoff_is_full_jitter_under_a_doubling_ceiling() {

@@ -127,6 +127,9 @@ pub struct NotifierSpec {
     settings: BTreeMap<String, Value>,
     /// Email notifiers' SMTP settings.
     pub smtp: Option<SmtpSettings>,
+    /// Alertmanager: how often firing alerts are sent again, so
+    /// Alertmanager does not resolve them by its `resolve_timeout`.
+    pub resend_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for NotifierSpec {
@@ -140,6 +143,9 @@ impl std::fmt::Debug for NotifierSpec {
             .finish_non_exhaustive()
     }
 }
+
+/// Default Alertmanager re-send interval (its `resolve_timeout` is 5m).
+pub const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,7 +165,7 @@ fn keys(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
         "argo_workflow" => (&["url", "namespace", "workflow_template"], &["token", "parameters"]),
         "kubeflow_run" => (&["url", "pipeline_id"], &["pipeline_version_id", "experiment_id", "token", "parameters"]),
         "email" => (&["smtp", "from", "to"], &["username", "password", "tls", "subject"]),
-        "alertmanager" => (&["url"], &["generator_url"]),
+        "alertmanager" => (&["url"], &["generator_url", "resend_interval"]),
         "slack" => (&["webhook_url"], &["text"]),
         _ => (&[], &[]),
     }
@@ -344,10 +350,32 @@ impl NotifierSpec {
         } else {
             None
         };
+        let resend_interval = if kind == "alertmanager" {
+            match config.settings.get("resend_interval") {
+                None => Some(DEFAULT_RESEND_INTERVAL),
+                Some(Value::String(s)) => match humantime::parse_duration(s) {
+                    Ok(d) if !d.is_zero() => Some(d),
+                    _ => {
+                        errors
+                            .push(format!("notifiers.{name}.resend_interval: expected a positive duration, got {s:?}"));
+                        None
+                    }
+                },
+                Some(other) => {
+                    errors.push(format!(
+                        "notifiers.{name}.resend_interval: expected a duration such as \"1m\", got {other}"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(NotifierSpec {
+            resend_interval,
             name: name.to_string(),
             kind: kind.to_string(),
             timeout,

@@ -286,14 +286,15 @@ impl AlertEngine {
     }
 
     /// Alert instances currently pending or firing, as transitions
-    /// describing their present state.
+    /// describing their present state (`notify`: where the firing went).
     pub fn active(&self) -> Vec<Transition> {
         let mut active: Vec<Transition> = self
             .instances
             .iter()
             .map(|((rule, fp), instance)| {
                 let state = if instance.state == State::Firing { "firing" } else { "pending" };
-                self.transition(rule, *fp, instance, state, instance.last_match_ms, Vec::new(), Vec::new())
+                let notified = instance.notified.clone();
+                self.transition(rule, *fp, instance, state, instance.last_match_ms, notified, Vec::new())
             })
             .collect();
         active.sort_by(|a, b| (&a.alert, &a.fingerprint).cmp(&(&b.alert, &b.fingerprint)));

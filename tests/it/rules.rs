@@ -383,7 +383,7 @@ fn http_address(log: &str) -> String {
 }
 
 /// A minimal HTTP/1.1 request; returns the status and the JSON body.
-fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
