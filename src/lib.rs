@@ -14,6 +14,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod http;
 pub mod join;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod output;

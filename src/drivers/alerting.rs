@@ -74,6 +74,8 @@ pub struct AlertingSink<'a> {
     pub on_active: Option<ActiveHandler<'a>>,
     /// Wall-clock evaluation and reload (the daemon); `None` in a replay.
     pub live: Option<Live>,
+    /// The gauges fed from closed windows and active alerts (the daemon).
+    pub metrics: Option<Arc<crate::metrics::LatestRows>>,
 }
 
 /// What the daemon adds: query rules evaluated on the wall clock, and rule
@@ -133,11 +135,15 @@ impl<'a> AlertingSink<'a> {
             on_events: None,
             on_active: None,
             live: None,
+            metrics: None,
         })
     }
 
     /// Publishes the active alerts and the rules to the HTTP API.
     pub fn publish(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set_active(&self.engine.active());
+        }
         if let Some(Live { api: Some((api, _)), .. }) = &self.live {
             *api.alerts.write().expect("alerts lock") = self.engine.active();
             *api.rules.write().expect("rules lock") = rules_json(self.engine.rules());
@@ -237,6 +243,9 @@ impl WindowSink for AlertingSink<'_> {
 
     fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
         self.inner.write_rows(rows)?;
+        if let Some(metrics) = &self.metrics {
+            metrics.update(rows);
+        }
         let events = self.engine.evaluate(rows);
         self.record(events)
     }

@@ -105,7 +105,10 @@ pub fn run_daemon(
         sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
         sink.on_active = Some(Box::new(move |active| dispatcher.resend_firing(active)));
     }
-    let (api, reload_requests) = crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()));
+    let metrics = Arc::new(crate::metrics::Metrics::new(pipeline.telemetry.clone()).map_err(RunError::Setup)?);
+    sink.metrics = Some(metrics.latest.clone());
+    let (api, reload_requests) =
+        crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()), Some(metrics));
     let _server = crate::http::serve(&config.http.listen, api.clone())
         .map_err(|source| RunError::Http { listen: config.http.listen.clone(), source })?;
     sink.live = Some(Live {

@@ -38,12 +38,17 @@ pub struct ApiState {
     pub ready: AtomicBool,
     token: Option<String>,
     reload: Mutex<mpsc::Sender<ReloadRequest>>,
+    /// The metrics `/metrics` serves.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl ApiState {
     /// State for a server whose reload requests arrive on the returned
     /// receiver.
-    pub fn new(token: Option<String>) -> (Arc<ApiState>, mpsc::Receiver<ReloadRequest>) {
+    pub fn new(
+        token: Option<String>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> (Arc<ApiState>, mpsc::Receiver<ReloadRequest>) {
         let (sender, receiver) = mpsc::channel();
         let state = ApiState {
             alerts: RwLock::new(Vec::new()),
@@ -51,6 +56,7 @@ impl ApiState {
             ready: AtomicBool::new(false),
             token,
             reload: Mutex::new(sender),
+            metrics,
         };
         (Arc::new(state), receiver)
     }
@@ -140,6 +146,11 @@ async fn reload(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
     }
 }
 
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let body = state.metrics.as_ref().map(|m| m.encode()).unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None)
 }
@@ -149,6 +160,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/rules", get(rules))
         .route("/-/reload", post(reload))

@@ -250,6 +250,46 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
             a.iter().any(|x| x["labels"]["alertname"] == "AmountDrift" && x["labels"]["model"] == "shop")
         })
     });
+    // /metrics carries every SPEC §8 name, with data from this stream.
+    let address = crate::rules::http_address(&std::fs::read_to_string(dir.path().join("first.log")).unwrap());
+    wait_until(timeout, "the metrics", || {
+        let text = get_text(&address, "/metrics");
+        text.contains("driftwatch_consumer_lag{") && text.contains("driftwatch_notifications_total{")
+    });
+    let text = get_text(&address, "/metrics");
+    for name in [
+        "driftwatch_events_total{",
+        "driftwatch_events_invalid_total{",
+        "driftwatch_events_late_total",
+        "driftwatch_consumer_lag{",
+        "driftwatch_windows_closed_total",
+        "driftwatch_window_close_seconds_bucket{",
+        "driftwatch_notifications_total{",
+        "driftwatch_alerts_firing{",
+        "driftwatch_feature_drift{",
+        "driftwatch_model_performance{",
+        "driftwatch_feature_drifted{",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("driftwatch_events_total{") && l.contains("model=\"shop\"") && l.ends_with(" 2401")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("driftwatch_feature_drifted{")
+            && l.contains("feature=\"amount\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("driftwatch_alerts_firing{")
+            && l.contains("alert=\"AmountDrift\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+
     let outbox = dir.path().join("state/outbox");
     let queued = || {
         std::fs::read_dir(&outbox)
@@ -287,4 +327,14 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
         let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
         assert!(!text.contains("hmac-s3cret"), "the HMAC secret leaked into {log}");
     }
+}
+
+/// A GET returning the body as text.
+fn get_text(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }

@@ -363,7 +363,7 @@ fn a_running_daemon_reloads_rules_on_sighup() {
 }
 
 /// The HTTP API's address from the daemon's log line.
-fn http_address(log: &str) -> String {
+pub fn http_address(log: &str) -> String {
     let mut plain = String::new();
     let mut chars = log.chars();
     while let Some(c) = chars.next() {

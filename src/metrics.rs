@@ -1,0 +1,272 @@
+//! Metrics through OpenTelemetry, exported in the Prometheus text format at
+//! `/metrics` (SPEC §8 names).
+//!
+//! The hot path only bumps atomics in [`Telemetry`]; here OpenTelemetry
+//! observable instruments read them when Prometheus scrapes. What comes
+//! from closed windows — the latest drift value and verdict per feature,
+//! the latest performance per model, firing alerts, the close delay — is
+//! kept in [`LatestRows`], updated by the alerting sink. Label cardinality
+//! is bounded: features per model are capped by
+//! `pipeline.max_features_per_model` (500), and only whole-model rows
+//! (segment `""`) become series.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Histogram, MeterProvider};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+use crate::decode::InvalidReason;
+use crate::output::WindowMetricRow;
+use crate::rules::Transition;
+use crate::telemetry::Telemetry;
+
+const DRIFT_METRICS: &[&str] =
+    &["psi", "ks", "chi2", "jensen_shannon", "wasserstein", "hellinger", "unseen_rate", "out_of_range_rate"];
+const PERFORMANCE_METRICS: &[&str] = &[
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "log_loss",
+    "brier",
+    "mae",
+    "rmse",
+    "mape",
+    "r2",
+    "label_coverage",
+    "labeled_count",
+    "prediction_psi",
+    "score_psi",
+    "label_psi",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+];
+
+type DriftKey = (String, String, String, String);
+/// (model, model_version, feature).
+type FeatureKey = (String, String, String);
+
+/// The latest values from closed windows, for the gauges.
+#[derive(Default)]
+pub struct LatestRows {
+    /// (model, version, feature, metric) → value.
+    drift: Mutex<BTreeMap<DriftKey, f64>>,
+    /// (model, version, feature) → drifted on any metric in its latest window.
+    drifted: Mutex<BTreeMap<FeatureKey, (i64, bool)>>,
+    /// (model, version, metric) → value.
+    performance: Mutex<BTreeMap<(String, String, String), f64>>,
+    /// (alert, model) → firing instances.
+    firing: Mutex<BTreeMap<(String, String), u64>>,
+    close_delay: Mutex<Option<Histogram<f64>>>,
+}
+
+impl LatestRows {
+    /// Takes in the rows of closed windows.
+    pub fn update(&self, rows: &[WindowMetricRow]) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut drift = self.drift.lock().expect("metrics lock");
+        let mut drifted = self.drifted.lock().expect("metrics lock");
+        let mut performance = self.performance.lock().expect("metrics lock");
+        for row in rows.iter().filter(|r| r.segment.is_empty()) {
+            let (model, version) = (row.model.to_string(), row.model_version.to_string());
+            match &row.feature {
+                Some(feature) if DRIFT_METRICS.contains(&row.metric) => {
+                    drift.insert(
+                        (model.clone(), version.clone(), feature.to_string(), row.metric.to_string()),
+                        row.value,
+                    );
+                    let entry = drifted.entry((model, version, feature.to_string())).or_insert((i64::MIN, false));
+                    if row.window_end_ms > entry.0 {
+                        *entry = (row.window_end_ms, false);
+                    }
+                    if row.window_end_ms == entry.0 && row.drifted == Some(true) {
+                        entry.1 = true;
+                    }
+                }
+                None if PERFORMANCE_METRICS.contains(&row.metric) => {
+                    performance.insert((model, version, row.metric.to_string()), row.value);
+                }
+                None if row.metric == "count" => {
+                    if let Some(histogram) = self.close_delay.lock().expect("metrics lock").as_ref() {
+                        let delay = (now - row.window_end_ms).max(0) as f64 / 1000.0;
+                        histogram.record(delay, &[KeyValue::new("model", model)]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes in the alerts now pending or firing.
+    pub fn set_active(&self, active: &[Transition]) {
+        let mut firing = self.firing.lock().expect("metrics lock");
+        firing.values_mut().for_each(|n| *n = 0);
+        for t in active.iter().filter(|t| t.state == "firing") {
+            *firing.entry((t.alert.clone(), t.model.clone())).or_default() += 1;
+        }
+    }
+}
+
+/// The meter provider and the registry `/metrics` encodes.
+pub struct Metrics {
+    registry: prometheus::Registry,
+    _provider: SdkMeterProvider,
+    pub latest: Arc<LatestRows>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Registers every SPEC §8 instrument over `telemetry` and a new
+    /// [`LatestRows`].
+    pub fn new(telemetry: Arc<Telemetry>) -> Result<Metrics, String> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .without_units()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("driftwatch");
+        let latest = Arc::new(LatestRows::default());
+
+        let t = telemetry.clone();
+        meter
+            .u64_observable_counter("driftwatch_events")
+            .with_description("Events consumed, by topic and model.")
+            .with_callback(move |o| {
+                for ((topic, model), n) in t.events() {
+                    o.observe(n, &[KeyValue::new("topic", topic), KeyValue::new("model", model)]);
+                }
+            })
+            .build();
+        let t = telemetry.clone();
+        meter
+            .u64_observable_counter("driftwatch_events_invalid")
+            .with_description("Rejected events, by reason.")
+            .with_callback(move |o| {
+                for reason in InvalidReason::ALL {
+                    o.observe(t.invalid_count(reason), &[KeyValue::new("reason", reason.label())]);
+                }
+            })
+            .build();
+        let t = telemetry.clone();
+        meter
+            .u64_observable_counter("driftwatch_events_late")
+            .with_description("Events that arrived after their window closed.")
+            .with_callback(move |o| o.observe(t.events_late.load(std::sync::atomic::Ordering::Relaxed), &[]))
+            .build();
+        let t = telemetry.clone();
+        meter
+            .u64_observable_counter("driftwatch_windows_closed")
+            .with_description("Windows closed.")
+            .with_callback(move |o| o.observe(t.windows_closed.load(std::sync::atomic::Ordering::Relaxed), &[]))
+            .build();
+        let t = telemetry.clone();
+        meter
+            .i64_observable_gauge("driftwatch_consumer_lag")
+            .with_description("Messages behind the partition's end, by topic and partition.")
+            .with_callback(move |o| {
+                for ((topic, partition), lag) in t.consumer_lag() {
+                    o.observe(lag, &[KeyValue::new("topic", topic), KeyValue::new("partition", partition.to_string())]);
+                }
+            })
+            .build();
+        let t = telemetry.clone();
+        meter
+            .u64_observable_counter("driftwatch_notifications")
+            .with_description("Notification attempts' outcomes, by notifier.")
+            .with_callback(move |o| {
+                for ((notifier, outcome), n) in t.notifications() {
+                    o.observe(n, &[KeyValue::new("notifier", notifier), KeyValue::new("outcome", outcome)]);
+                }
+            })
+            .build();
+        let l = latest.clone();
+        meter
+            .u64_observable_gauge("driftwatch_alerts_firing")
+            .with_description("Alert instances firing, by alert and model.")
+            .with_callback(move |o| {
+                for ((alert, model), n) in l.firing.lock().expect("metrics lock").iter() {
+                    o.observe(*n, &[KeyValue::new("alert", alert.clone()), KeyValue::new("model", model.clone())]);
+                }
+            })
+            .build();
+        let l = latest.clone();
+        meter
+            .f64_observable_gauge("driftwatch_feature_drift")
+            .with_description("Latest drift statistic per feature (whole-model rows).")
+            .with_callback(move |o| {
+                for ((model, version, feature, metric), value) in l.drift.lock().expect("metrics lock").iter() {
+                    o.observe(
+                        *value,
+                        &[
+                            KeyValue::new("model", model.clone()),
+                            KeyValue::new("model_version", version.clone()),
+                            KeyValue::new("feature", feature.clone()),
+                            KeyValue::new("metric", metric.clone()),
+                        ],
+                    );
+                }
+            })
+            .build();
+        let l = latest.clone();
+        meter
+            .u64_observable_gauge("driftwatch_feature_drifted")
+            .with_description("1 when any drift metric of the feature's latest window crossed its threshold.")
+            .with_callback(move |o| {
+                for ((model, version, feature), (_, drifted)) in l.drifted.lock().expect("metrics lock").iter() {
+                    o.observe(
+                        u64::from(*drifted),
+                        &[
+                            KeyValue::new("model", model.clone()),
+                            KeyValue::new("model_version", version.clone()),
+                            KeyValue::new("feature", feature.clone()),
+                        ],
+                    );
+                }
+            })
+            .build();
+        let l = latest.clone();
+        meter
+            .f64_observable_gauge("driftwatch_model_performance")
+            .with_description("Latest model-level metric per model version.")
+            .with_callback(move |o| {
+                for ((model, version, metric), value) in l.performance.lock().expect("metrics lock").iter() {
+                    o.observe(
+                        *value,
+                        &[
+                            KeyValue::new("model", model.clone()),
+                            KeyValue::new("model_version", version.clone()),
+                            KeyValue::new("metric", metric.clone()),
+                        ],
+                    );
+                }
+            })
+            .build();
+        let histogram = meter
+            .f64_histogram("driftwatch_window_close_seconds")
+            .with_description("Seconds from a window's end (event time) to its rows being emitted.")
+            .with_boundaries(vec![0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0])
+            .build();
+        *latest.close_delay.lock().expect("metrics lock") = Some(histogram);
+        Ok(Metrics { registry, _provider: provider, latest })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
