@@ -24,27 +24,6 @@ use crate::telemetry::Telemetry;
 
 const DRIFT_METRICS: &[&str] =
     &["psi", "ks", "chi2", "jensen_shannon", "wasserstein", "hellinger", "unseen_rate", "out_of_range_rate"];
-const PERFORMANCE_METRICS: &[&str] = &[
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "roc_auc",
-    "log_loss",
-    "brier",
-    "mae",
-    "rmse",
-    "mape",
-    "r2",
-    "label_coverage",
-    "labeled_count",
-    "prediction_psi",
-    "score_psi",
-    "label_psi",
-    "latency_p50",
-    "latency_p95",
-    "latency_p99",
-];
 
 type DriftKey = (String, String, String, String);
 /// (model, model_version, feature).
@@ -87,14 +66,15 @@ impl LatestRows {
                         entry.1 = true;
                     }
                 }
-                None if PERFORMANCE_METRICS.contains(&row.metric) => {
-                    performance.insert((model, version, row.metric.to_string()), row.value);
-                }
                 None if row.metric == "count" => {
                     if let Some(histogram) = self.close_delay.lock().expect("metrics lock").as_ref() {
                         let delay = (now - row.window_end_ms).max(0) as f64 / 1000.0;
                         histogram.record(delay, &[KeyValue::new("model", model)]);
                     }
+                }
+                // Every other model-level metric: performance, output drift, latency.
+                None if row.metric != "events_late" => {
+                    performance.insert((model, version, row.metric.to_string()), row.value);
                 }
                 _ => {}
             }
