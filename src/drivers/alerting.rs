@@ -246,6 +246,12 @@ impl WindowSink for AlertingSink<'_> {
         if let Some(metrics) = &self.metrics {
             metrics.update(rows);
         }
+        if let Some(Live { api: Some((api, _)), .. }) = &self.live {
+            let mut recent = api.windows.write().expect("windows lock");
+            recent.extend(rows.iter().cloned());
+            let excess = recent.len().saturating_sub(crate::http::RECENT_ROWS);
+            recent.drain(..excess);
+        }
         let events = self.engine.evaluate(rows);
         self.record(events)
     }

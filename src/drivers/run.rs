@@ -117,6 +117,17 @@ pub fn run_daemon(
         last_evaluation: std::time::Instant::now(),
         api: Some((api.clone(), reload_requests)),
     });
+    *api.models.write().expect("models lock") = config
+        .models
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "task": m.task,
+                "baseline": m.baseline.as_ref().map(|b| b.display().to_string()),
+            })
+        })
+        .collect();
     sink.publish();
     api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown);

@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 
 use crate::rules::Transition;
 
+/// Most `window_metrics` rows `/api/v1/windows` keeps (oldest dropped).
+pub const RECENT_ROWS: usize = 100_000;
+
 /// A rule reload asked for over HTTP; the pipeline answers with the number
 /// of rules loaded or the errors.
 pub struct ReloadRequest {
@@ -34,6 +37,10 @@ pub struct ApiState {
     pub alerts: RwLock<Vec<Transition>>,
     /// The loaded rules (name, group, file, line, sha256, condition...).
     pub rules: RwLock<Vec<Value>>,
+    /// The most recent `window_metrics` rows (bounded by [`RECENT_ROWS`]).
+    pub windows: RwLock<std::collections::VecDeque<crate::output::WindowMetricRow>>,
+    /// The configured models (name, task, baseline path).
+    pub models: RwLock<Vec<Value>>,
     /// True once the pipeline runs with its rules loaded.
     pub ready: AtomicBool,
     token: Option<String>,
@@ -53,6 +60,8 @@ impl ApiState {
         let state = ApiState {
             alerts: RwLock::new(Vec::new()),
             rules: RwLock::new(Vec::new()),
+            windows: RwLock::new(std::collections::VecDeque::new()),
+            models: RwLock::new(Vec::new()),
             ready: AtomicBool::new(false),
             token,
             reload: Mutex::new(sender),
@@ -151,6 +160,49 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowsQuery {
+    model: Option<String>,
+    since: Option<String>,
+}
+
+/// `GET /api/v1/windows?model=&since=`: recent rows, oldest first.
+async fn windows(
+    State(state): State<Arc<ApiState>>,
+    query: Result<axum::extract::Query<WindowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "bad_query", "parameters: model, since (RFC 3339)", None);
+    };
+    let since = match query.since.as_deref() {
+        None => i64::MIN,
+        Some(text) => match crate::decode::timestamp::parse_rfc3339_ms(text) {
+            Some(ms) => ms,
+            None => return error(StatusCode::BAD_REQUEST, "bad_since", "since must be an RFC 3339 time", None),
+        },
+    };
+    let rows = state.windows.read().expect("windows lock");
+    let selected: Vec<Value> = rows
+        .iter()
+        .filter(|r| query.model.as_deref().is_none_or(|m| *r.model == *m) && r.window_start_ms >= since)
+        .map(crate::rules::lifecycle::row_json)
+        .collect();
+    Json(json!({"windows": selected})).into_response()
+}
+
+/// `GET /api/v1/models`: the configured models and their latest window.
+async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let rows = state.windows.read().expect("windows lock");
+    let mut models = state.models.read().expect("models lock").clone();
+    for model in &mut models {
+        let name = model["name"].as_str().unwrap_or("").to_string();
+        let latest = rows.iter().rev().find(|r| *r.model == *name && r.metric == "count" && r.segment.is_empty());
+        model["latest_window"] = latest.map(crate::rules::lifecycle::row_json).unwrap_or(Value::Null);
+    }
+    Json(json!({"models": models}))
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None)
 }
@@ -163,6 +215,8 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/rules", get(rules))
+        .route("/api/v1/windows", get(windows))
+        .route("/api/v1/models", get(models))
         .route("/-/reload", post(reload))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))

@@ -290,6 +290,21 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
         "{text}"
     );
 
+    // The API serves the models and recent windows, and validates queries.
+    let (status, body) = http(&address, "GET", "/api/v1/models", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["models"][0]["name"], "shop");
+    assert_eq!(body["models"][0]["latest_window"]["window_start"], "2026-11-26T10:15:00.000Z", "{body}");
+    let (status, body) = http(&address, "GET", "/api/v1/windows?model=shop&since=2026-11-26T10:10:00Z", None);
+    assert_eq!(status, 200);
+    let windows = body["windows"].as_array().unwrap();
+    assert!(windows.iter().all(|r| r["window_start"].as_str().unwrap() >= "2026-11-26T10:10"), "{body}");
+    assert!(windows.iter().any(|r| r["feature"] == "amount" && r["metric"] == "psi" && r["drifted"] == true));
+    let (status, body) = http(&address, "GET", "/api/v1/windows?since=yesterday", None);
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_since")));
+    let (status, body) = http(&address, "GET", "/api/v1/windows?colour=red", None);
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_query")));
+
     let outbox = dir.path().join("state/outbox");
     let queued = || {
         std::fs::read_dir(&outbox)
