@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::wait_until;
+use crate::support::{expected_signature, outbox_entries, repo, wait_until};
 
 /// A request as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -106,10 +106,6 @@ impl Receiver {
     pub fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 fn write_setup(dir: &Path, notifiers: &str, notify: &str) -> PathBuf {
@@ -242,12 +238,7 @@ fn every_preset_sends_its_documented_request() {
 
     let wh = by_path("/hook");
     assert_eq!(wh.header("x-team"), Some("fraud"));
-    let expected = {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"hmackey").unwrap();
-        mac.update(&wh.body);
-        format!("sha256={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
-    };
+    let expected = expected_signature(b"hmackey", &wh.body);
     assert_eq!(wh.header("x-driftwatch-signature"), Some(expected.as_str()));
     assert_eq!(wh.json()["transition"]["state"], "firing");
 }
@@ -302,11 +293,7 @@ fn a_pending_notification_survives_a_killed_process() {
         .spawn()
         .unwrap();
     let outbox = dir.path().join("state/outbox");
-    let queued = || {
-        std::fs::read_dir(&outbox)
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
-            .unwrap_or(0)
-    };
+    let queued = || outbox_entries(&outbox);
     wait_until(Duration::from_secs(60), "a notification in the outbox", || queued() == 1);
     child.kill().unwrap();
     child.wait().unwrap();

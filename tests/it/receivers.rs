@@ -10,12 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::rules::http;
-use crate::support::wait_until;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use crate::support::{expected_signature, http, http_address, http_text, outbox_entries, repo, wait_until};
 
 struct Killed(Child);
 
@@ -251,12 +246,12 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
         })
     });
     // /metrics carries every SPEC §8 name, with data from this stream.
-    let address = crate::rules::http_address(&std::fs::read_to_string(dir.path().join("first.log")).unwrap());
+    let address = http_address(&std::fs::read_to_string(dir.path().join("first.log")).unwrap());
     wait_until(timeout, "the metrics", || {
-        let text = get_text(&address, "/metrics");
+        let text = http_text(&address, "GET", "/metrics", None).1;
         text.contains("driftwatch_consumer_lag{") && text.contains("driftwatch_notifications_total{")
     });
-    let text = get_text(&address, "/metrics");
+    let text = http_text(&address, "GET", "/metrics", None).1;
     for name in [
         "driftwatch_events_total{",
         "driftwatch_events_invalid_total{",
@@ -306,11 +301,7 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_query")));
 
     let outbox = dir.path().join("state/outbox");
-    let queued = || {
-        std::fs::read_dir(&outbox)
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
-            .unwrap_or(0)
-    };
+    let queued = || outbox_entries(&outbox);
     wait_until(timeout, "the webhook waiting in the outbox", || queued() == 1);
 
     // Killed with the webhook pending; it stays in the outbox.
@@ -327,12 +318,7 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
         requests.iter().map(|r| r.header("idempotency-key").unwrap().to_string()).collect();
     assert_eq!(keys.len(), 1, "one idempotency key for the one firing: {requests:#?}");
     let body = &requests[0].body;
-    let expected = {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"hmac-s3cret").unwrap();
-        mac.update(body);
-        format!("sha256={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
-    };
+    let expected = expected_signature(b"hmac-s3cret", body);
     assert_eq!(requests[0].header("x-driftwatch-signature"), Some(expected.as_str()));
     assert_eq!(requests[0].json()["transition"]["alert"], "AmountDrift");
     let pid = second.id().to_string();
@@ -342,14 +328,4 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
         let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
         assert!(!text.contains("hmac-s3cret"), "the HMAC secret leaked into {log}");
     }
-}
-
-/// A GET returning the body as text.
-fn get_text(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }

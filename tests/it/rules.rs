@@ -9,11 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Broker, flush, send, wait_until};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use crate::support::{Broker, flush, http, http_address, repo, send, wait_until};
 
 fn driftwatch(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(args).output().unwrap()
@@ -360,41 +356,4 @@ fn a_running_daemon_reloads_rules_on_sighup() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = daemon.wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", log_text());
-}
-
-/// The HTTP API's address from the daemon's log line.
-pub fn http_address(log: &str) -> String {
-    let mut plain = String::new();
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    let line = plain.lines().find(|l| l.contains("HTTP API listening")).expect("the listening line");
-    let start = line.find("address=").expect("address field") + "address=".len();
-    line[start..].split_whitespace().next().unwrap().to_string()
-}
-
-/// A minimal HTTP/1.1 request; returns the status and the JSON body.
-pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }

@@ -101,3 +101,67 @@ pub fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8]) {
 pub fn flush(producer: &BaseProducer) {
     producer.flush(Duration::from_secs(30)).expect("delivery");
 }
+
+/// A path inside the repository.
+pub fn repo(path: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Notifications waiting in an outbox directory (`*.json` files).
+pub fn outbox_entries(outbox: &std::path::Path) -> usize {
+    std::fs::read_dir(outbox)
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
+        .unwrap_or(0)
+}
+
+/// `sha256=<hex HMAC-SHA256>` of `body`, computed here independently of
+/// the code under test.
+pub fn expected_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body);
+    format!("sha256={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The HTTP API's address from a daemon's log line.
+pub fn http_address(log: &str) -> String {
+    let mut plain = String::new();
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain.lines().find(|l| l.contains("HTTP API listening")).expect("the listening line");
+    let start = line.find("address=").expect("address field") + "address=".len();
+    line[start..].split_whitespace().next().unwrap().to_string()
+}
+
+/// A minimal HTTP/1.1 request; returns the status and the body as text.
+pub fn http_text(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// [`http_text`] with the body parsed as JSON (`Null` when it is not).
+pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let (status, body) = http_text(address, method, path, token);
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
