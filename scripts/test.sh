@@ -20,14 +20,19 @@ if ! command -v tansu >/dev/null 2>&1; then
 fi
 log "tansu: $(command -v tansu)"
 
-# Real receivers for the notification tests: Alertmanager (Debian package)
-# and an SMTP server (aiosmtpd, from PyPI).
+# Real receivers and scrapers: Alertmanager (notification tests), Prometheus
+# (dashboard queries), Chromium (the status page), all Debian packages; and
+# an SMTP server (aiosmtpd, from PyPI).
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-if [ ! -x /usr/bin/prometheus-alertmanager ] && ! command -v alertmanager >/dev/null 2>&1; then
-  log "installing prometheus-alertmanager"
+missing=()
+[ -x /usr/bin/prometheus-alertmanager ] || command -v alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+[ -x /usr/bin/prometheus ] || command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  as_root apt-get install -y -q prometheus-alertmanager >/dev/null \
-    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q prometheus-alertmanager >/dev/null; }
+  as_root apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   log "installing aiosmtpd"

@@ -247,14 +247,33 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr (human or JSON), and exports spans over OTLP when
+/// `spans` is given.
+fn init_logging(format: LogFormat, spans: Option<&crate::otlp::Tracing>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(spans.map(|s| s.layer()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(io::stderr);
     let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
     };
+}
+
+/// Span export for `run` when its config asks for OTLP traces (a config
+/// that does not load is reported by the command itself).
+fn span_export(command: &Command) -> Option<crate::otlp::Tracing> {
+    let Command::Run { config } = command else { return None };
+    let otlp = Config::load(config).ok()?.otlp?;
+    match crate::otlp::Tracing::start(&otlp) {
+        Ok(tracing) => tracing,
+        Err(error) => {
+            eprintln!("driftwatch: {error}; spans are not exported");
+            None
+        }
+    }
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -279,8 +298,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(cli.log_format);
-    match run_command(cli.command) {
+    let spans = span_export(&cli.command);
+    init_logging(cli.log_format, spans.as_ref());
+    let outcome = run_command(cli.command);
+    drop(spans);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }

@@ -17,6 +17,7 @@ pub mod join;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod otlp;
 pub mod output;
 pub mod pipeline;
 pub mod rules;

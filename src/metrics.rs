@@ -28,16 +28,27 @@ const DRIFT_METRICS: &[&str] =
 type DriftKey = (String, String, String, String);
 /// (model, model_version, feature).
 type FeatureKey = (String, String, String);
+/// (model, model_version, metric).
+type ModelMetricKey = (String, String, String);
+
+fn drift_attributes((model, version, feature, metric): &DriftKey) -> [KeyValue; 4] {
+    [
+        KeyValue::new("model", model.clone()),
+        KeyValue::new("model_version", version.clone()),
+        KeyValue::new("feature", feature.clone()),
+        KeyValue::new("metric", metric.clone()),
+    ]
+}
 
 /// The latest values from closed windows, for the gauges.
 #[derive(Default)]
 pub struct LatestRows {
-    /// (model, version, feature, metric) → value.
-    drift: Mutex<BTreeMap<DriftKey, f64>>,
+    /// (model, version, feature, metric) → (value, threshold).
+    drift: Mutex<BTreeMap<DriftKey, (f64, Option<f64>)>>,
     /// (model, version, feature) → drifted on any metric in its latest window.
     drifted: Mutex<BTreeMap<FeatureKey, (i64, bool)>>,
-    /// (model, version, metric) → value.
-    performance: Mutex<BTreeMap<(String, String, String), f64>>,
+    /// (model, version, metric) → (value, baseline).
+    performance: Mutex<BTreeMap<ModelMetricKey, (f64, Option<f64>)>>,
     /// (alert, model) → firing instances.
     firing: Mutex<BTreeMap<(String, String), u64>>,
     close_delay: Mutex<Option<Histogram<f64>>>,
@@ -56,7 +67,7 @@ impl LatestRows {
                 Some(feature) if DRIFT_METRICS.contains(&row.metric) => {
                     drift.insert(
                         (model.clone(), version.clone(), feature.to_string(), row.metric.to_string()),
-                        row.value,
+                        (row.value, row.threshold),
                     );
                     let entry = drifted.entry((model, version, feature.to_string())).or_insert((i64::MIN, false));
                     if row.window_end_ms > entry.0 {
@@ -74,7 +85,7 @@ impl LatestRows {
                 }
                 // Every other model-level metric: performance, output drift, latency.
                 None if row.metric != "events_late" => {
-                    performance.insert((model, version, row.metric.to_string()), row.value);
+                    performance.insert((model, version, row.metric.to_string()), (row.value, row.baseline));
                 }
                 _ => {}
             }
@@ -96,6 +107,8 @@ pub struct Metrics {
     registry: prometheus::Registry,
     _provider: SdkMeterProvider,
     pub latest: Arc<LatestRows>,
+    /// The counters the instruments read (the status page reads them too).
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -107,15 +120,24 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Registers every SPEC §8 instrument over `telemetry` and a new
     /// [`LatestRows`].
-    pub fn new(telemetry: Arc<Telemetry>) -> Result<Metrics, String> {
+    /// With `otlp`, the same instruments are also pushed over OTLP.
+    pub fn new(telemetry: Arc<Telemetry>, otlp: Option<&crate::config::OtlpConfig>) -> Result<Metrics, String> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .without_target_info()
+            .scope_info_enabled(false)
             .without_units()
             .build()
             .map_err(|e| e.to_string())?;
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let mut builder = SdkMeterProvider::builder().with_reader(exporter);
+        if let Some(otlp) = otlp
+            && let Some(reader) = crate::otlp::metric_reader(otlp)?
+        {
+            builder = builder.with_reader(reader).with_resource(crate::otlp::metric_resource(otlp));
+            tracing::info!(endpoint = %otlp.endpoint, interval = ?otlp.interval, "pushing metrics over OTLP");
+        }
+        let provider = builder.build();
         let meter = provider.meter("driftwatch");
         let latest = Arc::new(LatestRows::default());
 
@@ -181,57 +203,70 @@ impl Metrics {
                 }
             })
             .build();
-        let l = latest.clone();
-        meter
-            .f64_observable_gauge("driftwatch_feature_drift")
-            .with_description("Latest drift statistic per feature (whole-model rows).")
-            .with_callback(move |o| {
-                for ((model, version, feature, metric), value) in l.drift.lock().expect("metrics lock").iter() {
-                    o.observe(
-                        *value,
-                        &[
-                            KeyValue::new("model", model.clone()),
-                            KeyValue::new("model_version", version.clone()),
-                            KeyValue::new("feature", feature.clone()),
-                            KeyValue::new("metric", metric.clone()),
-                        ],
-                    );
-                }
-            })
-            .build();
+        // Per feature: the value and, where there is one, the threshold.
+        for (name, description, threshold) in [
+            ("driftwatch_feature_drift", "Latest drift statistic per feature (whole-model rows).", false),
+            ("driftwatch_feature_drift_threshold", "The threshold the latest drift statistic was compared with.", true),
+        ] {
+            let l = latest.clone();
+            meter
+                .f64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |o| {
+                    for (key, (value, limit)) in l.drift.lock().expect("metrics lock").iter() {
+                        let observed = if threshold { *limit } else { Some(*value) };
+                        if let Some(observed) = observed {
+                            o.observe(observed, &drift_attributes(key));
+                        }
+                    }
+                })
+                .build();
+        }
         let l = latest.clone();
         meter
             .u64_observable_gauge("driftwatch_feature_drifted")
             .with_description("1 when any drift metric of the feature's latest window crossed its threshold.")
             .with_callback(move |o| {
                 for ((model, version, feature), (_, drifted)) in l.drifted.lock().expect("metrics lock").iter() {
-                    o.observe(
-                        u64::from(*drifted),
-                        &[
-                            KeyValue::new("model", model.clone()),
-                            KeyValue::new("model_version", version.clone()),
-                            KeyValue::new("feature", feature.clone()),
-                        ],
-                    );
+                    let attributes = [
+                        KeyValue::new("model", model.clone()),
+                        KeyValue::new("model_version", version.clone()),
+                        KeyValue::new("feature", feature.clone()),
+                    ];
+                    o.observe(u64::from(*drifted), &attributes);
                 }
             })
             .build();
-        let l = latest.clone();
-        meter
-            .f64_observable_gauge("driftwatch_model_performance")
-            .with_description("Latest model-level metric per model version.")
-            .with_callback(move |o| {
-                for ((model, version, metric), value) in l.performance.lock().expect("metrics lock").iter() {
-                    o.observe(
-                        *value,
-                        &[
+        // Per model-level metric: the value and, where there is one, the baseline.
+        for (name, description, baseline) in [
+            ("driftwatch_model_performance", "Latest model-level metric per model version.", false),
+            ("driftwatch_model_performance_baseline", "The training baseline of a model-level metric.", true),
+        ] {
+            let l = latest.clone();
+            meter
+                .f64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |o| {
+                    for ((model, version, metric), (value, reference)) in
+                        l.performance.lock().expect("metrics lock").iter()
+                    {
+                        let observed = if baseline { *reference } else { Some(*value) };
+                        let Some(observed) = observed else { continue };
+                        let attributes = [
                             KeyValue::new("model", model.clone()),
                             KeyValue::new("model_version", version.clone()),
                             KeyValue::new("metric", metric.clone()),
-                        ],
-                    );
-                }
-            })
+                        ];
+                        o.observe(observed, &attributes);
+                    }
+                })
+                .build();
+        }
+        let t = telemetry.clone();
+        meter
+            .u64_observable_gauge("driftwatch_ready")
+            .with_description("1 when the daemon is ready: pipeline running, Kafka reachable, state writable.")
+            .with_callback(move |o| o.observe(u64::from(t.readiness.is_ready()), &[]))
             .build();
         let histogram = meter
             .f64_histogram("driftwatch_window_close_seconds")
@@ -239,7 +274,7 @@ impl Metrics {
             .with_boundaries(vec![0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0])
             .build();
         *latest.close_delay.lock().expect("metrics lock") = Some(histogram);
-        Ok(Metrics { registry, _provider: provider, latest })
+        Ok(Metrics { registry, _provider: provider, latest, telemetry })
     }
 
     /// The Prometheus text exposition of every metric.

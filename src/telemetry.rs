@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::decode::{Invalid, InvalidReason};
@@ -49,6 +49,50 @@ pub struct Telemetry {
     notifications: Mutex<BTreeMap<(String, String), u64>>,
     /// Last time each invalid reason was logged, and how many were not.
     invalid_log: Mutex<BTreeMap<InvalidReason, (Instant, u64)>>,
+    /// What `/readyz` and `driftwatch_ready` report.
+    pub readiness: Readiness,
+}
+
+/// The conditions of readiness, each set by the part of the daemon that
+/// knows it. Ready means all of them hold.
+#[derive(Debug)]
+pub struct Readiness {
+    /// Baselines and rules are loaded and the pipeline runs.
+    pub pipeline_running: AtomicBool,
+    /// A Kafka broker is reachable (librdkafka reports a broker up and no
+    /// "all brokers down" since).
+    pub kafka_reachable: AtomicBool,
+    /// The state directory takes writes (checkpoints, outbox).
+    pub state_writable: AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness {
+            pipeline_running: AtomicBool::new(false),
+            kafka_reachable: AtomicBool::new(false),
+            state_writable: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Readiness {
+    /// The names of the conditions that do not hold (empty when ready).
+    pub fn unmet(&self) -> Vec<&'static str> {
+        [
+            (&self.pipeline_running, "pipeline_running"),
+            (&self.kafka_reachable, "kafka_reachable"),
+            (&self.state_writable, "state_writable"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| !flag.load(Ordering::Relaxed))
+        .map(|(_, name)| name)
+        .collect()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.unmet().is_empty()
+    }
 }
 
 /// How often one invalid-event reason may be logged.

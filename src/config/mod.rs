@@ -174,6 +174,57 @@ pub struct Config {
     /// extension). Default: [`DeliveryConfig::default`].
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Push metrics (and optionally traces) to an OpenTelemetry collector
+    /// over OTLP/HTTP (driftwatch extension). Default: none (only the
+    /// Prometheus `/metrics` endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// Default `otlp.interval`: how often metrics are pushed.
+pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(30);
+/// Default `otlp.timeout`: one export request's deadline.
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `otlp:` — OpenTelemetry push over OTLP/HTTP with protobuf bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Base URL of the OTLP/HTTP receiver, e.g. `http://otel-collector:4318`;
+    /// `/v1/metrics` and `/v1/traces` are appended. Required.
+    pub endpoint: String,
+    /// How often metrics are pushed. Default [`DEFAULT_OTLP_INTERVAL`] (30s).
+    #[serde(default = "default_otlp_interval", with = "duration")]
+    pub interval: Duration,
+    /// Deadline of one export request. Default [`DEFAULT_OTLP_TIMEOUT`] (10s).
+    #[serde(default = "default_otlp_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Extra request headers, e.g. `authorization: "Bearer ${OTLP_TOKEN}"`
+    /// (values are secrets: never logged). Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Push the metrics `/metrics` serves. Default true.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+    /// Export spans of the window close → rules → notify path. Default false.
+    #[serde(default)]
+    pub traces: bool,
+    /// The `service.name` resource attribute. Default `driftwatch`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_otlp_interval() -> Duration {
+    DEFAULT_OTLP_INTERVAL
+}
+fn default_otlp_timeout() -> Duration {
+    DEFAULT_OTLP_TIMEOUT
+}
+fn default_true() -> bool {
+    true
+}
+fn default_service_name() -> String {
+    "driftwatch".to_string()
 }
 
 /// `delivery:` — how notifications are retried (driftwatch extension;

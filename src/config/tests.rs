@@ -470,3 +470,29 @@ fn io_error_names_the_path() {
     assert!(matches!(err, ConfigError::Io { .. }));
     assert!(err.to_string().starts_with("/nonexistent-dw/driftwatch.yaml: "), "{err}");
 }
+
+#[test]
+fn otlp_section_defaults_validation_and_redaction() {
+    let c = parse(
+        "models: [{name: m}]\notlp: {endpoint: \"http://collector:4318\", headers: {authorization: \"Bearer s3cr3t\"}}\n",
+    )
+    .unwrap();
+    let otlp = c.otlp.as_ref().unwrap();
+    assert_eq!(otlp.interval, super::DEFAULT_OTLP_INTERVAL);
+    assert_eq!(otlp.timeout, super::DEFAULT_OTLP_TIMEOUT);
+    assert!(otlp.metrics && !otlp.traces);
+    assert_eq!(otlp.service_name, "driftwatch");
+    let yaml = c.to_redacted_yaml();
+    assert!(!yaml.contains("s3cr3t") && yaml.contains("***redacted***"), "{yaml}");
+
+    let (message, line) = parse_error("models: [{name: m}]\notlp:\n  endpoint: http://c:4318\n  intervall: 5s\n");
+    assert!(message.contains("intervall"), "{message}");
+    assert_eq!(line, Some(4));
+
+    let errors = invalid_errors(
+        "models: [{name: m}]\notlp: {endpoint: \"collector:4318\", interval: 0s, metrics: false, headers: {\"bad header\": x}}\n",
+    );
+    assert!(errors.iter().any(|e| e.starts_with("otlp.endpoint: expected an http")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("interval and timeout must be positive")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("otlp.headers.bad header")), "{errors:?}");
+}

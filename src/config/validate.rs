@@ -44,6 +44,22 @@ impl Config {
         }
         self.check_notifiers(&mut errors);
         self.check_http(&mut errors);
+        if let Some(otlp) = &self.otlp {
+            if !(otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://")) {
+                errors.push(format!("otlp.endpoint: expected an http:// or https:// URL, got {:?}", otlp.endpoint));
+            }
+            if otlp.interval.is_zero() || otlp.timeout.is_zero() {
+                errors.push("otlp: interval and timeout must be positive".to_string());
+            }
+            for name in otlp.headers.keys() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    errors.push(format!("otlp.headers.{name}: not a valid header name"));
+                }
+            }
+            if !otlp.metrics && !otlp.traces {
+                errors.push("otlp: metrics and traces are both off; remove the section instead".to_string());
+            }
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 

@@ -242,6 +242,11 @@ impl WindowSink for AlertingSink<'_> {
     }
 
     fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        // Traced as one span per batch of closed windows, with the rule
+        // evaluation and the notifications it queues as children.
+        let span = tracing::info_span!("window_close", rows = rows.len(), windows = tracing::field::Empty);
+        let _entered = span.enter();
+        span.record("windows", rows.iter().filter(|r| r.metric == "count" && r.feature.is_none()).count());
         self.inner.write_rows(rows)?;
         if let Some(metrics) = &self.metrics {
             metrics.update(rows);
@@ -252,8 +257,8 @@ impl WindowSink for AlertingSink<'_> {
             let excess = recent.len().saturating_sub(crate::http::RECENT_ROWS);
             recent.drain(..excess);
         }
-        let events = self.engine.evaluate(rows);
-        self.record(events)
+        let events = tracing::info_span!("rules_evaluate").in_scope(|| self.engine.evaluate(rows));
+        tracing::info_span!("alerts_record", transitions = events.len()).in_scope(|| self.record(events))
     }
 
     fn flush(&mut self) -> io::Result<()> {

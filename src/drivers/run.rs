@@ -105,7 +105,9 @@ pub fn run_daemon(
         sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
         sink.on_active = Some(Box::new(move |active| dispatcher.resend_firing(active)));
     }
-    let metrics = Arc::new(crate::metrics::Metrics::new(pipeline.telemetry.clone()).map_err(RunError::Setup)?);
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new(pipeline.telemetry.clone(), config.otlp.as_ref()).map_err(RunError::Setup)?,
+    );
     sink.metrics = Some(metrics.latest.clone());
     let (api, reload_requests) =
         crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()), Some(metrics));
@@ -129,9 +131,11 @@ pub fn run_daemon(
         })
         .collect();
     sink.publish();
-    api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let readiness = &pipeline.telemetry.readiness;
+    readiness.pipeline_running.store(true, std::sync::atomic::Ordering::Relaxed);
+    let telemetry = pipeline.telemetry.clone();
     let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown);
-    api.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    telemetry.readiness.pipeline_running.store(false, std::sync::atomic::Ordering::Relaxed);
     drop(sink);
     if let Some(dispatcher) = &dispatcher
         && !dispatcher.wait_idle(std::time::Duration::from_secs(5))

@@ -8,7 +8,6 @@
 //! configured token they are disabled.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Duration;
 
@@ -21,6 +20,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::rules::Transition;
+
+pub mod status;
 
 /// Most `window_metrics` rows `/api/v1/windows` keeps (oldest dropped).
 pub const RECENT_ROWS: usize = 100_000;
@@ -41,8 +42,6 @@ pub struct ApiState {
     pub windows: RwLock<std::collections::VecDeque<crate::output::WindowMetricRow>>,
     /// The configured models (name, task, baseline path).
     pub models: RwLock<Vec<Value>>,
-    /// True once the pipeline runs with its rules loaded.
-    pub ready: AtomicBool,
     token: Option<String>,
     reload: Mutex<mpsc::Sender<ReloadRequest>>,
     /// The metrics `/metrics` serves.
@@ -62,7 +61,6 @@ impl ApiState {
             rules: RwLock::new(Vec::new()),
             windows: RwLock::new(std::collections::VecDeque::new()),
             models: RwLock::new(Vec::new()),
-            ready: AtomicBool::new(false),
             token,
             reload: Mutex::new(sender),
             metrics,
@@ -114,12 +112,30 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// `GET /readyz`: 200 when every readiness condition holds, else 503
+/// naming the ones that do not (`pipeline_running`, `kafka_reachable`,
+/// `state_writable`).
 async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    let unmet = match &state.metrics {
+        Some(metrics) => metrics.telemetry.readiness.unmet(),
+        None => vec!["pipeline_running"],
+    };
+    if unmet.is_empty() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the pipeline is starting", None)
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("not ready: {}", unmet.join(", ")),
+            Some(json!(unmet)),
+        )
     }
+}
+
+/// `GET /`: the status page.
+async fn status_page(State(state): State<Arc<ApiState>>) -> Response {
+    let page = status::render(&state);
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 #[derive(Serialize)]
@@ -210,6 +226,7 @@ async fn not_found() -> Response {
 /// The router over `state`.
 pub fn router(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -217,12 +217,22 @@ impl Dispatcher {
         let sequence = shared.sequence.fetch_add(1, Ordering::SeqCst) as u64;
         let (done, completion) = tokio::sync::oneshot::channel();
         let previous = shared.order.lock().expect("order lock").insert(key.clone(), (sequence, completion));
+        // A child of the span that queued it (the window close that made the
+        // transition, in traces), or a root of its own after a restart.
+        let span = tracing::info_span!(
+            "notify_deliver",
+            notifier = %notification.notifier,
+            alert = %notification.transition.alert,
+            state = %notification.transition.state,
+            idempotency_key = %notification.idempotency_key,
+        );
         if let Some(runtime) = &self.runtime {
+            use tracing::Instrument;
             runtime.spawn(async move {
                 if let Some((_, previous)) = previous {
                     let _ = previous.await;
                 }
-                deliver(&shared, notification).await;
+                deliver(&shared, notification).instrument(span).await;
                 let _ = done.send(());
                 let mut order = shared.order.lock().expect("order lock");
                 if order.get(&key).is_some_and(|(s, _)| *s == sequence) {

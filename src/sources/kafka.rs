@@ -69,6 +69,10 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
+        // A broker is reachable when librdkafka holds an "UP" connection to
+        // one (bootstrap entries included, librdkafka's internal one not).
+        let any_up = statistics.brokers.values().any(|b| !b.name.ends_with("/internal") && b.state == "UP");
+        self.set_reachable(any_up);
         let assigned = self.assigned.lock().expect("context lock");
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
@@ -78,6 +82,26 @@ impl ClientContext for SourceContext {
                 if stats.consumer_lag >= 0 {
                     self.telemetry.set_consumer_lag(topic_name, *partition, stats.consumer_lag);
                 }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) = error.rdkafka_error_code() {
+            self.set_reachable(false);
+        }
+        tracing::warn!(%error, reason, "librdkafka error");
+    }
+}
+
+impl SourceContext {
+    fn set_reachable(&self, reachable: bool) {
+        let previous = self.telemetry.readiness.kafka_reachable.swap(reachable, std::sync::atomic::Ordering::Relaxed);
+        if previous != reachable {
+            if reachable {
+                tracing::info!("Kafka reachable");
+            } else {
+                tracing::warn!("Kafka unreachable; the daemon keeps running and reconnects");
             }
         }
     }
@@ -150,7 +174,7 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", &kafka.group_id)
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
+        .set("statistics.interval.ms", "1000")
         .set("enable.partition.eof", "false");
     for (key, value) in &kafka.options {
         config.set(key, value);
@@ -247,6 +271,9 @@ pub fn run_kafka(
                     end: arena.len(),
                 });
                 summary.messages += 1;
+                if summary.messages == 1 {
+                    consumer.context().set_reachable(true);
+                }
                 deadline.get_or_insert_with(|| Instant::now() + linger);
             }
             Some(Err(error)) => tracing::warn!(%error, "Kafka consumer error"),

@@ -9,6 +9,7 @@ mod cli;
 mod drift;
 mod kafka;
 pub mod notify;
+mod observability;
 mod receivers;
 mod replay;
 mod rules;

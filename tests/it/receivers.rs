@@ -5,21 +5,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{expected_signature, http, http_address, http_text, outbox_entries, repo, wait_until};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::{
+    Killed, expected_signature, http, http_address, http_text, outbox_entries, repo, wait_until,
+    write_amount_drift_rule,
+};
 
 /// aiosmtpd on a free loopback port, writing messages to `dir`.
 fn start_smtp(dir: &Path) -> (Killed, u16) {
@@ -187,14 +181,7 @@ fn the_daemon_on_kafka_delivers_email_alertmanager_and_a_webhook_that_survives_a
     let broker = Broker::start();
     broker.create_topic("predictions", 1);
     broker.create_topic("labels", 1);
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        "groups:\n  - name: g\n    rules:\n      - alert: AmountDrift\n        \
-         expr: metric = 'psi' AND drifted AND feature = 'amount' AND segment = ''\n        for: 2\n        \
-         labels: {severity: critical}\n        annotations: {summary: \"amount drifted on {{ model }}\"}\n        \
-         notify: [retrain, mail, am]\n",
-    )
-    .unwrap();
+    write_amount_drift_rule(dir.path(), "retrain, mail, am");
     let config = dir.path().join("c.yaml");
     std::fs::write(
         &config,

@@ -34,6 +34,16 @@ fn tansu_binary() -> PathBuf {
     home
 }
 
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A Tansu broker with in-memory storage on 127.0.0.1.
 pub struct Broker {
     child: Child,
@@ -164,4 +174,19 @@ pub fn http_text(address: &str, method: &str, path: &str, token: Option<&str>) -
 pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let (status, body) = http_text(address, method, path, token);
     (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Writes `rules.yaml` into `dir`: one rule, `AmountDrift`, firing after two
+/// windows in which the `amount` feature's PSI drifted, notifying `notify`.
+pub fn write_amount_drift_rule(dir: &std::path::Path, notify: &str) {
+    std::fs::write(
+        dir.join("rules.yaml"),
+        format!(
+            "groups:\n  - name: g\n    rules:\n      - alert: AmountDrift\n        \
+             expr: metric = 'psi' AND drifted AND feature = 'amount' AND segment = ''\n        for: 2\n        \
+             labels: {{severity: critical}}\n        annotations: {{summary: \"amount drifted on {{{{ model }}}}\"}}\n        \
+             notify: [{notify}]\n"
+        ),
+    )
+    .unwrap();
 }
