@@ -25,7 +25,7 @@ use crate::output::WindowMetricRow;
 use crate::window::{AwaitingLabels, ModelWindows, WindowSpec};
 
 /// Counters the engine keeps (exported as metrics by the drivers).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineCounters {
     pub predictions: u64,
     pub labels: u64,
@@ -107,6 +107,19 @@ impl Engine {
 
     pub fn spec(&self) -> &WindowSpec {
         &self.spec
+    }
+
+    /// A model's open windows, windows awaiting labels and pending joins
+    /// (what a checkpoint keeps).
+    pub fn model_state(&self, model: usize) -> (&ModelWindows, &ModelJoin) {
+        (&self.windows[model], &self.joins[model])
+    }
+
+    /// Puts back a model's checkpointed windows and joins; the join keeps
+    /// the horizon and cap of the current config.
+    pub fn restore_model(&mut self, model: usize, windows: ModelWindows, join: ModelJoin) {
+        self.windows[model] = windows;
+        self.joins[model].restore(join);
     }
 
     /// The watermark of a model, if it has seen events.

@@ -6,6 +6,7 @@
 //! [`drivers`] (`run` over Kafka, `replay` over files).
 
 pub mod baseline;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decode;

@@ -21,7 +21,7 @@ pub type SeriesId = u32;
 pub type ClassId = u32;
 
 /// One (model_version, segment) pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Series {
     pub model_version: Arc<str>,
     /// `""` for the whole model, else `key=value[,key=value]` with keys sorted.
@@ -35,7 +35,7 @@ pub struct Series {
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Interns strings to dense ids; lookups by `&str` never allocate.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Interner {
     ids: FastMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
@@ -75,14 +75,14 @@ impl Interner {
 }
 
 /// The kind of a feature, fixed when it is first seen (or by the baseline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FeatureKind {
     Numeric,
     Categorical,
 }
 
 /// A feature column of a model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FeatureMeta {
     pub name: Arc<str>,
     pub kind: FeatureKind,
@@ -151,6 +151,34 @@ impl ModelState {
         self.features.push(FeatureMeta { name, kind });
         self.feature_refs.push(reference);
         id
+    }
+
+    /// Puts back checkpointed dictionaries: series, classes and features
+    /// keep the ids the checkpointed windows use. Baseline features the
+    /// checkpoint did not know are added after them.
+    pub fn restore_dictionaries(
+        &mut self,
+        series_keys: Interner,
+        series: Vec<Series>,
+        classes: Interner,
+        features: Vec<FeatureMeta>,
+    ) {
+        let baseline: Vec<FeatureMeta> = self.features.clone();
+        self.series_keys = series_keys;
+        self.series = series;
+        self.classes = classes;
+        self.features.clear();
+        self.feature_ids.clear();
+        self.feature_refs.clear();
+        self.feature_order_hint.clear();
+        for feature in &features {
+            self.add_feature(&feature.name, feature.kind);
+        }
+        for feature in baseline {
+            if !self.feature_ids.contains_key(&feature.name) {
+                self.add_feature(&feature.name, feature.kind);
+            }
+        }
     }
 
     pub fn is_classification(&self) -> bool {

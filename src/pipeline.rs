@@ -64,6 +64,83 @@ impl Pipeline {
 
     /// Decodes one prediction payload; an invalid one is counted and logged
     /// (rate-limited) and returned so the caller can dead-letter it.
+    /// Encodes a checkpoint of the pipeline's state (dictionaries, windows,
+    /// joins, counters) with the caller's offsets, alert state and output
+    /// lengths. Call between micro-batches.
+    pub fn encode_checkpoint(
+        &self,
+        offsets: &crate::checkpoint::Offsets,
+        alerts: Option<&crate::rules::lifecycle::AlertSnapshot>,
+        outputs: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<Vec<u8>, crate::checkpoint::CheckpointError> {
+        let models = self
+            .registry
+            .models
+            .iter()
+            .enumerate()
+            .map(|(id, model)| {
+                let (windows, join) = self.engine.model_state(id);
+                crate::checkpoint::ModelRef {
+                    name: &model.name,
+                    series_keys: &model.series_keys,
+                    series: &model.series,
+                    classes: &model.classes,
+                    features: &model.features,
+                    windows,
+                    join,
+                }
+            })
+            .collect();
+        crate::checkpoint::encode(&crate::checkpoint::CheckpointRef {
+            created_at_ms: chrono::Utc::now().timestamp_millis(),
+            window_spec: *self.engine.spec(),
+            counters: &self.engine.counters,
+            models,
+            offsets,
+            alerts,
+            outputs,
+        })
+    }
+
+    /// Puts back the state of a checkpoint's models. Models no longer
+    /// configured are dropped; with changed `windows` settings the
+    /// checkpointed windows and joins cannot be used and are dropped too
+    /// (logged). Returns the number of models restored.
+    pub fn restore(
+        &mut self,
+        models: Vec<crate::checkpoint::ModelCheckpoint>,
+        spec: crate::window::WindowSpec,
+        counters: crate::engine::EngineCounters,
+    ) -> usize {
+        self.engine.counters = counters.clone();
+        self.reported = counters;
+        if spec != *self.engine.spec() {
+            tracing::warn!(
+                checkpoint = ?spec,
+                config = ?self.engine.spec(),
+                "the windows settings changed since the checkpoint: its open windows and pending joins are dropped"
+            );
+            return 0;
+        }
+        let mut restored = 0;
+        for model in models {
+            let Some(id) = self.registry.id(&model.name) else {
+                tracing::warn!(model = %model.name, "the checkpoint has a model that is no longer configured; dropped");
+                continue;
+            };
+            self.registry.get_mut(id).restore_dictionaries(
+                model.series_keys,
+                model.series,
+                model.classes,
+                model.features,
+            );
+            self.engine.restore_model(id as usize, model.windows, model.join);
+            restored += 1;
+        }
+        self.reported_join = self.engine.join_counters();
+        restored
+    }
+
     pub fn decode_prediction(&mut self, bytes: &[u8], location: &dyn std::fmt::Display) -> Result<(), Invalid> {
         self.decoder.push_prediction(&mut self.registry, bytes).inspect_err(|invalid| {
             self.telemetry.invalid_event(&self.predictions_topic, &location.to_string(), invalid)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, StringArray};
 
 /// Frequency table of one categorical column.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CategoricalSummary {
     pub missing: u64,
     /// Observations with a value (including those folded into `other`).

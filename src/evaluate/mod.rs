@@ -31,7 +31,7 @@ use crate::output::WindowMetricRow;
 use reference::FeatureReference;
 
 /// The summary of one feature in one window.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum FeatureSummary {
     Numeric(Box<NumericSummary>),
     Categorical(CategoricalSummary),
@@ -48,7 +48,7 @@ impl FeatureSummary {
 
 /// Per-feature summary plus its type-error count and, when the feature has
 /// a baseline, the window's counts in the baseline's bins.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct FeatureState {
     pub summary: FeatureSummary,
     /// Values whose JSON type did not match the feature (also counted missing).
@@ -60,7 +60,7 @@ pub struct FeatureState {
 }
 
 /// The distribution of predictions in a window.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum PredictionSummary {
     /// Count per class id.
     Classes(Vec<u64>),
@@ -78,7 +78,7 @@ pub struct GroupColumns<'a> {
 }
 
 /// Everything kept for one (model, series, window).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct WindowState {
     pub events: u64,
     pub features: Vec<Option<FeatureState>>,

@@ -286,3 +286,150 @@ mod tests {
         assert_eq!((empty.count(), empty.missing, empty.mean()), (0, 2, None));
     }
 }
+
+/// What a [`NumericSummary`] is made of, for checkpoints: the accumulators'
+/// states (count, mean, M2, min, max), the exact values or the sketch.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NumericSummaryState {
+    missing: u64,
+    count: u64,
+    mean: f64,
+    m2: f64,
+    min: Option<f64>,
+    max: Option<f64>,
+    exact: Option<Vec<f64>>,
+    sketch: QuantileSketch,
+}
+
+impl serde::Serialize for NumericSummary {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        NumericSummaryState {
+            missing: self.missing,
+            count: self.moments.get_count(),
+            mean: self.moments.get_mean(),
+            m2: self.moments.get_m2(),
+            min: self.min.clone().evaluate().ok().and_then(scalar_f64),
+            max: self.max.clone().evaluate().ok().and_then(scalar_f64),
+            exact: self.exact.clone(),
+            sketch: self.sketch.clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Candidates within a few ulps of `x`: x, x+1ulp, x−1ulp, x+2ulp, ...
+fn near(x: f64) -> impl Iterator<Item = f64> {
+    (0..33i64).map(move |step| {
+        let ulps = (step + 1) / 2 * if step % 2 == 1 { 1 } else { -1 };
+        f64::from_bits((x.to_bits() as i64 + ulps) as u64)
+    })
+}
+
+/// The states to merge into an empty `VarianceAccumulator` so that it ends
+/// with exactly (`count`, `mean`, `m2`), bit for bit: DataFusion's merge
+/// computes the mean as `c · n / n`, which does not always round back to
+/// `c`. Tries one state (n, c, m2), then pairs (k, c, 0) and (n − k, c, m2)
+/// for k a power of two (merged alone, k·c/k is exact; equal means keep M2
+/// exact), for `c` within a few ulps of `mean`. Falls back to (n, mean,
+/// m2): a mean off by an ulp.
+fn moments_states(count: u64, mean: f64, m2: f64) -> Vec<(u64, f64, f64)> {
+    let n = count as f64;
+    if let Some(c) = near(mean).find(|c| c * n / n == mean) {
+        return vec![(count, c, m2)];
+    }
+    let mut k = 1u64;
+    while k < count {
+        let (first, rest) = (k as f64, (count - k) as f64);
+        if let Some(c) = near(mean).find(|c| c * first / n + c * rest / n == mean) {
+            return vec![(k, c, 0.0), (count - k, c, m2)];
+        }
+        k *= 2;
+    }
+    vec![(count, mean, m2)]
+}
+
+impl<'de> serde::Deserialize<'de> for NumericSummary {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<NumericSummary, D::Error> {
+        use datafusion::arrow::array::UInt64Array;
+        let state = NumericSummaryState::deserialize(deserializer)?;
+        let mut summary = NumericSummary::new();
+        summary.missing = state.missing;
+        if state.count > 0 {
+            for (count, mean, m2) in moments_states(state.count, state.mean, state.m2) {
+                let moments: Vec<ArrayRef> = vec![
+                    Arc::new(UInt64Array::from(vec![count])),
+                    Arc::new(Float64Array::from(vec![mean])),
+                    Arc::new(Float64Array::from(vec![m2])),
+                ];
+                summary.moments.merge_batch(&moments).map_err(serde::de::Error::custom)?;
+            }
+        }
+        for (accumulator, value) in [
+            (&mut summary.min as &mut dyn Accumulator, state.min),
+            (&mut summary.max as &mut dyn Accumulator, state.max),
+        ] {
+            if let Some(value) = value {
+                let array: ArrayRef = Arc::new(Float64Array::from(vec![value]));
+                accumulator.merge_batch(&[array]).map_err(serde::de::Error::custom)?;
+            }
+        }
+        summary.exact = state.exact;
+        summary.sketch = state.sketch;
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_summary_continues_bit_for_bit() {
+        let first = Float64Array::from(vec![0.1, 2.7, -3.3, 1e-3, 42.0, f64::NAN.min(1.0)]);
+        let second = Float64Array::from((0..3000).map(|i| (i as f64 * 0.37).sin() * 10.0).collect::<Vec<_>>());
+        let mut original = NumericSummary::new();
+        original.update(&first);
+        original.add_missing(3);
+        let bytes = rmp_serde::to_vec_named(&original).unwrap();
+        let mut restored: NumericSummary = rmp_serde::from_slice(&bytes).unwrap();
+        original.update(&second);
+        restored.update(&second);
+        assert_eq!(original.count(), restored.count());
+        assert_eq!(original.missing, restored.missing);
+        assert_eq!(original.mean().unwrap().to_bits(), restored.mean().unwrap().to_bits());
+        assert_eq!(original.m2().to_bits(), restored.m2().to_bits());
+        assert_eq!(original.min(), restored.min());
+        assert_eq!(original.max(), restored.max());
+        assert_eq!(original.quantile(0.95), restored.quantile(0.95));
+        assert_eq!(original.to_sketch(), restored.to_sketch());
+    }
+
+    #[test]
+    fn restored_moments_are_bit_exact() {
+        let mut inexact = 0;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..20_000u64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mean = (state >> 11) as f64 / (1u64 << 53) as f64 * 200.0 - 100.0;
+            let count = 1 + (state % 5000) + if i % 3 == 0 { 1_000_000 } else { 0 };
+            let m2 = (state >> 20) as f64 * 1e-3;
+            let mut moments = VarianceAccumulator::try_new(StatsType::Sample).unwrap();
+            for (n, c, m) in moments_states(count, mean, m2) {
+                let arrays: Vec<ArrayRef> = vec![
+                    Arc::new(datafusion::arrow::array::UInt64Array::from(vec![n])),
+                    Arc::new(Float64Array::from(vec![c])),
+                    Arc::new(Float64Array::from(vec![m])),
+                ];
+                moments.merge_batch(&arrays).unwrap();
+            }
+            assert_eq!(moments.get_count(), count);
+            assert_eq!(moments.get_m2().to_bits(), m2.to_bits());
+            if moments.get_mean().to_bits() != mean.to_bits() {
+                inexact += 1;
+            }
+        }
+        assert_eq!(inexact, 0, "means not restored exactly out of 20,000");
+    }
+}

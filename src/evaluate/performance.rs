@@ -29,7 +29,7 @@ pub const EXACT_SCORES: usize = 4096;
 pub const SCORE_BINS: usize = 1000;
 
 /// Probability-quality sums of the pairs whose actual class is one class.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScoreSums {
     pub count: u64,
     /// Σ ln(clip(s)) and Σ ln(clip(1 − s)), clipped like sklearn's log loss.
@@ -41,7 +41,7 @@ pub struct ScoreSums {
 }
 
 /// Scores by actual class: exact pairs while few, then histograms.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScoreState {
     pub sums: BTreeMap<ClassId, ScoreSums>,
     pub exact: Option<Vec<(f64, ClassId)>>,
@@ -160,7 +160,7 @@ impl ScoreState {
 }
 
 /// Performance accumulators of one window.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PerformanceState {
     pub labeled: u64,
     /// (predicted, actual) → count.

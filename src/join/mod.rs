@@ -48,14 +48,14 @@ impl Hasher for KeyHasher {
 type KeyMap<V> = HashMap<JoinKey, V, BuildHasherDefault<KeyHasher>>;
 
 /// A predicted or actual value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     Class(ClassId),
     Value(f64),
 }
 
 /// A prediction waiting for its label.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PendingPrediction {
     pub series: SeriesId,
     pub event_time_ms: i64,
@@ -65,20 +65,20 @@ pub struct PendingPrediction {
 }
 
 /// A label waiting for its prediction.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PendingLabel {
     pub label_time_ms: i64,
     pub actual: Target,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 enum Side {
     Prediction,
     Label,
 }
 
 /// What happened to entries that left the join without a partner.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JoinCounters {
     /// Predictions whose horizon passed without a label.
     pub predictions_expired: u64,
@@ -92,7 +92,7 @@ pub struct JoinCounters {
 }
 
 /// The pending predictions and labels of one model.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelJoin {
     predictions: KeyMap<PendingPrediction>,
     labels: KeyMap<PendingLabel>,
@@ -113,6 +113,15 @@ impl ModelJoin {
             max_pending: max_pending.max(1),
             counters: JoinCounters::default(),
         }
+    }
+
+    /// Takes over another join's pending entries and counters (from a
+    /// checkpoint), keeping this one's horizon and cap.
+    pub fn restore(&mut self, other: ModelJoin) {
+        self.predictions = other.predictions;
+        self.labels = other.labels;
+        self.queue = other.queue;
+        self.counters = other.counters;
     }
 
     pub fn pending(&self) -> usize {

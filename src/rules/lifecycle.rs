@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::file::Span;
@@ -94,14 +94,14 @@ impl RuleReference {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
     Pending,
     Firing,
 }
 
 /// The identity columns of an instance.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 struct Series {
     model: String,
     model_version: String,
@@ -109,7 +109,7 @@ struct Series {
     feature: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Instance {
     series: Series,
     state: State,
@@ -256,7 +256,78 @@ fn parse_time(row: &Value, key: &str) -> Option<i64> {
     row.get(key).and_then(Value::as_str).and_then(crate::decode::timestamp::parse_rfc3339_ms)
 }
 
+/// The alert engine's state in a checkpoint: instances (with the sha256 of
+/// the rule that made them, so a rule edited meanwhile starts over),
+/// cooldowns, the evaluation clock and the query rules' history (as Arrow
+/// IPC streams).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlertSnapshot {
+    instances: Vec<(String, String, u128, Instance)>,
+    cooldowns: Vec<((String, String, String), i64)>,
+    history: Vec<(i64, serde_bytes::ByteBuf)>,
+    clock_ms: i64,
+}
+
+fn batch_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())
+        .map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    drop(writer);
+    Ok(bytes)
+}
+
+fn ipc_to_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| e.to_string())?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
 impl AlertEngine {
+    /// The state to checkpoint.
+    pub fn snapshot(&self) -> Result<AlertSnapshot, String> {
+        let hashes = self.rules.hashes();
+        let mut history = Vec::with_capacity(self.history.len());
+        for (arrived, batch) in &self.history {
+            history.push((*arrived, serde_bytes::ByteBuf::from(batch_to_ipc(batch)?)));
+        }
+        Ok(AlertSnapshot {
+            instances: self
+                .instances
+                .iter()
+                .map(|((rule, fp), instance)| {
+                    (rule.clone(), hashes.get(rule).cloned().unwrap_or_default(), *fp, instance.clone())
+                })
+                .collect(),
+            cooldowns: self.cooldowns.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            history,
+            clock_ms: self.clock_ms,
+        })
+    }
+
+    /// Restores a checkpointed state: instances of rules that are loaded
+    /// with the same text, cooldowns of loaded rules, the history and the
+    /// clock. Returns how many instances were restored.
+    pub fn restore(&mut self, snapshot: AlertSnapshot) -> Result<usize, String> {
+        let hashes = self.rules.hashes();
+        self.instances = snapshot
+            .instances
+            .into_iter()
+            .filter(|(rule, hash, _, _)| hashes.get(rule) == Some(hash))
+            .map(|(rule, _, fp, instance)| ((rule, fp), instance))
+            .collect();
+        self.cooldowns = snapshot.cooldowns.into_iter().filter(|((rule, _, _), _)| hashes.contains_key(rule)).collect();
+        self.history.clear();
+        for (arrived, bytes) in snapshot.history {
+            for batch in ipc_to_batches(&bytes)? {
+                self.history.push_back((arrived, batch));
+            }
+        }
+        self.clock_ms = snapshot.clock_ms;
+        Ok(self.instances.len())
+    }
+
     /// An engine over `rules`, keeping `history` of rows for query rules.
     pub fn new(rules: Arc<RuleSet>, history: std::time::Duration) -> AlertEngine {
         AlertEngine {

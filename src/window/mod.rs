@@ -18,7 +18,7 @@ use crate::evaluate::{PerformanceState, WindowState};
 use crate::model::SeriesId;
 
 /// Window geometry and time limits in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowSpec {
     pub size_ms: i64,
     pub slide_ms: i64,
@@ -63,14 +63,14 @@ impl WindowSpec {
 
 /// A window whose data rows are out and which waits for labels until its
 /// end plus `label_horizon` has passed the watermark.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AwaitingLabels {
     pub events: u64,
     pub performance: PerformanceState,
 }
 
 /// The windows of one model.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModelWindows {
     /// Largest event time seen so far.
     pub max_event_time_ms: Option<i64>,
