@@ -276,6 +276,23 @@ fn span_export(command: &Command) -> Option<crate::otlp::Tracing> {
     }
 }
 
+/// Once shutdown is asked for, gives the daemon `timeout` to drain,
+/// checkpoint and commit, then exits the process (code 1) regardless.
+fn spawn_shutdown_watchdog(shutdown: &Shutdown, timeout: Duration) {
+    let shutdown = shutdown.clone();
+    let spawned = std::thread::Builder::new().name("shutdown-watchdog".to_string()).spawn(move || {
+        while !shutdown.is_triggered() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(timeout);
+        tracing::error!(?timeout, "shutdown took longer than pipeline.shutdown_timeout; exiting now");
+        std::process::exit(1);
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "shutdown watchdog not started");
+    }
+}
+
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|error| {
         eprintln!("{error}");
@@ -322,6 +339,7 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                 eprintln!("installing signal handlers: {e}");
                 ExitCode::from(1)
             })?;
+            spawn_shutdown_watchdog(&shutdown, config.pipeline.shutdown_timeout);
             let telemetry = Arc::new(Telemetry::default());
             let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
             if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {

@@ -71,7 +71,7 @@ impl Pipeline {
         &self,
         offsets: &crate::checkpoint::Offsets,
         alerts: Option<&crate::rules::lifecycle::AlertSnapshot>,
-        outputs: &std::collections::BTreeMap<String, u64>,
+        outputs: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>,
     ) -> Result<Vec<u8>, crate::checkpoint::CheckpointError> {
         let models = self
             .registry

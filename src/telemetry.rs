@@ -51,43 +51,80 @@ pub struct Telemetry {
     invalid_log: Mutex<BTreeMap<InvalidReason, (Instant, u64)>>,
     /// What `/readyz` and `driftwatch_ready` report.
     pub readiness: Readiness,
+    /// Checkpoints written, and attempts that failed.
+    pub checkpoints_written: AtomicU64,
+    pub checkpoints_failed: AtomicU64,
+    /// Size of the last checkpoint written.
+    pub checkpoint_bytes: AtomicU64,
+}
+
+/// Parts of the daemon that write to disk; a failing one makes the daemon
+/// not ready (`state_writable`) until its next write succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    Checkpoints = 1,
+    Outbox = 2,
+    AuditLog = 4,
+    WindowMetricsOutput = 8,
+}
+
+/// Which [`Storage`] parts are failing (a bit each). Process-wide: the
+/// disk is.
+static STORAGE_FAILING: AtomicU64 = AtomicU64::new(0);
+
+/// Records whether `part` just failed or succeeded to write; logs the
+/// change (a failure as an error, the recovery as info).
+pub fn storage_status(part: Storage, failing: bool, detail: &dyn std::fmt::Display) {
+    let bit = part as u64;
+    let before = if failing {
+        STORAGE_FAILING.fetch_or(bit, Ordering::SeqCst)
+    } else {
+        STORAGE_FAILING.fetch_and(!bit, Ordering::SeqCst)
+    };
+    let was_failing = before & bit != 0;
+    if failing && !was_failing {
+        tracing::error!(part = ?part, error = %detail, "writing to disk failed; running from memory and retrying");
+    } else if !failing && was_failing {
+        tracing::info!(part = ?part, "writing to disk works again");
+    }
+}
+
+/// The storage parts failing now.
+pub fn storage_failing() -> Vec<Storage> {
+    let bits = STORAGE_FAILING.load(Ordering::SeqCst);
+    [Storage::Checkpoints, Storage::Outbox, Storage::AuditLog, Storage::WindowMetricsOutput]
+        .into_iter()
+        .filter(|part| bits & *part as u64 != 0)
+        .collect()
 }
 
 /// The conditions of readiness, each set by the part of the daemon that
 /// knows it. Ready means all of them hold.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Readiness {
     /// Baselines and rules are loaded and the pipeline runs.
     pub pipeline_running: AtomicBool,
-    /// A Kafka broker is reachable (librdkafka reports a broker up and no
-    /// "all brokers down" since).
+    /// A Kafka broker is reachable (librdkafka holds a connection that
+    /// answered recently, or a message just arrived).
     pub kafka_reachable: AtomicBool,
-    /// The state directory takes writes (checkpoints, outbox).
-    pub state_writable: AtomicBool,
-}
-
-impl Default for Readiness {
-    fn default() -> Readiness {
-        Readiness {
-            pipeline_running: AtomicBool::new(false),
-            kafka_reachable: AtomicBool::new(false),
-            state_writable: AtomicBool::new(true),
-        }
-    }
 }
 
 impl Readiness {
-    /// The names of the conditions that do not hold (empty when ready).
+    /// The names of the conditions that do not hold (empty when ready):
+    /// `pipeline_running`, `kafka_reachable`, `state_writable` (every
+    /// write to disk — checkpoints, outbox, audit log, output — works).
     pub fn unmet(&self) -> Vec<&'static str> {
-        [
-            (&self.pipeline_running, "pipeline_running"),
-            (&self.kafka_reachable, "kafka_reachable"),
-            (&self.state_writable, "state_writable"),
-        ]
-        .into_iter()
-        .filter(|(flag, _)| !flag.load(Ordering::Relaxed))
-        .map(|(_, name)| name)
-        .collect()
+        let mut unmet = Vec::new();
+        if !self.pipeline_running.load(Ordering::Relaxed) {
+            unmet.push("pipeline_running");
+        }
+        if !self.kafka_reachable.load(Ordering::Relaxed) {
+            unmet.push("kafka_reachable");
+        }
+        if !storage_failing().is_empty() {
+            unmet.push("state_writable");
+        }
+        unmet
     }
 
     pub fn is_ready(&self) -> bool {

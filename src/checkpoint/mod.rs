@@ -87,7 +87,7 @@ pub struct CheckpointRef<'a> {
     pub offsets: &'a Offsets,
     pub alerts: Option<&'a AlertSnapshot>,
     /// Output files and their length when the checkpoint was taken.
-    pub outputs: &'a BTreeMap<String, u64>,
+    pub outputs: &'a BTreeMap<String, crate::output::recovery::OutputPosition>,
 }
 
 /// A checkpoint, read back.
@@ -99,7 +99,7 @@ pub struct Checkpoint {
     pub models: Vec<ModelCheckpoint>,
     pub offsets: Offsets,
     pub alerts: Option<AlertSnapshot>,
-    pub outputs: BTreeMap<String, u64>,
+    pub outputs: BTreeMap<String, crate::output::recovery::OutputPosition>,
 }
 
 /// The bytes of a checkpoint file: header and body.

@@ -465,7 +465,15 @@ pub struct PipelineConfig {
     /// (`reason="too_large"`). Default [`DEFAULT_MAX_MESSAGE_BYTES`] (1 MiB).
     /// At least 1.
     pub max_message_bytes: usize,
+    /// After SIGTERM/SIGINT, the longest the daemon takes to drain its
+    /// batch, checkpoint and commit before it exits anyway (code 1).
+    /// Default [`DEFAULT_SHUTDOWN_TIMEOUT`] (30s).
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
 }
+
+/// Default `pipeline.shutdown_timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -477,6 +485,7 @@ impl Default for PipelineConfig {
             max_segments_per_model: DEFAULT_MAX_SEGMENTS_PER_MODEL,
             max_categories_per_feature: DEFAULT_MAX_CATEGORIES_PER_FEATURE,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -652,15 +661,40 @@ impl Default for HttpConfig {
     }
 }
 
-/// `state:` — where the daemon keeps history, the audit log and its
-/// checkpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `state:` — where the daemon keeps its checkpoints, the notification
+/// outbox and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// State directory; relative paths are resolved against the config
-    /// file's directory. Default: none (nothing is persisted).
+    /// file's directory. Default: none (nothing is persisted: a restart
+    /// starts with empty windows, and shutdown closes every open window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// How often the daemon checkpoints its state (and then commits its
+    /// Kafka offsets). Default [`DEFAULT_CHECKPOINT_INTERVAL`] (10s).
+    #[serde(default = "default_checkpoint_interval", with = "duration")]
+    pub checkpoint_interval: Duration,
+}
+
+/// Default `state.checkpoint_interval`.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
+fn default_checkpoint_interval() -> Duration {
+    DEFAULT_CHECKPOINT_INTERVAL
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: None, checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL }
+    }
+}
+
+impl StateConfig {
+    /// `<dir>/checkpoints`, when there is a state dir.
+    pub fn checkpoint_dir(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("checkpoints"))
+    }
 }
 
 /// `output:` — extra outputs (driftwatch extension).

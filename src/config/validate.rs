@@ -44,6 +44,12 @@ impl Config {
         }
         self.check_notifiers(&mut errors);
         self.check_http(&mut errors);
+        if self.state.checkpoint_interval.is_zero() {
+            errors.push("state.checkpoint_interval: must be positive".to_string());
+        }
+        if self.pipeline.shutdown_timeout.is_zero() {
+            errors.push("pipeline.shutdown_timeout: must be positive".to_string());
+        }
         if let Some(otlp) = &self.otlp {
             if !(otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://")) {
                 errors.push(format!("otlp.endpoint: expected an http:// or https:// URL, got {:?}", otlp.endpoint));

@@ -174,7 +174,10 @@ impl<'a> AlertingSink<'a> {
         if let Some(on_events) = &mut self.on_events {
             on_events(&events);
         }
-        self.events.extend(events);
+        // Kept for replay's summary; the daemon runs for months.
+        if self.live.is_none() {
+            self.events.extend(events);
+        }
         self.publish();
         Ok(())
     }
@@ -263,5 +266,33 @@ impl WindowSink for AlertingSink<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+
+    fn output_positions(&mut self, positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        self.inner.output_positions(positions)?;
+        if let Some(audit) = &self.audit {
+            let (path, length) = audit.lock().expect("audit lock").position()?;
+            positions.insert(path, length);
+        }
+        Ok(())
+    }
+
+    fn recover_outputs(&mut self, positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        self.inner.recover_outputs(positions)?;
+        if let Some(audit) = &self.audit {
+            audit.lock().expect("audit lock").recover(positions)?;
+        }
+        Ok(())
+    }
+
+    fn alert_snapshot(&self) -> Option<Result<crate::rules::lifecycle::AlertSnapshot, String>> {
+        Some(self.engine.snapshot())
+    }
+
+    fn restore_alerts(&mut self, snapshot: crate::rules::lifecycle::AlertSnapshot) -> Result<(), String> {
+        let restored = self.engine.restore(snapshot)?;
+        tracing::info!(instances = restored, "alert states restored");
+        self.publish();
+        Ok(())
     }
 }

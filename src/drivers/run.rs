@@ -2,18 +2,18 @@
 //! consumes Kafka until SIGINT/SIGTERM, and appends closed windows to the
 //! configured output file (and logs each batch of closed windows).
 
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter};
+use std::io;
 use std::sync::Arc;
 
 use std::sync::atomic::AtomicBool;
 
 use crate::config::Config;
 use crate::drivers::alerting::{AlertingSink, Live};
-use crate::output::{NdjsonSink, WindowMetricRow, WindowSink};
+use crate::output::{AppendFileSink, WindowMetricRow, WindowSink};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::sources::kafka::{KafkaSourceError, KafkaSummary, run_kafka};
+use crate::checkpoint::CheckpointStore;
+use crate::sources::kafka::{Durability, KafkaSourceError, KafkaSummary, run_kafka};
 use crate::telemetry::Telemetry;
 
 /// Errors that stop the daemon.
@@ -62,6 +62,18 @@ impl WindowSink for LoggingSink {
             sink.tick();
         }
     }
+    fn output_positions(&mut self, positions: &mut std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        match &mut self.inner {
+            Some(sink) => sink.output_positions(positions),
+            None => Ok(()),
+        }
+    }
+    fn recover_outputs(&mut self, positions: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        match &mut self.inner {
+            Some(sink) => sink.recover_outputs(positions),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs the daemon until `shutdown` is triggered. Extra rows go to `sink`
@@ -76,14 +88,9 @@ pub fn run_daemon(
 ) -> Result<KafkaSummary, RunError> {
     let mut pipeline = Pipeline::new(config, telemetry).map_err(RunError::Setup)?;
     let file_sink: Option<Box<dyn WindowSink>> = match &config.output.window_metrics {
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| RunError::Output { path: path.display().to_string(), source })?;
-            Some(Box::new(NdjsonSink::new(BufWriter::new(file))))
-        }
+        Some(path) => Some(Box::new(
+            AppendFileSink::open(path).map_err(|source| RunError::Output { path: path.display().to_string(), source })?,
+        )),
         None => None,
     };
     let inner: Option<Box<dyn WindowSink>> = match (file_sink, extra_sink) {
@@ -130,11 +137,12 @@ pub fn run_daemon(
             })
         })
         .collect();
+    let mut durability = restore_checkpoint(config, &mut pipeline, &mut sink)?;
     sink.publish();
     let readiness = &pipeline.telemetry.readiness;
     readiness.pipeline_running.store(true, std::sync::atomic::Ordering::Relaxed);
     let telemetry = pipeline.telemetry.clone();
-    let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown);
+    let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown, durability.as_mut());
     telemetry.readiness.pipeline_running.store(false, std::sync::atomic::Ordering::Relaxed);
     drop(sink);
     if let Some(dispatcher) = &dispatcher
@@ -143,6 +151,41 @@ pub fn run_daemon(
         tracing::warn!(pending = dispatcher.pending(), "notifications still pending at shutdown; kept in the outbox");
     }
     Ok(summary?)
+}
+
+/// Durable mode (a state dir): restores the newest usable checkpoint into
+/// the pipeline and the alerting sink, prepares the output files, and
+/// returns what `run_kafka` needs to checkpoint on.
+fn restore_checkpoint(
+    config: &Config,
+    pipeline: &mut Pipeline,
+    sink: &mut dyn WindowSink,
+) -> Result<Option<Durability>, RunError> {
+    let Some(dir) = config.state.checkpoint_dir() else { return Ok(None) };
+    let setup = |e: crate::checkpoint::CheckpointError| RunError::Setup(format!("checkpoints: {e}"));
+    let mut store = CheckpointStore::open(&dir).map_err(setup)?;
+    let Some(loaded) = store.load_latest().map_err(setup)? else {
+        tracing::info!(dir = %dir.display(), "no checkpoint yet: starting empty");
+        return Ok(Some(Durability::new(store, config.state.checkpoint_interval, Default::default())));
+    };
+    let checkpoint = loaded.checkpoint;
+    let models = pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters);
+    if let Some(alerts) = checkpoint.alerts
+        && let Err(error) = sink.restore_alerts(alerts)
+    {
+        tracing::error!(%error, "the checkpoint's alert states could not be restored; alerts start over");
+    }
+    sink.recover_outputs(&checkpoint.outputs)
+        .map_err(|source| RunError::Output { path: "an output file".to_string(), source })?;
+    tracing::info!(
+        path = %loaded.path.display(),
+        created_at = %crate::decode::timestamp::format_rfc3339_ms(checkpoint.created_at_ms),
+        models,
+        offsets = ?checkpoint.offsets,
+        unusable_newer = loaded.skipped.len(),
+        "restored from checkpoint"
+    );
+    Ok(Some(Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets)))
 }
 
 struct Tee(Box<dyn WindowSink>, Box<dyn WindowSink>);
@@ -159,5 +202,13 @@ impl WindowSink for Tee {
     fn tick(&mut self) {
         self.0.tick();
         self.1.tick();
+    }
+    fn output_positions(&mut self, positions: &mut std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        self.0.output_positions(positions)?;
+        self.1.output_positions(positions)
+    }
+    fn recover_outputs(&mut self, positions: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        self.0.recover_outputs(positions)?;
+        self.1.recover_outputs(positions)
     }
 }

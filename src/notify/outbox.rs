@@ -20,7 +20,16 @@ pub struct Outbox {
     dir: Option<PathBuf>,
     pending: BTreeMap<String, Notification>,
     max_pending: usize,
+    /// Ids of notifications delivered or given up lately (newest last), so
+    /// that a transition made again after a restart from a checkpoint is not
+    /// sent again. Persisted in `done.log`; at most [`DONE_KEPT`].
+    done: std::collections::VecDeque<String>,
+    done_set: std::collections::HashSet<String>,
+    done_log_lines: usize,
 }
+
+/// Finished notification ids remembered (and kept in `done.log`).
+pub const DONE_KEPT: usize = 10_000;
 
 /// What [`Outbox::add`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +57,22 @@ impl Outbox {
     /// previous run left. Unreadable entries are moved aside
     /// (`*.corrupt`) with a warning, never deleted.
     pub fn open(dir: Option<&Path>, max_pending: usize) -> io::Result<Outbox> {
-        let mut outbox = Outbox { dir: dir.map(Path::to_path_buf), pending: BTreeMap::new(), max_pending };
+        let mut outbox = Outbox {
+            dir: dir.map(Path::to_path_buf),
+            pending: BTreeMap::new(),
+            max_pending,
+            done: Default::default(),
+            done_set: Default::default(),
+            done_log_lines: 0,
+        };
         let Some(dir) = dir else { return Ok(outbox) };
         fs::create_dir_all(dir)?;
+        if let Ok(text) = fs::read_to_string(dir.join("done.log")) {
+            for id in text.lines().filter(|l| !l.is_empty()) {
+                outbox.remember_done(id);
+                outbox.done_log_lines += 1;
+            }
+        }
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -86,7 +108,7 @@ impl Outbox {
 
     /// Queues a notification durably.
     pub fn add(&mut self, notification: &Notification) -> io::Result<Added> {
-        if self.pending.contains_key(&notification.id) {
+        if self.pending.contains_key(&notification.id) || self.done_set.contains(&notification.id) {
             return Ok(Added::Duplicate);
         }
         if self.pending.len() >= self.max_pending {
@@ -106,10 +128,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// Removes a delivered (or abandoned) notification.
+    /// Removes a delivered (or abandoned) notification, remembering its id.
     pub fn remove(&mut self, id: &str) -> io::Result<()> {
         self.pending.remove(id);
-        if let Some(dir) = &self.dir {
+        self.remember_done(id);
+        if let Some(dir) = self.dir.clone() {
+            self.log_done(&dir, id);
             match fs::remove_file(dir.join(format!("{id}.json"))) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -118,10 +142,46 @@ impl Outbox {
         Ok(())
     }
 
+    fn remember_done(&mut self, id: &str) {
+        if self.done_set.insert(id.to_string()) {
+            self.done.push_back(id.to_string());
+        }
+        while self.done.len() > DONE_KEPT {
+            if let Some(old) = self.done.pop_front() {
+                self.done_set.remove(&old);
+            }
+        }
+    }
+
+    /// Appends `id` to `done.log`, rewriting it with the ids remembered
+    /// when it has grown to twice that. Best effort: losing it only means a
+    /// receiver may see an idempotency key again.
+    fn log_done(&mut self, dir: &Path, id: &str) {
+        let path = dir.join("done.log");
+        let outcome = if self.done_log_lines >= 2 * DONE_KEPT {
+            let mut text = String::new();
+            for id in &self.done {
+                text.push_str(id);
+                text.push('\n');
+            }
+            self.done_log_lines = self.done.len();
+            write_atomically(dir, "done.log", text.as_bytes())
+        } else {
+            self.done_log_lines += 1;
+            fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{id}"))
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, path = %path.display(), "recording a finished notification failed");
+        }
+    }
+
     fn persist(&self, notification: &Notification) -> io::Result<()> {
         if let Some(dir) = &self.dir {
             let bytes = serde_json::to_vec(notification).expect("a notification serialises");
-            write_atomically(dir, &format!("{}.json", notification.id), &bytes)?;
+            let written = write_atomically(dir, &format!("{}.json", notification.id), &bytes);
+            let detail = written.as_ref().err().map(|e| format!("{}: {e}", dir.display())).unwrap_or_default();
+            crate::telemetry::storage_status(crate::telemetry::Storage::Outbox, written.is_err(), &detail);
+            written?;
         }
         Ok(())
     }

@@ -5,8 +5,7 @@
 //! Tuesday?" months later.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use serde::Serialize;
@@ -52,9 +51,26 @@ struct AuditRecord<'a> {
 
 /// The append-only audit log (NDJSON), flushed after every batch.
 pub struct AuditLog {
-    writer: BufWriter<File>,
+    file: super::appender::Appender,
+    line: Vec<u8>,
     /// Model name → baseline identity.
     baselines: BTreeMap<String, Value>,
+    /// Transitions logged after the checkpoint the daemon restarted from:
+    /// the replayed events make them again; they are not logged twice.
+    already_logged: std::collections::HashSet<String>,
+}
+
+/// The identity of a transition: its instance, state, window and start.
+fn transition_key(fingerprint: &str, state: &str, window_end: &str, active_since: &str) -> String {
+    format!("{fingerprint}|{state}|{window_end}|{active_since}")
+}
+
+fn transition_key_of_json(record: &Value) -> Option<String> {
+    if record.get("kind")?.as_str()? != "transition" {
+        return None;
+    }
+    let text = |key: &str| record.get(key).and_then(Value::as_str);
+    Some(transition_key(text("fingerprint")?, text("state")?, text("window_end")?, text("active_since")?))
 }
 
 impl AuditLog {
@@ -63,24 +79,59 @@ impl AuditLog {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(AuditLog { writer: BufWriter::new(file), baselines })
+        Ok(AuditLog {
+            file: super::appender::Appender::open(path, true, crate::telemetry::Storage::AuditLog)?,
+            line: Vec::new(),
+            baselines,
+            already_logged: Default::default(),
+        })
     }
 
-    /// Appends one free-form record (notification attempts).
+    /// The log's path and length now (for a checkpoint); an error while
+    /// writes are failing.
+    pub fn position(&mut self) -> io::Result<(String, super::recovery::OutputPosition)> {
+        if !self.file.flush() {
+            return Err(io::Error::other(format!("{}: writes are failing", self.file.path().display())));
+        }
+        let position = super::recovery::OutputPosition {
+            length: self.file.written_length()?,
+            written_ahead: self.already_logged.iter().cloned().collect(),
+        };
+        Ok((self.file.path().display().to_string(), position))
+    }
+
+    /// After a restart: transitions logged past the checkpoint's length are
+    /// recognised when they recur and not logged again.
+    pub fn recover(&mut self, positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        let path = self.file.path().to_path_buf();
+        let Some(position) = positions.get(&path.display().to_string()) else { return Ok(()) };
+        self.already_logged = super::recovery::records_to_skip(&path, position, transition_key_of_json)?;
+        Ok(())
+    }
+
+    /// Appends one free-form record (notification attempts). A failing disk
+    /// never fails the caller: the record waits and is retried.
     pub fn write_record(&mut self, record: &Value) -> io::Result<()> {
-        serde_json::to_writer(&mut self.writer, record)?;
-        self.writer.write_all(b"\n")?;
-        self.writer.flush()?;
-        self.writer.get_ref().sync_data()
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        self.file.append(&self.line);
+        Ok(())
     }
 
     pub fn write(&mut self, events: &[AlertEvent]) -> io::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
+        self.line.clear();
         let logged_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for event in events {
+            let t = &event.transition;
+            if !self.already_logged.is_empty()
+                && self.already_logged.remove(&transition_key(&t.fingerprint, &t.state, &t.window_end, &t.active_since))
+            {
+                continue;
+            }
             let record = AuditRecord {
                 kind: "transition",
                 logged_at: logged_at.clone(),
@@ -90,10 +141,11 @@ impl AuditLog {
                 baseline: self.baselines.get(&event.transition.model),
                 notifications: &event.transition.notify,
             };
-            serde_json::to_writer(&mut self.writer, &record)?;
-            self.writer.write_all(b"\n")?;
+            serde_json::to_writer(&mut self.line, &record)?;
+            self.line.push(b'\n');
         }
-        self.writer.flush()?;
-        self.writer.get_ref().sync_data()
+        self.file.append(&self.line);
+        self.line.clear();
+        Ok(())
     }
 }

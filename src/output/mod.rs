@@ -3,8 +3,12 @@
 //! and the daemon's output file.
 
 pub mod alerts;
+pub mod appender;
+pub mod recovery;
 
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -205,6 +209,120 @@ pub trait WindowSink {
     /// Called on every turn of the daemon's loop (at least every 100 ms),
     /// for work driven by the wall clock. Must be cheap when idle.
     fn tick(&mut self) {}
+    /// For a checkpoint: flushes, then adds each file this sink appends to
+    /// with its length now.
+    fn output_positions(&mut self, _positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        Ok(())
+    }
+    /// After a restart from a checkpoint: files this sink appends to that
+    /// grew after the checkpoint had records written that the replayed
+    /// events will produce again; they are recognised and not written twice.
+    fn recover_outputs(&mut self, _positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        Ok(())
+    }
+    /// The alert engine's state for a checkpoint, if this sink has one.
+    fn alert_snapshot(&self) -> Option<Result<crate::rules::lifecycle::AlertSnapshot, String>> {
+        None
+    }
+    /// Restores a checkpointed alert engine state.
+    fn restore_alerts(&mut self, _snapshot: crate::rules::lifecycle::AlertSnapshot) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The identity of a `window_metrics` row: model, version, segment, window,
+/// feature and metric (a row with the same identity is the same row).
+pub fn row_key(row: &WindowMetricRow) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        row.model,
+        row.model_version,
+        row.segment,
+        row.window_start_ms,
+        row.window_end_ms,
+        row.feature.as_deref().unwrap_or(""),
+        row.metric
+    )
+}
+
+/// [`row_key`] of a row as written in NDJSON.
+pub fn row_key_of_json(row: &serde_json::Value) -> Option<String> {
+    let text = |key: &str| row.get(key).and_then(|v| v.as_str());
+    let time = |key: &str| text(key).and_then(crate::decode::timestamp::parse_rfc3339_ms);
+    Some(format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        text("model")?,
+        text("model_version")?,
+        text("segment")?,
+        time("window_start")?,
+        time("window_end")?,
+        text("feature").unwrap_or(""),
+        text("metric")?
+    ))
+}
+
+/// The daemon's `output.window_metrics` file: NDJSON appended (writes that
+/// fail are retried, see [`appender`]), its length recorded in checkpoints,
+/// and after a restart the rows already written past the checkpoint are
+/// not written again.
+pub struct AppendFileSink {
+    file: appender::Appender,
+    buffer: Vec<u8>,
+    /// Rows written after the checkpoint the daemon restarted from.
+    already_written: HashSet<String>,
+}
+
+impl AppendFileSink {
+    /// Opens `path` for appending (created if missing).
+    pub fn open(path: &Path) -> io::Result<AppendFileSink> {
+        Ok(AppendFileSink {
+            file: appender::Appender::open(path, false, crate::telemetry::Storage::WindowMetricsOutput)?,
+            buffer: Vec::with_capacity(64 * 1024),
+            already_written: HashSet::new(),
+        })
+    }
+}
+
+impl WindowSink for AppendFileSink {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {
+        for row in rows {
+            if !self.already_written.is_empty() && self.already_written.remove(&row_key(row)) {
+                continue;
+            }
+            encode_ndjson_row(row, &mut self.buffer);
+        }
+        self.file.append(&self.buffer);
+        self.buffer.clear();
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush();
+        Ok(())
+    }
+    fn output_positions(&mut self, positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        if !self.file.flush() {
+            return Err(io::Error::other(format!("{}: writes are failing", self.file.path().display())));
+        }
+        let position = recovery::OutputPosition {
+            length: self.file.written_length()?,
+            written_ahead: self.already_written.iter().cloned().collect(),
+        };
+        positions.insert(self.file.path().display().to_string(), position);
+        Ok(())
+    }
+    fn recover_outputs(&mut self, positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+        let path = self.file.path().to_path_buf();
+        let Some(position) = positions.get(&path.display().to_string()) else { return Ok(()) };
+        self.already_written = recovery::records_to_skip(&path, position, row_key_of_json)?;
+        if !self.already_written.is_empty() {
+            tracing::info!(
+                path = %path.display(),
+                rows = self.already_written.len(),
+                "rows written after the checkpoint will not be written again"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Writes rows as NDJSON to any writer.

@@ -17,14 +17,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, TopicPartitionList as Tpl};
 
@@ -60,18 +62,39 @@ pub enum KafkaSourceError {
     NotConfigured,
 }
 
-/// Consumer context: commits on revocation and exports lag.
+/// A partition: (topic, partition).
+type PartitionKey = (String, i32);
+
+/// Consumer context: commits on revocation, positions assigned partitions
+/// at the checkpoint (durable mode) and exports lag and reachability.
 pub struct SourceContext {
     telemetry: Arc<Telemetry>,
-    revoked: Mutex<Vec<(String, i32)>>,
-    assigned: Mutex<HashSet<(String, i32)>>,
+    revoked: Mutex<Vec<PartitionKey>>,
+    assigned: Mutex<HashSet<PartitionKey>>,
+    /// Durable mode: offsets live in checkpoints, not in Kafka.
+    durable: bool,
+    /// Durable mode: the next offset per partition that the pipeline's
+    /// state covers (from the checkpoint at start, then advanced per batch).
+    positions: Mutex<BTreeMap<PartitionKey, i64>>,
+    /// Durable mode: `positions` as of the last checkpoint written.
+    checkpointed: Mutex<BTreeMap<PartitionKey, i64>>,
 }
+
+/// How long a broker connection may stay silent before the broker counts
+/// as unreachable (a healthy consumer hears from it every fetch wait,
+/// 500 ms by default, and every heartbeat).
+pub const BROKER_SILENCE: Duration = Duration::from_secs(10);
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         // A broker is reachable when librdkafka holds an "UP" connection to
-        // one (bootstrap entries included, librdkafka's internal one not).
-        let any_up = statistics.brokers.values().any(|b| !b.name.ends_with("/internal") && b.state == "UP");
+        // one (bootstrap entries included, librdkafka's internal one not)
+        // that has answered lately: a stopped broker keeps its socket open.
+        let silence_us = BROKER_SILENCE.as_micros() as i64;
+        let any_up = statistics
+            .brokers
+            .values()
+            .any(|b| !b.name.ends_with("/internal") && b.state == "UP" && (0..silence_us).contains(&b.rxidle));
         self.set_reachable(any_up);
         let assigned = self.assigned.lock().expect("context lock");
         for (topic_name, topic) in &statistics.topics {
@@ -108,12 +131,66 @@ impl SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// As rdkafka's own, except that in durable mode assigned partitions
+    /// start where the checkpointed state ends, whatever Kafka has committed.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if self.durable {
+                    let positions = self.positions.lock().expect("context lock");
+                    let keys: Vec<PartitionKey> =
+                        partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                    for key in keys {
+                        if let Some(next) = positions.get(&key) {
+                            if let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(*next)) {
+                                tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
+                            }
+                        }
+                    }
+                }
+                let result = if cooperative { consumer.incremental_assign(partitions) } else { consumer.assign(partitions) };
+                if let Err(error) = result {
+                    tracing::error!(%error, "assigning partitions failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(partitions));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(partitions));
+                let result = if cooperative { consumer.incremental_unassign(partitions) } else { consumer.unassign() };
+                if let Err(error) = result {
+                    tracing::error!(%error, "unassigning partitions failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; unassigning");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(partitions) = rebalance else { return };
-        // Offsets stored so far cover exactly the events in window state.
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::warn!(%error, "committing offsets on revocation failed"),
+        if self.durable {
+            // The next owner starts from the last checkpoint's offsets.
+            let checkpointed = self.checkpointed.lock().expect("context lock").clone();
+            let mut offsets = Tpl::new();
+            for element in partitions.elements() {
+                if let Some(next) = checkpointed.get(&(element.topic().to_string(), element.partition())) {
+                    let _ = offsets.add_partition_offset(element.topic(), element.partition(), Offset::Offset(*next));
+                }
+            }
+            if offsets.count() > 0
+                && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+            {
+                tracing::warn!(%error, "committing checkpointed offsets on revocation failed");
+            }
+        } else {
+            // Offsets stored so far cover exactly the events in window state.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(error) => tracing::warn!(%error, "committing offsets on revocation failed"),
+            }
         }
         let mut revoked = self.revoked.lock().expect("context lock");
         let mut assigned = self.assigned.lock().expect("context lock");
@@ -136,6 +213,26 @@ impl ConsumerContext for SourceContext {
             self.telemetry.assigned_partitions.store(assigned.len() as i64, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(partitions = partitions.count(), "partitions assigned");
         }
+    }
+}
+
+/// Durable mode: the pipeline's state is checkpointed into `state.dir`
+/// every `interval`, with the offsets it covers; Kafka commits follow each
+/// checkpoint (for lag tooling), and partitions are assigned at the
+/// checkpoint's offsets, so a restart neither loses nor recounts events.
+pub struct Durability {
+    pub store: crate::checkpoint::CheckpointStore,
+    pub interval: Duration,
+    last_attempt: Instant,
+    /// Events processed since the last checkpoint.
+    dirty: bool,
+    /// Offsets the restored state covers (topic → partition → next).
+    resume: crate::checkpoint::Offsets,
+}
+
+impl Durability {
+    pub fn new(store: crate::checkpoint::CheckpointStore, interval: Duration, resume: crate::checkpoint::Offsets) -> Self {
+        Durability { store, interval, last_attempt: Instant::now(), dirty: false, resume }
     }
 }
 
@@ -168,7 +265,7 @@ impl fmt::Display for Location<'_> {
 
 /// librdkafka properties for the consumer: ours, then the user's
 /// `kafka.options`, then the ones at-least-once delivery depends on.
-pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+pub fn consumer_config(kafka: &KafkaConfig, durable: bool) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &kafka.brokers)
@@ -179,7 +276,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     for (key, value) in &kafka.options {
         config.set(key, value);
     }
-    for (key, value) in [("enable.auto.offset.store", "false"), ("enable.auto.commit", "true")] {
+    // Durable mode commits after each checkpoint itself.
+    let auto_commit = if durable { "false" } else { "true" };
+    for (key, value) in [("enable.auto.offset.store", "false"), ("enable.auto.commit", auto_commit)] {
         if kafka.options.get(key).is_some_and(|v| v != value) {
             tracing::warn!(key, "kafka.options.{key} is overridden: at-least-once delivery needs {value}");
         }
@@ -212,22 +311,37 @@ pub struct KafkaSummary {
     pub dead_lettered: u64,
 }
 
-/// Consumes until `shutdown` is triggered, then drains the batch in hand,
-/// closes all open windows into `sink`, and commits.
+/// Consumes until `shutdown` is triggered, then drains the batch in hand.
+/// Durable mode (`durability`): checkpoints every interval and once more at
+/// shutdown, leaving open windows open for the next run. Otherwise closes
+/// every open window into `sink` and commits.
 pub fn run_kafka(
     config: &Config,
     pipeline: &mut Pipeline,
     sink: &mut dyn WindowSink,
     shutdown: &Shutdown,
+    mut durability: Option<&mut Durability>,
 ) -> Result<KafkaSummary, KafkaSourceError> {
     let kafka = config.kafka.as_ref().ok_or(KafkaSourceError::NotConfigured)?;
+    let mut positions = BTreeMap::new();
+    if let Some(durability) = &durability {
+        for (topic, partitions) in &durability.resume {
+            for (partition, next) in partitions {
+                positions.insert((topic.clone(), *partition), *next);
+            }
+        }
+    }
     let context = SourceContext {
         telemetry: pipeline.telemetry.clone(),
         revoked: Mutex::new(Vec::new()),
         assigned: Mutex::new(HashSet::new()),
+        durable: durability.is_some(),
+        checkpointed: Mutex::new(positions.clone()),
+        positions: Mutex::new(positions),
     };
-    let consumer: BaseConsumer<SourceContext> =
-        consumer_config(kafka).create_with_context(context).map_err(KafkaSourceError::Consumer)?;
+    let consumer: BaseConsumer<SourceContext> = consumer_config(kafka, durability.is_some())
+        .create_with_context(context)
+        .map_err(KafkaSourceError::Consumer)?;
     let topics = [kafka.predictions_topic.as_str(), kafka.labels_topic.as_str()];
     consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
         topics: topics.iter().map(|t| t.to_string()).collect(),
@@ -237,7 +351,7 @@ pub fn run_kafka(
         Some(_) => Some(producer_config(kafka).create().map_err(KafkaSourceError::Producer)?),
         None => None,
     };
-    tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, "consuming");
+    tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, durable = durability.is_some(), "consuming");
 
     let batch_size = config.pipeline.batch_size.max(1);
     let linger = config.pipeline.linger;
@@ -254,6 +368,12 @@ pub fn run_kafka(
         if last_log.elapsed() >= STATS_LOG_INTERVAL {
             log_stats(pipeline, kafka);
             last_log = Instant::now();
+        }
+        if let Some(durability) = durability.as_deref_mut()
+            && durability.dirty
+            && durability.last_attempt.elapsed() >= durability.interval
+        {
+            checkpoint(&consumer, pipeline, sink, durability);
         }
         let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
         match consumer.poll(wait.min(Duration::from_millis(100))) {
@@ -283,6 +403,9 @@ pub fn run_kafka(
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if buffered.len() >= batch_size || (due && !buffered.is_empty()) {
             process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
+            if let Some(durability) = durability.as_deref_mut() {
+                durability.dirty = true;
+            }
             arena.clear();
             buffered.clear();
             deadline = None;
@@ -290,18 +413,83 @@ pub fn run_kafka(
             deadline = None;
         }
     }
-    // Drain: the batch in hand, then every open window, then a final commit.
+    // Drain the batch in hand; then either checkpoint (durable: open
+    // windows stay open for the next run) or close every open window.
     drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
     process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
-    pipeline.finish(sink)?;
-    sink.flush()?;
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(%error, "final commit failed"),
+    match durability {
+        Some(durability) => {
+            if !checkpoint(&consumer, pipeline, sink, durability) {
+                tracing::error!("the final checkpoint failed; the next run resumes from the last one written");
+            }
+        }
+        None => {
+            pipeline.finish(sink)?;
+            sink.flush()?;
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(error) => tracing::warn!(%error, "final commit failed"),
+            }
+        }
     }
     consumer.unsubscribe();
     tracing::info!(messages = summary.messages, batches = summary.batches, "consumer stopped");
     Ok(summary)
+}
+
+/// Takes a checkpoint between micro-batches; on success commits its
+/// offsets to Kafka. A failure (disk full, unwritable state dir) is logged,
+/// makes the daemon not ready, and is retried after the interval; the
+/// pipeline runs on from memory meanwhile. Returns whether it was written.
+fn checkpoint(
+    consumer: &BaseConsumer<SourceContext>,
+    pipeline: &Pipeline,
+    sink: &mut dyn WindowSink,
+    durability: &mut Durability,
+) -> bool {
+    use crate::telemetry::{Storage, storage_status};
+    let started = Instant::now();
+    durability.last_attempt = started;
+    let positions = consumer.context().positions.lock().expect("context lock").clone();
+    let mut offsets = crate::checkpoint::Offsets::new();
+    for ((topic, partition), next) in &positions {
+        offsets.entry(topic.clone()).or_default().insert(*partition, *next);
+    }
+    let written = (|| -> Result<(PathBuf, usize), String> {
+        let mut outputs = BTreeMap::new();
+        sink.flush().map_err(|e| format!("flushing outputs: {e}"))?;
+        sink.output_positions(&mut outputs).map_err(|e| format!("output positions: {e}"))?;
+        let alerts = sink.alert_snapshot().transpose().map_err(|e| format!("alert state: {e}"))?;
+        let bytes = pipeline.encode_checkpoint(&offsets, alerts.as_ref(), &outputs).map_err(|e| e.to_string())?;
+        let path = durability.store.write(&bytes).map_err(|e| e.to_string())?;
+        Ok((path, bytes.len()))
+    })();
+    match written {
+        Ok((path, bytes)) => {
+            storage_status(Storage::Checkpoints, false, &"");
+            durability.dirty = false;
+            let telemetry = &pipeline.telemetry;
+            telemetry.checkpoints_written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            telemetry.checkpoint_bytes.store(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(path = %path.display(), bytes, elapsed = ?started.elapsed(), "checkpoint written");
+            let mut tpl = Tpl::new();
+            for ((topic, partition), next) in &positions {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            }
+            if tpl.count() > 0
+                && let Err(error) = consumer.commit(&tpl, CommitMode::Async)
+            {
+                tracing::warn!(%error, "committing checkpointed offsets failed (the checkpoint holds them)");
+            }
+            *consumer.context().checkpointed.lock().expect("context lock") = positions;
+            true
+        }
+        Err(error) => {
+            pipeline.telemetry.checkpoints_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            storage_status(Storage::Checkpoints, true, &error);
+            false
+        }
+    }
 }
 
 fn log_stats(pipeline: &Pipeline, kafka: &KafkaConfig) {
@@ -396,7 +584,14 @@ fn process_batch(
         };
         let _ = offsets.add_partition_offset(topic, partition, Offset::Offset(next));
     }
-    if let Err(error) = store(consumer, &offsets) {
+    if consumer.context().durable {
+        let mut positions = consumer.context().positions.lock().expect("context lock");
+        for element in offsets.elements() {
+            if let Offset::Offset(next) = element.offset() {
+                positions.insert((element.topic().to_string(), element.partition()), next);
+            }
+        }
+    } else if let Err(error) = store(consumer, &offsets) {
         tracing::warn!(%error, "storing offsets failed (partition revoked meanwhile?)");
     }
     summary.batches += 1;

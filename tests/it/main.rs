@@ -7,6 +7,7 @@
 mod baseline;
 mod cli;
 mod drift;
+mod durability;
 mod kafka;
 pub mod notify;
 mod observability;

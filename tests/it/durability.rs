@@ -1,0 +1,394 @@
+//! Durability against a real broker (Tansu): the daemon is killed with
+//! SIGKILL at random moments while a stream of known events is produced,
+//! and once with its newest checkpoint cut short; the broker is frozen for
+//! 30 s mid-stream. Afterwards the `window_metrics` rows, the audit log's
+//! transitions and the webhooks must be exactly those of one uninterrupted
+//! `driftwatch replay` over the same events: nothing lost, nothing counted
+//! or written twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Broker, Killed, flush, http_address, http_text, repo, send, wait_until, write_amount_drift_rule};
+
+/// The fixture's 20 minutes of traffic (drift from 10:10 on), repeated:
+/// event `i` is fixture event `i mod 2400`, `i / 2400` × 20 minutes later.
+struct Stream {
+    template: Vec<Value>,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        let text = std::fs::read_to_string(repo("tests/fixtures/replay_drift/live.ndjson")).unwrap();
+        Stream { template: text.lines().map(|l| serde_json::from_str(l).unwrap()).collect() }
+    }
+
+    /// Prediction `i` and its label.
+    fn event(&self, i: usize) -> (String, String) {
+        let mut event = self.template[i % self.template.len()].clone();
+        let cycle = (i / self.template.len()) as i64;
+        let time = driftwatch::decode::timestamp::parse_rfc3339_ms(event["timestamp"].as_str().unwrap()).unwrap();
+        let timestamp = driftwatch::decode::timestamp::format_rfc3339_ms(time + cycle * 20 * 60_000);
+        event["timestamp"] = Value::String(timestamp.clone());
+        event["event_id"] = Value::String(format!("e{i}"));
+        event["latency_ms"] = serde_json::json!(4.0 + (i % 23) as f64 * 0.7);
+        let prediction = event["prediction"].as_i64().unwrap();
+        let wrong = time % 7 == 0 || (event["features"]["amount"].as_f64().unwrap() > 80.0 && i % 2 == 0);
+        let label = serde_json::json!({
+            "event_id": format!("e{i}"), "model": "shop", "timestamp": timestamp,
+            "label": if wrong { 1 - prediction } else { prediction },
+        });
+        (event.to_string(), label.to_string())
+    }
+}
+
+/// Produces the stream at about `rate` predictions (and as many labels)
+/// per second until `stop` is set and at least `minimum` were sent, writing
+/// each event to `predictions`/`labels` files as it is produced.
+fn produce(
+    broker: String,
+    dir: PathBuf,
+    rate: usize,
+    minimum: usize,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let producer: rdkafka::producer::BaseProducer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &broker)
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "600000")
+            .create()
+            .unwrap();
+        let stream = Stream::new();
+        let mut predictions = std::fs::File::create(dir.join("predictions.ndjson")).unwrap();
+        let mut labels = std::fs::File::create(dir.join("labels.ndjson")).unwrap();
+        let started = Instant::now();
+        let mut i = 0;
+        while i < minimum || !stop.load(Ordering::SeqCst) {
+            let (prediction, label) = stream.event(i);
+            send(&producer, "predictions", &i.to_string(), prediction.as_bytes());
+            send(&producer, "labels", &i.to_string(), label.as_bytes());
+            writeln!(predictions, "{prediction}").unwrap();
+            writeln!(labels, "{label}").unwrap();
+            i += 1;
+            sent.store(i, Ordering::SeqCst);
+            // Pace the stream (rate control, not synchronisation).
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            producer.poll(Duration::ZERO);
+        }
+        flush(&producer);
+    })
+}
+
+fn write_config(dir: &Path, kafka: Option<(&str, &str)>, receiver_port: u16) -> PathBuf {
+    write_amount_drift_rule(dir, "retrain");
+    let kafka = match kafka {
+        Some((brokers, options)) => format!(
+            "kafka: {{brokers: \"{brokers}\", group_id: durability, options: {{{options}}}}}\n\
+             state: {{dir: state, checkpoint_interval: 300ms}}\n\
+             output: {{window_metrics: out.ndjson}}\n\
+             http: {{listen: \"127.0.0.1:0\"}}\n\
+             notifiers: {{retrain: {{type: webhook, url: \"http://127.0.0.1:{receiver_port}/retrain\", send_resolved: true}}}}\n\
+             delivery: {{retry_initial: 50ms, retry_max: 500ms, max_attempts: 10000}}\n"
+        ),
+        None => "notifiers: {retrain: {type: webhook, url: \"http://127.0.0.1:9/unused\"}}\n".to_string(),
+    };
+    let name = if kafka.starts_with("kafka") { "daemon.yaml" } else { "replay.yaml" };
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "{kafka}windows: {{size: 5m, allowed_lateness: 0s, label_horizon: 1h}}\n\
+             pipeline: {{batch_size: 200, linger: 20ms}}\n\
+             models: [{{name: shop, baseline: {}}}]\n\
+             rules: [rules.yaml]\n",
+            repo("tests/fixtures/replay_drift/baseline.json").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start_daemon(dir: &Path, config: &Path, log: &str) -> Killed {
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn log_text(dir: &Path, log: &str) -> String {
+    std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+}
+
+/// The last value of a `/metrics` series whose line starts with `prefix`.
+fn metric(address: &str, prefix: &str) -> Option<f64> {
+    let text = http_text(address, "GET", "/metrics", None).1;
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Once everything produced is consumed, sends an event two hours after
+/// the last one, which closes every window and label horizon before it;
+/// waits for the last real window's accuracy row, then stops the daemon.
+fn finish_stream(broker: &Broker, dir: &Path, daemon: &mut Killed, log: &str, last: &Value) {
+    let timeout = Duration::from_secs(120);
+    wait_until(timeout, "the HTTP API", || log_text(dir, log).contains("HTTP API listening"));
+    let address = http_address(&log_text(dir, log));
+    wait_until(timeout, "both topics consumed to their end", || {
+        ["predictions", "labels"].iter().all(|topic| {
+            metric(&address, &format!("driftwatch_consumer_lag{{partition=\"0\",topic=\"{topic}\"}}")) == Some(0.0)
+        })
+    });
+    let last_time = driftwatch::decode::timestamp::parse_rfc3339_ms(last["timestamp"].as_str().unwrap()).unwrap();
+    let closer = serde_json::json!({
+        "event_id": "closer", "model": "shop", "prediction": 0,
+        "timestamp": driftwatch::decode::timestamp::format_rfc3339_ms(last_time + 2 * 3_600_000),
+        "features": {"amount": 20.0, "tenure": 100, "country": "DE"},
+    });
+    let producer = broker.producer();
+    send(&producer, "predictions", "closer", closer.to_string().as_bytes());
+    flush(&producer);
+    let last_window = driftwatch::decode::timestamp::format_rfc3339_ms(last_time - last_time.rem_euclid(300_000));
+    wait_until(timeout, "the last window's accuracy", || {
+        std::fs::read_to_string(dir.join("out.ndjson")).unwrap_or_default().lines().any(|l| {
+            l.contains(&format!("\"window_start\":\"{last_window}\"")) && l.contains("\"metric\":\"accuracy\"")
+        })
+    });
+    let pid = daemon.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(daemon.0.wait().unwrap().success(), "clean exit on SIGTERM:\n{}", log_text(dir, log));
+}
+
+/// NDJSON lines of a file, parsed.
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
+
+fn row_key(row: &Value) -> String {
+    driftwatch::output::row_key_of_json(row).expect("a window_metrics row")
+}
+
+/// `driftwatch replay` over the produced files: the uninterrupted run.
+fn reference(dir: &Path) -> (BTreeMap<String, Value>, Vec<Value>) {
+    let config = write_config(dir, None, 0);
+    let status = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["replay", "--config", config.to_str().unwrap()])
+        .args(["--predictions", dir.join("predictions.ndjson").to_str().unwrap()])
+        .args(["--labels", dir.join("labels.ndjson").to_str().unwrap()])
+        .args(["--out", dir.join("reference.ndjson").to_str().unwrap()])
+        .args(["--alerts", dir.join("reference-alerts.ndjson").to_str().unwrap()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rows = records(&dir.join("reference.ndjson")).into_iter().map(|r| (row_key(&r), r)).collect();
+    (rows, records(&dir.join("reference-alerts.ndjson")))
+}
+
+/// The daemon's rows equal the reference's, each written exactly once;
+/// the reference's rows of windows the daemon left open (the closer's, and
+/// performance rows past it) are the only ones it may lack.
+fn assert_rows_match(dir: &Path, reference: &BTreeMap<String, Value>) -> usize {
+    let mut written: BTreeMap<String, Value> = BTreeMap::new();
+    for row in records(&dir.join("out.ndjson")) {
+        let key = row_key(&row);
+        assert!(written.insert(key.clone(), row).is_none(), "row written twice: {key}");
+    }
+    for (key, row) in &written {
+        let expected = reference.get(key).unwrap_or_else(|| panic!("row not in the uninterrupted run: {row}"));
+        assert_eq!(row, expected, "row differs from the uninterrupted run");
+    }
+    let missing: Vec<&String> = reference.keys().filter(|k| !written.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "{} rows of the uninterrupted run missing, e.g. {:?}", missing.len(), missing.first());
+    written.len()
+}
+
+/// Transitions in the audit log equal the reference's, each logged once.
+fn assert_transitions_match(dir: &Path, reference: &[Value]) -> Vec<String> {
+    let identity = |t: &Value| {
+        format!("{} {} {} {}", t["alert"], t["state"], t["fingerprint"], t["window_end"].as_str().unwrap_or(""))
+    };
+    let logged: Vec<String> = records(&dir.join("state/audit.ndjson"))
+        .iter()
+        .filter(|r| r["kind"] == "transition")
+        .map(identity)
+        .collect();
+    let unique: BTreeSet<&String> = logged.iter().collect();
+    assert_eq!(unique.len(), logged.len(), "a transition logged twice: {logged:#?}");
+    let expected: Vec<String> = reference.iter().map(identity).collect();
+    assert_eq!(unique, expected.iter().collect::<BTreeSet<_>>(), "transitions differ from the uninterrupted run");
+    logged
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = crate::notify::Receiver::start(0);
+    let broker = Broker::start();
+    broker.create_topic("predictions", 1);
+    broker.create_topic("labels", 1);
+    // A short session, so the restarted consumer gets its partitions back
+    // within a few seconds of the killed one going silent.
+    let config = write_config(
+        dir.path(),
+        Some((&broker.bootstrap(), "session.timeout.ms: \"1000\", heartbeat.interval.ms: \"200\"")),
+        receiver.port,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producer = produce(broker.bootstrap(), dir.path().to_path_buf(), 150, 3000, stop.clone(), sent.clone());
+
+    // Random moments, from a seed that is printed (set DRIFTWATCH_CRASH_SEED
+    // to replay a failure).
+    let clock_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut seed = std::env::var("DRIFTWATCH_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(clock_seed);
+    eprintln!("crash test seed {seed}");
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let kills = 12;
+    let mut truncated = None;
+    for run in 0..kills {
+        let log = format!("run{run}.log");
+        let mut daemon = start_daemon(dir.path(), &config, &log);
+        wait_until(Duration::from_secs(60), "partitions assigned", || {
+            log_text(dir.path(), &log).contains("partitions assigned")
+        });
+        // Consume for a random 0.3–1.5 s, then SIGKILL.
+        let lived = Duration::from_millis(300 + random() % 1200);
+        std::thread::sleep(lived);
+        daemon.0.kill().unwrap();
+        daemon.0.wait().unwrap();
+        eprintln!("run {run}: killed after {lived:?} past assignment, {} events produced", sent.load(Ordering::SeqCst));
+        if run == kills / 2 {
+            // Cut the newest checkpoint short: the next run must fall back.
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("state/checkpoints"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "ckpt"))
+                .collect();
+            files.sort();
+            let newest = files.pop().expect("checkpoints were written");
+            let bytes = std::fs::read(&newest).unwrap();
+            std::fs::write(&newest, &bytes[..bytes.len() / 3]).unwrap();
+            truncated = Some(run + 1);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+    let total = sent.load(Ordering::SeqCst);
+    let truncated_run = format!("run{}.log", truncated.unwrap());
+    assert!(
+        log_text(dir.path(), &truncated_run).contains("CHECKPOINT UNUSABLE"),
+        "the truncated checkpoint was detected:\n{}",
+        log_text(dir.path(), &truncated_run)
+    );
+    assert!(dir.path().join("state/checkpoints").read_dir().unwrap().any(|e| {
+        e.unwrap().path().extension().is_some_and(|x| x == "corrupt")
+    }));
+
+    let mut last = start_daemon(dir.path(), &config, "final.log");
+    let (_, last_label) = Stream::new().event(total - 1);
+    finish_stream(&broker, dir.path(), &mut last, "final.log", &serde_json::from_str(&last_label).unwrap());
+
+    let (reference_rows, reference_alerts) = reference(dir.path());
+    let rows = assert_rows_match(dir.path(), &reference_rows);
+    let transitions = assert_transitions_match(dir.path(), &reference_alerts);
+    assert!(transitions.len() >= 2, "the stream makes alerts fire: {transitions:?}");
+    // The webhook: every firing and resolved transition's idempotency key
+    // arrived; a receiver acting once per key acts exactly once each.
+    let notified = transitions.iter().filter(|t| t.contains("\"firing\"") || t.contains("\"resolved\"")).count();
+    wait_until(Duration::from_secs(60), "every webhook", || {
+        let keys: BTreeSet<String> = receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter_map(|r| r.header("idempotency-key").map(str::to_string))
+            .collect();
+        keys.len() >= notified
+    });
+    let requests = receiver.requests();
+    let keys: BTreeSet<&str> = requests.iter().filter_map(|r| r.header("idempotency-key")).collect();
+    assert_eq!(keys.len(), notified, "one idempotency key per firing or resolved transition");
+    eprintln!(
+        "{kills} SIGKILLs (checkpoint truncated before run {}), {total} predictions + {total} labels: \
+         {rows} window_metrics rows and {} transitions equal to the uninterrupted replay; \
+         {} webhook requests for {} keys ({notified} notified transitions)",
+        truncated.unwrap(),
+        transitions.len(),
+        requests.len(),
+        keys.len()
+    );
+}
+
+#[test]
+fn a_broker_frozen_for_30_seconds_makes_the_daemon_unready_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = crate::notify::Receiver::start(0);
+    let broker = Broker::start();
+    broker.create_topic("predictions", 1);
+    broker.create_topic("labels", 1);
+    let config = write_config(dir.path(), Some((&broker.bootstrap(), "")), receiver.port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut daemon = start_daemon(dir.path(), &config, "daemon.log");
+    wait_until(Duration::from_secs(60), "the HTTP API", || log_text(dir.path(), "daemon.log").contains("HTTP API listening"));
+    let address = http_address(&log_text(dir.path(), "daemon.log"));
+    let producer = produce(broker.bootstrap(), dir.path().to_path_buf(), 100, 1500, stop.clone(), sent.clone());
+    wait_until(Duration::from_secs(60), "ready and consuming", || {
+        http_text(&address, "GET", "/readyz", None).0 == 200 && sent.load(Ordering::SeqCst) > 300
+    });
+
+    // Freeze the broker: its sockets stay open but nothing answers.
+    let pid = broker.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let frozen = Instant::now();
+    let mut saw_unready = None;
+    while frozen.elapsed() < Duration::from_secs(30) {
+        let (status, body) = http_text(&address, "GET", "/readyz", None);
+        if status == 503 && saw_unready.is_none() {
+            assert!(body.contains("kafka_reachable"), "{body}");
+            saw_unready = Some(frozen.elapsed());
+        }
+        assert_eq!(http_text(&address, "GET", "/healthz", None).0, 200, "the daemon stays up");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let unready_after = saw_unready.expect("/readyz said not ready while the broker was frozen");
+    wait_until(Duration::from_secs(60), "ready again", || http_text(&address, "GET", "/readyz", None).0 == 200);
+    let recovered = frozen.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+    let total = sent.load(Ordering::SeqCst);
+
+    let (_, last_label) = Stream::new().event(total - 1);
+    finish_stream(&broker, dir.path(), &mut daemon, "daemon.log", &serde_json::from_str(&last_label).unwrap());
+    let (reference_rows, reference_alerts) = reference(dir.path());
+    let rows = assert_rows_match(dir.path(), &reference_rows);
+    let transitions = assert_transitions_match(dir.path(), &reference_alerts);
+    eprintln!(
+        "broker frozen 30 s: not ready after {unready_after:?}, ready again {recovered:?} after the freeze began; \
+         {total} predictions + {total} labels, {rows} rows and {} transitions equal to the uninterrupted replay",
+        transitions.len()
+    );
+}
