@@ -268,7 +268,10 @@ impl WindowSink for AlertingSink<'_> {
         self.inner.flush()
     }
 
-    fn output_positions(&mut self, positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn output_positions(
+        &mut self,
+        positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         self.inner.output_positions(positions)?;
         if let Some(audit) = &self.audit {
             let (path, length) = audit.lock().expect("audit lock").position()?;
@@ -277,7 +280,10 @@ impl WindowSink for AlertingSink<'_> {
         Ok(())
     }
 
-    fn recover_outputs(&mut self, positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn recover_outputs(
+        &mut self,
+        positions: &BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         self.inner.recover_outputs(positions)?;
         if let Some(audit) = &self.audit {
             audit.lock().expect("audit lock").recover(positions)?;

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use std::sync::atomic::AtomicBool;
 
+use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::drivers::alerting::{AlertingSink, Live};
 use crate::output::{AppendFileSink, WindowMetricRow, WindowSink};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::checkpoint::CheckpointStore;
 use crate::sources::kafka::{Durability, KafkaSourceError, KafkaSummary, run_kafka};
 use crate::telemetry::Telemetry;
 
@@ -62,13 +62,19 @@ impl WindowSink for LoggingSink {
             sink.tick();
         }
     }
-    fn output_positions(&mut self, positions: &mut std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn output_positions(
+        &mut self,
+        positions: &mut std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         match &mut self.inner {
             Some(sink) => sink.output_positions(positions),
             None => Ok(()),
         }
     }
-    fn recover_outputs(&mut self, positions: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn recover_outputs(
+        &mut self,
+        positions: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         match &mut self.inner {
             Some(sink) => sink.recover_outputs(positions),
             None => Ok(()),
@@ -89,7 +95,8 @@ pub fn run_daemon(
     let mut pipeline = Pipeline::new(config, telemetry).map_err(RunError::Setup)?;
     let file_sink: Option<Box<dyn WindowSink>> = match &config.output.window_metrics {
         Some(path) => Some(Box::new(
-            AppendFileSink::open(path).map_err(|source| RunError::Output { path: path.display().to_string(), source })?,
+            AppendFileSink::open(path)
+                .map_err(|source| RunError::Output { path: path.display().to_string(), source })?,
         )),
         None => None,
     };
@@ -203,11 +210,17 @@ impl WindowSink for Tee {
         self.0.tick();
         self.1.tick();
     }
-    fn output_positions(&mut self, positions: &mut std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn output_positions(
+        &mut self,
+        positions: &mut std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         self.0.output_positions(positions)?;
         self.1.output_positions(positions)
     }
-    fn recover_outputs(&mut self, positions: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn recover_outputs(
+        &mut self,
+        positions: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         self.0.recover_outputs(positions)?;
         self.1.recover_outputs(positions)
     }

@@ -186,3 +186,35 @@ impl Outbox {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(alert: &str) -> Notification {
+        let transition: crate::rules::Transition = serde_json::from_value(serde_json::json!({
+            "alert": alert, "state": "firing", "fingerprint": format!("fp-{alert}"), "model": "m", "model_version": "",
+            "segment": "", "feature": null, "window_start": "2026-11-26T10:00:00.000Z",
+            "window_end": "2026-11-26T10:05:00.000Z", "value": 1.0, "labels": {}, "annotations": {},
+            "notify": ["hook"], "active_since": "2026-11-26T10:00:00.000Z",
+            "evaluation_time": "2026-11-26T10:05:00.000Z",
+        }))
+        .unwrap();
+        Notification::new("hook", &transition, 0)
+    }
+
+    #[test]
+    fn a_finished_notification_is_not_queued_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(Some(dir.path()), 10).unwrap();
+        let sent = notification("A");
+        assert_eq!(outbox.add(&sent).unwrap(), Added::Queued);
+        assert_eq!(outbox.add(&sent).unwrap(), Added::Duplicate);
+        outbox.remove(&sent.id).unwrap();
+        drop(outbox);
+        let mut reopened = Outbox::open(Some(dir.path()), 10).unwrap();
+        assert!(reopened.is_empty());
+        assert_eq!(reopened.add(&sent).unwrap(), Added::Duplicate, "made again after a restart: not sent twice");
+        assert_eq!(reopened.add(&notification("B")).unwrap(), Added::Queued);
+    }
+}

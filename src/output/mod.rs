@@ -211,13 +211,19 @@ pub trait WindowSink {
     fn tick(&mut self) {}
     /// For a checkpoint: flushes, then adds each file this sink appends to
     /// with its length now.
-    fn output_positions(&mut self, _positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn output_positions(
+        &mut self,
+        _positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         Ok(())
     }
     /// After a restart from a checkpoint: files this sink appends to that
     /// grew after the checkpoint had records written that the replayed
     /// events will produce again; they are recognised and not written twice.
-    fn recover_outputs(&mut self, _positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn recover_outputs(
+        &mut self,
+        _positions: &BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         Ok(())
     }
     /// The alert engine's state for a checkpoint, if this sink has one.
@@ -299,7 +305,10 @@ impl WindowSink for AppendFileSink {
         self.file.flush();
         Ok(())
     }
-    fn output_positions(&mut self, positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn output_positions(
+        &mut self,
+        positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         if !self.file.flush() {
             return Err(io::Error::other(format!("{}: writes are failing", self.file.path().display())));
         }
@@ -310,7 +319,10 @@ impl WindowSink for AppendFileSink {
         positions.insert(self.file.path().display().to_string(), position);
         Ok(())
     }
-    fn recover_outputs(&mut self, positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
+    fn recover_outputs(
+        &mut self,
+        positions: &BTreeMap<String, crate::output::recovery::OutputPosition>,
+    ) -> io::Result<()> {
         let path = self.file.path().to_path_buf();
         let Some(position) = positions.get(&path.display().to_string()) else { return Ok(()) };
         self.already_written = recovery::records_to_skip(&path, position, row_key_of_json)?;

@@ -16,8 +16,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -26,8 +26,8 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList as Tpl};
 
 use crate::config::{Config, KafkaConfig};
@@ -142,14 +142,15 @@ impl ConsumerContext for SourceContext {
                     let keys: Vec<PartitionKey> =
                         partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                     for key in keys {
-                        if let Some(next) = positions.get(&key) {
-                            if let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(*next)) {
-                                tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
-                            }
+                        if let Some(next) = positions.get(&key)
+                            && let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(*next))
+                        {
+                            tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
                         }
                     }
                 }
-                let result = if cooperative { consumer.incremental_assign(partitions) } else { consumer.assign(partitions) };
+                let result =
+                    if cooperative { consumer.incremental_assign(partitions) } else { consumer.assign(partitions) };
                 if let Err(error) = result {
                     tracing::error!(%error, "assigning partitions failed");
                 }
@@ -231,7 +232,11 @@ pub struct Durability {
 }
 
 impl Durability {
-    pub fn new(store: crate::checkpoint::CheckpointStore, interval: Duration, resume: crate::checkpoint::Offsets) -> Self {
+    pub fn new(
+        store: crate::checkpoint::CheckpointStore,
+        interval: Duration,
+        resume: crate::checkpoint::Offsets,
+    ) -> Self {
         Durability { store, interval, last_attempt: Instant::now(), dirty: false, resume }
     }
 }

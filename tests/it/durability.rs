@@ -40,7 +40,7 @@ impl Stream {
         event["event_id"] = Value::String(format!("e{i}"));
         event["latency_ms"] = serde_json::json!(4.0 + (i % 23) as f64 * 0.7);
         let prediction = event["prediction"].as_i64().unwrap();
-        let wrong = time % 7 == 0 || (event["features"]["amount"].as_f64().unwrap() > 80.0 && i % 2 == 0);
+        let wrong = time % 7 == 0 || (event["features"]["amount"].as_f64().unwrap() > 80.0 && i.is_multiple_of(2));
         let label = serde_json::json!({
             "event_id": format!("e{i}"), "model": "shop", "timestamp": timestamp,
             "label": if wrong { 1 - prediction } else { prediction },
@@ -225,11 +225,8 @@ fn assert_transitions_match(dir: &Path, reference: &[Value]) -> Vec<String> {
     let identity = |t: &Value| {
         format!("{} {} {} {}", t["alert"], t["state"], t["fingerprint"], t["window_end"].as_str().unwrap_or(""))
     };
-    let logged: Vec<String> = records(&dir.join("state/audit.ndjson"))
-        .iter()
-        .filter(|r| r["kind"] == "transition")
-        .map(identity)
-        .collect();
+    let logged: Vec<String> =
+        records(&dir.join("state/audit.ndjson")).iter().filter(|r| r["kind"] == "transition").map(identity).collect();
     let unique: BTreeSet<&String> = logged.iter().collect();
     assert_eq!(unique.len(), logged.len(), "a transition logged twice: {logged:#?}");
     let expected: Vec<String> = reference.iter().map(identity).collect();
@@ -237,23 +234,79 @@ fn assert_transitions_match(dir: &Path, reference: &[Value]) -> Vec<String> {
     logged
 }
 
+/// A broker with both topics, a webhook receiver and the daemon's config.
+struct Setup {
+    dir: tempfile::TempDir,
+    receiver: crate::notify::Receiver,
+    broker: Broker,
+    config: PathBuf,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Setup {
+    fn new(kafka_options: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = crate::notify::Receiver::start(0);
+        let broker = Broker::start();
+        broker.create_topic("predictions", 1);
+        broker.create_topic("labels", 1);
+        let config = write_config(dir.path(), Some((&broker.bootstrap(), kafka_options)), receiver.port);
+        Setup {
+            dir,
+            receiver,
+            broker,
+            config,
+            stop: Arc::new(AtomicBool::new(false)),
+            sent: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts producing at `rate` per second, at least `minimum` events.
+    fn produce(&self, rate: usize, minimum: usize) -> std::thread::JoinHandle<()> {
+        produce(self.broker.bootstrap(), self.path().to_path_buf(), rate, minimum, self.stop.clone(), self.sent.clone())
+    }
+
+    /// Starts the daemon logging to `daemon.log`; returns it and its API address.
+    fn start_daemon(&self) -> (Killed, String) {
+        let daemon = start_daemon(self.path(), &self.config, "daemon.log");
+        wait_until(Duration::from_secs(60), "the HTTP API", || {
+            log_text(self.path(), "daemon.log").contains("HTTP API listening")
+        });
+        (daemon, http_address(&log_text(self.path(), "daemon.log")))
+    }
+
+    /// Stops producing, lets `daemon` (logging to `log`) finish the stream,
+    /// and checks its rows and transitions against the uninterrupted
+    /// replay. Returns (events per topic, rows, transitions).
+    fn finish_and_compare(
+        &self,
+        producer: std::thread::JoinHandle<()>,
+        daemon: &mut Killed,
+        log: &str,
+    ) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        producer.join().unwrap();
+        let total = self.sent.load(Ordering::SeqCst);
+        let (_, last_label) = Stream::new().event(total - 1);
+        finish_stream(&self.broker, self.path(), daemon, log, &serde_json::from_str(&last_label).unwrap());
+        let (reference_rows, reference_alerts) = reference(self.path());
+        let rows = assert_rows_match(self.path(), &reference_rows);
+        (total, rows, assert_transitions_match(self.path(), &reference_alerts))
+    }
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = crate::notify::Receiver::start(0);
-    let broker = Broker::start();
-    broker.create_topic("predictions", 1);
-    broker.create_topic("labels", 1);
     // A short session, so the restarted consumer gets its partitions back
     // within a few seconds of the killed one going silent.
-    let config = write_config(
-        dir.path(),
-        Some((&broker.bootstrap(), "session.timeout.ms: \"1000\", heartbeat.interval.ms: \"200\"")),
-        receiver.port,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let producer = produce(broker.bootstrap(), dir.path().to_path_buf(), 150, 3000, stop.clone(), sent.clone());
+    let setup = Setup::new("session.timeout.ms: \"1000\", heartbeat.interval.ms: \"200\"");
+    let (dir, config, sent) = (&setup.dir, &setup.config, &setup.sent);
+    let producer = setup.produce(150, 3000);
 
     // Random moments, from a seed that is printed (set DRIFTWATCH_CRASH_SEED
     // to replay a failure).
@@ -266,20 +319,30 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
         seed ^= seed << 17;
         seed
     };
-    let kills = 12;
+    let kills = 13;
     let mut truncated = None;
     for run in 0..kills {
         let log = format!("run{run}.log");
-        let mut daemon = start_daemon(dir.path(), &config, &log);
+        let mut daemon = start_daemon(dir.path(), config, &log);
         wait_until(Duration::from_secs(60), "partitions assigned", || {
             log_text(dir.path(), &log).contains("partitions assigned")
         });
-        // Consume for a random 0.3–1.5 s, then SIGKILL.
+        // Consume for a random 0.3–1.5 s, then SIGKILL (once, SIGTERM: a
+        // graceful stop checkpoints and exits 0).
         let lived = Duration::from_millis(300 + random() % 1200);
         std::thread::sleep(lived);
-        daemon.0.kill().unwrap();
-        daemon.0.wait().unwrap();
-        eprintln!("run {run}: killed after {lived:?} past assignment, {} events produced", sent.load(Ordering::SeqCst));
+        if run == 3 {
+            let pid = daemon.0.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            assert!(daemon.0.wait().unwrap().success(), "a clean exit on SIGTERM");
+        } else {
+            daemon.0.kill().unwrap();
+            daemon.0.wait().unwrap();
+        }
+        eprintln!(
+            "run {run}: stopped after {lived:?} past assignment, {} events produced",
+            sent.load(Ordering::SeqCst)
+        );
         if run == kills / 2 {
             // Cut the newest checkpoint short: the next run must fall back.
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("state/checkpoints"))
@@ -294,32 +357,29 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
             truncated = Some(run + 1);
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    producer.join().unwrap();
-    let total = sent.load(Ordering::SeqCst);
     let truncated_run = format!("run{}.log", truncated.unwrap());
     assert!(
         log_text(dir.path(), &truncated_run).contains("CHECKPOINT UNUSABLE"),
         "the truncated checkpoint was detected:\n{}",
         log_text(dir.path(), &truncated_run)
     );
-    assert!(dir.path().join("state/checkpoints").read_dir().unwrap().any(|e| {
-        e.unwrap().path().extension().is_some_and(|x| x == "corrupt")
-    }));
+    assert!(
+        dir.path()
+            .join("state/checkpoints")
+            .read_dir()
+            .unwrap()
+            .any(|e| { e.unwrap().path().extension().is_some_and(|x| x == "corrupt") })
+    );
 
-    let mut last = start_daemon(dir.path(), &config, "final.log");
-    let (_, last_label) = Stream::new().event(total - 1);
-    finish_stream(&broker, dir.path(), &mut last, "final.log", &serde_json::from_str(&last_label).unwrap());
-
-    let (reference_rows, reference_alerts) = reference(dir.path());
-    let rows = assert_rows_match(dir.path(), &reference_rows);
-    let transitions = assert_transitions_match(dir.path(), &reference_alerts);
+    let mut last = start_daemon(dir.path(), config, "final.log");
+    let (total, rows, transitions) = setup.finish_and_compare(producer, &mut last, "final.log");
     assert!(transitions.len() >= 2, "the stream makes alerts fire: {transitions:?}");
     // The webhook: every firing and resolved transition's idempotency key
     // arrived; a receiver acting once per key acts exactly once each.
     let notified = transitions.iter().filter(|t| t.contains("\"firing\"") || t.contains("\"resolved\"")).count();
     wait_until(Duration::from_secs(60), "every webhook", || {
-        let keys: BTreeSet<String> = receiver
+        let keys: BTreeSet<String> = setup
+            .receiver
             .requests()
             .iter()
             .filter(|r| r.status == 200)
@@ -327,13 +387,14 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
             .collect();
         keys.len() >= notified
     });
-    let requests = receiver.requests();
+    let requests = setup.receiver.requests();
     let keys: BTreeSet<&str> = requests.iter().filter_map(|r| r.header("idempotency-key")).collect();
     assert_eq!(keys.len(), notified, "one idempotency key per firing or resolved transition");
     eprintln!(
-        "{kills} SIGKILLs (checkpoint truncated before run {}), {total} predictions + {total} labels: \
+        "{} SIGKILLs and a SIGTERM (checkpoint truncated before run {}), {total} predictions + {total} labels: \
          {rows} window_metrics rows and {} transitions equal to the uninterrupted replay; \
          {} webhook requests for {} keys ({notified} notified transitions)",
+        kills - 1,
         truncated.unwrap(),
         transitions.len(),
         requests.len(),
@@ -343,24 +404,15 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
 
 #[test]
 fn a_broker_frozen_for_30_seconds_makes_the_daemon_unready_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = crate::notify::Receiver::start(0);
-    let broker = Broker::start();
-    broker.create_topic("predictions", 1);
-    broker.create_topic("labels", 1);
-    let config = write_config(dir.path(), Some((&broker.bootstrap(), "")), receiver.port);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut daemon = start_daemon(dir.path(), &config, "daemon.log");
-    wait_until(Duration::from_secs(60), "the HTTP API", || log_text(dir.path(), "daemon.log").contains("HTTP API listening"));
-    let address = http_address(&log_text(dir.path(), "daemon.log"));
-    let producer = produce(broker.bootstrap(), dir.path().to_path_buf(), 100, 1500, stop.clone(), sent.clone());
+    let setup = Setup::new("");
+    let (mut daemon, address) = setup.start_daemon();
+    let producer = setup.produce(100, 1500);
     wait_until(Duration::from_secs(60), "ready and consuming", || {
-        http_text(&address, "GET", "/readyz", None).0 == 200 && sent.load(Ordering::SeqCst) > 300
+        http_text(&address, "GET", "/readyz", None).0 == 200 && setup.sent.load(Ordering::SeqCst) > 300
     });
 
     // Freeze the broker: its sockets stay open but nothing answers.
-    let pid = broker.pid().to_string();
+    let pid = setup.broker.pid().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let frozen = Instant::now();
     let mut saw_unready = None;
@@ -377,18 +429,46 @@ fn a_broker_frozen_for_30_seconds_makes_the_daemon_unready_and_loses_nothing() {
     let unready_after = saw_unready.expect("/readyz said not ready while the broker was frozen");
     wait_until(Duration::from_secs(60), "ready again", || http_text(&address, "GET", "/readyz", None).0 == 200);
     let recovered = frozen.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    producer.join().unwrap();
-    let total = sent.load(Ordering::SeqCst);
-
-    let (_, last_label) = Stream::new().event(total - 1);
-    finish_stream(&broker, dir.path(), &mut daemon, "daemon.log", &serde_json::from_str(&last_label).unwrap());
-    let (reference_rows, reference_alerts) = reference(dir.path());
-    let rows = assert_rows_match(dir.path(), &reference_rows);
-    let transitions = assert_transitions_match(dir.path(), &reference_alerts);
+    let (total, rows, transitions) = setup.finish_and_compare(producer, &mut daemon, "daemon.log");
     eprintln!(
         "broker frozen 30 s: not ready after {unready_after:?}, ready again {recovered:?} after the freeze began; \
          {total} predictions + {total} labels, {rows} rows and {} transitions equal to the uninterrupted replay",
         transitions.len()
     );
+}
+
+/// The checkpoint directory stops taking writes mid-stream (replaced by a
+/// file: root ignores permissions, not that): the daemon logs it, says
+/// not ready (`state_writable`), keeps consuming from memory, and once the
+/// directory is back checkpoints again and ends with exact totals.
+#[test]
+fn an_unwritable_state_dir_makes_the_daemon_unready_until_it_recovers() {
+    let setup = Setup::new("");
+    let (mut daemon, address) = setup.start_daemon();
+    let producer = setup.produce(200, 1200);
+    let dir = setup.path();
+    let checkpoints = dir.join("state/checkpoints");
+    wait_until(Duration::from_secs(60), "a checkpoint", || {
+        checkpoints.read_dir().is_ok_and(|mut d| d.any(|e| e.unwrap().path().extension().is_some_and(|x| x == "ckpt")))
+    });
+
+    let away = dir.join("state/checkpoints.away");
+    std::fs::rename(&checkpoints, &away).unwrap();
+    std::fs::write(&checkpoints, b"not a directory").unwrap();
+    let consumed_before = setup.sent.load(Ordering::SeqCst);
+    wait_until(Duration::from_secs(30), "not ready: state_writable", || {
+        let (status, body) = http_text(&address, "GET", "/readyz", None);
+        status == 503 && body.contains("state_writable")
+    });
+    assert!(log_text(dir, "daemon.log").contains("writing to disk failed"));
+    // Still consuming meanwhile.
+    wait_until(Duration::from_secs(30), "events consumed while unwritable", || {
+        metric(&address, "driftwatch_events_total{model=\"shop\",topic=\"predictions\"}")
+            .is_some_and(|n| n as usize > consumed_before + 200)
+    });
+    std::fs::remove_file(&checkpoints).unwrap();
+    std::fs::rename(&away, &checkpoints).unwrap();
+    wait_until(Duration::from_secs(30), "ready again", || http_text(&address, "GET", "/readyz", None).0 == 200);
+    assert!(log_text(dir, "daemon.log").contains("writing to disk works again"));
+    setup.finish_and_compare(producer, &mut daemon, "daemon.log");
 }

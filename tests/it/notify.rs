@@ -275,8 +275,10 @@ fn retriable_failures_are_retried_and_the_webhook_arrives_once_per_idempotency_k
         .collect();
     assert_eq!(attempts, [("retried", 1), ("retried", 2), ("retried", 3), ("delivered", 4)]);
     assert!(!serde_json::to_string(&lines).unwrap().contains("t0ps3cret"));
-    // Delivered: nothing left in the outbox.
-    assert_eq!(std::fs::read_dir(dir.path().join("state/outbox")).unwrap().count(), 0);
+    // Delivered: nothing left in the outbox, and the id remembered as done.
+    assert_eq!(crate::support::outbox_entries(&dir.path().join("state/outbox")), 0);
+    let done = std::fs::read_to_string(dir.path().join("state/outbox/done.log")).unwrap();
+    assert_eq!(done.lines().count(), 1, "{done}");
 }
 
 #[test]
