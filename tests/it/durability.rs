@@ -65,6 +65,11 @@ fn produce(
             .set("bootstrap.servers", &broker)
             .set("linger.ms", "5")
             .set("message.timeout.ms", "600000")
+            // Through a frozen broker a request must wait, not time out and
+            // be retried: a retry could duplicate or reorder events in the
+            // topic, which would make the topic differ from the files.
+            .set("request.timeout.ms", "300000")
+            .set("max.in.flight.requests.per.connection", "1")
             .create()
             .unwrap();
         let stream = Stream::new();
@@ -140,17 +145,29 @@ fn metric(address: &str, prefix: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// Once everything produced is consumed, sends an event two hours after
-/// the last one, which closes every window and label horizon before it;
-/// waits for the last real window's accuracy row, then stops the daemon.
-fn finish_stream(broker: &Broker, dir: &Path, daemon: &mut Killed, log: &str, last: &Value) {
+/// The next offsets of partition 0 of (predictions, labels) in the newest
+/// checkpoint: what the daemon has processed for sure.
+fn checkpointed_offsets(dir: &Path) -> Option<(i64, i64)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("state/checkpoints"))
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "ckpt"))
+        .collect();
+    files.sort();
+    let newest = files.pop()?;
+    let checkpoint = driftwatch::checkpoint::decode(&newest, &std::fs::read(&newest).ok()?).ok()?;
+    let next = |topic: &str| checkpoint.offsets.get(topic)?.get(&0).copied();
+    Some((next("predictions")?, next("labels")?))
+}
+
+/// Once the daemon has processed all `total` predictions and labels (its
+/// checkpoint says so), sends an event two hours after the last one, which
+/// closes every window and label horizon before it; waits for the last
+/// real window's accuracy row, then stops the daemon.
+fn finish_stream(broker: &Broker, dir: &Path, daemon: &mut Killed, log: &str, total: usize, last: &Value) {
     let timeout = Duration::from_secs(120);
-    wait_until(timeout, "the HTTP API", || log_text(dir, log).contains("HTTP API listening"));
-    let address = http_address(&log_text(dir, log));
-    wait_until(timeout, "both topics consumed to their end", || {
-        ["predictions", "labels"].iter().all(|topic| {
-            metric(&address, &format!("driftwatch_consumer_lag{{partition=\"0\",topic=\"{topic}\"}}")) == Some(0.0)
-        })
+    wait_until(timeout, "every event processed and checkpointed", || {
+        checkpointed_offsets(dir) == Some((total as i64, total as i64))
     });
     let last_time = driftwatch::decode::timestamp::parse_rfc3339_ms(last["timestamp"].as_str().unwrap()).unwrap();
     let closer = serde_json::json!({
@@ -246,7 +263,12 @@ struct Setup {
 
 impl Setup {
     fn new(kafka_options: &str) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        // DRIFTWATCH_KEEP_TEST_DIRS=1 keeps the logs and state for a look.
+        if std::env::var_os("DRIFTWATCH_KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("test dir kept: {}", dir.path().display());
+        }
         let receiver = crate::notify::Receiver::start(0);
         let broker = Broker::start();
         broker.create_topic("predictions", 1);
@@ -293,7 +315,7 @@ impl Setup {
         producer.join().unwrap();
         let total = self.sent.load(Ordering::SeqCst);
         let (_, last_label) = Stream::new().event(total - 1);
-        finish_stream(&self.broker, self.path(), daemon, log, &serde_json::from_str(&last_label).unwrap());
+        finish_stream(&self.broker, self.path(), daemon, log, total, &serde_json::from_str(&last_label).unwrap());
         let (reference_rows, reference_alerts) = reference(self.path());
         let rows = assert_rows_match(self.path(), &reference_rows);
         (total, rows, assert_transitions_match(self.path(), &reference_alerts))
