@@ -247,13 +247,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// Logs to stderr (human or JSON), and exports spans over OTLP when
+/// Logs to stderr (human or JSON) at `default_level` unless
+/// `DRIFTWATCH_LOG` says otherwise, and exports spans over OTLP when
 /// `spans` is given.
-fn init_logging(format: LogFormat, spans: Option<&crate::otlp::Tracing>) {
+fn init_logging(format: LogFormat, default_level: &str, spans: Option<&crate::otlp::Tracing>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter).with(spans.map(|s| s.layer()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(io::stderr);
     let _ = match format {
@@ -316,18 +317,15 @@ pub fn main() -> ExitCode {
         }
     };
     let spans = span_export(&cli.command);
-    init_logging(cli.log_format, spans.as_ref());
+    // The demo narrates on stdout; its daemon's logs would drown that.
+    let level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    init_logging(cli.log_format, level, spans.as_ref());
     let outcome = run_command(cli.command);
     drop(spans);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
-}
-
-fn not_yet(what: &str) -> Result<(), ExitCode> {
-    eprintln!("driftwatch {what} is not available in this build yet");
-    Err(ExitCode::from(2))
 }
 
 fn run_command(command: Command) -> Result<(), ExitCode> {
@@ -485,7 +483,16 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             eprintln!("simulated {} predictions and {} labels", summary.predictions, summary.labels);
             Ok(())
         }
-        Command::Demo { .. } => not_yet("demo"),
+        Command::Demo { duration, listen } => {
+            let options = crate::drivers::demo::DemoOptions { duration, listen, ..Default::default() };
+            let mut stdout = io::stdout();
+            let summary = crate::drivers::demo::run_demo(&options, &mut stdout).map_err(|e| {
+                eprintln!("driftwatch demo: {e}");
+                ExitCode::from(1)
+            })?;
+            crate::drivers::demo::print_summary(&summary, &mut stdout);
+            Ok(())
+        }
         Command::Baseline { command } => baseline_command(command),
         Command::Rules { command: RulesCommand::Check { paths, config } } => rules_check(&paths, config.as_deref()),
         Command::Rules { command: RulesCommand::Test { files } } => rules_test(&files),

@@ -56,6 +56,8 @@ pub struct Telemetry {
     pub checkpoints_failed: AtomicU64,
     /// Size of the last checkpoint written.
     pub checkpoint_bytes: AtomicU64,
+    /// Where the HTTP API listens, once it does.
+    pub http_address: Mutex<Option<String>>,
 }
 
 /// Parts of the daemon that write to disk; a failing one makes the daemon

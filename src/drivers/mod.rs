@@ -1,8 +1,9 @@
 //! Drivers: the loops that feed one pipeline from a source and write its
 //! rows somewhere. [`run`] is the daemon over Kafka, [`replay`] the same
-//! engine over files.
+//! engine over files, [`demo`] everything in one process.
 
 pub mod alerting;
+pub mod demo;
 pub mod replay;
 pub mod run;
 pub mod simulate;

@@ -125,8 +125,9 @@ pub fn run_daemon(
     sink.metrics = Some(metrics.latest.clone());
     let (api, reload_requests) =
         crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()), Some(metrics));
-    let _server = crate::http::serve(&config.http.listen, api.clone())
+    let server = crate::http::serve(&config.http.listen, api.clone())
         .map_err(|source| RunError::Http { listen: config.http.listen.clone(), source })?;
+    *pipeline.telemetry.http_address.lock().expect("telemetry lock") = Some(server.address.to_string());
     sink.live = Some(Live {
         config: config.clone(),
         reload_requested: reload.clone(),

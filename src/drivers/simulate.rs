@@ -69,18 +69,45 @@ pub fn simulate_to_files(
 /// Produces traffic to Kafka in real time (event time = wall clock) for
 /// `duration`, or until `shutdown`.
 pub fn simulate_to_kafka(
-    mut options: SimulatorOptions,
+    options: SimulatorOptions,
     duration: Duration,
     brokers: &str,
     predictions_topic: &str,
     labels_topic: &str,
     shutdown: &Shutdown,
 ) -> Result<SimulateSummary, KafkaError> {
+    let live = Live { speedup: 1.0, produced: None };
+    simulate_live(options, duration, brokers, (predictions_topic, labels_topic), shutdown, &live)
+}
+
+/// How a live simulation runs: event time advances `speedup` times faster
+/// than the wall clock (the demo compresses an hour into a minute), and
+/// `produced` counts (predictions, labels) as they are sent.
+pub struct Live<'a> {
+    pub speedup: f64,
+    pub produced: Option<&'a (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+}
+
+/// Produces `options.rate` predictions per wall-clock second (and their
+/// labels when their time comes) to Kafka for `duration` or until
+/// `shutdown`; event time starts now and runs `live.speedup` times faster.
+pub fn simulate_live(
+    mut options: SimulatorOptions,
+    duration: Duration,
+    brokers: &str,
+    (predictions_topic, labels_topic): (&str, &str),
+    shutdown: &Shutdown,
+    live: &Live<'_>,
+) -> Result<SimulateSummary, KafkaError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "20").create()?;
     let started = Instant::now();
-    options.start_ms = chrono::Utc::now().timestamp_millis();
+    let start_ms = chrono::Utc::now().timestamp_millis();
+    options.start_ms = start_ms;
     let rate = options.rate.max(0.001);
+    let speedup = live.speedup.max(0.001);
+    let event_now = || start_ms + (started.elapsed().as_secs_f64() * 1000.0 * speedup) as i64;
     let mut simulator = Simulator::new(options);
     let mut pending: BinaryHeap<Reverse<(i64, u64, Vec<u8>)>> = BinaryHeap::new();
     let mut summary = SimulateSummary::default();
@@ -90,19 +117,24 @@ pub fn simulate_to_kafka(
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
         while simulator.generated() < due {
             line.clear();
-            let now = chrono::Utc::now().timestamp_millis();
-            if let Some(label) = simulator.write_prediction(now, &mut line) {
+            if let Some(label) = simulator.write_prediction(event_now(), &mut line) {
                 pending.push(Reverse((label.time_ms, sequence, label.json)));
                 sequence += 1;
             }
             send(&producer, predictions_topic, &line)?;
             summary.predictions += 1;
+            if let Some((predictions, _)) = live.produced {
+                predictions.fetch_add(1, Relaxed);
+            }
         }
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = event_now();
         while pending.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
             let Reverse((_, _, json)) = pending.pop().expect("peeked");
             send(&producer, labels_topic, &json)?;
             summary.labels += 1;
+            if let Some((_, labels)) = live.produced {
+                labels.fetch_add(1, Relaxed);
+            }
         }
         producer.poll(Duration::from_millis(5));
     }
