@@ -82,7 +82,7 @@ fn training_row(prediction: &[u8], label: &[u8]) -> Option<Value> {
 
 /// Profiles `rows` rows of the simulator's pre-drift traffic (the model's
 /// training distribution) into `dir/baseline.json`.
-fn build_baseline(dir: &Path, rows: usize, seed: u64) -> Result<PathBuf, String> {
+pub fn build_baseline(dir: &Path, rows: usize, seed: u64) -> Result<PathBuf, String> {
     let training = dir.join("training.ndjson");
     let mut out = io::BufWriter::new(std::fs::File::create(&training).map_err(|e| e.to_string())?);
     let mut simulator = Simulator::new(SimulatorOptions { seed, label_fraction: 1.0, ..SimulatorOptions::default() });

@@ -6,6 +6,7 @@
 
 mod baseline;
 mod cli;
+mod compose;
 mod demo;
 mod drift;
 mod durability;
