@@ -13,6 +13,7 @@ mod durability;
 mod kafka;
 pub mod notify;
 mod observability;
+mod properties;
 mod receivers;
 mod replay;
 mod rules;

@@ -1,0 +1,145 @@
+//! Properties the engine relies on, over generated inputs (proptest):
+//! merging partial window summaries in any grouping and order equals
+//! summarising everything at once — counts, sums, min/max and exact
+//! quantiles exactly, moments to rounding, sketches within their bound —
+//! and the label join pairs each event id at most once whatever the
+//! arrival order.
+
+use datafusion::arrow::array::{Float64Array, StringArray};
+use driftwatch::evaluate::categorical::CategoricalSummary;
+use driftwatch::evaluate::numeric::NumericSummary;
+use driftwatch::evaluate::performance::{Outcome, PerformanceState};
+use driftwatch::join::{ModelJoin, PendingLabel, PendingPrediction, Target, join_key};
+use proptest::prelude::*;
+
+fn values() -> impl Strategy<Value = Vec<Option<f64>>> {
+    prop::collection::vec(prop::option::weighted(0.9, -1e6f64..1e6), 0..3000)
+}
+
+/// Splits `len` items into consecutive chunks at the given cut points.
+fn chunks(len: usize, cuts: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+    points.push(0);
+    points.push(len);
+    points.sort_unstable();
+    points.dedup();
+    points.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+fn summary_of(values: &[Option<f64>]) -> NumericSummary {
+    let mut summary = NumericSummary::new();
+    summary.update(&Float64Array::from(values.to_vec()));
+    summary
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn numeric_summaries_merge_in_any_grouping_and_order(
+        values in values(),
+        cuts in prop::collection::vec(0usize..4000, 0..8),
+        order in prop::collection::vec(0usize..1000, 9),
+    ) {
+        let mut whole = summary_of(&values);
+        let mut parts: Vec<NumericSummary> =
+            chunks(values.len(), &cuts).into_iter().map(|r| summary_of(&values[r])).collect();
+        // Merge in a shuffled order.
+        let mut indices: Vec<usize> = (0..parts.len()).collect();
+        indices.sort_by_key(|i| order[*i % order.len()] * 16 + i);
+        let mut merged = NumericSummary::new();
+        for i in indices {
+            merged.merge(&mut parts[i]);
+        }
+        prop_assert_eq!(merged.count(), whole.count());
+        prop_assert_eq!(merged.missing, whole.missing);
+        prop_assert_eq!(merged.min(), whole.min());
+        prop_assert_eq!(merged.max(), whole.max());
+        if let (Some(a), Some(b)) = (merged.mean(), whole.mean()) {
+            prop_assert!(close(a, b), "mean {} vs {}", a, b);
+            prop_assert!(close(merged.m2(), whole.m2()) || close(merged.m2() / whole.count() as f64, whole.m2() / whole.count() as f64));
+        }
+        for q in [0.0, 0.05, 0.5, 0.95, 1.0] {
+            let (a, b) = (merged.quantile(q), whole.quantile(q));
+            match (a, b) {
+                (Some(a), Some(b)) if whole.count() as usize <= driftwatch::evaluate::numeric::EXACT_QUANTILE_LIMIT => prop_assert_eq!(a, b),
+                // Both from the sketch: the same buckets, so the same answer.
+                (Some(a), Some(b)) => prop_assert!((a - b).abs() <= 0.01 * b.abs().max(1e-9), "q{} {} vs {}", q, a, b),
+                (a, b) => prop_assert_eq!(a, b),
+            }
+        }
+        prop_assert_eq!(merged.to_sketch().count(), whole.count());
+    }
+
+    #[test]
+    fn categorical_summaries_merge_exactly_under_the_cap(
+        values in prop::collection::vec(prop::option::weighted(0.9, "[a-e]{1,2}"), 0..500),
+        cuts in prop::collection::vec(0usize..600, 0..6),
+    ) {
+        let array = |v: &[Option<String>]| StringArray::from(v.to_vec());
+        let mut whole = CategoricalSummary::default();
+        whole.update(&array(&values), 1000);
+        let mut merged = CategoricalSummary::default();
+        for range in chunks(values.len(), &cuts).into_iter().rev() {
+            let mut part = CategoricalSummary::default();
+            part.update(&array(&values[range]), 1000);
+            merged.merge(&part, 1000);
+        }
+        prop_assert_eq!(merged, whole);
+    }
+
+    #[test]
+    fn performance_states_merge_exactly(
+        pairs in prop::collection::vec((0u32..3, 0u32..3, 0.0f64..1.0), 0..400),
+        cut in 0usize..400,
+    ) {
+        let outcome = |(p, a, s): &(u32, u32, f64)| Outcome::Class { predicted: *p, actual: *a, score: *s };
+        let mut whole = PerformanceState::default();
+        pairs.iter().for_each(|p| whole.add(outcome(p)));
+        let cut = cut.min(pairs.len());
+        let (mut first, mut second) = (PerformanceState::default(), PerformanceState::default());
+        pairs[..cut].iter().for_each(|p| first.add(outcome(p)));
+        pairs[cut..].iter().for_each(|p| second.add(outcome(p)));
+        second.merge(&first);
+        prop_assert_eq!(second.labeled, whole.labeled);
+        prop_assert_eq!(&second.confusion, &whole.confusion);
+    }
+
+    #[test]
+    fn the_join_pairs_each_event_at_most_once_whatever_the_order(
+        events in prop::collection::vec((0usize..60, any::<bool>()), 0..300),
+    ) {
+        // Each (id, side) may arrive several times, in any order.
+        let mut join = ModelJoin::new(i64::MAX / 4, 1_000_000);
+        let mut paired = std::collections::BTreeMap::<usize, u32>::new();
+        for (i, (id, is_label)) in events.iter().enumerate() {
+            let key = join_key(&format!("e{id}"));
+            let matched = if *is_label {
+                join.on_label(key, PendingLabel { label_time_ms: i as i64, actual: Target::Class(1) }).is_some()
+            } else {
+                join.on_prediction(key, PendingPrediction { series: 0, event_time_ms: i as i64, predicted: Target::Class(0), score: 0.5 }).is_some()
+            };
+            if matched {
+                *paired.entry(*id).or_default() += 1;
+            }
+        }
+        // A pair needs a prediction and a label; an id pairs at most as many
+        // times as the rarer of its two sides arrived, and once when each arrived once.
+        for (id, n) in &paired {
+            let predictions = events.iter().filter(|(e, l)| e == id && !l).count() as u32;
+            let labels = events.iter().filter(|(e, l)| e == id && *l).count() as u32;
+            prop_assert!(*n <= predictions.min(labels), "id {} paired {} times", id, n);
+        }
+        for id in 0..60 {
+            let predictions = events.iter().filter(|(e, l)| *e == id && !l).count();
+            let labels = events.iter().filter(|(e, l)| *e == id && *l).count();
+            if predictions == 1 && labels == 1 {
+                prop_assert_eq!(paired.get(&id).copied(), Some(1), "id {} arrived once each side", id);
+            }
+        }
+    }
+}
