@@ -458,12 +458,13 @@ pub fn print_summary(summary: &DemoSummary, out: &mut dyn Write) {
     let _ = writeln!(
         out,
         "\nsummary: {} predictions and {} labels, {} windows closed; drift injected at {:.0} s, {detected}; \
-         {} alert transitions; {} retraining webhooks delivered",
+         {} alert transitions; {} retraining webhook{} delivered",
         summary.predictions,
         summary.labels,
         summary.windows,
         summary.drift_injected_at.as_secs_f64(),
         summary.transitions,
-        summary.webhooks
+        summary.webhooks,
+        if summary.webhooks == 1 { "" } else { "s" }
     );
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 #[test]
 fn the_demo_detects_the_injected_drift_and_delivers_the_retraining_webhook() {
     let output = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .args(["demo", "--duration", "30s", "--listen", "127.0.0.1:0"])
+        .args(["demo", "--duration", "40s", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
