@@ -135,6 +135,7 @@ impl Engine {
             total.labels_unmatched += j.counters.labels_unmatched;
             total.evicted += j.counters.evicted;
             total.duplicate_predictions += j.counters.duplicate_predictions;
+            total.duplicate_labels += j.counters.duplicate_labels;
             total.matched += j.counters.matched;
         }
         total

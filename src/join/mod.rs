@@ -75,6 +75,8 @@ pub struct PendingLabel {
 enum Side {
     Prediction,
     Label,
+    /// A pair already made (remembered so a duplicate is not paired again).
+    Completed,
 }
 
 /// What happened to entries that left the join without a partner.
@@ -86,8 +88,12 @@ pub struct JoinCounters {
     pub labels_unmatched: u64,
     /// Entries evicted because the pending cap was reached.
     pub evicted: u64,
-    /// Predictions whose event id was already pending (the first one is kept).
+    /// Predictions whose event id was already pending or paired (the first
+    /// one is kept).
     pub duplicate_predictions: u64,
+    /// Labels whose event id was already paired.
+    #[serde(default)]
+    pub duplicate_labels: u64,
     pub matched: u64,
 }
 
@@ -96,6 +102,11 @@ pub struct JoinCounters {
 pub struct ModelJoin {
     predictions: KeyMap<PendingPrediction>,
     labels: KeyMap<PendingLabel>,
+    /// Ids paired within the horizon → when they are forgotten: a
+    /// prediction or label arriving again for one is a duplicate, never a
+    /// second pair. Counts against `max_pending`.
+    #[serde(default)]
+    completed: KeyMap<i64>,
     /// Arrival order with expiry time: (expire_at, key, side).
     queue: VecDeque<(i64, JoinKey, Side)>,
     horizon_ms: i64,
@@ -108,6 +119,7 @@ impl ModelJoin {
         ModelJoin {
             predictions: KeyMap::default(),
             labels: KeyMap::default(),
+            completed: KeyMap::default(),
             queue: VecDeque::new(),
             horizon_ms,
             max_pending: max_pending.max(1),
@@ -120,6 +132,7 @@ impl ModelJoin {
     pub fn restore(&mut self, other: ModelJoin) {
         self.predictions = other.predictions;
         self.labels = other.labels;
+        self.completed = other.completed;
         self.queue = other.queue;
         self.counters = other.counters;
     }
@@ -129,11 +142,16 @@ impl ModelJoin {
     }
 
     fn make_room(&mut self) {
-        while self.pending() >= self.max_pending {
+        while self.pending() + self.completed.len() >= self.max_pending {
             let Some((_, key, side)) = self.queue.pop_front() else { break };
             let removed = match side {
                 Side::Prediction => self.predictions.remove(&key).is_some(),
                 Side::Label => self.labels.remove(&key).is_some(),
+                // Forgetting a pair early only weakens duplicate detection.
+                Side::Completed => {
+                    self.completed.remove(&key);
+                    false
+                }
             };
             if removed {
                 self.counters.evicted += 1;
@@ -146,9 +164,10 @@ impl ModelJoin {
     pub fn on_prediction(&mut self, key: JoinKey, prediction: PendingPrediction) -> Option<PendingLabel> {
         if let Some(label) = self.labels.remove(&key) {
             self.counters.matched += 1;
+            self.remember_pair(key, prediction.event_time_ms.max(label.label_time_ms));
             return Some(label);
         }
-        if self.predictions.contains_key(&key) {
+        if self.predictions.contains_key(&key) || self.completed.contains_key(&key) {
             self.counters.duplicate_predictions += 1;
             return None;
         }
@@ -163,12 +182,25 @@ impl ModelJoin {
     pub fn on_label(&mut self, key: JoinKey, label: PendingLabel) -> Option<PendingPrediction> {
         if let Some(prediction) = self.predictions.remove(&key) {
             self.counters.matched += 1;
+            self.remember_pair(key, prediction.event_time_ms.max(label.label_time_ms));
             return Some(prediction);
+        }
+        if self.labels.contains_key(&key) || self.completed.contains_key(&key) {
+            self.counters.duplicate_labels += 1;
+            return None;
         }
         self.make_room();
         self.labels.insert(key, label);
         self.queue.push_back((label.label_time_ms.saturating_add(self.horizon_ms), key, Side::Label));
         None
+    }
+
+    /// Remembers a pair made at `time_ms` until the horizon has passed it.
+    fn remember_pair(&mut self, key: JoinKey, time_ms: i64) {
+        self.make_room();
+        let expire_at = time_ms.saturating_add(self.horizon_ms);
+        self.completed.insert(key, expire_at);
+        self.queue.push_back((expire_at, key, Side::Completed));
     }
 
     /// Expires entries whose horizon the watermark has passed (all of them
@@ -196,6 +228,11 @@ impl ModelJoin {
                         self.counters.labels_unmatched += 1;
                     }
                 }
+                Side::Completed => {
+                    if self.completed.get(&key) == Some(&expire_at) {
+                        self.completed.remove(&key);
+                    }
+                }
             }
         }
     }
@@ -219,10 +256,13 @@ mod tests {
         assert_eq!(j.on_label(join_key("a"), label(20)), Some(prediction(10)));
         assert_eq!(j.on_label(join_key("b"), label(30)), None);
         assert_eq!(j.on_prediction(join_key("b"), prediction(5)), Some(label(30)));
-        // A second label for an already joined id finds nothing.
+        // A second label for an already joined id finds nothing and stays
+        // nothing: a later duplicate prediction does not pair with it.
         assert_eq!(j.on_label(join_key("a"), label(40)), None);
+        assert_eq!(j.on_prediction(join_key("a"), prediction(50)), None);
         assert_eq!(j.counters.matched, 2);
-        assert_eq!(j.pending(), 1);
+        assert_eq!((j.counters.duplicate_labels, j.counters.duplicate_predictions), (1, 1));
+        assert_eq!(j.pending(), 0);
     }
 
     #[test]
