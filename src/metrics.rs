@@ -173,6 +173,48 @@ impl Metrics {
             .with_description("Windows closed.")
             .with_callback(move |o| o.observe(t.windows_closed.load(std::sync::atomic::Ordering::Relaxed), &[]))
             .build();
+        // What the caps and the join turned away (README, Limits).
+        for (name, description, read) in [
+            (
+                "driftwatch_features_over_cap",
+                "Feature values not tracked because the model reached pipeline.max_features_per_model.",
+                (|t: &Telemetry| t.features_over_cap.load(std::sync::atomic::Ordering::Relaxed))
+                    as fn(&Telemetry) -> u64,
+            ),
+            (
+                "driftwatch_segments_over_cap",
+                "Events filed under segment __other__ because the model reached pipeline.max_segments_per_model.",
+                |t: &Telemetry| t.segments_over_cap.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_join_evicted",
+                "Pending joins evicted because the model reached pipeline.max_pending_joins.",
+                |t: &Telemetry| t.join_evicted.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_labels_unmatched",
+                "Labels whose prediction never arrived within the label horizon.",
+                |t: &Telemetry| t.join_labels_unmatched.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_checkpoints_failed",
+                "Checkpoints that could not be written (retried every state.checkpoint_interval).",
+                |t: &Telemetry| t.checkpoints_failed.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ] {
+            let t = telemetry.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |o| o.observe(read(&t), &[]))
+                .build();
+        }
+        let t = telemetry.clone();
+        meter
+            .i64_observable_gauge("driftwatch_join_pending")
+            .with_description("Predictions awaiting their label and labels awaiting their prediction.")
+            .with_callback(move |o| o.observe(t.join_pending.load(std::sync::atomic::Ordering::Relaxed), &[]))
+            .build();
         let t = telemetry.clone();
         meter
             .i64_observable_gauge("driftwatch_consumer_lag")

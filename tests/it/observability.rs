@@ -260,6 +260,18 @@ fn prometheus_sees_every_dashboard_query_and_chromium_renders_the_status_page() 
     }
     let (status, body) = http(&address, "GET", "/readyz", None);
     assert_eq!(status, 200, "{body}");
+    // The caps' and the join's counters (README, Limits) are exported too.
+    let text = http_text(&address, "GET", "/metrics", None).1;
+    for name in [
+        "driftwatch_features_over_cap_total 0",
+        "driftwatch_segments_over_cap_total 0",
+        "driftwatch_join_evicted_total 0",
+        "driftwatch_checkpoints_failed_total 0",
+        "driftwatch_labels_unmatched_total ",
+        "driftwatch_join_pending ",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "/metrics lacks {name:?}:\n{text}");
+    }
 
     // OTLP/HTTP push: the same metrics, and spans of window close → rules →
     // notify, as protobuf (names appear verbatim in the bytes).
