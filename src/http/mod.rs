@@ -23,6 +23,9 @@ use crate::rules::Transition;
 
 pub mod status;
 
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Most `window_metrics` rows `/api/v1/windows` keeps (oldest dropped).
 pub const RECENT_ROWS: usize = 100_000;
 
@@ -223,6 +226,10 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None)
 }
 
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method", None)
+}
+
 /// The router over `state`.
 pub fn router(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
@@ -236,7 +243,8 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/api/v1/models", get(models))
         .route("/-/reload", post(reload))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 

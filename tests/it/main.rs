@@ -10,6 +10,7 @@ mod compose;
 mod demo;
 mod drift;
 mod durability;
+mod http;
 mod kafka;
 pub mod notify;
 mod observability;
