@@ -90,22 +90,13 @@ impl AuditLog {
     /// The log's path and length now (for a checkpoint); an error while
     /// writes are failing.
     pub fn position(&mut self) -> io::Result<(String, super::recovery::OutputPosition)> {
-        if !self.file.flush() {
-            return Err(io::Error::other(format!("{}: writes are failing", self.file.path().display())));
-        }
-        let position = super::recovery::OutputPosition {
-            length: self.file.written_length()?,
-            written_ahead: self.already_logged.iter().cloned().collect(),
-        };
-        Ok((self.file.path().display().to_string(), position))
+        self.file.position(&self.already_logged)
     }
 
     /// After a restart: transitions logged past the checkpoint's length are
     /// recognised when they recur and not logged again.
     pub fn recover(&mut self, positions: &BTreeMap<String, crate::output::recovery::OutputPosition>) -> io::Result<()> {
-        let path = self.file.path().to_path_buf();
-        let Some(position) = positions.get(&path.display().to_string()) else { return Ok(()) };
-        self.already_logged = super::recovery::records_to_skip(&path, position, transition_key_of_json)?;
+        self.already_logged = self.file.records_to_skip(positions, transition_key_of_json)?;
         Ok(())
     }
 

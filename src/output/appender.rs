@@ -78,6 +78,44 @@ impl Appender {
         Ok(self.file.metadata()?.len())
     }
 
+    /// Where the file stands for a checkpoint: its length once everything
+    /// queued is written (an error while writes fail, so no checkpoint
+    /// claims records that are not on disk), with the records written
+    /// ahead of the state (`written_ahead`).
+    pub fn position(
+        &mut self,
+        written_ahead: &std::collections::HashSet<String>,
+    ) -> io::Result<(String, super::recovery::OutputPosition)> {
+        if !self.flush() {
+            return Err(io::Error::other(format!("{}: writes are failing", self.path.display())));
+        }
+        let position = super::recovery::OutputPosition {
+            length: self.written_length()?,
+            written_ahead: written_ahead.iter().cloned().collect(),
+        };
+        Ok((self.path.display().to_string(), position))
+    }
+
+    /// After a restart from a checkpoint that recorded `positions`: the keys
+    /// (by `key`) of the records this file already has that the replayed
+    /// events will make again (see [`super::recovery::records_to_skip`]).
+    pub fn records_to_skip(
+        &self,
+        positions: &std::collections::BTreeMap<String, super::recovery::OutputPosition>,
+        key: impl Fn(&serde_json::Value) -> Option<String>,
+    ) -> io::Result<std::collections::HashSet<String>> {
+        let Some(position) = positions.get(&self.path.display().to_string()) else { return Ok(Default::default()) };
+        let skip = super::recovery::records_to_skip(&self.path, position, key)?;
+        if !skip.is_empty() {
+            tracing::info!(
+                path = %self.path.display(),
+                records = skip.len(),
+                "records written after the checkpoint will not be written again"
+            );
+        }
+        Ok(skip)
+    }
+
     /// Bytes waiting for the disk.
     pub fn pending(&self) -> usize {
         self.pending.len()

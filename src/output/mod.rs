@@ -309,30 +309,15 @@ impl WindowSink for AppendFileSink {
         &mut self,
         positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>,
     ) -> io::Result<()> {
-        if !self.file.flush() {
-            return Err(io::Error::other(format!("{}: writes are failing", self.file.path().display())));
-        }
-        let position = recovery::OutputPosition {
-            length: self.file.written_length()?,
-            written_ahead: self.already_written.iter().cloned().collect(),
-        };
-        positions.insert(self.file.path().display().to_string(), position);
+        let (path, position) = self.file.position(&self.already_written)?;
+        positions.insert(path, position);
         Ok(())
     }
     fn recover_outputs(
         &mut self,
         positions: &BTreeMap<String, crate::output::recovery::OutputPosition>,
     ) -> io::Result<()> {
-        let path = self.file.path().to_path_buf();
-        let Some(position) = positions.get(&path.display().to_string()) else { return Ok(()) };
-        self.already_written = recovery::records_to_skip(&path, position, row_key_of_json)?;
-        if !self.already_written.is_empty() {
-            tracing::info!(
-                path = %path.display(),
-                rows = self.already_written.len(),
-                "rows written after the checkpoint will not be written again"
-            );
-        }
+        self.already_written = self.file.records_to_skip(positions, row_key_of_json)?;
         Ok(())
     }
 }

@@ -109,18 +109,7 @@ impl Receiver {
 }
 
 fn write_setup(dir: &Path, notifiers: &str, notify: &str) -> PathBuf {
-    let rules = dir.join("rules.yaml");
-    std::fs::write(
-        &rules,
-        format!(
-            "groups:\n  - name: g\n    rules:\n      - alert: AmountDrift\n        \
-             expr: metric = 'psi' AND drifted AND feature = 'amount' AND segment = ''\n        \
-             for: 2\n        labels: {{severity: critical}}\n        \
-             annotations: {{summary: \"amount drifted on {{{{ model }}}}\"}}\n        \
-             notify: [{notify}]\n        cooldown: 12h\n"
-        ),
-    )
-    .unwrap();
+    crate::support::write_amount_drift_rule_with(dir, notify, "", "for: 2\ncooldown: 12h");
     let config = dir.join("c.yaml");
     std::fs::write(
         &config,

@@ -66,17 +66,7 @@ fn start_alertmanager(dir: &Path) -> (Killed, String) {
 /// amount feature's PSI (and, with `window_filter`, only in one window,
 /// so it also resolves).
 fn setup(dir: &Path, notifier: &str, window_filter: &str) -> PathBuf {
-    let rules = dir.join("rules.yaml");
-    std::fs::write(
-        &rules,
-        format!(
-            "groups:\n  - name: g\n    rules:\n      - alert: AmountDrift\n        \
-             expr: metric = 'psi' AND drifted AND feature = 'amount' AND segment = ''{window_filter}\n        \
-             labels: {{severity: critical}}\n        \
-             annotations: {{summary: \"amount drifted on {{{{ model }}}}\"}}\n        notify: [n]\n"
-        ),
-    )
-    .unwrap();
+    crate::support::write_amount_drift_rule_with(dir, "n", window_filter, "");
     let config = dir.join("c.yaml");
     std::fs::write(
         &config,

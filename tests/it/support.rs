@@ -184,11 +184,20 @@ pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u1
 /// Writes `rules.yaml` into `dir`: one rule, `AmountDrift`, firing after two
 /// windows in which the `amount` feature's PSI drifted, notifying `notify`.
 pub fn write_amount_drift_rule(dir: &std::path::Path, notify: &str) {
+    write_amount_drift_rule_with(dir, notify, "", "for: 2");
+}
+
+/// [`write_amount_drift_rule`] with `condition` appended to its `expr`
+/// (e.g. ` AND window_start = ...`) and `keys` (e.g. `for: 2`, `cooldown:
+/// 12h`, one per line) added to the rule.
+pub fn write_amount_drift_rule_with(dir: &std::path::Path, notify: &str, condition: &str, keys: &str) {
+    let keys: String =
+        keys.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("        {}\n", l.trim())).collect();
     std::fs::write(
         dir.join("rules.yaml"),
         format!(
             "groups:\n  - name: g\n    rules:\n      - alert: AmountDrift\n        \
-             expr: metric = 'psi' AND drifted AND feature = 'amount' AND segment = ''\n        for: 2\n        \
+             expr: metric = 'psi' AND drifted AND feature = 'amount' AND segment = ''{condition}\n{keys}        \
              labels: {{severity: critical}}\n        annotations: {{summary: \"amount drifted on {{{{ model }}}}\"}}\n        \
              notify: [{notify}]\n"
         ),
