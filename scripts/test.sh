@@ -43,3 +43,9 @@ log "cargo test (unit, integration, benches as smoke tests)"
 cargo test --locked --all-targets "$@"
 log "cargo test --doc"
 cargo test --locked --doc "$@"
+
+# Fuzzing smoke run: every cargo-fuzz target for a few seconds (installs
+# cargo-fuzz when missing; stable Rust, no sanitizer). Longer runs by hand:
+# ./scripts/fuzz.sh TARGET SECONDS.
+log "fuzz smoke run"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ./scripts/fuzz.sh

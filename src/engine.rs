@@ -34,6 +34,11 @@ pub struct EngineCounters {
     pub windows_closed: u64,
     /// Labels that joined a prediction whose windows were already final.
     pub labels_late: u64,
+    /// Categorical values pooled into `__other__` by
+    /// `pipeline.max_categories_per_feature` (once per window and series
+    /// the value went into).
+    #[serde(default)]
+    pub categories_over_cap: u64,
 }
 
 /// A group of batch rows sharing a series and a set of windows.
@@ -232,7 +237,7 @@ impl Engine {
                 }
                 any_open = true;
                 let state = windows.open.entry((start, group.series)).or_insert_with(|| WindowState::new(model));
-                state.update(model, &columns, self.max_categories);
+                self.counters.categories_over_cap += state.update(model, &columns, self.max_categories, whole_model);
             }
             if late {
                 let n = group.rows.len() as u64;
@@ -557,5 +562,44 @@ mod tests {
             .map(|r| (r.metric, r.value))
             .collect();
         assert_eq!(rows, vec![("missing_rate", 0.5), ("type_error_rate", 0.5)]);
+    }
+
+    /// Regression (found by the hostile-input test): a model with many
+    /// features and many segments made every window emit features ×
+    /// segments rows (a million for 500 × 1,000), because every series
+    /// got a state for every feature the model knew. A feature now gets
+    /// rows only where a value of it arrived.
+    #[test]
+    fn segments_get_rows_only_for_the_features_they_carry() {
+        let mut h = Harness::new("{size: 1m}");
+        let features: Vec<String> = (0..50).map(|f| format!("\"f{f}\":1.5")).collect();
+        h.raw(&format!(
+            r#"{{"event_id":"a","model":"m","timestamp":{},"prediction":1,"features":{{{}}}}}"#,
+            T0 + 1_000,
+            features.join(",")
+        ));
+        for s in 0..20 {
+            h.raw(&format!(
+                r#"{{"event_id":"s{s}","model":"m","timestamp":{},"prediction":1,"segment":{{"user":"u{s}"}},"features":{{"f0":2.5}}}}"#,
+                T0 + 2_000 + s
+            ));
+        }
+        h.finish();
+        let features_in = |segment: &str| {
+            let mut names: Vec<&str> =
+                h.rows.iter().filter(|r| &*r.segment == segment).filter_map(|r| r.feature.as_deref()).collect();
+            names.dedup();
+            names.len()
+        };
+        assert_eq!(features_in(""), 50, "the whole model has rows for every feature that arrived");
+        for s in 0..20 {
+            assert_eq!(features_in(&format!("user=u{s}")), 1, "segment u{s} carried only f0");
+        }
+        // f1 arrived in 1 of the whole model's 21 events: the others lacked it.
+        let missing = h
+            .rows
+            .iter()
+            .find(|r| r.segment.is_empty() && r.feature.as_deref() == Some("f1") && r.metric == "missing_rate");
+        assert_eq!(missing.map(|r| r.value), Some(20.0 / 21.0));
     }
 }

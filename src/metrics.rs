@@ -187,6 +187,34 @@ impl Metrics {
                 |t: &Telemetry| t.segments_over_cap.load(std::sync::atomic::Ordering::Relaxed),
             ),
             (
+                "driftwatch_categories_over_cap",
+                "Categorical values pooled as __other__ because the feature reached pipeline.max_categories_per_feature (per window and series).",
+                |t: &Telemetry| t.categories_over_cap.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_feature_type_errors",
+                "Feature values of the wrong JSON type (e.g. a number sent as a string), recorded as missing and in type_error_rate.",
+                |t: &Telemetry| t.feature_type_errors.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_duplicate_predictions",
+                "Predictions whose (model, event_id) was already seen within the label horizon; counted in windows, never paired twice.",
+                |t: &Telemetry| t.duplicate_predictions.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_duplicate_labels",
+                "Labels whose (model, event_id) was already seen within the label horizon; never paired twice.",
+                |t: &Telemetry| t.duplicate_labels.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            ("driftwatch_dead_lettered", "Invalid events written to kafka.dead_letter_topic.", |t: &Telemetry| {
+                t.dead_lettered.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            (
+                "driftwatch_dead_letters_failed",
+                "Invalid events that could not be written to kafka.dead_letter_topic (logged).",
+                |t: &Telemetry| t.dead_letters_failed.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
                 "driftwatch_join_evicted",
                 "Pending joins evicted because the model reached pipeline.max_pending_joins.",
                 |t: &Telemetry| t.join_evicted.load(std::sync::atomic::Ordering::Relaxed),

@@ -55,13 +55,25 @@ impl OtlpHttpClient {
 #[async_trait::async_trait]
 impl HttpClient for OtlpHttpClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        // The exporter may log a failed reply: keep our header values (API
+        // keys) out of it even when the collector echoes them back.
+        let secrets: Vec<String> = request
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != http::header::CONTENT_TYPE && *name != http::header::CONTENT_LENGTH)
+            .filter_map(|(_, value)| value.to_str().ok().map(str::to_string))
+            .collect();
         let request = reqwest::Request::try_from(request)?;
         let client = self.client.clone();
         let task = self.runtime.spawn(async move {
-            let response = client.execute(request).await?;
+            let response = client.execute(request).await.map_err(reqwest::Error::without_url)?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await?;
+            let mut body = response.bytes().await.map_err(reqwest::Error::without_url)?;
+            if !status.is_success() {
+                let text = crate::config::redact::scrub(&String::from_utf8_lossy(&body), &secrets);
+                body = Bytes::from(text);
+            }
             Ok::<_, reqwest::Error>((status, headers, body))
         });
         let (status, headers, body) = task.await??;

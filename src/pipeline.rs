@@ -23,6 +23,9 @@ pub struct Pipeline {
     pub decoder: Decoder,
     pub engine: Engine,
     pub telemetry: Arc<Telemetry>,
+    /// `pipeline.max_future_skew`: the daemon's drivers bound event times by
+    /// their clock plus this (see [`Decoder::accept_times_before`]).
+    pub max_future_skew: std::time::Duration,
     predictions_topic: String,
     labels_topic: String,
     rows: Vec<WindowMetricRow>,
@@ -53,6 +56,7 @@ impl Pipeline {
             decoder,
             engine,
             telemetry,
+            max_future_skew: config.pipeline.max_future_skew,
             predictions_topic,
             labels_topic,
             rows: Vec::new(),
@@ -215,6 +219,7 @@ impl Pipeline {
         t.events_late.fetch_add(now.events_late - self.reported.events_late, Ordering::Relaxed);
         t.windows_closed.fetch_add(now.windows_closed - self.reported.windows_closed, Ordering::Relaxed);
         t.labels_late.fetch_add(now.labels_late - self.reported.labels_late, Ordering::Relaxed);
+        t.categories_over_cap.fetch_add(now.categories_over_cap - self.reported.categories_over_cap, Ordering::Relaxed);
         self.reported = now;
         let join = self.engine.join_counters();
         t.join_predictions_expired
@@ -222,6 +227,9 @@ impl Pipeline {
         t.join_labels_unmatched
             .fetch_add(join.labels_unmatched - self.reported_join.labels_unmatched, Ordering::Relaxed);
         t.join_evicted.fetch_add(join.evicted - self.reported_join.evicted, Ordering::Relaxed);
+        t.duplicate_predictions
+            .fetch_add(join.duplicate_predictions - self.reported_join.duplicate_predictions, Ordering::Relaxed);
+        t.duplicate_labels.fetch_add(join.duplicate_labels - self.reported_join.duplicate_labels, Ordering::Relaxed);
         self.reported_join = join;
         t.join_pending.store(self.engine.pending_joins() as i64, Ordering::Relaxed);
         let decode = self.decoder.counters.clone();

@@ -35,8 +35,17 @@ pub struct Telemetry {
     pub join_pending: AtomicI64,
     /// Invalid events sent to the dead-letter topic.
     pub dead_lettered: AtomicU64,
+    /// Dead letters the broker did not take (logged).
+    pub dead_letters_failed: AtomicU64,
     /// Features not tracked because of the per-model cap.
     pub features_over_cap: AtomicU64,
+    /// Categorical values pooled into `__other__` by the per-feature cap.
+    pub categories_over_cap: AtomicU64,
+    /// Predictions whose (model, event_id) was already seen within the
+    /// label horizon (counted in windows, never paired twice).
+    pub duplicate_predictions: AtomicU64,
+    /// Labels whose (model, event_id) was already seen within the horizon.
+    pub duplicate_labels: AtomicU64,
     /// Segments folded into `__other__` by the per-model cap.
     pub segments_over_cap: AtomicU64,
     /// Feature values whose JSON type did not match the feature.

@@ -141,16 +141,27 @@ pub enum BaselineError {
     Build(String),
 }
 
+/// The largest baseline file read (256 MiB; a 25-feature profile with its
+/// calibration is well under 1 MiB).
+pub const MAX_BASELINE_BYTES: usize = 256 << 20;
+
 impl Baseline {
     /// Reads and checks a profile.
     pub fn load(path: &Path) -> Result<Baseline, BaselineError> {
         let display = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| BaselineError::Io { path: display.clone(), source })?;
-        let baseline: Baseline = serde_json::from_str(&text)
-            .map_err(|e| BaselineError::Format { path: display.clone(), message: e.to_string() })?;
+        let text = crate::config::read_text_file_bounded(path, MAX_BASELINE_BYTES)
+            .map_err(|source| BaselineError::Io { path: display.clone(), source })?;
+        Baseline::from_json_str(&text, &display)
+    }
+
+    /// Parses and checks a profile's JSON text; `display` names it in errors.
+    pub fn from_json_str(text: &str, display: &str) -> Result<Baseline, BaselineError> {
+        let baseline: Baseline = serde_json::from_str(text).map_err(|e| BaselineError::Format {
+            path: display.to_string(),
+            message: crate::config::shorten_long_tokens(&e.to_string()).into_owned(),
+        })?;
         if baseline.format_version != FORMAT_VERSION {
-            return Err(BaselineError::Version { path: display, found: baseline.format_version });
+            return Err(BaselineError::Version { path: display.to_string(), found: baseline.format_version });
         }
         Ok(baseline)
     }

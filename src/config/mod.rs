@@ -465,12 +465,22 @@ pub struct PipelineConfig {
     /// (`reason="too_large"`). Default [`DEFAULT_MAX_MESSAGE_BYTES`] (1 MiB).
     /// At least 1.
     pub max_message_bytes: usize,
+    /// Events stamped more than this ahead of the host's clock are
+    /// invalid (`reason="timestamp_out_of_range"`), so one producer with a
+    /// wrong clock cannot push the watermark ahead and close every window
+    /// early. Applied by the daemon (`run`, `demo`); `replay` takes the
+    /// files' times as they are. Default [`DEFAULT_MAX_FUTURE_SKEW`] (1h).
+    #[serde(with = "duration")]
+    pub max_future_skew: Duration,
     /// After SIGTERM/SIGINT, the longest the daemon takes to drain its
     /// batch, checkpoint and commit before it exits anyway (code 1).
     /// Default [`DEFAULT_SHUTDOWN_TIMEOUT`] (30s).
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
 }
+
+/// Default `pipeline.max_future_skew`.
+pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
 
 /// Default `pipeline.shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -485,6 +495,7 @@ impl Default for PipelineConfig {
             max_segments_per_model: DEFAULT_MAX_SEGMENTS_PER_MODEL,
             max_categories_per_feature: DEFAULT_MAX_CATEGORIES_PER_FEATURE,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -712,13 +723,86 @@ pub struct OutputConfig {
 // Loading
 // ---------------------------------------------------------------------------
 
+/// The largest config, rule or rule-test file read (1 MiB). Real ones are a
+/// few kilobytes; a bigger file is refused before it is parsed, so a hostile
+/// or broken file cannot make the loader use unbounded memory.
+pub const MAX_TEXT_FILE_BYTES: usize = 1 << 20;
+
+/// Most windows one event may fall into (`windows.size / windows.slide`):
+/// each is updated per event.
+pub const MAX_WINDOWS_PER_EVENT: usize = 100;
+
+/// The longest duration any setting accepts (100 years): event-time
+/// arithmetic in milliseconds then never overflows.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The longest model or alert name accepted: names become metric labels,
+/// file names and map keys.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Refuses text longer than [`MAX_TEXT_FILE_BYTES`], naming `origin`.
+pub fn check_text_size(text: &str, origin: &str) -> Result<(), String> {
+    if text.len() > MAX_TEXT_FILE_BYTES {
+        return Err(format!(
+            "{origin}: the file is {} bytes; the limit is {MAX_TEXT_FILE_BYTES} bytes (1 MiB)",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a text file of at most `limit` bytes without reading more than
+/// that from the disk; a longer file is an error naming its size.
+pub fn read_text_file_bounded(path: &Path, limit: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(limit as u64 + 1).read_to_string(&mut text)?;
+    if text.len() > limit {
+        let size = std::fs::metadata(path).map(|m| m.len().to_string()).unwrap_or_else(|_| "more than".to_string());
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is {size} bytes; the limit is {limit} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Shortens every whitespace-separated token of `message` longer than 120
+/// characters to its first 60 and a note of its length, so an error about a
+/// 1 MB key or name stays readable (and never echoes a huge value).
+pub fn shorten_long_tokens(message: &str) -> std::borrow::Cow<'_, str> {
+    const LONG: usize = 120;
+    if !message.split_whitespace().any(|t| t.chars().count() > LONG) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(256);
+    let mut rest = message;
+    while !rest.is_empty() {
+        let start = rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let token = &rest[..end];
+        let chars = token.chars().count();
+        if chars > LONG {
+            let cut = token.char_indices().nth(60).map_or(token.len(), |(i, _)| i);
+            out.push_str(&token[..cut]);
+            out.push_str(&format!("…[{chars} characters]"));
+        } else {
+            out.push_str(token);
+        }
+        rest = &rest[end..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Config {
     /// Reads, expands, parses, resolves and validates the config at `path`.
     /// Relative paths in it (baselines, rule globs, state dir, output file)
     /// are resolved against the directory of `path` (made absolute).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = read_text_file_bounded(path, MAX_TEXT_FILE_BYTES)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = absolute.parent().unwrap_or(Path::new("."));
         Config::from_yaml_str_with_base(&text, &path.display().to_string(), Some(base_dir))
@@ -735,6 +819,13 @@ impl Config {
     /// Like [`Config::from_yaml_str`], resolving relative paths against
     /// `base_dir` when given.
     pub fn from_yaml_str_with_base(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        if text.len() > MAX_TEXT_FILE_BYTES {
+            return Err(ConfigError::Parse {
+                origin: origin.to_string(),
+                message: format!("the config is {} bytes; the limit is {MAX_TEXT_FILE_BYTES} bytes", text.len()),
+                line: None,
+            });
+        }
         let expanded = env::expand_env(text).map_err(|e| match e {
             env::ExpandError::Unset { var, line } => ConfigError::Env { origin: origin.to_string(), var, line },
             env::ExpandError::Syntax { line, message } => ConfigError::Parse {
@@ -747,7 +838,10 @@ impl Config {
         if let Some(base) = base_dir {
             config.resolve_relative_paths(base);
         }
-        config.validate().map_err(|errors| ConfigError::Invalid { origin: origin.to_string(), errors })?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            origin: origin.to_string(),
+            errors: errors.iter().map(|e| shorten_long_tokens(e).into_owned()).collect(),
+        })?;
         Ok(config)
     }
 
@@ -852,7 +946,7 @@ fn parse_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
     }
     serde_saphyr::from_str::<Config>(text).map_err(|e| {
         let (line, message) = yaml_error(&e);
-        ConfigError::Parse { origin: origin.to_string(), message, line }
+        ConfigError::Parse { origin: origin.to_string(), message: shorten_long_tokens(&message).into_owned(), line }
     })
 }
 
@@ -864,7 +958,13 @@ pub fn yaml_error(error: &serde_saphyr::Error) -> (Option<u64>, String) {
         Some(loc) => {
             let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
             let message = plain.strip_suffix(&suffix).unwrap_or(&plain);
-            (Some(loc.line()), format!("line {}, column {}: {message}", loc.line(), loc.column()))
+            // The YAML parser's word for a plain key over 1024 characters.
+            let hint = if message.contains("simple key expected") {
+                " (a missing `:`, or a key longer than YAML's 1024 characters)"
+            } else {
+                ""
+            };
+            (Some(loc.line()), format!("line {}, column {}: {message}{hint}", loc.line(), loc.column()))
         }
         None => (None, plain),
     }

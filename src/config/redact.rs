@@ -165,6 +165,45 @@ pub fn redact_url_credentials(s: &str) -> Cow<'_, str> {
     if out == s { Cow::Borrowed(s) } else { Cow::Owned(out) }
 }
 
+/// The secret parts of a URL: its userinfo password and the values of its
+/// sensitive query parameters (as [`redact_url_credentials`] judges them).
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let Some(scheme_end) = url.find("://") else {
+        return secrets;
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+    {
+        secrets.push(password.to_string());
+    }
+    let before_fragment = rest.split('#').next().unwrap_or("");
+    if let Some((_, query)) = before_fragment.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((name, value)) = pair.split_once('=')
+                && is_sensitive_query_param(name)
+            {
+                secrets.push(value.to_string());
+            }
+        }
+    }
+    secrets
+}
+
+/// `text` with every occurrence of each secret (of 4 characters or more;
+/// shorter ones would blank out ordinary words) replaced by [`REDACTED`].
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets {
+        if secret.len() >= 4 && out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
 /// `kafka.options` with secret values replaced.
 pub fn redacted_options(options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     options

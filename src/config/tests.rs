@@ -496,3 +496,18 @@ fn otlp_section_defaults_validation_and_redaction() {
     assert!(errors.iter().any(|e| e.contains("interval and timeout must be positive")), "{errors:?}");
     assert!(errors.iter().any(|e| e.starts_with("otlp.headers.bad header")), "{errors:?}");
 }
+
+/// Regression (hardening): a 1 ms slide in a 1 m window put every event in
+/// 60,000 windows and stalled the engine; absurd durations overflowed.
+#[test]
+fn windows_per_event_and_durations_are_bounded() {
+    let e = invalid_errors("models: [{name: m}]\nwindows: {size: 1m, slide: 1ms}\n");
+    assert_eq!(e, vec!["windows.slide: every event would fall into 60000 windows (1m / 1ms); at most 100 are allowed"]);
+    assert!(parse("models: [{name: m}]\nwindows: {size: 100m, slide: 1m}\n").is_ok());
+    let e = invalid_errors(
+        "models: [{name: m}]\nwindows: {label_horizon: 300000000years}\ndelivery: {retry_max: 200years}\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("windows.label_horizon: at most 100 years"), "{e:?}");
+    assert!(e[1].starts_with("delivery.retry_max: at most 100 years"), "{e:?}");
+}

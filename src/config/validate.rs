@@ -44,6 +44,24 @@ impl Config {
         }
         self.check_notifiers(&mut errors);
         self.check_http(&mut errors);
+        let mut durations = vec![
+            ("pipeline.linger", self.pipeline.linger),
+            ("pipeline.max_future_skew", self.pipeline.max_future_skew),
+            ("pipeline.shutdown_timeout", self.pipeline.shutdown_timeout),
+            ("state.checkpoint_interval", self.state.checkpoint_interval),
+            ("alerting.history", self.alerting.history),
+            ("alerting.evaluation_interval", self.alerting.evaluation_interval),
+            ("delivery.retry_initial", self.delivery.retry_initial),
+            ("delivery.retry_max", self.delivery.retry_max),
+        ];
+        if let Some(otlp) = &self.otlp {
+            durations.extend([("otlp.interval", otlp.interval), ("otlp.timeout", otlp.timeout)]);
+        }
+        for (path, d) in durations {
+            if d > super::MAX_DURATION {
+                errors.push(format!("{path}: at most 100 years (got {})", humantime::format_duration(d)));
+            }
+        }
         if self.state.checkpoint_interval.is_zero() {
             errors.push("state.checkpoint_interval: must be positive".to_string());
         }
@@ -77,6 +95,12 @@ impl Config {
         for (i, model) in self.models.iter().enumerate() {
             if model.name.trim().is_empty() {
                 errors.push(format!("models[{i}].name: must not be empty"));
+            } else if model.name.len() > super::MAX_NAME_BYTES {
+                errors.push(format!(
+                    "models[{i}].name: {} bytes long; the limit is {} (it is a metric label and a key)",
+                    model.name.len(),
+                    super::MAX_NAME_BYTES
+                ));
             } else if let Some(first) = seen.get(model.name.as_str()) {
                 errors.push(format!(
                     "models[{i}].name: duplicate model name {:?} (already used by models[{first}])",
@@ -115,10 +139,29 @@ impl Config {
                     humantime::format_duration(w.size),
                     humantime::format_duration(w.slide)
                 ));
+            } else if w.size.as_millis() / w.slide.as_millis() > super::MAX_WINDOWS_PER_EVENT as u128 {
+                errors.push(format!(
+                    "windows.slide: every event would fall into {} windows ({} / {}); at most {} are allowed",
+                    w.size.as_millis() / w.slide.as_millis(),
+                    humantime::format_duration(w.size),
+                    humantime::format_duration(w.slide),
+                    super::MAX_WINDOWS_PER_EVENT
+                ));
             }
         }
         // allowed_lateness and label_horizon are unsigned durations: >= 0 by
-        // construction (negative values are rejected while parsing).
+        // construction (negative values are rejected while parsing). Every
+        // duration is bounded so that time arithmetic cannot overflow.
+        for (path, d) in [
+            ("windows.size", w.size),
+            ("windows.slide", w.slide),
+            ("windows.allowed_lateness", w.allowed_lateness),
+            ("windows.label_horizon", w.label_horizon),
+        ] {
+            if d > super::MAX_DURATION {
+                errors.push(format!("{path}: at most 100 years (got {})", humantime::format_duration(d)));
+            }
+        }
     }
 
     fn check_pipeline(&self, errors: &mut Vec<String>) {

@@ -248,7 +248,8 @@ pub struct DecodeCounters {
     pub features_over_cap: u64,
     /// Segments folded into `__other__` because of `max_segments_per_model`.
     pub segments_over_cap: u64,
-    /// Categorical values folded into `__other__` by the category cap (window stage).
+    /// Feature values whose JSON type did not match the feature's kind
+    /// (recorded as missing, and in the window's `type_error_rate`).
     pub type_errors: u64,
 }
 
@@ -268,6 +269,9 @@ pub struct Decoder {
     max_segments: usize,
     max_classes: usize,
     max_message_bytes: usize,
+    /// Events at or after this time are out of range (the fixed upper
+    /// bound, or the host's clock plus `max_future_skew` in the daemon).
+    latest_accepted_ms: i64,
     pub counters: DecodeCounters,
 }
 
@@ -324,8 +328,17 @@ impl Decoder {
             max_segments: pipeline.max_segments_per_model,
             max_classes: pipeline.max_categories_per_feature,
             max_message_bytes: pipeline.max_message_bytes,
+            latest_accepted_ms: timestamp::MAX_EVENT_TIME_MS,
             counters: DecodeCounters::default(),
         })
+    }
+
+    /// Rejects events stamped at or after `limit_ms` (never later than the
+    /// fixed upper bound). The daemon calls this before each micro-batch
+    /// with its clock plus `pipeline.max_future_skew`; decoding itself
+    /// never reads a clock.
+    pub fn accept_times_before(&mut self, limit_ms: i64) {
+        self.latest_accepted_ms = limit_ms.min(timestamp::MAX_EVENT_TIME_MS);
     }
 
     fn invalid(&self, reason: InvalidReason, field: Option<Field>) -> Invalid {
@@ -337,8 +350,16 @@ impl Decoder {
             }
             (InvalidReason::UnknownModel, _, _) => {
                 let name = self.scratch.model.map(|s| self.scratch.str(s)).unwrap_or("");
-                format!("model {name:?} is not configured")
+                let shown: String = name.chars().take(64).collect();
+                let more = if shown.len() < name.len() { format!("… ({} bytes)", name.len()) } else { String::new() };
+                format!("model {shown:?}{more} is not configured")
             }
+            (InvalidReason::TimestampOutOfRange, _, _) => format!(
+                "field `timestamp`: {} is outside the accepted range [{}, {})",
+                self.scratch.timestamp_ms.map_or_else(String::new, timestamp::format_rfc3339_ms),
+                timestamp::format_rfc3339_ms(timestamp::MIN_EVENT_TIME_MS),
+                timestamp::format_rfc3339_ms(self.latest_accepted_ms)
+            ),
             (_, _, Some(field)) | (_, Some((_, field)), None) => {
                 format!("field `{}`: {}", field.name(), reason.label().replace('_', " "))
             }
@@ -375,7 +396,7 @@ impl Decoder {
         let Some(time) = row.timestamp_ms else {
             return Err(self.invalid(InvalidReason::MissingField, Some(Field::Timestamp)));
         };
-        if !timestamp::in_accepted_range(time) {
+        if !timestamp::in_accepted_range(time) || time >= self.latest_accepted_ms {
             return Err(self.invalid(InvalidReason::TimestampOutOfRange, Some(Field::Timestamp)));
         }
         let value = if value_field == Field::Label { row.label } else { row.prediction };

@@ -169,7 +169,7 @@ fn demo_config(
     let yaml = format!(
         "kafka: {{brokers: \"{bootstrap}\", group_id: driftwatch-demo}}\n\
          windows: {{size: 2m, allowed_lateness: 10s, label_horizon: 5m}}\n\
-         pipeline: {{batch_size: 2048, linger: 50ms}}\n\
+         pipeline: {{batch_size: 2048, linger: 50ms, max_future_skew: 30days}}\n\
          models: [{{name: fraud, task: binary_classification, baseline: \"{}\"}}]\n\
          rules: [\"{}\"]\n\
          notifiers:\n  retrain-ci: {{type: webhook, url: \"http://127.0.0.1:{webhook_port}/retrain\"}}\n\

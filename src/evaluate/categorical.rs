@@ -20,7 +20,9 @@ pub struct CategoricalSummary {
 
 impl CategoricalSummary {
     /// Adds one batch; at most `max_categories` distinct values are kept.
-    pub fn update(&mut self, values: &StringArray, max_categories: usize) {
+    /// Returns how many values were pooled into `other` by the cap.
+    pub fn update(&mut self, values: &StringArray, max_categories: usize) -> u64 {
+        let other_before = self.other;
         self.missing += values.null_count() as u64;
         self.count += (values.len() - values.null_count()) as u64;
         for value in values.iter().flatten() {
@@ -32,6 +34,7 @@ impl CategoricalSummary {
                 self.other += 1;
             }
         }
+        self.other - other_before
     }
 
     pub fn add_missing(&mut self, count: u64) {

@@ -151,9 +151,37 @@ impl WindowState {
         })
     }
 
-    /// Adds a group of rows. `max_categories` caps distinct categorical values.
-    pub fn update(&mut self, model: &ModelState, columns: &GroupColumns<'_>, max_categories: usize) {
+    /// Adds a group of rows. `max_categories` caps distinct categorical
+    /// values; returns how many values the cap pooled into `__other__`.
+    ///
+    /// A feature gets a state in this window (and so rows when it closes)
+    /// once a value of it arrives here — or from the start, in a
+    /// whole-model series (`whole_model`), when the baseline profiles it,
+    /// so a baseline feature that stops arriving shows `missing_rate` 1.
+    /// Creating states lazily keeps the work per window proportional to the
+    /// (feature, series) pairs that occur, not to features × series: a
+    /// producer that adds many features and many segments cannot make every
+    /// window emit the product.
+    pub fn update(
+        &mut self,
+        model: &ModelState,
+        columns: &GroupColumns<'_>,
+        max_categories: usize,
+        whole_model: bool,
+    ) -> u64 {
+        let mut pooled = 0;
         for (feature, array) in columns.features.iter().enumerate() {
+            let has_state = self.features.get(feature).is_some_and(Option::is_some);
+            if !has_state {
+                let profiled = model.feature_refs.get(feature).is_some_and(Option::is_some);
+                let all_missing = match array {
+                    FeatureArray::Numeric(a) => a.null_count() == a.len(),
+                    FeatureArray::Categorical(a) => a.null_count() == a.len(),
+                };
+                if all_missing && !(whole_model && profiled) {
+                    continue; // created (counting these rows as missing) when a value comes
+                }
+            }
             let state = self.feature_mut(model, feature);
             match (&mut state.summary, array) {
                 (FeatureSummary::Numeric(s), FeatureArray::Numeric(a)) => {
@@ -167,7 +195,7 @@ impl WindowState {
                         }
                     }
                 }
-                (FeatureSummary::Categorical(s), FeatureArray::Categorical(a)) => s.update(a, max_categories),
+                (FeatureSummary::Categorical(s), FeatureArray::Categorical(a)) => pooled += s.update(a, max_categories),
                 // A kind cannot change once set; keep the state consistent anyway.
                 (FeatureSummary::Numeric(s), _) => s.add_missing(columns.len as u64),
                 (FeatureSummary::Categorical(s), _) => s.add_missing(columns.len as u64),
@@ -198,6 +226,7 @@ impl WindowState {
         if columns.latency_ms.null_count() < columns.len {
             self.latency_ms.update(columns.latency_ms);
         }
+        pooled
     }
 
     pub fn add_type_errors(&mut self, model: &ModelState, feature: usize, count: u64) {

@@ -357,6 +357,33 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// The secret parts of a request — values of headers with sensitive names
+/// (`Authorization`, `X-Driftwatch-Signature`, `PRIVATE-TOKEN`, … and their
+/// credential after `Bearer `/`Basic `), the URL's password and sensitive query values
+/// — to be blanked out of anything logged about it.
+fn request_secrets(request: &OutgoingRequest) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for (name, value) in &request.headers {
+        if !crate::config::redact::is_sensitive_key(name) {
+            continue;
+        }
+        secrets.push(value.clone());
+        if let Some((_, credential)) = value.split_once(' ') {
+            secrets.push(credential.to_string());
+        }
+    }
+    secrets.extend(crate::config::redact::url_secrets(&request.url));
+    secrets
+}
+
+/// What is logged of a receiver's error reply: its first 300 characters
+/// (cut on a character boundary), with any secret of ours it echoes back
+/// blanked out.
+fn reply_excerpt(body: &str, request: &OutgoingRequest) -> String {
+    let cut = body.char_indices().nth(300).map_or(body.len(), |(i, _)| i);
+    crate::config::redact::scrub(body[..cut].trim(), &request_secrets(request))
+}
+
 async fn send_http(
     client: &reqwest::Client,
     request: &OutgoingRequest,
@@ -377,9 +404,8 @@ async fn send_http(
                 return Attempt::Delivered(code);
             }
             let after = retry_after(response.headers());
-            let mut body = response.text().await.unwrap_or_default();
-            body.truncate(300);
-            let error = format!("HTTP {status}: {}", body.trim());
+            let body = response.text().await.unwrap_or_default();
+            let error = format!("HTTP {status}: {}", reply_excerpt(&body, request));
             if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
                 Attempt::Retry { status: code, error, after }
             } else {
@@ -472,6 +498,27 @@ async fn send_email(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the reply was cut with `String::truncate(300)`, which
+    /// panics inside a multi-byte character; and a receiver echoing our
+    /// credentials had them logged.
+    #[test]
+    fn error_replies_are_cut_on_a_character_boundary_and_scrubbed() {
+        let request = OutgoingRequest {
+            method: "POST".into(),
+            url: "http://ci.example/job?token=query-secret-1".into(),
+            headers: vec![
+                ("Authorization".into(), "Bearer header-secret-2".into()),
+                ("Content-Type".into(), "application/json".into()),
+            ],
+            body: Vec::new(),
+        };
+        let body = format!("{}you sent Bearer header-secret-2 and query-secret-1", "é".repeat(300));
+        let excerpt = reply_excerpt(&body, &request);
+        assert_eq!(excerpt, "é".repeat(300), "300 characters, not 300 bytes");
+        let excerpt = reply_excerpt("denied: header-secret-2 / query-secret-1 as application/json", &request);
+        assert_eq!(excerpt, "denied: ***redacted*** / ***redacted*** as application/json");
+    }
 
     #[test]
     fn firing_alerts_are_re_sent_to_alertmanager_each_interval() {

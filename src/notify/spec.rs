@@ -149,6 +149,8 @@ pub const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest per-request timeout accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default deliveries in flight per notifier.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
@@ -172,6 +174,10 @@ fn keys(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
 }
 
 const COMMON: &[&str] = &["timeout", "concurrency", "send_resolved"];
+
+/// Settings that take a map or a list; every other one is a single string.
+const STRUCTURED_SETTINGS: &[&str] =
+    &["headers", "body", "client_payload", "inputs", "variables", "parameters", "conf", "to"];
 
 fn template_env() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
@@ -268,14 +274,30 @@ impl NotifierSpec {
             }
         }
         for (key, value) in &config.settings {
+            // A mistyped credential must not silently turn signing or
+            // authentication off; the value itself is never quoted.
+            if !STRUCTURED_SETTINGS.contains(&key.as_str())
+                && !COMMON.contains(&key.as_str())
+                && !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null)
+            {
+                errors.push(format!("notifiers.{name}.{key}: expected a string"));
+                continue;
+            }
             check_templates(value, &format!("notifiers.{name}.{key}"), &mut errors);
         }
         let timeout = match config.settings.get("timeout") {
             None => DEFAULT_TIMEOUT,
-            Some(Value::String(s)) => humantime::parse_duration(s).unwrap_or_else(|e| {
-                errors.push(format!("notifiers.{name}.timeout: {s:?}: {e}"));
-                DEFAULT_TIMEOUT
-            }),
+            Some(Value::String(s)) => match humantime::parse_duration(s) {
+                Ok(d) if d > Duration::ZERO && d <= MAX_TIMEOUT => d,
+                Ok(_) => {
+                    errors.push(format!("notifiers.{name}.timeout: must be more than 0 and at most 1h (got {s:?})"));
+                    DEFAULT_TIMEOUT
+                }
+                Err(e) => {
+                    errors.push(format!("notifiers.{name}.timeout: {s:?}: {e}"));
+                    DEFAULT_TIMEOUT
+                }
+            },
             Some(other) => {
                 errors.push(format!("notifiers.{name}.timeout: expected a duration such as \"10s\", got {other}"));
                 DEFAULT_TIMEOUT
@@ -354,7 +376,7 @@ impl NotifierSpec {
             match config.settings.get("resend_interval") {
                 None => Some(DEFAULT_RESEND_INTERVAL),
                 Some(Value::String(s)) => match humantime::parse_duration(s) {
-                    Ok(d) if !d.is_zero() => Some(d),
+                    Ok(d) if !d.is_zero() && d <= crate::config::MAX_DURATION => Some(d),
                     _ => {
                         errors
                             .push(format!("notifiers.{name}.resend_interval: expected a positive duration, got {s:?}"));

@@ -32,8 +32,8 @@ pub struct RuleError {
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, crate::config::shorten_long_tokens(&self.message)),
+            None => write!(f, "{}: {}", self.file, crate::config::shorten_long_tokens(&self.message)),
         }
     }
 }
@@ -129,6 +129,21 @@ fn new_context(evaluation_time: &Arc<AtomicI64>) -> SessionContext {
     context
 }
 
+/// The longest alert name accepted (it becomes a label value and a key).
+pub const MAX_NAME_BYTES: usize = crate::config::MAX_NAME_BYTES;
+
+/// The longest `expr` or `query` accepted (16 KiB). Real conditions are a
+/// line or two; SQL planning time grows with the text, so a huge one is
+/// refused before DataFusion sees it.
+pub const MAX_SQL_BYTES: usize = 16 << 10;
+
+fn check_sql_length(sql: &str) -> Result<(), String> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(format!("is {} bytes long; the limit is {MAX_SQL_BYTES} bytes", sql.len()));
+    }
+    Ok(())
+}
+
 /// The metric names an expression requires among its top-level conjuncts.
 fn required_metrics(expr: &Expr) -> Option<Vec<String>> {
     let is_metric = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "metric");
@@ -187,7 +202,7 @@ impl RuleSet {
         for path in paths {
             let path = path.as_ref();
             let file = path.display().to_string();
-            match std::fs::read_to_string(path) {
+            match crate::config::read_text_file_bounded(path, crate::config::MAX_TEXT_FILE_BYTES) {
                 Ok(text) => sources.push((file, text)),
                 Err(e) => errors.push(RuleError { file, line: None, message: e.to_string() }),
             }
@@ -226,6 +241,13 @@ impl RuleSet {
                         |line: u64, message: String| RuleError { file: file.clone(), line: Some(line), message };
                     let name = rule.alert.value.trim().to_string();
                     let line = line_of(&rule.alert);
+                    if name.len() > MAX_NAME_BYTES {
+                        errors.push(error(
+                            line,
+                            format!("alert name: {} bytes long; the limit is {MAX_NAME_BYTES}", name.len()),
+                        ));
+                        continue;
+                    }
                     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                         errors.push(error(line, format!("alert name {name:?}: use letters, digits, '_' and '-'")));
                         continue;
@@ -264,6 +286,7 @@ impl RuleSet {
             (Some(expr), None) => match self.plan_expr(&expr.value, schema) {
                 Ok(condition) => Some(condition),
                 Err(message) => {
+                    let message = crate::config::shorten_long_tokens(&message);
                     errors.push(error(line_of(expr), format!("{name}: expr: {message}")));
                     None
                 }
@@ -271,6 +294,7 @@ impl RuleSet {
             (None, Some(query)) => match self.plan_query(&query.value) {
                 Ok(()) => Some(Condition::Query { sql: query.value.clone() }),
                 Err(message) => {
+                    let message = crate::config::shorten_long_tokens(&message);
                     errors.push(error(line_of(query), format!("{name}: query: {message}")));
                     None
                 }
@@ -284,6 +308,16 @@ impl RuleSet {
                 None
             }
         };
+        for (key, span) in
+            [("for", &rule.pending_for), ("keep_firing_for", &rule.keep_firing_for), ("cooldown", &rule.cooldown)]
+        {
+            if let Some(Spanned { value: Span::Duration(d), .. }) = span
+                && *d > crate::config::MAX_DURATION
+            {
+                errors
+                    .push(error(line_of(span.as_ref().expect("matched")), format!("{name}: {key}: at most 100 years")));
+            }
+        }
         let cooldown = match &rule.cooldown {
             None => None,
             Some(Spanned { value: Span::Duration(d), .. }) => Some(*d),
@@ -340,6 +374,7 @@ impl RuleSet {
     }
 
     fn plan_expr(&self, sql: &str, schema: &DFSchema) -> Result<Condition, String> {
+        check_sql_length(sql)?;
         let expr = self.context.parse_sql_expr(sql, schema).map_err(|e| e.strip_backtrace())?;
         let data_type =
             datafusion::logical_expr::ExprSchemable::get_type(&expr, schema).map_err(|e| e.strip_backtrace())?;
@@ -351,6 +386,7 @@ impl RuleSet {
     }
 
     fn plan_query(&self, sql: &str) -> Result<(), String> {
+        check_sql_length(sql)?;
         let state = self.context.state();
         let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {

@@ -112,10 +112,14 @@ pub struct TestReport {
 }
 
 fn duration(text: Option<&str>, default: Duration, what: &str) -> Result<Duration, String> {
-    match text {
-        None => Ok(default),
-        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{what}: {t:?}: {e}")),
+    let d = match text {
+        None => default,
+        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{what}: {t:?}: {e}"))?,
+    };
+    if d.is_zero() || d > crate::config::MAX_DURATION {
+        return Err(format!("{what}: must be more than 0 and at most 100 years"));
     }
+    Ok(d)
 }
 
 fn time(text: &str, what: &str) -> Result<i64, String> {
@@ -132,7 +136,14 @@ fn rows_of(input: &InputRows, window_ms: i64, case: &str) -> Result<Vec<WindowMe
         (Some(start), Some(value), None, None) => vec![(time(start, case)?, value)],
         (None, None, Some(start), Some(values)) => {
             let start = time(start, case)?;
-            values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (start + i as i64 * window_ms, v))).collect()
+            let at = |i: usize| (i as i64).checked_mul(window_ms).and_then(|offset| start.checked_add(offset));
+            let mut points = Vec::with_capacity(values.len());
+            for (i, value) in values.iter().enumerate() {
+                let Some(value) = value else { continue };
+                let time = at(i).ok_or_else(|| format!("{case}: window {i} after {start} lies beyond any time"))?;
+                points.push((time, *value));
+            }
+            points
         }
         _ => {
             return Err(format!("{case}: an input gives either `window_start` and `value`, or `start` and `values`"));
@@ -214,16 +225,35 @@ fn matches(e: &Expected, t: &Transition) -> Result<bool, String> {
 /// invalid, or its rules fail to load).
 pub fn run_test_file(path: &Path) -> Result<TestReport, String> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{display}: {e}"))?;
-    let file: TestFile = serde_saphyr::from_str(&text).map_err(|e| format!("{display}: {}", e.without_snippet()))?;
+    let text = crate::config::read_text_file_bounded(path, crate::config::MAX_TEXT_FILE_BYTES)
+        .map_err(|e| format!("{display}: {e}"))?;
+    run_test_text(&text, &display, path.parent().unwrap_or(Path::new(".")), None)
+}
+
+/// Runs a test file given as text. Its `rule_files` are read relative to
+/// `base`, unless `rules` is given: then the cases run against those rules
+/// (the fuzz target does this, so it never touches the disk).
+pub fn run_test_text(
+    text: &str,
+    display: &str,
+    base: &Path,
+    rules: Option<Arc<RuleSet>>,
+) -> Result<TestReport, String> {
+    crate::config::check_text_size(text, display)?;
+    let file: TestFile = serde_saphyr::from_str(text)
+        .map_err(|e| format!("{display}: {}", crate::config::shorten_long_tokens(&e.without_snippet().to_string())))?;
     let window = duration(file.window.as_deref(), Duration::from_secs(300), "window")?;
     let history = duration(file.history.as_deref(), Duration::from_secs(3600), "history")?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let rule_files: Vec<PathBuf> = file.rule_files.iter().map(|f| base.join(f)).collect();
-    let notifiers = file.notifiers.map(|n| n.into_iter().collect());
-    let rules = RuleSet::load(&rule_files, notifiers.as_ref())
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
-    let rules = Arc::new(rules);
+    let rules = match rules {
+        Some(rules) => rules,
+        None => {
+            let rule_files: Vec<PathBuf> = file.rule_files.iter().map(|f| base.join(f)).collect();
+            let notifiers = file.notifiers.map(|n| n.into_iter().collect());
+            let rules = RuleSet::load(&rule_files, notifiers.as_ref())
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+            Arc::new(rules)
+        }
+    };
     let mut report = TestReport::default();
     for case in &file.tests {
         let mut rows = Vec::new();
@@ -263,4 +293,29 @@ pub fn run_test_file(path: &Path) -> Result<TestReport, String> {
         report.failures.push((case.name.clone(), explanation));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (found probing the rule-test format for the fuzz
+    /// targets): `window: 300000000years` overflowed the window arithmetic
+    /// and panicked.
+    #[test]
+    fn absurd_windows_are_errors_not_panics() {
+        let rules = Arc::new(RuleSet::empty());
+        let file = |window: &str| {
+            format!(
+                "rule_files: []\nwindow: {window}\ntests:\n  - name: t\n    input:\n      - {{model: m, metric: psi, \
+                 start: \"2026-11-26T10:00:00Z\", values: [0.1, 0.2, 0.3]}}\n    expect: []\n"
+            )
+        };
+        for window in ["300000000years", "0s"] {
+            let error = run_test_text(&file(window), "t.yaml", Path::new("."), Some(rules.clone())).unwrap_err();
+            assert!(error.contains("window: must be more than 0 and at most 100 years"), "{error}");
+        }
+        let report = run_test_text(&file("99years"), "t.yaml", Path::new("."), Some(rules)).unwrap();
+        assert_eq!(report.passed, 1);
+    }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -43,6 +43,59 @@ pub const DLQ_REASON_HEADER: &str = "driftwatch-error-reason";
 pub const DLQ_DETAIL_HEADER: &str = "driftwatch-error-detail";
 /// Header with `topic/partition@offset` of the original message.
 pub const DLQ_SOURCE_HEADER: &str = "driftwatch-source";
+
+/// Header on a dead letter whose payload was cut because the broker refused
+/// it whole: the size of the original payload.
+pub const DLQ_ORIGINAL_BYTES_HEADER: &str = "driftwatch-original-bytes";
+/// What is kept of a dead letter the broker refused as too large.
+pub const DLQ_CUT_BYTES: usize = 64 << 10;
+
+/// The dead-letter producer.
+type DeadLetterProducer = BaseProducer<DeadLetterContext>;
+
+/// A dead letter the broker refused as too large, cut short.
+struct RefusedDeadLetter {
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    original_bytes: usize,
+}
+
+/// The dead-letter producer's delivery reports: a letter the broker refused
+/// as too large is kept (cut short) to be sent again; any other failure is
+/// counted (`driftwatch_dead_letters_failed_total`) and logged.
+#[derive(Default)]
+pub struct DeadLetterContext {
+    refused: Mutex<Vec<RefusedDeadLetter>>,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl ClientContext for DeadLetterContext {}
+
+impl rdkafka::producer::ProducerContext for DeadLetterContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        let Err((error, message)) = result else { return };
+        let too_large =
+            matches!(error, KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge));
+        let payload = message.payload().unwrap_or_default();
+        if too_large && payload.len() > DLQ_CUT_BYTES {
+            let headers = message
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default();
+            let cut = RefusedDeadLetter {
+                payload: payload[..DLQ_CUT_BYTES].to_vec(),
+                headers,
+                original_bytes: payload.len(),
+            };
+            self.refused.lock().expect("dead-letter lock").push(cut);
+            return;
+        }
+        self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(%error, "a dead letter could not be delivered");
+    }
+}
 
 /// How often the consumer logs a one-line summary of what it has done.
 pub const STATS_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -247,6 +300,13 @@ enum Stream {
     Labels,
 }
 
+/// Payload bytes a micro-batch holds at most (beyond one message): a batch
+/// closes at `pipeline.batch_size` events, after `pipeline.linger`, or at
+/// this many bytes, so a flood of big messages cannot grow the buffer
+/// without bound.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+const INITIAL_ARENA_BYTES: usize = 1 << 20;
+
 /// One buffered message: where it came from and its bytes in the arena.
 struct Buffered {
     stream: Stream,
@@ -304,6 +364,12 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         config.set(key, value);
     }
     config.set("enable.idempotence", "true").set("acks", "all");
+    // librdkafka's own limit (1 MB) would refuse big invalid messages before
+    // the broker sees them; let the broker decide (a refused one is sent
+    // again cut short, see `resend_refused_dead_letters`).
+    if !kafka.options.contains_key("message.max.bytes") {
+        config.set("message.max.bytes", "1000000000");
+    }
     config
 }
 
@@ -352,15 +418,19 @@ pub fn run_kafka(
         topics: topics.iter().map(|t| t.to_string()).collect(),
         source,
     })?;
-    let producer: Option<BaseProducer> = match &kafka.dead_letter_topic {
-        Some(_) => Some(producer_config(kafka).create().map_err(KafkaSourceError::Producer)?),
+    let producer: Option<DeadLetterProducer> = match &kafka.dead_letter_topic {
+        Some(_) => Some(
+            producer_config(kafka)
+                .create_with_context(DeadLetterContext::default())
+                .map_err(KafkaSourceError::Producer)?,
+        ),
         None => None,
     };
     tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, durable = durability.is_some(), "consuming");
 
     let batch_size = config.pipeline.batch_size.max(1);
     let linger = config.pipeline.linger;
-    let mut arena: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut arena: Vec<u8> = Vec::with_capacity(INITIAL_ARENA_BYTES);
     let mut buffered: Vec<Buffered> = Vec::with_capacity(batch_size);
     let mut deadline: Option<Instant> = None;
     let mut summary = KafkaSummary::default();
@@ -406,12 +476,16 @@ pub fn run_kafka(
         }
         drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
         let due = deadline.is_some_and(|d| Instant::now() >= d);
-        if buffered.len() >= batch_size || (due && !buffered.is_empty()) {
+        if buffered.len() >= batch_size || arena.len() >= MAX_BATCH_BYTES || (due && !buffered.is_empty()) {
             process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
             if let Some(durability) = durability.as_deref_mut() {
                 durability.dirty = true;
             }
             arena.clear();
+            if arena.capacity() > 4 * INITIAL_ARENA_BYTES {
+                // A burst of big messages is over: give the memory back.
+                arena.shrink_to(INITIAL_ARENA_BYTES);
+            }
             buffered.clear();
             deadline = None;
         } else if due {
@@ -538,7 +612,7 @@ fn drop_revoked(
 #[allow(clippy::too_many_arguments)]
 fn process_batch(
     consumer: &BaseConsumer<SourceContext>,
-    producer: Option<&BaseProducer>,
+    producer: Option<&DeadLetterProducer>,
     kafka: &KafkaConfig,
     pipeline: &mut Pipeline,
     sink: &mut dyn WindowSink,
@@ -551,6 +625,8 @@ fn process_batch(
     }
     let mut next_offsets: BTreeMap<(Stream, i32), i64> = BTreeMap::new();
     let mut dead_letters = 0u64;
+    let skew_ms = i64::try_from(pipeline.max_future_skew.as_millis()).unwrap_or(i64::MAX);
+    pipeline.decoder.accept_times_before(chrono::Utc::now().timestamp_millis().saturating_add(skew_ms));
     for message in buffered {
         let bytes = &arena[message.start..message.end];
         let topic = match message.stream {
@@ -573,10 +649,20 @@ fn process_batch(
     if let Some(producer) = producer
         && dead_letters > 0
     {
-        match producer.flush(Duration::from_secs(30)) {
+        let mut flushed = producer.flush(Duration::from_secs(30));
+        if flushed.is_ok() && !producer.context().refused.lock().expect("dead-letter lock").is_empty() {
+            if let Some(topic) = &kafka.dead_letter_topic {
+                resend_refused_dead_letters(producer, topic);
+            }
+            flushed = producer.flush(Duration::from_secs(30));
+        }
+        let failed = producer.context().failed.swap(0, std::sync::atomic::Ordering::Relaxed);
+        pipeline.telemetry.dead_letters_failed.fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
+        match flushed {
             Ok(()) => {
-                summary.dead_lettered += dead_letters;
-                pipeline.telemetry.dead_lettered.fetch_add(dead_letters, std::sync::atomic::Ordering::Relaxed);
+                let delivered = dead_letters.saturating_sub(failed);
+                summary.dead_lettered += delivered;
+                pipeline.telemetry.dead_lettered.fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
             }
             Err(error) => tracing::error!(%error, count = dead_letters, "dead-letter delivery failed"),
         }
@@ -607,15 +693,48 @@ fn store(consumer: &BaseConsumer<SourceContext>, offsets: &TopicPartitionList) -
     consumer.store_offsets(offsets)
 }
 
-fn dead_letter(producer: &BaseProducer, topic: &str, payload: &[u8], invalid: &Invalid, location: &Location<'_>) {
+fn dead_letter(producer: &DeadLetterProducer, topic: &str, payload: &[u8], invalid: &Invalid, location: &Location<'_>) {
     let source = location.to_string();
     let headers = OwnedHeaders::new()
         .insert(Header { key: DLQ_REASON_HEADER, value: Some(invalid.reason.label()) })
         .insert(Header { key: DLQ_DETAIL_HEADER, value: Some(invalid.detail.as_str()) })
         .insert(Header { key: DLQ_SOURCE_HEADER, value: Some(source.as_str()) });
-    let record: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).payload(payload).headers(headers);
-    if let Err((error, _)) = producer.send(record) {
-        tracing::error!(%error, "queueing a dead letter failed");
+    send_dead_letter(producer, BaseRecord::to(topic).payload(payload).headers(headers));
+}
+
+/// Queues a dead letter, waiting while librdkafka's queue is full (it
+/// drains as the broker acknowledges); other errors are counted and logged.
+fn send_dead_letter(producer: &DeadLetterProducer, mut record: BaseRecord<'_, (), [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((error, _)) => {
+                producer.context().failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(%error, "queueing a dead letter failed");
+                break;
+            }
+        }
     }
     producer.poll(Duration::ZERO);
+}
+
+/// Sends again, cut to [`DLQ_CUT_BYTES`], the dead letters the broker
+/// refused as too large, with their original size in a header; the whole
+/// original stays in its source topic at the position the
+/// `driftwatch-source` header names.
+fn resend_refused_dead_letters(producer: &DeadLetterProducer, topic: &str) {
+    let refused = std::mem::take(&mut *producer.context().refused.lock().expect("dead-letter lock"));
+    for letter in &refused {
+        let original = letter.original_bytes.to_string();
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &letter.headers {
+            headers = headers.insert(Header { key, value: Some(value.as_slice()) });
+        }
+        headers = headers.insert(Header { key: DLQ_ORIGINAL_BYTES_HEADER, value: Some(original.as_str()) });
+        send_dead_letter(producer, BaseRecord::to(topic).payload(letter.payload.as_slice()).headers(headers));
+    }
 }

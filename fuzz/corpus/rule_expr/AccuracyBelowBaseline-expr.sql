@@ -1,0 +1,1 @@
+metric = 'accuracy' AND segment = '' AND value < baseline - 0.05 AND p_value < 0.01 AND sample_count >= 200

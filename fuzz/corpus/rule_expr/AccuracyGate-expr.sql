@@ -1,0 +1,1 @@
+metric = 'accuracy' AND segment = '' AND value < 0.90 AND sample_count >= 200

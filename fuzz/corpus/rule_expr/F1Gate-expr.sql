@@ -1,0 +1,1 @@
+metric = 'f1' AND segment = '' AND value < 0.85 AND sample_count >= 200

@@ -1,0 +1,1 @@
+metric = 'psi' AND drifted AND segment = '' AND sample_count >= 200

@@ -1,0 +1,1 @@
+metric = 'label_coverage' AND segment = '' AND value < 0.5 AND sample_count >= 100

@@ -1,0 +1,1 @@
+metric = 'latency_p95' AND segment = '' AND value > 150

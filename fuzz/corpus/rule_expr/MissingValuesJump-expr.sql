@@ -1,0 +1,1 @@
+metric = 'missing_rate' AND segment = '' AND value > baseline + 0.05 AND sample_count >= 100

@@ -1,0 +1,1 @@
+metric IN ('prediction_psi', 'score_psi') AND drifted AND segment = '' AND sample_count >= 200

@@ -1,0 +1,1 @@
+metric = 'type_error_rate' AND value > 0.01

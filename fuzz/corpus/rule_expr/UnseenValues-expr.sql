@@ -1,0 +1,1 @@
+metric IN ('unseen_rate', 'out_of_range_rate') AND drifted AND segment = ''
