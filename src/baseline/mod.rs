@@ -141,6 +141,66 @@ pub enum BaselineError {
     Build(String),
 }
 
+fn check_profile(path: &str, profile: &ColumnProfile) -> Result<(), String> {
+    let share = |field: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(format!("{path}.{field}: {v} is not a share >= 0")) }
+    };
+    let rate = |field: &str, v: f64| {
+        if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(format!("{path}.{field}: {v} is not within [0, 1]")) }
+    };
+    let calibration = |calibration: &BTreeMap<String, Vec<ChunkSpread>>| {
+        for (metric, spreads) in calibration {
+            for s in spreads {
+                if s.size == 0 || ![s.mean, s.std, s.log_mean, s.log_std].iter().all(|v| v.is_finite()) {
+                    return Err(format!("{path}.calibration.{metric}: a chunk spread is empty or not finite"));
+                }
+            }
+        }
+        Ok(())
+    };
+    match profile {
+        ColumnProfile::Numeric(n) => {
+            rate("missing_rate", n.missing_rate)?;
+            for (field, value) in [("mean", n.mean), ("std", n.std), ("min", n.min), ("max", n.max)] {
+                if value.is_some_and(|v| !v.is_finite()) {
+                    return Err(format!("{path}.{field}: not a finite number"));
+                }
+            }
+            if n.std.is_some_and(|s| s < 0.0) {
+                return Err(format!("{path}.std: negative"));
+            }
+            if n.bin_edges.iter().any(|e| !e.is_finite()) || n.bin_edges.windows(2).any(|w| w[0] > w[1]) {
+                return Err(format!("{path}.bin_edges: must be finite and in increasing order"));
+            }
+            if !(n.bin_proportions.is_empty() && n.bin_edges.is_empty())
+                && n.bin_proportions.len() != n.bin_edges.len() + 1
+            {
+                return Err(format!(
+                    "{path}.bin_proportions: {} entries for {} bin edges (expected one more than the edges)",
+                    n.bin_proportions.len(),
+                    n.bin_edges.len()
+                ));
+            }
+            for p in &n.bin_proportions {
+                share("bin_proportions", *p)?;
+            }
+            if n.quantiles.values().any(|q| !q.is_finite()) {
+                return Err(format!("{path}.quantiles: not all finite"));
+            }
+            n.sketch.validate().map_err(|e| format!("{path}.sketch: {e}"))?;
+            calibration(&n.calibration)
+        }
+        ColumnProfile::Categorical(c) => {
+            rate("missing_rate", c.missing_rate)?;
+            for f in c.frequencies.values() {
+                share("frequencies", *f)?;
+            }
+            share("other", c.other)?;
+            calibration(&c.calibration)
+        }
+    }
+}
+
 /// The largest baseline file read (256 MiB; a 25-feature profile with its
 /// calibration is well under 1 MiB).
 pub const MAX_BASELINE_BYTES: usize = 256 << 20;
@@ -163,7 +223,33 @@ impl Baseline {
         if baseline.format_version != FORMAT_VERSION {
             return Err(BaselineError::Version { path: display.to_string(), found: baseline.format_version });
         }
+        baseline.validate().map_err(|message| BaselineError::Format { path: display.to_string(), message })?;
         Ok(baseline)
+    }
+
+    /// Checks that the profile is internally consistent (what every window
+    /// is compared with must not be able to break that comparison): one
+    /// proportion per bin, sorted finite edges, finite non-negative shares,
+    /// rates within [0, 1], a sketch within the range of finite values.
+    /// The error names the column and the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let columns = self
+            .features
+            .iter()
+            .map(|(name, profile)| (format!("features.{name}"), profile))
+            .chain(self.prediction.iter().map(|p| ("prediction".to_string(), p)))
+            .chain(self.score.iter().map(|p| ("score".to_string(), p)))
+            .chain(self.label.iter().map(|p| ("label".to_string(), p)));
+        for (path, profile) in columns {
+            let path = crate::config::shorten_long_tokens(&path).into_owned();
+            check_profile(&path, profile)?;
+        }
+        for (metric, value) in &self.performance {
+            if !value.is_finite() {
+                return Err(format!("performance.{metric}: not a finite number"));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the profile as pretty JSON (atomically: temp file, then rename).

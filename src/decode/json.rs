@@ -44,6 +44,8 @@ pub struct RowScratch {
     /// Set by a visitor just before it fails the parse, so the caller can
     /// tell a type error from a syntax error.
     pub error: Option<(InvalidReason, Field)>,
+    /// Where (line, column) a syntax error or out-of-range number was found.
+    pub syntax_error_at: Option<(usize, usize)>,
 }
 
 impl RowScratch {
@@ -60,6 +62,7 @@ impl RowScratch {
         self.features.clear();
         self.segment.clear();
         self.error = None;
+        self.syntax_error_at = None;
     }
 
     #[inline]
@@ -120,11 +123,16 @@ pub fn walk(root: &Node, bytes: &[u8], scratch: &mut RowScratch) -> Result<(), I
         .and_then(|()| deserializer.end());
     match outcome {
         Ok(()) => Ok(()),
-        Err(error) => Err(match scratch.error {
-            Some((reason, _)) => reason,
-            None if error.to_string().starts_with("number out of range") => InvalidReason::NonFinite,
-            None => InvalidReason::InvalidJson,
-        }),
+        Err(error) => {
+            if scratch.error.is_none() {
+                scratch.syntax_error_at = Some((error.line(), error.column()));
+            }
+            Err(match scratch.error {
+                Some((reason, _)) => reason,
+                None if error.to_string().starts_with("number out of range") => InvalidReason::NonFinite,
+                None => InvalidReason::InvalidJson,
+            })
+        }
     }
 }
 

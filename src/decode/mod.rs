@@ -343,7 +343,14 @@ impl Decoder {
 
     fn invalid(&self, reason: InvalidReason, field: Option<Field>) -> Invalid {
         let detail = match (reason, self.scratch.error, field) {
-            (InvalidReason::InvalidJson, _, _) => "payload is not valid JSON".to_string(),
+            (InvalidReason::InvalidJson, _, _) => match self.scratch.syntax_error_at {
+                Some((line, column)) if line > 0 => format!("payload is not valid JSON (line {line}, column {column})"),
+                _ => "payload is not valid JSON".to_string(),
+            },
+            (InvalidReason::NonFinite, None, None) if self.scratch.syntax_error_at.is_some() => {
+                let (line, column) = self.scratch.syntax_error_at.unwrap_or_default();
+                format!("a number out of range (line {line}, column {column})")
+            }
             (InvalidReason::NotAnObject, _, _) => "payload is not a JSON object".to_string(),
             (InvalidReason::TooLarge, _, _) => {
                 format!("payload larger than pipeline.max_message_bytes ({})", self.max_message_bytes)

@@ -94,7 +94,7 @@ fn rejected_events_leave_no_trace_and_name_reason_and_field() {
         (
             r#"{"event_id":"x","model":"fraud","timestamp":1796292000000,"prediction":1,"score":1e999}"#,
             InvalidReason::NonFinite,
-            "",
+            "a number out of range (line 1, column 86)",
         ),
         (
             r#"{"event_id":"x","model":"price","timestamp":1796292000000,"prediction":"cheap"}"#,
@@ -114,7 +114,7 @@ fn rejected_events_leave_no_trace_and_name_reason_and_field() {
         (
             r#"{"event_id":"x","model":"fraud","timestamp":1796292000000,"prediction":1} trailing"#,
             InvalidReason::InvalidJson,
-            "",
+            "payload is not valid JSON (line 1, column",
         ),
         (
             r#"{"event_id":{"a":1},"model":"fraud","timestamp":1796292000000,"prediction":1}"#,

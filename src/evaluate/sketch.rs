@@ -90,6 +90,20 @@ impl QuantileSketch {
         }
     }
 
+    /// Checks a sketch read from a file: its buckets must lie within the
+    /// range of finite values (a hostile offset would otherwise overflow
+    /// index arithmetic or allocate without bound when merged).
+    pub fn validate(&self) -> Result<(), String> {
+        let last_finite = f64::MAX.to_bits() >> SHIFT;
+        for (side, buckets) in [("negative", &self.negative), ("positive", &self.positive)] {
+            let end = buckets.offset.checked_add(buckets.counts.len() as u64);
+            if end.is_none_or(|end| end > last_finite + 1) {
+                return Err(format!("{side} buckets beyond the largest finite value"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn merge(&mut self, other: &QuantileSketch) {
         self.negative.merge(&other.negative);
         self.positive.merge(&other.positive);

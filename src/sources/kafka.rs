@@ -712,6 +712,25 @@ fn send_dead_letter(producer: &DeadLetterProducer, mut record: BaseRecord<'_, ()
                 record = back;
                 producer.poll(Duration::from_millis(10));
             }
+            // Over the producer's own `message.max.bytes`: cut, like one the
+            // broker refuses.
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge), back))
+                if back.payload.is_some_and(|p| p.len() > DLQ_CUT_BYTES) =>
+            {
+                let payload = back.payload.unwrap_or_default();
+                let headers = back
+                    .headers
+                    .as_ref()
+                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                    .unwrap_or_default();
+                let cut = RefusedDeadLetter {
+                    payload: payload[..DLQ_CUT_BYTES].to_vec(),
+                    headers,
+                    original_bytes: payload.len(),
+                };
+                producer.context().refused.lock().expect("dead-letter lock").push(cut);
+                break;
+            }
             Err((error, _)) => {
                 producer.context().failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(%error, "queueing a dead letter failed");

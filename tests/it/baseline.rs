@@ -245,3 +245,46 @@ fn numeric_codes_can_be_profiled_as_categories() {
         String::from_utf8_lossy(&output.stderr).contains("--categorical names columns the input does not have: stor")
     );
 }
+
+/// Regressions found by the `baseline` fuzz target: a profile whose score
+/// had one bin proportion too few passed loading and made the first window
+/// panic (index out of bounds), which would have stopped the daemon. Each
+/// inconsistent profile is now refused at load, naming column and field.
+#[test]
+fn inconsistent_profiles_are_refused_at_load_naming_the_field() {
+    let crash = std::fs::read_to_string(crate::support::repo("tests/fixtures/fuzz/baseline-score-bins.json")).unwrap();
+    let error = driftwatch::baseline::Baseline::from_json_str(&crash, "crash.json").unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "crash.json: not a baseline profile: score.bin_proportions: 9 entries for 9 bin edges \
+         (expected one more than the edges)"
+    );
+
+    let good: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::support::repo("tests/fixtures/replay_drift/baseline.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(driftwatch::baseline::Baseline::from_json_str(&good.to_string(), "good.json").is_ok());
+    let broken = |path: &[&str], value: serde_json::Value| {
+        let mut b = good.clone();
+        let mut at = &mut b;
+        for key in &path[..path.len() - 1] {
+            at = &mut at[*key];
+        }
+        at[path[path.len() - 1]] = value;
+        driftwatch::baseline::Baseline::from_json_str(&b.to_string(), "b.json").unwrap_err().to_string()
+    };
+    let cases = [
+        (broken(&["features", "amount", "bin_edges"], serde_json::json!([3.0, 1.0, 2.0])), "features.amount.bin_edges"),
+        (broken(&["features", "amount", "missing_rate"], serde_json::json!(1.5)), "features.amount.missing_rate"),
+        (broken(&["features", "amount", "std"], serde_json::json!(-1.0)), "features.amount.std: negative"),
+        (broken(&["features", "country", "other"], serde_json::json!(-0.5)), "features.country.other"),
+        (
+            broken(&["features", "amount", "sketch", "positive", "offset"], serde_json::json!(u64::MAX)),
+            "features.amount.sketch: positive buckets beyond the largest finite value",
+        ),
+    ];
+    for (error, expected) in cases {
+        assert!(error.contains(expected), "{error} should name {expected}");
+    }
+}

@@ -77,8 +77,14 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
+        self.create_topic_with(name, partitions, &[]);
+    }
+
+    /// [`Broker::create_topic`] with topic configs (`key=value`).
+    pub fn create_topic_with(&self, name: &str, partitions: u32, configs: &[&str]) {
         let status = Command::new(tansu_binary())
             .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(configs.iter().flat_map(|c| ["--config", c]))
             .args(["--partitions", &partitions.to_string(), name])
             .stdout(Stdio::null())
             .status()
