@@ -67,6 +67,13 @@ impl Outbox {
         };
         let Some(dir) = dir else { return Ok(outbox) };
         fs::create_dir_all(dir)?;
+        // Waiting notifications are rendered requests: their headers carry
+        // the notifiers' credentials. Only the daemon's user may read them.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         if let Ok(text) = fs::read_to_string(dir.join("done.log")) {
             for id in text.lines().filter(|l| !l.is_empty()) {
                 outbox.remember_done(id);

@@ -182,6 +182,10 @@ fn no_secret_appears_in_output_logs_responses_or_errors() {
     }
     assert!(text.contains("you sent:"), "the receiver's echo was logged (scrubbed):\n{text}");
     assert_no_secret("replay --notify logs", &text);
+    // Waiting notifications hold the credentials: only the owner may read them.
+    use std::os::unix::fs::PermissionsExt;
+    let outbox = std::fs::metadata(dir.path().join("state/outbox")).expect("the outbox exists");
+    assert_eq!(outbox.permissions().mode() & 0o777, 0o700, "the outbox directory is private");
 
     // The daemon: its Kafka client fails SASL against a closed port, its OTLP
     // exports get the echo; every endpoint is called with the token.
