@@ -126,8 +126,20 @@ fn new_context(evaluation_time: &Arc<AtomicI64>) -> SessionContext {
         }),
     );
     context.register_udf(udf);
+    // Functions whose result size is set by an argument, not by the rows:
+    // one rule could make every evaluation allocate gigabytes. Rules never
+    // need them.
+    for name in UNBOUNDED_FUNCTIONS {
+        context.deregister_udf(name);
+        context.deregister_udtf(name);
+    }
     context
 }
+
+/// SQL functions rules may not use (`repeat('a', 1e10)` would allocate
+/// 10 GB per evaluation).
+pub const UNBOUNDED_FUNCTIONS: &[&str] =
+    &["repeat", "lpad", "rpad", "array_repeat", "array_resize", "generate_series", "range"];
 
 /// The longest alert name accepted (it becomes a label value and a key).
 pub const MAX_NAME_BYTES: usize = crate::config::MAX_NAME_BYTES;

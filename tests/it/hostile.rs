@@ -503,6 +503,18 @@ fn hostile_config_rule_and_test_files_are_refused_with_clear_errors_within_a_mem
             "the limit is 200",
         ),
         (
+            "a rule building a 10 GB string",
+            "rules.yaml",
+            format!("{rule_head}        expr: \"repeat('a', 10000000000) = feature\"\n"),
+            "Invalid function 'repeat'",
+        ),
+        (
+            "a query rule generating 10 billion rows",
+            "rules.yaml",
+            format!("{rule_head}        query: \"SELECT * FROM generate_series(1, 10000000000)\"\n"),
+            "'generate_series' not found",
+        ),
+        (
             "2 MB config",
             "config.yaml",
             format!("models: [{{name: shop}}]\n# {}\n", "c".repeat(2 << 20)),
