@@ -740,13 +740,11 @@ pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100
 /// file names and map keys.
 pub const MAX_NAME_BYTES: usize = 200;
 
-/// Refuses text longer than [`MAX_TEXT_FILE_BYTES`], naming `origin`.
-pub fn check_text_size(text: &str, origin: &str) -> Result<(), String> {
+/// Refuses config, rule or rule-test text longer than
+/// [`MAX_TEXT_FILE_BYTES`]; the caller names the file.
+pub fn check_text_size(text: &str) -> Result<(), String> {
     if text.len() > MAX_TEXT_FILE_BYTES {
-        return Err(format!(
-            "{origin}: the file is {} bytes; the limit is {MAX_TEXT_FILE_BYTES} bytes (1 MiB)",
-            text.len()
-        ));
+        return Err(format!("the file is {} bytes; the limit is {MAX_TEXT_FILE_BYTES} bytes", text.len()));
     }
     Ok(())
 }
@@ -819,13 +817,11 @@ impl Config {
     /// Like [`Config::from_yaml_str`], resolving relative paths against
     /// `base_dir` when given.
     pub fn from_yaml_str_with_base(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
-        if text.len() > MAX_TEXT_FILE_BYTES {
-            return Err(ConfigError::Parse {
-                origin: origin.to_string(),
-                message: format!("the config is {} bytes; the limit is {MAX_TEXT_FILE_BYTES} bytes", text.len()),
-                line: None,
-            });
-        }
+        check_text_size(text).map_err(|message| ConfigError::Parse {
+            origin: origin.to_string(),
+            message,
+            line: None,
+        })?;
         let expanded = env::expand_env(text).map_err(|e| match e {
             env::ExpandError::Unset { var, line } => ConfigError::Env { origin: origin.to_string(), var, line },
             env::ExpandError::Syntax { line, message } => ConfigError::Parse {

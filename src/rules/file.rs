@@ -115,10 +115,7 @@ impl<'de> Deserialize<'de> for Span {
 
 /// Parses a rule file's text; the error names the line and column.
 pub fn parse_rule_file(text: &str) -> Result<RuleFileSpec, (Option<u64>, String)> {
-    if text.len() > crate::config::MAX_TEXT_FILE_BYTES {
-        let limit = crate::config::MAX_TEXT_FILE_BYTES;
-        return Err((None, format!("the file is {} bytes; the limit is {limit} bytes", text.len())));
-    }
+    crate::config::check_text_size(text).map_err(|message| (None, message))?;
     if !text.lines().any(|l| {
         let t = l.trim();
         !(t.is_empty() || t.starts_with('#') || t == "---")
@@ -130,6 +127,6 @@ pub fn parse_rule_file(text: &str) -> Result<RuleFileSpec, (Option<u64>, String)
         // `file:line:` is printed in front, so keep only the column here.
         let (line, message) = crate::config::yaml_error(&e);
         let prefix = line.map(|l| format!("line {l}, ")).unwrap_or_default();
-        (line, crate::config::shorten_long_tokens(message.strip_prefix(&prefix).unwrap_or(&message)).into_owned())
+        (line, message.strip_prefix(&prefix).unwrap_or(&message).to_string())
     })
 }

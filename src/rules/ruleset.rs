@@ -298,7 +298,6 @@ impl RuleSet {
             (Some(expr), None) => match self.plan_expr(&expr.value, schema) {
                 Ok(condition) => Some(condition),
                 Err(message) => {
-                    let message = crate::config::shorten_long_tokens(&message);
                     errors.push(error(line_of(expr), format!("{name}: expr: {message}")));
                     None
                 }
@@ -306,7 +305,6 @@ impl RuleSet {
             (None, Some(query)) => match self.plan_query(&query.value) {
                 Ok(()) => Some(Condition::Query { sql: query.value.clone() }),
                 Err(message) => {
-                    let message = crate::config::shorten_long_tokens(&message);
                     errors.push(error(line_of(query), format!("{name}: query: {message}")));
                     None
                 }

@@ -239,7 +239,7 @@ pub fn run_test_text(
     base: &Path,
     rules: Option<Arc<RuleSet>>,
 ) -> Result<TestReport, String> {
-    crate::config::check_text_size(text, display)?;
+    crate::config::check_text_size(text).map_err(|message| format!("{display}: {message}"))?;
     let file: TestFile = serde_saphyr::from_str(text)
         .map_err(|e| format!("{display}: {}", crate::config::shorten_long_tokens(&e.without_snippet().to_string())))?;
     let window = duration(file.window.as_deref(), Duration::from_secs(300), "window")?;

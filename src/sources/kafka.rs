@@ -69,6 +69,22 @@ pub struct DeadLetterContext {
     failed: std::sync::atomic::AtomicU64,
 }
 
+impl DeadLetterContext {
+    /// Keeps the first [`DLQ_CUT_BYTES`] of a refused dead letter and all
+    /// its headers, to be sent again by `resend_refused_dead_letters`.
+    fn keep_cut<H: Headers>(&self, payload: &[u8], headers: Option<&H>) {
+        let headers = headers
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        let cut = RefusedDeadLetter {
+            payload: payload[..DLQ_CUT_BYTES.min(payload.len())].to_vec(),
+            headers,
+            original_bytes: payload.len(),
+        };
+        self.refused.lock().expect("dead-letter lock").push(cut);
+    }
+}
+
 impl ClientContext for DeadLetterContext {}
 
 impl rdkafka::producer::ProducerContext for DeadLetterContext {
@@ -80,16 +96,7 @@ impl rdkafka::producer::ProducerContext for DeadLetterContext {
             matches!(error, KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge));
         let payload = message.payload().unwrap_or_default();
         if too_large && payload.len() > DLQ_CUT_BYTES {
-            let headers = message
-                .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-                .unwrap_or_default();
-            let cut = RefusedDeadLetter {
-                payload: payload[..DLQ_CUT_BYTES].to_vec(),
-                headers,
-                original_bytes: payload.len(),
-            };
-            self.refused.lock().expect("dead-letter lock").push(cut);
+            self.keep_cut(payload, message.headers());
             return;
         }
         self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -717,18 +724,7 @@ fn send_dead_letter(producer: &DeadLetterProducer, mut record: BaseRecord<'_, ()
             Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge), back))
                 if back.payload.is_some_and(|p| p.len() > DLQ_CUT_BYTES) =>
             {
-                let payload = back.payload.unwrap_or_default();
-                let headers = back
-                    .headers
-                    .as_ref()
-                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-                    .unwrap_or_default();
-                let cut = RefusedDeadLetter {
-                    payload: payload[..DLQ_CUT_BYTES].to_vec(),
-                    headers,
-                    original_bytes: payload.len(),
-                };
-                producer.context().refused.lock().expect("dead-letter lock").push(cut);
+                producer.context().keep_cut(back.payload.unwrap_or_default(), back.headers.as_ref());
                 break;
             }
             Err((error, _)) => {
