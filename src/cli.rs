@@ -36,11 +36,14 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the daemon.
     Run {
+        /// The daemon's config file (driftwatch.yaml; docs/CONFIG.md).
         #[arg(long)]
         config: PathBuf,
     },
     /// Run the engine over files instead of Kafka.
     Replay {
+        /// The config file whose models, windows and rules to use (its
+        /// `kafka` section is ignored).
         #[arg(long)]
         config: PathBuf,
         /// Prediction files (NDJSON or Parquet, by extension).
@@ -61,8 +64,11 @@ pub enum Command {
     },
     /// Everything in one process, nothing to install.
     Demo {
+        /// How long the demo runs (wall clock).
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration: Duration,
+        /// Address for the demo daemon's HTTP API and status page
+        /// (default: a free port on 127.0.0.1).
         #[arg(long)]
         listen: Option<String>,
     },
@@ -98,6 +104,7 @@ pub enum Command {
         /// Inject drift this long after the start.
         #[arg(long, value_parser = parse_duration)]
         drift_at: Option<Duration>,
+        /// Random seed: the same seed gives the same events.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Model name in the events.
@@ -119,16 +126,22 @@ pub enum BaselineCommand {
         /// Input files or glob patterns.
         #[arg(long, num_args = 1.., required = true)]
         input: Vec<String>,
+        /// The model's name, as in the config and the events.
         #[arg(long)]
         model: String,
+        /// The model version the training data belongs to, recorded in the profile.
         #[arg(long)]
         version: Option<String>,
+        /// Where to write the profile (JSON).
         #[arg(long)]
         out: PathBuf,
+        /// The column holding the true label (or target value).
         #[arg(long, default_value = "label")]
         label_column: String,
+        /// The column holding the model's prediction.
         #[arg(long, default_value = "prediction")]
         prediction_column: String,
+        /// The column holding the score (probability of the positive class).
         #[arg(long, default_value = "score")]
         score_column: String,
         /// Only these columns are features (comma-separated).
@@ -169,6 +182,7 @@ pub enum RulesCommand {
     /// Validate rule files: syntax, SQL planned against `window_metrics`,
     /// templates, duplicate names, and (with --config) notifier names.
     Check {
+        /// Rule files (YAML) to check.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Check `notify` names against this config's notifiers.
@@ -177,6 +191,7 @@ pub enum RulesCommand {
     },
     /// Run rule unit tests (format: docs/RULES.md).
     Test {
+        /// Rule-test files (YAML) to run.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -186,6 +201,7 @@ pub enum RulesCommand {
 pub enum ConfigCommand {
     /// Validate a config and print it with secrets redacted.
     Check {
+        /// The config file to check.
         #[arg(long)]
         config: PathBuf,
     },
@@ -562,4 +578,34 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it is for in
+    /// `--help` (regression: `driftwatch run --help` showed `--config`
+    /// with no line).
+    #[test]
+    fn every_argument_of_every_subcommand_has_a_help_line() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for argument in command.get_arguments() {
+                let id = argument.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if argument.get_help().is_none() && argument.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "driftwatch", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
 }

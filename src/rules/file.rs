@@ -27,9 +27,10 @@ pub struct GroupSpec {
     pub rules: Vec<RuleSpec>,
 }
 
-/// One alerting rule, as written.
+/// One alerting rule, as written. Unknown keys are not refused here but by
+/// [`parse_rule_file`]'s key check ([`RULE_KEYS`]), which reports each one
+/// with its line while the file's other rules are still checked.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// The alert's name (unique across the loaded rule files).
     pub alert: Spanned<String>,
@@ -113,8 +114,53 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+/// The keys a rule may have (the fields of [`RuleSpec`] as written).
+pub const RULE_KEYS: &[&str] =
+    &["alert", "expr", "query", "for", "keep_firing_for", "labels", "annotations", "notify", "cooldown"];
+
+/// A rule's unknown keys with their lines (the key check's view of a rule).
+struct UnknownKeys(Vec<(u64, String)>);
+
+impl<'de> Deserialize<'de> for UnknownKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeysVisitor;
+        impl<'de> Visitor<'de> for KeysVisitor {
+            type Value = UnknownKeys;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rule (a mapping)")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<UnknownKeys, A::Error> {
+                let mut unknown = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    map.next_value::<de::IgnoredAny>()?;
+                    if !RULE_KEYS.contains(&key.value.as_str()) {
+                        unknown.push((key.referenced.line(), key.value));
+                    }
+                }
+                Ok(UnknownKeys(unknown))
+            }
+        }
+        deserializer.deserialize_map(KeysVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyCheckFile {
+    groups: Vec<KeyCheckGroup>,
+}
+
+#[derive(Deserialize)]
+struct KeyCheckGroup {
+    #[serde(default)]
+    rules: Vec<UnknownKeys>,
+}
+
+/// A parsed rule file and, per group and rule, the rule's unknown keys
+/// (line, key): a rule with one is reported, and the others still checked.
+pub type ParsedRuleFile = (RuleFileSpec, Vec<Vec<Vec<(u64, String)>>>);
+
 /// Parses a rule file's text; the error names the line and column.
-pub fn parse_rule_file(text: &str) -> Result<RuleFileSpec, (Option<u64>, String)> {
+pub fn parse_rule_file(text: &str) -> Result<ParsedRuleFile, (Option<u64>, String)> {
     crate::config::check_text_size(text).map_err(|message| (None, message))?;
     if !text.lines().any(|l| {
         let t = l.trim();
@@ -123,10 +169,14 @@ pub fn parse_rule_file(text: &str) -> Result<RuleFileSpec, (Option<u64>, String)
         return Err((None, "the file is empty (expected `groups:`)".to_string()));
     }
     // serde-saphyr's default budget bounds nodes, depth and alias expansion.
-    serde_saphyr::from_str::<RuleFileSpec>(text).map_err(|e| {
+    let error = |e: serde_saphyr::Error| {
         // `file:line:` is printed in front, so keep only the column here.
         let (line, message) = crate::config::yaml_error(&e);
         let prefix = line.map(|l| format!("line {l}, ")).unwrap_or_default();
         (line, message.strip_prefix(&prefix).unwrap_or(&message).to_string())
-    })
+    };
+    let spec = serde_saphyr::from_str::<RuleFileSpec>(text).map_err(error)?;
+    let keys = serde_saphyr::from_str::<KeyCheckFile>(text).map_err(error)?;
+    let unknown = keys.groups.into_iter().map(|g| g.rules.into_iter().map(|r| r.0).collect()).collect();
+    Ok((spec, unknown))
 }

@@ -18,7 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
-use super::file::{RuleSpec, Span, parse_rule_file};
+use super::file::{RULE_KEYS, RuleSpec, Span, parse_rule_file};
 use crate::output::window_metrics_schema;
 
 /// A problem with a rule file, at a line when one is known.
@@ -240,17 +240,29 @@ impl RuleSet {
         let mut seen: HashMap<String, (String, u64)> = HashMap::new();
         for (file, text) in sources {
             set.files.push(file.clone());
-            let spec = match parse_rule_file(text) {
-                Ok(spec) => spec,
+            let (spec, unknown_keys) = match parse_rule_file(text) {
+                Ok(parsed) => parsed,
                 Err((line, message)) => {
                     errors.push(RuleError { file: file.clone(), line, message });
                     continue;
                 }
             };
-            for group in spec.groups {
-                for rule in group.rules {
+            for (group, group_unknown) in spec.groups.into_iter().zip(unknown_keys) {
+                for (rule, rule_unknown) in group.rules.into_iter().zip(group_unknown) {
                     let error =
                         |line: u64, message: String| RuleError { file: file.clone(), line: Some(line), message };
+                    if !rule_unknown.is_empty() {
+                        // Reported, and the rule left unchecked (a misspelt
+                        // key would only make it look incomplete); the
+                        // file's other rules are still checked.
+                        for (line, key) in rule_unknown {
+                            errors.push(error(
+                                line,
+                                format!("unknown key `{key}` in a rule; expected one of {}", RULE_KEYS.join(", ")),
+                            ));
+                        }
+                        continue;
+                    }
                     let name = rule.alert.value.trim().to_string();
                     let line = line_of(&rule.alert);
                     if name.len() > MAX_NAME_BYTES {

@@ -74,7 +74,13 @@ fn rules_check_reports_every_broken_rule_with_file_and_line() {
     )
     .unwrap();
     let b = dir.path().join("b.yaml");
-    std::fs::write(&b, "groups:\n  - name: g\n    rules:\n      - alert: X\n        exprr: drifted\n").unwrap();
+    // An unknown key in one rule does not hide the errors of the others.
+    std::fs::write(
+        &b,
+        "groups:\n  - name: g\n    rules:\n      - alert: X\n        exprr: drifted\n      \
+         - alert: Y\n        expr: nosuch > 1\n      - alert: Z\n        expr: drifted\n        notfy: [pager]\n",
+    )
+    .unwrap();
     let output =
         driftwatch(&["rules", "check", a.to_str().unwrap(), b.to_str().unwrap(), "--config", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
@@ -87,11 +93,13 @@ fn rules_check_reports_every_broken_rule_with_file_and_line() {
         format!("{a}:13: BadTemplate: annotations.summary: template error"),
         format!("{a}:16: duplicate alert name \"Twice\" (first defined at {a}:14)"),
         format!("{a}:19: BadQuery: query:"),
-        format!("{b}:5: column 9: unknown field `exprr`"),
+        format!("{b}:5: unknown key `exprr` in a rule; expected one of alert, expr, query"),
+        format!("{b}:7: Y: expr: Schema error: No field named nosuch"),
+        format!("{b}:10: unknown key `notfy` in a rule"),
     ] {
         assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
     }
-    assert!(stderr.contains("7 errors"), "{stderr}");
+    assert!(stderr.contains("9 errors"), "{stderr}");
 }
 
 #[test]
