@@ -58,6 +58,9 @@ pub struct Engine {
     pub counters: EngineCounters,
     groups: Vec<Group>,
     group_index: HashMap<(i64, SeriesId), usize>,
+    /// Per model: whether its labels hold the performance watermark (set by
+    /// the driver, which knows whether the labels input is live).
+    labels_hold: Vec<bool>,
 }
 
 fn take_f64(array: &Float64Array, indices: &UInt32Array) -> Float64Array {
@@ -107,7 +110,36 @@ impl Engine {
             counters: EngineCounters::default(),
             groups: Vec::new(),
             group_index: HashMap::new(),
+            labels_hold: vec![false; registry.models.len()],
         }
+    }
+
+    /// Whether a model's labels hold its performance rows and pending
+    /// joins: while they do, a window's performance closes (and a pending
+    /// entry expires) only once both the watermark and the labels' own
+    /// watermark have passed its horizon, so predictions read ahead of
+    /// their labels cannot finalise a window before its labels are read.
+    /// The daemon holds while a model's labels are live (not silent for
+    /// `windows.idle_timeout`); replay reads labels in event-time order
+    /// beside the predictions and does not hold. Releasing closes what the
+    /// watermark alone has passed; rows go to `out`.
+    pub fn set_labels_holding(
+        &mut self,
+        registry: &ModelRegistry,
+        model: usize,
+        hold: bool,
+        out: &mut Vec<WindowMetricRow>,
+    ) {
+        let released = self.labels_hold[model] && !hold;
+        self.labels_hold[model] = hold;
+        if released {
+            self.close(registry.get(model as u32), model, false, out);
+        }
+    }
+
+    /// Whether a model's labels hold its performance watermark.
+    pub fn labels_holding(&self, model: usize) -> bool {
+        self.labels_hold[model]
     }
 
     pub fn spec(&self) -> &WindowSpec {
@@ -328,6 +360,9 @@ impl Engine {
                 self.credit(model, model_index, &prediction, &label);
             }
         }
+        if let Some(max_time) = datafusion::arrow::compute::max(&batch.event_time_ms) {
+            self.windows[model_index].observe_label_time(max_time);
+        }
         self.close(model, model_index, false, out);
     }
 
@@ -384,11 +419,15 @@ impl Engine {
                 .awaiting_labels
                 .insert((start, series), AwaitingLabels { events: state.events, performance: state.performance });
         }
-        let watermark = if everything { Some(i64::MAX) } else { windows.watermark(&self.spec) };
+        let watermark = if everything {
+            Some(i64::MAX)
+        } else {
+            windows.performance_watermark(&self.spec, self.labels_hold[model_index])
+        };
         if let Some(watermark) = watermark {
             self.joins[model_index].expire(watermark);
         }
-        let mut labelled = windows.take_labelled(&self.spec, everything);
+        let mut labelled = windows.take_labelled(&self.spec, watermark);
         labelled.sort_by_cached_key(|((start, series), _)| order(*start, *series));
         for ((start, series), awaiting) in labelled {
             evaluate::performance_rows(&awaiting.performance, awaiting.events, &identity(start, series), out);
@@ -508,6 +547,61 @@ mod tests {
         // b and c expired unlabelled at the watermark, d at the end of input.
         assert_eq!((join.predictions_expired, join.labels_unmatched), (3, 2));
         assert_eq!(h.model_rows("accuracy"), vec![(0, 1.0)]);
+    }
+
+    /// Regression (the crash test, seed 1796067623321898777): a restarted
+    /// daemon read a backlog of predictions past a window's label horizon
+    /// before its labels partition was assigned; the window's performance
+    /// was finalised with no label and every label then went unmatched.
+    /// While labels hold, the labels' own watermark holds performance and
+    /// join expiry back.
+    #[test]
+    fn predictions_read_ahead_of_labels_do_not_finalise_performance_while_labels_hold() {
+        for hold in [false, true] {
+            let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 5m}");
+            h.engine.set_labels_holding(&h.registry, 0, hold, &mut h.rows);
+            h.label("seen", 5, 1); // labels were flowing before
+            h.predict("seen", 5, 1);
+            h.predict("a", 10, 1);
+            h.predict("b", 20, 0);
+            // The prediction backlog runs 10 minutes ahead of the labels.
+            for i in 0..10 {
+                h.predict(&format!("later{i}"), 60 + i * 60, 1);
+            }
+            let closed_early = !h.model_rows("labeled_count").is_empty();
+            h.label("a", 10, 1);
+            h.label("b", 20, 1);
+            h.engine.set_labels_holding(&h.registry, 0, false, &mut h.rows);
+            h.finish();
+            let first = |metric: &str| h.model_rows(metric).first().map(|r| r.1);
+            if hold {
+                assert!(!closed_early, "held: performance waits for the labels");
+                assert_eq!(first("labeled_count"), Some(3.0));
+                assert_eq!(first("accuracy"), Some(2.0 / 3.0));
+                assert_eq!(h.engine.join_counters().labels_unmatched, 0);
+            } else {
+                // Without the hold (as before the fix): finalised without labels.
+                assert!(closed_early);
+                assert_eq!(first("labeled_count"), Some(1.0));
+                assert_eq!(h.engine.join_counters().labels_unmatched, 2);
+            }
+        }
+    }
+
+    /// A model whose labels never come: holding keeps its performance rows
+    /// back; releasing (the labels idle) closes what the watermark passed.
+    #[test]
+    fn releasing_the_labels_hold_closes_what_the_watermark_passed() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 1m}");
+        h.engine.set_labels_holding(&h.registry, 0, true, &mut h.rows);
+        h.predict("a", 10, 1);
+        h.predict("b", 300, 1);
+        assert_eq!(h.model_rows("count"), vec![(0, 1.0)], "data rows do not wait for labels");
+        assert!(h.model_rows("label_coverage").is_empty());
+        assert_eq!(h.engine.pending_joins(), 2);
+        h.engine.set_labels_holding(&h.registry, 0, false, &mut h.rows);
+        assert_eq!(h.model_rows("label_coverage"), vec![(0, 0.0)]);
+        assert_eq!(h.engine.join_counters().predictions_expired, 1);
     }
 
     #[test]

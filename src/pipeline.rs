@@ -29,6 +29,8 @@ pub struct Pipeline {
     predictions_topic: String,
     labels_topic: String,
     rows: Vec<WindowMetricRow>,
+    /// Labels run through the engine per model (in this process).
+    labels_seen: Vec<u64>,
     reported: crate::engine::EngineCounters,
     reported_join: crate::join::JoinCounters,
     reported_decode: crate::decode::DecodeCounters,
@@ -60,6 +62,7 @@ impl Pipeline {
             predictions_topic,
             labels_topic,
             rows: Vec::new(),
+            labels_seen: vec![0; config.models.len()],
             reported: Default::default(),
             reported_join: Default::default(),
             reported_decode: Default::default(),
@@ -183,8 +186,21 @@ impl Pipeline {
         for batch in batches {
             let model = &self.registry.get(batch.model).name;
             self.telemetry.add_events(&self.labels_topic, model, batch.len() as u64);
+            self.labels_seen[batch.model as usize] += batch.len() as u64;
             self.engine.push_labels(&self.registry, batch, &mut self.rows);
         }
+    }
+
+    /// Labels run through the engine so far, per model (in this process).
+    pub fn labels_seen(&self) -> &[u64] {
+        &self.labels_seen
+    }
+
+    /// Sets whether a model's labels hold its performance rows (see
+    /// [`Engine::set_labels_holding`]); rows a release closes are written.
+    pub fn set_labels_holding(&mut self, model: usize, hold: bool, sink: &mut dyn WindowSink) -> io::Result<usize> {
+        self.engine.set_labels_holding(&self.registry, model, hold, &mut self.rows);
+        self.emit(sink)
     }
 
     /// Processes everything buffered and writes the rows of closed windows.

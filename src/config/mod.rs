@@ -52,6 +52,8 @@ pub const DEFAULT_WINDOW_SIZE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_ALLOWED_LATENESS: Duration = Duration::from_secs(60);
 /// Default `windows.label_horizon`: 24 hours.
 pub const DEFAULT_LABEL_HORIZON: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default `windows.idle_timeout`: 1 minute.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default `pipeline.batch_size`: events per micro-batch.
 pub const DEFAULT_BATCH_SIZE: usize = 8192;
@@ -393,6 +395,15 @@ pub struct WindowsConfig {
     /// Default [`DEFAULT_LABEL_HORIZON`] (24h).
     #[serde(with = "duration")]
     pub label_horizon: Duration,
+    /// How long (wall clock) an input may be silent before it stops holding
+    /// windows open. The labels of a model hold its performance rows and
+    /// pending joins while they arrive (or while the daemon has run for
+    /// less than this without them), so predictions read ahead of their
+    /// labels (a backlog, a restart, a rebalance) cannot close a window's
+    /// performance before its labels are read. Default
+    /// [`DEFAULT_IDLE_TIMEOUT`] (1m).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for WindowsConfig {
@@ -402,6 +413,7 @@ impl Default for WindowsConfig {
             slide: DEFAULT_WINDOW_SIZE,
             allowed_lateness: DEFAULT_ALLOWED_LATENESS,
             label_horizon: DEFAULT_LABEL_HORIZON,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -417,6 +429,8 @@ struct RawWindowsConfig {
     allowed_lateness: Option<duration::HumanDuration>,
     #[serde(default)]
     label_horizon: Option<duration::HumanDuration>,
+    #[serde(default)]
+    idle_timeout: Option<duration::HumanDuration>,
 }
 
 impl From<RawWindowsConfig> for WindowsConfig {
@@ -427,6 +441,7 @@ impl From<RawWindowsConfig> for WindowsConfig {
             slide: raw.slide.map_or(size, |d| d.0),
             allowed_lateness: raw.allowed_lateness.map_or(DEFAULT_ALLOWED_LATENESS, |d| d.0),
             label_horizon: raw.label_horizon.map_or(DEFAULT_LABEL_HORIZON, |d| d.0),
+            idle_timeout: raw.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
         }
     }
 }

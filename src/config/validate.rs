@@ -50,6 +50,7 @@ impl Config {
             ("windows.slide", self.windows.slide),
             ("windows.allowed_lateness", self.windows.allowed_lateness),
             ("windows.label_horizon", self.windows.label_horizon),
+            ("windows.idle_timeout", self.windows.idle_timeout),
             ("pipeline.linger", self.pipeline.linger),
             ("pipeline.max_future_skew", self.pipeline.max_future_skew),
             ("pipeline.shutdown_timeout", self.pipeline.shutdown_timeout),

@@ -301,6 +301,52 @@ impl Durability {
     }
 }
 
+/// Whether each model's labels are live: a model's labels hold its
+/// performance rows and pending joins (see
+/// [`crate::engine::Engine::set_labels_holding`]) until they have been
+/// silent for `windows.idle_timeout` (counted from the start of the run
+/// when none came yet). So when this process reads predictions ahead of
+/// labels (its labels partitions are still with a dead group member, or
+/// their backlog is read later), no window's performance is finalised
+/// before its labels are read; when a model's labels stop, its
+/// performance rows follow the predictions' watermark again.
+struct LabelActivity {
+    idle_timeout: Duration,
+    /// Per model: labels seen, and when that count last changed.
+    last: Vec<(u64, Instant)>,
+}
+
+impl LabelActivity {
+    fn new(idle_timeout: Duration, pipeline: &Pipeline) -> Self {
+        let now = Instant::now();
+        LabelActivity { idle_timeout, last: pipeline.labels_seen().iter().map(|&n| (n, now)).collect() }
+    }
+
+    /// Updates each model's hold from the labels seen since the last call;
+    /// returns whether a hold was released (state changed).
+    fn update(&mut self, pipeline: &mut Pipeline, sink: &mut dyn WindowSink) -> Result<bool, KafkaSourceError> {
+        let now = Instant::now();
+        let mut released = false;
+        for model in 0..self.last.len() {
+            let seen = pipeline.labels_seen()[model];
+            let (count, since) = &mut self.last[model];
+            if seen != *count {
+                *count = seen;
+                *since = now;
+            }
+            let hold = now.duration_since(*since) < self.idle_timeout;
+            if hold != pipeline.engine.labels_holding(model) {
+                if !hold {
+                    tracing::debug!(model = %pipeline.registry.get(model as u32).name, "labels idle: performance follows the predictions' watermark");
+                }
+                pipeline.set_labels_holding(model, hold, sink)?;
+                released |= !hold;
+            }
+        }
+        Ok(released)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stream {
     Predictions,
@@ -442,11 +488,18 @@ pub fn run_kafka(
     let mut deadline: Option<Instant> = None;
     let mut summary = KafkaSummary::default();
     let mut last_log = Instant::now();
+    let mut label_activity = LabelActivity::new(config.windows.idle_timeout, pipeline);
+    label_activity.update(pipeline, sink)?;
     loop {
         if shutdown.is_triggered() {
             break;
         }
         sink.tick();
+        if label_activity.update(pipeline, sink)?
+            && let Some(durability) = durability.as_deref_mut()
+        {
+            durability.dirty = true;
+        }
         if last_log.elapsed() >= STATS_LOG_INTERVAL {
             log_stats(pipeline, kafka);
             last_log = Instant::now();

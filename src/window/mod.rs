@@ -74,6 +74,11 @@ pub struct AwaitingLabels {
 pub struct ModelWindows {
     /// Largest event time seen so far.
     pub max_event_time_ms: Option<i64>,
+    /// Largest event time of a label seen so far: while the model's labels
+    /// hold (see [`crate::engine::Engine::set_labels_holding`]), the
+    /// performance watermark does not pass it.
+    #[serde(default)]
+    pub max_label_time_ms: Option<i64>,
     /// Open windows by (start, series).
     pub open: BTreeMap<(i64, SeriesId), WindowState>,
     /// Closed windows waiting for labels, by (start, series).
@@ -105,9 +110,27 @@ impl ModelWindows {
         drain_ended(&mut self.open, limit, spec.size_ms)
     }
 
-    /// Removes and returns the windows whose labels had their horizon.
-    pub fn take_labelled(&mut self, spec: &WindowSpec, everything: bool) -> Vec<((i64, SeriesId), AwaitingLabels)> {
-        let limit = if everything { Some(i64::MAX) } else { self.watermark(spec) };
+    /// Moves the label watermark forward (never back).
+    pub fn observe_label_time(&mut self, time_ms: i64) {
+        self.max_label_time_ms = Some(self.max_label_time_ms.map_or(time_ms, |t| t.max(time_ms)));
+    }
+
+    /// The watermark that closes performance and expires pending joins:
+    /// the watermark, held back to the label watermark (minus
+    /// `allowed_lateness`) when `labels_hold`, and `None` while labels hold
+    /// but none was seen.
+    pub fn performance_watermark(&self, spec: &WindowSpec, labels_hold: bool) -> Option<i64> {
+        let watermark = self.watermark(spec)?;
+        if !labels_hold {
+            return Some(watermark);
+        }
+        let labels = self.max_label_time_ms?.saturating_sub(spec.allowed_lateness_ms);
+        Some(watermark.min(labels))
+    }
+
+    /// Removes and returns the windows whose labels had their horizon by
+    /// `limit` (all of them when `limit` is `i64::MAX`).
+    pub fn take_labelled(&mut self, spec: &WindowSpec, limit: Option<i64>) -> Vec<((i64, SeriesId), AwaitingLabels)> {
         drain_ended(&mut self.awaiting_labels, limit, spec.size_ms.saturating_add(spec.label_horizon_ms))
     }
 }
