@@ -355,6 +355,24 @@ fn hostile_input_is_counted_and_bounded_and_never_stops_the_daemon() {
         &[(invalid("unknown_model"), 2.0)],
     );
 
+    // 1,100 events whose 499 numeric features (the 497 taken above, amount
+    // and tenure) alternate between ±1e-300 and ±1e300 in one window: each
+    // feature's quantile sketch spanned every bucket in between (2 MB per
+    // feature, 1 GB here) before its bucket budget; now 32 KiB at most.
+    let numeric: Vec<String> =
+        (0..497).map(|f| format!("f{f}")).chain(["amount".to_string(), "tenure".to_string()]).collect();
+    let extremes = ["1e-300", "-1e300", "-1e-300", "1e300"];
+    let spanning = (0..1_100).map(|e| {
+        let features: Vec<String> =
+            numeric.iter().enumerate().map(|(f, name)| format!("\"{name}\":{}", extremes[(e + f) % 4])).collect();
+        prediction(&format!("extreme-{e}"), T0 + 10 * MINUTE + e as i64 * 10, &features.join(","))
+    });
+    h.case(
+        "numeric values spanning the double range",
+        &predictions(spanning),
+        &[(accepted("predictions"), 1_100.0), (plain("driftwatch_features_over_cap_total"), 0.0)],
+    );
+
     // After all of it: good events are still counted, windows still close.
     let closed_before = sum(&scrape(&h.address), "driftwatch_windows_closed_total", "");
     h.case(

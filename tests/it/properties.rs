@@ -10,6 +10,7 @@ use datafusion::arrow::array::{Float64Array, StringArray};
 use driftwatch::evaluate::categorical::CategoricalSummary;
 use driftwatch::evaluate::numeric::NumericSummary;
 use driftwatch::evaluate::performance::{Outcome, PerformanceState};
+use driftwatch::evaluate::sketch::{MAX_BUCKETS, QuantileSketch};
 use driftwatch::join::{ModelJoin, PendingLabel, PendingPrediction, Target, join_key};
 use proptest::prelude::*;
 
@@ -74,6 +75,41 @@ proptest! {
             }
         }
         prop_assert_eq!(merged.to_sketch().count(), whole.count());
+    }
+
+    /// Values across the whole double range overflow the sketch's bucket
+    /// budget, so its lowest buckets fold; the folded sketch must still be
+    /// a function of the values alone: any split, merged in any order,
+    /// equals the sketch of everything (issue 15).
+    #[test]
+    fn sketches_over_their_bucket_budget_merge_in_any_grouping_and_order(
+        values in prop::collection::vec((any::<bool>(), -320.0f64..308.0), 0..3000),
+        cuts in prop::collection::vec(0usize..4000, 0..8),
+        order in prop::collection::vec(0usize..1000, 9),
+    ) {
+        let values: Vec<f64> =
+            values.into_iter().map(|(negative, exponent)| if negative { -(10f64.powf(exponent)) } else { 10f64.powf(exponent) }).collect();
+        let sketch_of = |values: &[f64]| {
+            let mut sketch = QuantileSketch::default();
+            values.iter().for_each(|&v| sketch.add(v));
+            sketch
+        };
+        let whole = sketch_of(&values);
+        let parts: Vec<QuantileSketch> = chunks(values.len(), &cuts).into_iter().map(|r| sketch_of(&values[r])).collect();
+        let mut indices: Vec<usize> = (0..parts.len()).collect();
+        indices.sort_by_key(|i| order[*i % order.len()] * 16 + i);
+        let mut merged = QuantileSketch::default();
+        for i in indices {
+            merged.merge(&parts[i]);
+        }
+        prop_assert_eq!(&merged, &whole);
+        // Merged into the largest part rather than into an empty sketch.
+        if let Some(largest) = (0..parts.len()).max_by_key(|&i| parts[i].count()) {
+            let mut into = parts[largest].clone();
+            parts.iter().enumerate().filter(|(i, _)| *i != largest).for_each(|(_, p)| into.merge(p));
+            prop_assert_eq!(&into, &whole);
+        }
+        prop_assert!(whole.heap_bytes() <= 2 * 4 * MAX_BUCKETS as usize);
     }
 
     #[test]

@@ -328,3 +328,73 @@ fn parquet_input_gives_the_same_rows_as_ndjson() {
     assert!(!from_ndjson.is_empty());
     assert_eq!(String::from_utf8(run("p.parquet")).unwrap(), String::from_utf8(from_ndjson).unwrap());
 }
+
+/// The peak resident memory (VmHWM, kB) of a running process, `None` once
+/// it has exited (a zombie's status has no memory lines).
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Regression (issue 15): the quantile sketch kept every bucket between a
+/// window's smallest and largest value, so 1,100 events whose 500 features
+/// alternate between ±1e-300 and ±1e300 took a replay to about 1 GB of RSS
+/// (2 MB per feature). At its bucket budget it holds at most 32 KiB per
+/// feature; the replay (a debug build) must peak under 150 MB.
+#[test]
+fn values_spanning_the_double_range_keep_a_replay_small() {
+    const BOUND_KB: u64 = 150 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let values = ["1e-300", "-1e300", "-1e-300", "1e300"];
+    let mut events = String::new();
+    for e in 0..1_100 {
+        let features: Vec<String> = (0..500).map(|f| format!("\"f{f}\":{}", values[(e + f) % 4])).collect();
+        events.push_str(&format!(
+            "{{\"event_id\":\"e{e}\",\"model\":\"m\",\"timestamp\":\"2026-11-26T10:{:02}:{:02}Z\",\"prediction\":1,\"features\":{{{}}}}}\n",
+            e / 60,
+            e % 60,
+            features.join(",")
+        ));
+    }
+    std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
+    std::fs::write(dir.path().join("c.yaml"), "windows: {size: 1h}\nmodels: [{name: m}]\n").unwrap();
+    let out = dir.path().join("rows.ndjson");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["replay", "--config", "c.yaml", "--predictions", "e.ndjson"])
+        .current_dir(dir.path())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    // VmHWM only grows: the last reading before the exit is the peak.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kb) = peak_rss_kb(child.id()) {
+            peak = peak.max(kb);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the replay did not finish in 300 s (peak RSS so far {} MB)", peak / 1024);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(status.success(), "{stderr}");
+    println!("peak RSS of the replay: {} MB (bound {} MB)", peak / 1024, BOUND_KB / 1024);
+    assert!(peak > 0 && peak < BOUND_KB, "peak RSS {peak} kB");
+    // The window closed with its 500 features, their quantiles from the sketch.
+    let rows: Vec<Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let p99: Vec<&Value> =
+        rows.iter().filter(|r| r["segment"] == "" && r["feature"].is_string() && r["metric"] == "p99").collect();
+    assert_eq!(p99.len(), 500);
+    for row in p99 {
+        let value = row["value"].as_f64().unwrap();
+        assert!((value / 1e300 - 1.0).abs() <= 0.004, "{row}");
+    }
+}
