@@ -511,7 +511,16 @@ pub fn run_kafka(
             checkpoint(&consumer, pipeline, sink, durability);
         }
         let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
-        match consumer.poll(wait.min(Duration::from_millis(100))) {
+        let polled = consumer.poll(wait.min(Duration::from_millis(100)));
+        // A rebalance is served inside `poll`: messages buffered before it
+        // from revoked partitions are dropped (they are fetched again from
+        // the processed position if the partition comes back). The message
+        // this poll returned came after the rebalance, from the current
+        // assignment, so it is kept. (Regression: dropping after buffering
+        // lost it when the same poll revoked and re-assigned its partition,
+        // while later messages moved the position past it.)
+        drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
+        match polled {
             Some(Ok(message)) => {
                 let stream =
                     if message.topic() == kafka.predictions_topic { Stream::Predictions } else { Stream::Labels };
@@ -534,7 +543,6 @@ pub fn run_kafka(
             Some(Err(error)) => tracing::warn!(%error, "Kafka consumer error"),
             None => {}
         }
-        drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if buffered.len() >= batch_size || arena.len() >= MAX_BATCH_BYTES || (due && !buffered.is_empty()) {
             process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
