@@ -285,7 +285,7 @@ pub struct Durability {
     pub store: crate::checkpoint::CheckpointStore,
     pub interval: Duration,
     last_attempt: Instant,
-    /// Events processed since the last checkpoint.
+    /// Events processed, or alert state changed, since the last checkpoint.
     dirty: bool,
     /// Offsets the restored state covers (topic → partition → next).
     resume: crate::checkpoint::Offsets,
@@ -446,7 +446,13 @@ pub fn run_kafka(
         if shutdown.is_triggered() {
             break;
         }
-        sink.tick();
+        // Alert state changed on the wall clock (a `query:` rule fired on
+        // silence, rules reloaded) is checkpointed like events are.
+        if sink.tick()
+            && let Some(durability) = durability.as_deref_mut()
+        {
+            durability.dirty = true;
+        }
         if last_log.elapsed() >= STATS_LOG_INTERVAL {
             log_stats(pipeline, kafka);
             last_log = Instant::now();
