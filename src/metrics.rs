@@ -229,6 +229,16 @@ impl Metrics {
                 "Checkpoints that could not be written (retried every state.checkpoint_interval).",
                 |t: &Telemetry| t.checkpoints_failed.load(std::sync::atomic::Ordering::Relaxed),
             ),
+            (
+                "driftwatch_checkpoint_windows_dropped",
+                "Windows of the restored checkpoint dropped because the config changed (windows settings, a model's task, a model removed).",
+                |t: &Telemetry| t.checkpoint_windows_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_checkpoint_windows_reattached",
+                "Open windows of the restored checkpoint re-attached to a changed baseline (bins re-counted, or binned drift rows left out).",
+                |t: &Telemetry| t.checkpoint_windows_reattached.load(std::sync::atomic::Ordering::Relaxed),
+            ),
         ] {
             let t = telemetry.clone();
             meter

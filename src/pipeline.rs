@@ -95,6 +95,10 @@ impl Pipeline {
                     features: &model.features,
                     windows,
                     join,
+                    stamp: crate::checkpoint::ModelStamp {
+                        task: model.task,
+                        baseline: model.reference.as_ref().map(|r| r.stamp.clone()),
+                    },
                 }
             })
             .collect();
@@ -109,10 +113,23 @@ impl Pipeline {
         })
     }
 
-    /// Puts back the state of a checkpoint's models. Models no longer
-    /// configured are dropped; with changed `windows` settings the
-    /// checkpointed windows and joins cannot be used and are dropped too
-    /// (logged). Returns the number of models restored.
+    /// Puts back the state of a checkpoint's models, fitting it to the
+    /// current config (which may have changed between runs; none of it
+    /// panics, every loss is logged and counted):
+    ///
+    /// - changed `windows` settings: the checkpointed windows and joins
+    ///   cannot be used and are dropped;
+    /// - a model no longer configured: dropped; a new model starts empty;
+    /// - a model whose `task` changed: its windows and joins are dropped;
+    /// - a model whose baseline changed (added, removed, rebuilt): its open
+    ///   windows are re-attached to the new one ([`WindowState::reattach`]);
+    ///   windows awaiting labels and the join do not depend on it;
+    /// - a feature the baseline now types differently: the baseline's type
+    ///   wins, the feature's values so far in open windows are dropped.
+    ///
+    /// Returns the number of models restored.
+    ///
+    /// [`WindowState::reattach`]: crate::evaluate::WindowState::reattach
     pub fn restore(
         &mut self,
         models: Vec<crate::checkpoint::ModelCheckpoint>,
@@ -121,28 +138,61 @@ impl Pipeline {
     ) -> usize {
         self.engine.counters = counters.clone();
         self.reported = counters;
+        let windows_of =
+            |m: &crate::checkpoint::ModelCheckpoint| (m.windows.open.len() + m.windows.awaiting_labels.len()) as u64;
         if spec != *self.engine.spec() {
+            let dropped: u64 = models.iter().map(windows_of).sum();
             tracing::warn!(
                 checkpoint = ?spec,
                 config = ?self.engine.spec(),
+                windows = dropped,
                 "the windows settings changed since the checkpoint: its open windows and pending joins are dropped"
             );
+            self.telemetry.checkpoint_windows_dropped.fetch_add(dropped, Ordering::Relaxed);
             return 0;
         }
         let mut restored = 0;
         for model in models {
             let Some(id) = self.registry.id(&model.name) else {
-                tracing::warn!(model = %model.name, "the checkpoint has a model that is no longer configured; dropped");
+                let dropped = windows_of(&model);
+                tracing::warn!(
+                    model = %model.name,
+                    windows = dropped,
+                    "the checkpoint has a model that is no longer configured; its windows are dropped"
+                );
+                self.telemetry.checkpoint_windows_dropped.fetch_add(dropped, Ordering::Relaxed);
                 continue;
             };
-            self.registry.get_mut(id).restore_dictionaries(
-                model.series_keys,
-                model.series,
-                model.classes,
-                model.features,
-            );
-            self.engine.restore_model(id as usize, model.windows, model.join);
+            let task = self.registry.get(id).task;
+            let classification = self.registry.get(id).is_classification();
+            let task_changed =
+                match &model.stamp {
+                    Some(stamp) => stamp.task != task,
+                    // Older checkpoints: the prediction summaries tell.
+                    None => model.windows.open.values().any(|w| {
+                        matches!(w.prediction, crate::evaluate::PredictionSummary::Classes(_)) != classification
+                    }),
+                };
+            let dropped = windows_of(&model);
+            let state = self.registry.get_mut(id);
+            state.restore_dictionaries(model.series_keys, model.series, model.classes, model.features);
             restored += 1;
+            if task_changed {
+                tracing::warn!(
+                    model = %model.name,
+                    checkpoint_task = ?model.stamp.as_ref().map(|s| s.task),
+                    task = ?task,
+                    windows = dropped,
+                    "the model's task changed since the checkpoint: its open windows, windows awaiting labels and pending joins are dropped"
+                );
+                self.telemetry.checkpoint_windows_dropped.fetch_add(dropped, Ordering::Relaxed);
+                continue;
+            }
+            let mut windows = model.windows;
+            retype_features(state, &mut windows);
+            let old = model.stamp.as_ref().map(|s| s.baseline.as_ref());
+            reattach_windows(state, old, &mut windows, &self.telemetry);
+            self.engine.restore_model(id as usize, windows, model.join);
         }
         self.reported_join = self.engine.join_counters();
         restored
@@ -256,4 +306,130 @@ impl Pipeline {
         t.feature_type_errors.fetch_add(decode.type_errors - self.reported_decode.type_errors, Ordering::Relaxed);
         self.reported_decode = decode;
     }
+}
+
+/// A checkpoint's features keep their ids, but the configured baseline
+/// decides their type (as it does without a checkpoint): a feature it
+/// types differently takes the baseline's type, and its summaries in the
+/// open windows, of the other type, are dropped (logged).
+fn retype_features(model: &mut crate::model::ModelState, windows: &mut crate::window::ModelWindows) {
+    let mut retyped = Vec::new();
+    for (id, feature) in model.features.iter_mut().enumerate() {
+        if let Some(reference) = model.feature_refs.get(id).and_then(Option::as_deref)
+            && reference.kind() != feature.kind
+        {
+            feature.kind = reference.kind();
+            retyped.push(id);
+        }
+    }
+    if retyped.is_empty() {
+        return;
+    }
+    for window in windows.open.values_mut() {
+        for &id in &retyped {
+            if let Some(state) = window.features.get_mut(id) {
+                *state = None;
+            }
+        }
+    }
+    let names: Vec<&str> = retyped.iter().map(|&id| &*model.features[id].name).collect();
+    tracing::warn!(
+        model = %model.name,
+        features = ?names,
+        "the baseline types these features differently than the checkpoint did: the baseline's type is used and their values so far in open windows are dropped"
+    );
+}
+
+/// Which binned columns of `windows` the model's current baseline counts
+/// differently than the one they began under: by the stamps (`old`:
+/// `None` for a checkpoint without one) and, whatever the stamps say, by
+/// the shape of the counts.
+fn rebin(
+    model: &crate::model::ModelState,
+    old: Option<Option<&crate::evaluate::reference::BaselineStamp>>,
+    windows: &crate::window::ModelWindows,
+) -> crate::evaluate::Rebin {
+    use crate::evaluate::reference::FeatureReference;
+    use crate::evaluate::{PredictionSummary, Rebin};
+    let new = model.reference.as_ref().map(|r| &r.stamp);
+    let changed = |column: &str| match old {
+        Some(old) => old.and_then(|s| s.binning.get(column)) != new.and_then(|s| s.binning.get(column)),
+        None => false,
+    };
+    let mut rebin = Rebin {
+        features: model.features.iter().map(|f| changed(&format!("features.{}", f.name))).collect(),
+        score: changed("score"),
+        prediction: changed("prediction"),
+    };
+    let bins = |reference: Option<&FeatureReference>| match reference {
+        Some(FeatureReference::Numeric(r)) => r.proportions.len(),
+        _ => 0,
+    };
+    let reference = model.reference.as_deref();
+    let score_bins = bins(reference.and_then(|r| r.score.as_ref()));
+    let prediction_bins = bins(reference.and_then(|r| r.prediction.as_ref()));
+    for window in windows.open.values() {
+        for (id, state) in window.features.iter().enumerate() {
+            if let Some(state) = state
+                && !state.bins_lost
+                && state.reference_bins.len() != bins(model.feature_refs.get(id).and_then(Option::as_deref))
+                && let Some(flag) = rebin.features.get_mut(id)
+            {
+                *flag = true;
+            }
+        }
+        rebin.score |= !window.score_bins_lost && window.score_bins.len() != score_bins;
+        let expected = match window.prediction {
+            PredictionSummary::Values(_) => prediction_bins,
+            PredictionSummary::Classes(_) => 0,
+        };
+        rebin.prediction |= !window.prediction_bins_lost && window.prediction_bins.len() != expected;
+    }
+    rebin
+}
+
+/// Re-attaches a model's restored open windows to its current baseline
+/// when that changed since the checkpoint (`old`: the checkpoint's
+/// baseline stamp, `None` when the checkpoint has none), logged and
+/// counted.
+fn reattach_windows(
+    model: &crate::model::ModelState,
+    old: Option<Option<&crate::evaluate::reference::BaselineStamp>>,
+    windows: &mut crate::window::ModelWindows,
+    telemetry: &Telemetry,
+) {
+    let new = model.reference.as_ref().map(|r| &r.stamp);
+    let rebin = rebin(model, old, windows);
+    let replaced = old.is_some_and(|old| old.map(|s| &s.sha256) != new.map(|s| &s.sha256));
+    if !replaced && !rebin.any() {
+        return;
+    }
+    let (mut recounted, mut unbinned) = (0u64, 0u64);
+    for ((_, series), window) in windows.open.iter_mut() {
+        let whole_model = model.series.get(*series as usize).is_some_and(|s| s.whole_model.is_none());
+        if window.reattach(model, &rebin, whole_model) {
+            recounted += 1;
+        } else {
+            unbinned += 1;
+        }
+    }
+    let name = |stamp: Option<&crate::evaluate::reference::BaselineStamp>| {
+        stamp.map_or_else(|| "none".to_string(), |s| s.short().to_string())
+    };
+    let checkpoint_baseline = match old {
+        Some(old) => name(old),
+        None => "unrecorded".to_string(),
+    };
+    telemetry.checkpoint_windows_reattached.fetch_add(recounted + unbinned, Ordering::Relaxed);
+    tracing::warn!(
+        model = %model.name,
+        checkpoint_baseline = %checkpoint_baseline,
+        baseline = %name(new),
+        open_windows = recounted + unbinned,
+        recounted,
+        without_binned_rows = unbinned,
+        "the model's baseline changed since the checkpoint: its open windows are re-attached to the configured one \
+         (bins re-counted from the window's values where it kept them all; otherwise that window emits no psi, \
+         jensen_shannon, hellinger, out_of_range_rate, score_psi or prediction_psi rows)"
+    );
 }

@@ -63,6 +63,12 @@ pub struct Telemetry {
     /// Checkpoints written, and attempts that failed.
     pub checkpoints_written: AtomicU64,
     pub checkpoints_failed: AtomicU64,
+    /// Windows of the restored checkpoint that the config no longer fits
+    /// (windows settings, task or model changed): dropped at start.
+    pub checkpoint_windows_dropped: AtomicU64,
+    /// Open windows of the restored checkpoint re-attached to a changed
+    /// baseline.
+    pub checkpoint_windows_reattached: AtomicU64,
     /// Size of the last checkpoint written.
     pub checkpoint_bytes: AtomicU64,
     /// Where the HTTP API listens, once it does.

@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Task;
 use crate::engine::EngineCounters;
+use crate::evaluate::reference::BaselineStamp;
 use crate::join::ModelJoin;
 use crate::model::{FeatureMeta, Interner, Series};
 use crate::rules::lifecycle::AlertSnapshot;
@@ -60,6 +62,16 @@ pub struct ModelRef<'a> {
     pub features: &'a [FeatureMeta],
     pub windows: &'a ModelWindows,
     pub join: &'a ModelJoin,
+    pub stamp: ModelStamp,
+}
+
+/// What a model's windows were built for: its task and baseline. A restore
+/// under another config compares them (`Pipeline::restore`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStamp {
+    pub task: Task,
+    /// `None`: the model had no baseline.
+    pub baseline: Option<BaselineStamp>,
 }
 
 /// One model's share, read back.
@@ -72,6 +84,10 @@ pub struct ModelCheckpoint {
     pub features: Vec<FeatureMeta>,
     pub windows: ModelWindows,
     pub join: ModelJoin,
+    /// `None` in checkpoints written before it was recorded: the windows
+    /// are then checked against the config by their shape alone.
+    #[serde(default)]
+    pub stamp: Option<ModelStamp>,
 }
 
 /// Kafka positions: topic → partition → the next offset to read.

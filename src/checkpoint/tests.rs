@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::config::Config;
@@ -10,12 +11,21 @@ use crate::output::{MemorySink, WindowMetricRow};
 use crate::pipeline::Pipeline;
 use crate::telemetry::Telemetry;
 
+fn fixture_baseline() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/replay_drift/baseline.json"))
+}
+
 fn config() -> Config {
-    let root = env!("CARGO_MANIFEST_DIR");
+    config_with("5m", Some(&fixture_baseline()), "binary_classification")
+}
+
+/// The test config with windows of `size`, the model's baseline and task.
+fn config_with(size: &str, baseline: Option<&Path>, task: &str) -> Config {
+    let baseline = baseline.map(|b| format!(", baseline: {}", b.display())).unwrap_or_default();
     Config::from_yaml_str(
         &format!(
-            "windows: {{size: 5m, allowed_lateness: 30s, label_horizon: 10m}}\n\
-             models: [{{name: shop, baseline: {root}/tests/fixtures/replay_drift/baseline.json}}]\n"
+            "windows: {{size: {size}, allowed_lateness: 30s, label_horizon: 10m}}\n\
+             models: [{{name: shop, task: {task}{baseline}}}]\n"
         ),
         "test.yaml",
     )
@@ -51,18 +61,44 @@ fn events() -> (Vec<String>, Vec<String>) {
 /// the pipeline and continues in a new one restored from the bytes.
 fn run(stop_at: Option<usize>) -> (Vec<WindowMetricRow>, usize) {
     let config = config();
+    let run = run_across(&config, stop_at, Some(&config), false);
+    (run.rows, run.checkpoint_size)
+}
+
+struct Run {
+    rows: Vec<WindowMetricRow>,
+    /// Rows emitted before batch `stop_at`.
+    split: usize,
+    checkpoint_size: usize,
+    /// The (restored) pipeline's.
+    telemetry: Arc<Telemetry>,
+}
+
+/// [`run`] started with config `before`; at batch `stop_at`, restored
+/// into a pipeline with config `after` (without one: only notes how many
+/// rows came before). `unstamped`: as from a checkpoint written before
+/// models were stamped with their task and baseline.
+fn run_across(before: &Config, stop_at: Option<usize>, after: Option<&Config>, unstamped: bool) -> Run {
     let (predictions, labels) = events();
-    let mut pipeline = Pipeline::new(&config, Arc::new(Telemetry::default())).unwrap();
+    let telemetry = Arc::new(Telemetry::default());
+    let mut pipeline = Pipeline::new(before, telemetry.clone()).unwrap();
     let mut sink = MemorySink::default();
     let mut checkpoint_size = 0;
+    let mut split = 0;
     let batch = 97;
     let batches = predictions.len().div_ceil(batch) + 2;
     for b in 0..batches {
         if Some(b) == stop_at {
+            split = sink.rows.len();
+        }
+        if let (Some(config), true) = (after, Some(b) == stop_at) {
             let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new()).unwrap();
             checkpoint_size = bytes.len();
-            let checkpoint = decode(Path::new("test"), &bytes).unwrap();
-            pipeline = Pipeline::new(&config, Arc::new(Telemetry::default())).unwrap();
+            let mut checkpoint = decode(Path::new("test"), &bytes).unwrap();
+            if unstamped {
+                checkpoint.models.iter_mut().for_each(|m| m.stamp = None);
+            }
+            pipeline = Pipeline::new(config, telemetry.clone()).unwrap();
             assert_eq!(pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters), 1);
         }
         for line in predictions.iter().skip(b * batch).take(batch) {
@@ -74,7 +110,7 @@ fn run(stop_at: Option<usize>) -> (Vec<WindowMetricRow>, usize) {
         pipeline.process(&mut sink).unwrap();
     }
     pipeline.finish(&mut sink).unwrap();
-    (sink.rows, checkpoint_size)
+    Run { rows: sink.rows, split, checkpoint_size, telemetry }
 }
 
 #[test]
@@ -157,4 +193,157 @@ fn the_store_keeps_the_newest_and_falls_back_past_a_truncated_one() {
     // Sequence numbers never go back, so the next file is newer than all.
     let next = reopened.write(&bytes).unwrap();
     assert!(next > paths[4].with_extension("ckpt"), "{next:?}");
+}
+
+/// The fixture's baseline rebuilt with other bins: `amount` and `score`
+/// with every other bin edge (half as many bins), `tenure` unchanged.
+fn rebinned_baseline(dir: &Path) -> PathBuf {
+    let mut baseline: serde_json::Value = serde_json::from_slice(&fs::read(fixture_baseline()).unwrap()).unwrap();
+    let merge = |profile: &mut serde_json::Value| {
+        let edges: Vec<f64> = serde_json::from_value(profile["bin_edges"].clone()).unwrap();
+        let proportions: Vec<f64> = serde_json::from_value(profile["bin_proportions"].clone()).unwrap();
+        let kept: Vec<f64> = edges.iter().skip(1).step_by(2).copied().collect();
+        let merged: Vec<f64> = proportions.chunks(2).map(|pair| pair.iter().sum()).collect();
+        assert_eq!(merged.len(), kept.len() + 1);
+        profile["bin_edges"] = serde_json::json!(kept);
+        profile["bin_proportions"] = serde_json::json!(merged);
+    };
+    merge(&mut baseline["features"]["amount"]);
+    merge(&mut baseline["score"]);
+    let path = dir.join("rebinned.json");
+    fs::write(&path, serde_json::to_vec(&baseline).unwrap()).unwrap();
+    path
+}
+
+/// Row identity and every value, bit for bit.
+fn row_key(r: &WindowMetricRow) -> String {
+    let bits = |x: Option<f64>| x.map(f64::to_bits);
+    format!(
+        "{} {} {} {} {:?} {} {} {:?} {:?} {:?} {:?} {}",
+        r.model,
+        r.model_version,
+        r.segment,
+        r.window_start_ms,
+        r.feature,
+        r.metric,
+        r.value.to_bits(),
+        bits(r.baseline),
+        bits(r.threshold),
+        bits(r.p_value),
+        r.drifted,
+        r.sample_count
+    )
+}
+
+fn assert_same_rows(restored: &[WindowMetricRow], expected: &[WindowMetricRow], what: &str) {
+    assert_eq!(restored.len(), expected.len(), "{what}: row count");
+    for (a, b) in restored.iter().zip(expected) {
+        assert_eq!(row_key(a), row_key(b), "{what}");
+    }
+}
+
+/// A baseline added, removed or rebuilt with other bins between runs:
+/// the restored windows are re-attached to the new baseline and, as these
+/// windows keep their values (fewer than 1024 each), re-counted into its
+/// bins, so every row is the one a run with the new config from the start
+/// makes. (Before re-attaching, the first event after restoring panicked
+/// with an index out of bounds.)
+#[test]
+fn a_changed_baseline_reattaches_restored_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = fixture_baseline();
+    let rebinned = rebinned_baseline(dir.path());
+    let with = |baseline: Option<&Path>| config_with("5m", baseline, "binary_classification");
+    let cases = [
+        ("baseline added", with(None), with(Some(&fixture))),
+        ("baseline removed", with(Some(&fixture)), with(None)),
+        ("rebuilt with other bins", with(Some(&fixture)), with(Some(&rebinned))),
+        ("same baseline", with(Some(&fixture)), with(Some(&fixture))),
+    ];
+    for (what, before, after) in &cases {
+        for stop_at in [5, 12, 20] {
+            // What the new config makes from the start, after that batch.
+            let expected = run_across(after, Some(stop_at), None, false);
+            assert!(expected.rows[expected.split..].iter().any(|r| r.metric == "accuracy"), "{what}: labels joined");
+            for unstamped in [false, true] {
+                let restored = run_across(before, Some(stop_at), Some(after), unstamped);
+                let what = format!("{what}, stopped after batch {stop_at}, unstamped {unstamped}");
+                assert_same_rows(&restored.rows[restored.split..], &expected.rows[expected.split..], &what);
+                let telemetry = &restored.telemetry;
+                let reattached = telemetry.checkpoint_windows_reattached.load(Ordering::Relaxed);
+                if before.models[0].baseline == after.models[0].baseline {
+                    assert_eq!(reattached, 0, "{what}: nothing to re-attach");
+                } else {
+                    assert!(reattached > 0, "{what}: re-attached windows counted");
+                }
+                assert_eq!(telemetry.checkpoint_windows_dropped.load(Ordering::Relaxed), 0, "{what}");
+            }
+        }
+    }
+}
+
+/// Windows too big to keep their values (10 minutes, ~1200 events; the
+/// restore after 1,164) cannot
+/// be re-counted into a rebuilt baseline's bins: they keep every row but
+/// the binned drift rows of the columns whose bins changed (`amount`,
+/// `score`); `tenure`, binned as before, keeps all of its rows.
+#[test]
+fn windows_that_cannot_be_recounted_leave_out_only_their_binned_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = config_with("10m", Some(&fixture_baseline()), "binary_classification");
+    let after = config_with("10m", Some(&rebinned_baseline(dir.path())), "binary_classification");
+    let expected = run_across(&after, Some(12), None, false);
+    let restored = run_across(&before, Some(12), Some(&after), false);
+    assert!(restored.telemetry.checkpoint_windows_reattached.load(Ordering::Relaxed) > 0);
+    let (expected, restored) = (&expected.rows[expected.split..], &restored.rows[restored.split..]);
+    let restored_keys: std::collections::HashSet<String> = restored.iter().map(row_key).collect();
+    let expected_keys: std::collections::HashSet<String> = expected.iter().map(row_key).collect();
+    assert!(restored_keys.is_subset(&expected_keys), "every row restored is the new config's row");
+    let missing: Vec<&WindowMetricRow> = expected.iter().filter(|r| !restored_keys.contains(&row_key(r))).collect();
+    assert!(!missing.is_empty(), "the re-attached big windows lack their binned rows");
+    for row in &missing {
+        let binned = matches!(row.metric, "psi" | "jensen_shannon" | "hellinger" | "out_of_range_rate")
+            && row.feature.as_deref() == Some("amount")
+            || row.metric == "score_psi" && row.feature.is_none();
+        assert!(binned, "only binned rows of re-binned columns are left out: {row:?}");
+    }
+    assert!(missing.iter().any(|r| r.metric == "score_psi"));
+    assert!(restored.iter().any(|r| r.metric == "psi" && r.feature.as_deref() == Some("tenure")));
+}
+
+/// A model's task changed between runs: its windows and joins cannot be
+/// used and are dropped (counted), and it runs on.
+#[test]
+fn a_changed_task_drops_the_models_windows() {
+    let before = config_with("5m", None, "binary_classification");
+    let after = config_with("5m", None, "regression");
+    for unstamped in [false, true] {
+        let run = run_across(&before, Some(5), Some(&after), unstamped);
+        assert!(run.telemetry.checkpoint_windows_dropped.load(Ordering::Relaxed) > 0, "unstamped {unstamped}");
+        assert!(run.rows.iter().any(|r| r.metric == "mae"), "regression rows after the restore");
+    }
+}
+
+/// A baseline that types a feature differently than the checkpoint (which
+/// typed it from events) decides its type; its values so far in open
+/// windows are dropped, the other features are untouched.
+#[test]
+fn a_baseline_retyping_a_feature_wins_over_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut baseline: serde_json::Value = serde_json::from_slice(&fs::read(fixture_baseline()).unwrap()).unwrap();
+    baseline["features"]["tenure"] = serde_json::json!({
+        "type": "categorical", "count": 10, "missing": 0, "missing_rate": 0.0,
+        "frequencies": {"664": 0.5}, "other": 0.5, "distinct": 2,
+    });
+    let path = dir.path().join("retyped.json");
+    fs::write(&path, serde_json::to_vec(&baseline).unwrap()).unwrap();
+    let before = config_with("5m", None, "binary_classification");
+    let after = config_with("5m", Some(&path), "binary_classification");
+    let rows = run_across(&before, Some(5), Some(&after), false).rows;
+    let expected = run_across(&after, Some(5), None, false).rows;
+    let amount = |rows: &[WindowMetricRow]| {
+        rows.iter().filter(|r| r.feature.as_deref() == Some("amount")).map(row_key).collect::<Vec<_>>()
+    };
+    assert_eq!(amount(&rows), amount(&expected), "amount is unaffected");
+    assert!(rows.iter().any(|r| r.feature.as_deref() == Some("tenure") && r.metric == "unseen_rate"));
 }

@@ -182,10 +182,14 @@ impl<'a> AlertingSink<'a> {
         Ok(())
     }
 
-    /// Evaluates the query rules at `now_ms` (wall clock).
-    pub fn tick_rules(&mut self, now_ms: i64) -> io::Result<()> {
+    /// Evaluates the query rules at `now_ms` (wall clock). Returns whether
+    /// an alert changed state (a transition, and the notifications it
+    /// queued).
+    pub fn tick_rules(&mut self, now_ms: i64) -> io::Result<bool> {
         let events = self.engine.tick(now_ms);
-        self.record(events)
+        let changed = !events.is_empty();
+        self.record(events)?;
+        Ok(changed)
     }
 }
 
@@ -212,9 +216,14 @@ impl AlertingSink<'_> {
 }
 
 impl WindowSink for AlertingSink<'_> {
-    fn tick(&mut self) {
-        self.inner.tick();
-        let Some(live) = &mut self.live else { return };
+    /// Reloads rules when asked and evaluates the query rules when due;
+    /// either can change alert state between batches (a silence rule
+    /// firing, a reload dropping instances), which the daemon must then
+    /// checkpoint: such a transition is not made again by replayed events
+    /// after a crash, but anew, at another time and with another key.
+    fn tick(&mut self) -> bool {
+        let mut changed = self.inner.tick();
+        let Some(live) = &mut self.live else { return changed };
         let reload = live.reload_requested.swap(false, std::sync::atomic::Ordering::SeqCst);
         let due = live.last_evaluation.elapsed() >= live.config.alerting.evaluation_interval;
         if due {
@@ -227,6 +236,7 @@ impl WindowSink for AlertingSink<'_> {
         if reload || !requests.is_empty() {
             let config = live.config.clone();
             let outcome = self.reload(&config);
+            changed |= outcome.is_ok();
             // Publish first: a client told "reloaded" must then see the new rules.
             self.publish();
             for request in requests {
@@ -235,13 +245,19 @@ impl WindowSink for AlertingSink<'_> {
         }
         if due {
             let now = chrono::Utc::now().timestamp_millis();
-            if let Err(error) = self.tick_rules(now) {
-                tracing::warn!(%error, "writing alert transitions failed");
+            match self.tick_rules(now) {
+                Ok(transitions) => changed |= transitions,
+                Err(error) => {
+                    // The engine's state changed even if writing failed.
+                    changed = true;
+                    tracing::warn!(%error, "writing alert transitions failed");
+                }
             }
             if let Some(on_active) = &mut self.on_active {
                 on_active(&self.engine.active());
             }
         }
+        changed
     }
 
     fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {

@@ -57,9 +57,10 @@ impl WindowSink for LoggingSink {
             None => Ok(()),
         }
     }
-    fn tick(&mut self) {
-        if let Some(sink) = &mut self.inner {
-            sink.tick();
+    fn tick(&mut self) -> bool {
+        match &mut self.inner {
+            Some(sink) => sink.tick(),
+            None => false,
         }
     }
     fn output_positions(
@@ -207,9 +208,9 @@ impl WindowSink for Tee {
         self.0.flush()?;
         self.1.flush()
     }
-    fn tick(&mut self) {
-        self.0.tick();
-        self.1.tick();
+    fn tick(&mut self) -> bool {
+        let first = self.0.tick();
+        self.1.tick() || first
     }
     fn output_positions(
         &mut self,

@@ -57,6 +57,16 @@ pub struct FeatureState {
     pub reference_bins: Vec<u64>,
     /// Numeric features with a baseline: values outside its [min, max].
     pub out_of_range: u64,
+    /// The window began under another baseline whose bins its values could
+    /// not be re-counted into (see [`WindowState::reattach`]): its binned
+    /// drift rows (`psi`, `jensen_shannon`, `hellinger`,
+    /// `out_of_range_rate`) are left out.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bins_lost: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// The distribution of predictions in a window.
@@ -90,6 +100,44 @@ pub struct WindowState {
     pub score_bins: Vec<u64>,
     /// Regression predictions per bin of the baseline's prediction profile.
     pub prediction_bins: Vec<u64>,
+    /// `score_bins` / `prediction_bins` are not those of the current
+    /// baseline (see [`WindowState::reattach`]): no `score_psi` /
+    /// `prediction_psi` row.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub score_bins_lost: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub prediction_bins_lost: bool,
+}
+
+/// Which binned columns of a model's windows a changed baseline
+/// invalidated (what [`WindowState::reattach`] re-counts).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rebin {
+    /// By feature id.
+    pub features: Vec<bool>,
+    pub score: bool,
+    pub prediction: bool,
+}
+
+impl Rebin {
+    pub fn any(&self) -> bool {
+        self.score || self.prediction || self.features.iter().any(|f| *f)
+    }
+}
+
+/// Counts `values` into fresh bins of `reference` (with the values outside
+/// its range); `None` without a numeric reference.
+fn recount(reference: Option<&FeatureReference>, values: &[f64]) -> Option<(Vec<u64>, u64)> {
+    let Some(FeatureReference::Numeric(r)) = reference else { return None };
+    let mut bins = vec![0; r.proportions.len()];
+    let mut out_of_range = 0;
+    for &value in values {
+        if let Some(bin) = bins.get_mut(r.bin(value)) {
+            *bin += 1;
+        }
+        out_of_range += u64::from(r.out_of_range(value));
+    }
+    Some((bins, out_of_range))
 }
 
 fn numeric_bins(reference: Option<&FeatureReference>) -> Vec<u64> {
@@ -104,7 +152,9 @@ fn count_into_bins(bins: &mut [u64], reference: Option<&FeatureReference>, value
         && !bins.is_empty()
     {
         for value in values.iter().flatten() {
-            bins[r.bin(value)] += 1;
+            if let Some(bin) = bins.get_mut(r.bin(value)) {
+                *bin += 1;
+            }
         }
     }
 }
@@ -124,7 +174,79 @@ impl WindowState {
             performance: PerformanceState::default(),
             score_bins: numeric_bins(model.reference.as_ref().and_then(|r| r.score.as_ref())),
             prediction_bins: numeric_bins(model.reference.as_ref().and_then(|r| r.prediction.as_ref())),
+            score_bins_lost: false,
+            prediction_bins_lost: false,
         }
+    }
+
+    /// Re-attaches a window restored from a checkpoint to the model's
+    /// current baseline, which bins the columns `rebin` names differently
+    /// (or not at all) than the one the window began under. A column's bin
+    /// counts (and values out of range) are counted again from the
+    /// window's values when it still holds them all (at most
+    /// [`numeric::EXACT_QUANTILE_LIMIT`]), so its rows are those the new
+    /// baseline would have given from the start; otherwise they are marked
+    /// lost and the window emits no binned drift row for that column (its
+    /// other rows are unaffected). A whole-model window (`whole_model`)
+    /// also gets a state for each baseline feature it lacks, as if the
+    /// baseline had been there from the start. Returns whether every
+    /// column could be re-counted.
+    pub fn reattach(&mut self, model: &ModelState, rebin: &Rebin, whole_model: bool) -> bool {
+        let mut exact = true;
+        for (feature, state) in self.features.iter_mut().enumerate() {
+            let Some(state) = state else { continue };
+            if !rebin.features.get(feature).copied().unwrap_or(false) {
+                continue;
+            }
+            let reference = model.feature_refs.get(feature).and_then(Option::as_deref);
+            let values = match &state.summary {
+                FeatureSummary::Numeric(s) => s.exact_values(),
+                FeatureSummary::Categorical(_) => Some(&[][..]),
+            };
+            (state.reference_bins, state.out_of_range, state.bins_lost) = match (&state.summary, values) {
+                (FeatureSummary::Numeric(_), Some(values)) => match recount(reference, values) {
+                    Some((bins, out_of_range)) => (bins, out_of_range, false),
+                    None => (Vec::new(), 0, false),
+                },
+                (FeatureSummary::Numeric(_), None) => {
+                    let lost = matches!(reference, Some(FeatureReference::Numeric(_)));
+                    exact &= !lost;
+                    (Vec::new(), 0, lost)
+                }
+                (FeatureSummary::Categorical(_), _) => (Vec::new(), 0, false),
+            };
+        }
+        let reference = model.reference.as_deref();
+        if rebin.score {
+            let score = reference.and_then(|r| r.score.as_ref());
+            (self.score_bins, self.score_bins_lost) = match (self.score.exact_values(), score) {
+                (_, None) => (Vec::new(), false),
+                (Some(values), reference) => (recount(reference, values).map(|(b, _)| b).unwrap_or_default(), false),
+                (None, Some(_)) => (Vec::new(), true),
+            };
+            exact &= !self.score_bins_lost;
+        }
+        if rebin.prediction {
+            let prediction = reference.and_then(|r| r.prediction.as_ref());
+            let values = match &self.prediction {
+                PredictionSummary::Values(s) => s.exact_values(),
+                PredictionSummary::Classes(_) => Some(&[][..]),
+            };
+            (self.prediction_bins, self.prediction_bins_lost) = match (values, prediction) {
+                (_, None) => (Vec::new(), false),
+                (Some(values), reference) => (recount(reference, values).map(|(b, _)| b).unwrap_or_default(), false),
+                (None, Some(_)) => (Vec::new(), true),
+            };
+            exact &= !self.prediction_bins_lost;
+        }
+        if whole_model {
+            for feature in 0..model.features.len() {
+                if model.feature_refs[feature].is_some() && self.features.get(feature).is_none_or(Option::is_none) {
+                    self.feature_mut(model, feature);
+                }
+            }
+        }
+        exact
     }
 
     fn feature_mut(&mut self, model: &ModelState, feature: usize) -> &mut FeatureState {
@@ -141,6 +263,7 @@ impl WindowState {
                 type_errors: 0,
                 reference_bins,
                 out_of_range: 0,
+                bins_lost: false,
             };
             // Events of this window seen before the feature existed lacked it.
             match &mut state.summary {
@@ -188,9 +311,12 @@ impl WindowState {
                     s.update(a);
                     if let Some(FeatureReference::Numeric(r)) =
                         model.feature_refs.get(feature).and_then(Option::as_deref)
+                        && !state.bins_lost
                     {
                         for value in a.iter().flatten() {
-                            state.reference_bins[r.bin(value)] += 1;
+                            if let Some(bin) = state.reference_bins.get_mut(r.bin(value)) {
+                                *bin += 1;
+                            }
                             state.out_of_range += u64::from(r.out_of_range(value));
                         }
                     }
@@ -322,7 +448,9 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
                 &r.proportions,
                 r.count,
             )),
-            (PredictionSummary::Values(_), Some(FeatureReference::Numeric(r))) => {
+            (PredictionSummary::Values(_), Some(FeatureReference::Numeric(r)))
+                if !state.prediction_bins_lost && state.prediction_bins.len() == r.proportions.len() =>
+            {
                 Some((state.prediction_bins.clone(), &r.proportions, r.count))
             }
             _ => None,
@@ -330,7 +458,10 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
         if let Some((counts, proportions, reference_n)) = prediction_counts {
             push_model_psi(out, id, "prediction_psi", proportions, &counts, reference_n);
         }
-        if let Some(FeatureReference::Numeric(r)) = &reference.score {
+        if let Some(FeatureReference::Numeric(r)) = &reference.score
+            && !state.score_bins_lost
+            && state.score_bins.len() == r.proportions.len()
+        {
             push_model_psi(out, id, "score_psi", &r.proportions, &state.score_bins, r.count);
         }
     }
@@ -362,7 +493,11 @@ pub fn data_rows(state: &mut WindowState, id: &WindowIdentity<'_>, events_late: 
                 if let Some(FeatureReference::Numeric(r)) = reference
                     && n > 0
                 {
-                    numeric_drift_rows(s, r, &feature_state.reference_bins, feature_state.out_of_range, id, name, out);
+                    // Bins of another baseline (restored, not re-countable):
+                    // only the unbinned drift rows.
+                    let bins = (!feature_state.bins_lost && feature_state.reference_bins.len() == r.proportions.len())
+                        .then_some((&feature_state.reference_bins[..], feature_state.out_of_range));
+                    numeric_drift_rows(s, r, bins, id, name, out);
                 }
             }
             FeatureSummary::Categorical(s) => {
@@ -433,8 +568,7 @@ fn fill_baselines(rows: &mut [WindowMetricRow], reference: &FeatureReference) {
 fn numeric_drift_rows(
     summary: &NumericSummary,
     reference: &reference::NumericReference,
-    bins: &[u64],
-    out_of_range: u64,
+    bins: Option<(&[u64], u64)>,
     id: &WindowIdentity<'_>,
     name: Option<&Arc<str>>,
     out: &mut Vec<WindowMetricRow>,
@@ -443,23 +577,25 @@ fn numeric_drift_rows(
     let alpha = id.feature_alpha();
     let reference_n = reference.count;
     let k = reference.proportions.iter().filter(|p| **p > 0.0).count();
-    let out_of_range_threshold = thresholds::out_of_range_threshold(n, reference_n, alpha);
-    out.push(judged(id.row(name, "out_of_range_rate", ratio(out_of_range, n), n), out_of_range_threshold));
-    let total: u64 = bins.iter().sum();
-    let shares: Vec<f64> = bins.iter().map(|&b| ratio(b, total)).collect();
-    let psi = crate::stats::psi(&reference.proportions, bins, crate::stats::PSI_EPSILON);
-    if psi.is_finite() {
-        out.push(judged(id.row(name, "psi", psi, n), thresholds::psi_threshold(k, n, reference_n, alpha)));
-    }
-    let js = crate::stats::jensen_shannon_distance(&reference.proportions, &shares);
-    if js.is_finite() {
-        let threshold = thresholds::jensen_shannon_threshold(k, n, reference_n, alpha);
-        out.push(judged(id.row(name, "jensen_shannon", js, n), threshold));
-    }
-    let hellinger = crate::stats::hellinger(&reference.proportions, &shares);
-    if hellinger.is_finite() {
-        let threshold = thresholds::hellinger_threshold(k, n, reference_n, alpha);
-        out.push(judged(id.row(name, "hellinger", hellinger, n), threshold));
+    if let Some((bins, out_of_range)) = bins {
+        let out_of_range_threshold = thresholds::out_of_range_threshold(n, reference_n, alpha);
+        out.push(judged(id.row(name, "out_of_range_rate", ratio(out_of_range, n), n), out_of_range_threshold));
+        let total: u64 = bins.iter().sum();
+        let shares: Vec<f64> = bins.iter().map(|&b| ratio(b, total)).collect();
+        let psi = crate::stats::psi(&reference.proportions, bins, crate::stats::PSI_EPSILON);
+        if psi.is_finite() {
+            out.push(judged(id.row(name, "psi", psi, n), thresholds::psi_threshold(k, n, reference_n, alpha)));
+        }
+        let js = crate::stats::jensen_shannon_distance(&reference.proportions, &shares);
+        if js.is_finite() {
+            let threshold = thresholds::jensen_shannon_threshold(k, n, reference_n, alpha);
+            out.push(judged(id.row(name, "jensen_shannon", js, n), threshold));
+        }
+        let hellinger = crate::stats::hellinger(&reference.proportions, &shares);
+        if hellinger.is_finite() {
+            let threshold = thresholds::hellinger_threshold(k, n, reference_n, alpha);
+            out.push(judged(id.row(name, "hellinger", hellinger, n), threshold));
+        }
     }
     let window = summary.to_sketch();
     let (grid, reference_cdf, window_cdf) = sketch::common_cdfs(&reference.sketch, &window);

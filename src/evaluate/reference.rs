@@ -88,6 +88,53 @@ pub struct ModelReference {
     pub prediction: Option<FeatureReference>,
     pub score: Option<FeatureReference>,
     pub label: Option<FeatureReference>,
+    /// What identifies this baseline in a checkpoint.
+    pub stamp: BaselineStamp,
+}
+
+/// A baseline's identity as a checkpoint records it: the sha256 of the
+/// whole profile, and per column that windows count into bins (numeric
+/// features, `score`, `prediction`) a hash of what the counts depend on
+/// (bin edges and range). Restoring windows under a baseline with another
+/// stamp re-bins the columns whose hash differs (see
+/// `WindowState::reattach`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BaselineStamp {
+    pub sha256: String,
+    /// `features.<name>`, `score`, `prediction` → xxh3-64 of the binning.
+    pub binning: std::collections::BTreeMap<String, u64>,
+}
+
+impl BaselineStamp {
+    fn of(baseline: &Baseline) -> BaselineStamp {
+        use sha2::Digest;
+        let json = serde_json::to_vec(baseline).expect("a baseline always serialises");
+        let sha256 = format!("{:x}", sha2::Sha256::digest(&json));
+        let mut binning = std::collections::BTreeMap::new();
+        let columns = baseline
+            .features
+            .iter()
+            .map(|(name, profile)| (format!("features.{name}"), profile))
+            .chain(baseline.score.iter().map(|p| ("score".to_string(), p)))
+            .chain(baseline.prediction.iter().map(|p| ("prediction".to_string(), p)));
+        for (column, profile) in columns {
+            if let ColumnProfile::Numeric(p) = profile {
+                let mut bytes = Vec::with_capacity(8 * (p.bin_edges.len() + 4));
+                for value in p.bin_edges.iter().copied().chain([p.min, p.max].into_iter().flatten()) {
+                    bytes.extend_from_slice(&value.to_bits().to_le_bytes());
+                }
+                bytes.extend_from_slice(&(p.bin_proportions.len() as u64).to_le_bytes());
+                bytes.extend_from_slice(&[u8::from(p.min.is_some()), u8::from(p.max.is_some())]);
+                binning.insert(column, xxhash_rust::xxh3::xxh3_64(&bytes));
+            }
+        }
+        BaselineStamp { sha256, binning }
+    }
+
+    /// The first 12 hex digits of the sha256, for log lines.
+    pub fn short(&self) -> &str {
+        &self.sha256[..self.sha256.len().min(12)]
+    }
 }
 
 impl ModelReference {
@@ -99,6 +146,7 @@ impl ModelReference {
             .collect();
         let prepare = |p: &Option<ColumnProfile>| p.as_ref().map(FeatureReference::from_profile);
         ModelReference {
+            stamp: BaselineStamp::of(&baseline),
             prediction: prepare(&baseline.prediction),
             score: prepare(&baseline.score),
             label: prepare(&baseline.label),

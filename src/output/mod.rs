@@ -207,8 +207,13 @@ pub trait WindowSink {
         Ok(())
     }
     /// Called on every turn of the daemon's loop (at least every 100 ms),
-    /// for work driven by the wall clock. Must be cheap when idle.
-    fn tick(&mut self) {}
+    /// for work driven by the wall clock. Must be cheap when idle. Returns
+    /// whether that work changed state a checkpoint keeps (alert
+    /// instances, cooldowns, notifications queued), so the daemon
+    /// checkpoints it although no event arrived.
+    fn tick(&mut self) -> bool {
+        false
+    }
     /// For a checkpoint: flushes, then adds each file this sink appends to
     /// with its length now.
     fn output_positions(

@@ -268,6 +268,18 @@ pub struct AlertSnapshot {
     clock_ms: i64,
 }
 
+impl AlertSnapshot {
+    /// Each instance's rule and state (`pending` or `firing`).
+    pub fn instance_states(&self) -> Vec<(&str, &'static str)> {
+        self.instances
+            .iter()
+            .map(|(rule, _, _, instance)| {
+                (rule.as_str(), if instance.state == State::Firing { "firing" } else { "pending" })
+            })
+            .collect()
+    }
+}
+
 fn batch_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())

@@ -285,7 +285,7 @@ pub struct Durability {
     pub store: crate::checkpoint::CheckpointStore,
     pub interval: Duration,
     last_attempt: Instant,
-    /// Events processed since the last checkpoint.
+    /// Events processed, or alert state changed, since the last checkpoint.
     dirty: bool,
     /// Offsets the restored state covers (topic → partition → next).
     resume: crate::checkpoint::Offsets,
@@ -494,8 +494,11 @@ pub fn run_kafka(
         if shutdown.is_triggered() {
             break;
         }
-        sink.tick();
-        if label_activity.update(pipeline, sink)?
+        // Alert state changed on the wall clock (a `query:` rule fired on
+        // silence, rules reloaded) is checkpointed like events are, and so
+        // are rows a released labels hold closes.
+        let alerts_changed = sink.tick();
+        if (label_activity.update(pipeline, sink)? || alerts_changed)
             && let Some(durability) = durability.as_deref_mut()
         {
             durability.dirty = true;

@@ -18,6 +18,7 @@ mod observability;
 mod properties;
 mod receivers;
 mod replay;
+mod restart;
 mod rules;
 mod secrets;
 mod support;
