@@ -7,7 +7,9 @@
 //! the latest performance per model, firing alerts, the close delay — is
 //! kept in [`LatestRows`], updated by the alerting sink. Label cardinality
 //! is bounded: features per model are capped by
-//! `pipeline.max_features_per_model` (500), and only whole-model rows
+//! `pipeline.max_features_per_model` (500), versions by
+//! `pipeline.max_versions_per_model` (100, here too: the values of the
+//! versions seen longest ago are dropped), and only whole-model rows
 //! (segment `""`) become series.
 
 use std::collections::BTreeMap;
@@ -41,7 +43,6 @@ fn drift_attributes((model, version, feature, metric): &DriftKey) -> [KeyValue; 
 }
 
 /// The latest values from closed windows, for the gauges.
-#[derive(Default)]
 pub struct LatestRows {
     /// (model, version, feature, metric) → (value, threshold).
     drift: Mutex<BTreeMap<DriftKey, (f64, Option<f64>)>>,
@@ -52,17 +53,45 @@ pub struct LatestRows {
     /// (alert, model) → firing instances.
     firing: Mutex<BTreeMap<(String, String), u64>>,
     close_delay: Mutex<Option<Histogram<f64>>>,
+    /// model → model_version → the latest window end it had rows for.
+    versions: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
+    /// The most versions per model kept (the most recent ones); the
+    /// values of older versions are dropped, so gauges do not pile up.
+    max_versions: usize,
+}
+
+impl Default for LatestRows {
+    fn default() -> Self {
+        LatestRows::new(crate::config::DEFAULT_MAX_VERSIONS_PER_MODEL)
+    }
 }
 
 impl LatestRows {
+    /// Keeps the values of at most `max_versions_per_model` versions per
+    /// model, plus the overflow version `__other__`.
+    pub fn new(max_versions_per_model: usize) -> LatestRows {
+        LatestRows {
+            drift: Mutex::default(),
+            drifted: Mutex::default(),
+            performance: Mutex::default(),
+            firing: Mutex::default(),
+            close_delay: Mutex::default(),
+            versions: Mutex::default(),
+            max_versions: max_versions_per_model.saturating_add(1),
+        }
+    }
+
     /// Takes in the rows of closed windows.
     pub fn update(&self, rows: &[WindowMetricRow]) {
         let now = chrono::Utc::now().timestamp_millis();
         let mut drift = self.drift.lock().expect("metrics lock");
         let mut drifted = self.drifted.lock().expect("metrics lock");
         let mut performance = self.performance.lock().expect("metrics lock");
+        let mut versions = self.versions.lock().expect("metrics lock");
         for row in rows.iter().filter(|r| r.segment.is_empty()) {
             let (model, version) = (row.model.to_string(), row.model_version.to_string());
+            let seen = versions.entry(model.clone()).or_default().entry(version.clone()).or_insert(i64::MIN);
+            *seen = (*seen).max(row.window_end_ms);
             match &row.feature {
                 Some(feature) if DRIFT_METRICS.contains(&row.metric) => {
                     drift.insert(
@@ -89,6 +118,25 @@ impl LatestRows {
                 }
                 _ => {}
             }
+        }
+        // Versions beyond the cap: the ones whose latest rows are oldest go.
+        let mut dropped: Vec<(String, String)> = Vec::new();
+        for (model, seen) in versions.iter_mut() {
+            if seen.len() <= self.max_versions {
+                continue;
+            }
+            let mut by_age: Vec<(i64, String)> = seen.iter().map(|(v, end)| (*end, v.clone())).collect();
+            by_age.sort_unstable();
+            for (_, version) in by_age.into_iter().take(seen.len() - self.max_versions) {
+                seen.remove(&version);
+                dropped.push((model.clone(), version));
+            }
+        }
+        if !dropped.is_empty() {
+            let gone = |model: &String, version: &String| dropped.iter().any(|(m, v)| m == model && v == version);
+            drift.retain(|(model, version, _, _), _| !gone(model, version));
+            drifted.retain(|(model, version, _), _| !gone(model, version));
+            performance.retain(|(model, version, _), _| !gone(model, version));
         }
     }
 
@@ -121,7 +169,13 @@ impl Metrics {
     /// Registers every SPEC §8 instrument over `telemetry` and a new
     /// [`LatestRows`].
     /// With `otlp`, the same instruments are also pushed over OTLP.
-    pub fn new(telemetry: Arc<Telemetry>, otlp: Option<&crate::config::OtlpConfig>) -> Result<Metrics, String> {
+    /// `max_versions_per_model` bounds the versions per model whose values
+    /// are kept ([`LatestRows::new`]).
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        otlp: Option<&crate::config::OtlpConfig>,
+        max_versions_per_model: usize,
+    ) -> Result<Metrics, String> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -139,7 +193,7 @@ impl Metrics {
         }
         let provider = builder.build();
         let meter = provider.meter("driftwatch");
-        let latest = Arc::new(LatestRows::default());
+        let latest = Arc::new(LatestRows::new(max_versions_per_model));
 
         let t = telemetry.clone();
         meter
@@ -185,6 +239,11 @@ impl Metrics {
                 "driftwatch_segments_over_cap",
                 "Events filed under segment __other__ because the model reached pipeline.max_segments_per_model.",
                 |t: &Telemetry| t.segments_over_cap.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_versions_over_cap",
+                "Events filed under model_version __other__ because the model reached pipeline.max_versions_per_model.",
+                |t: &Telemetry| t.versions_over_cap.load(std::sync::atomic::Ordering::Relaxed),
             ),
             (
                 "driftwatch_categories_over_cap",
@@ -363,5 +422,60 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(version: &str, end_ms: i64, feature: Option<&str>, metric: &'static str) -> WindowMetricRow {
+        WindowMetricRow {
+            model: Arc::from("shop"),
+            model_version: Arc::from(version),
+            segment: Arc::from(""),
+            window_start_ms: end_ms - 60_000,
+            window_end_ms: end_ms,
+            feature: feature.map(Arc::from),
+            metric,
+            value: 0.5,
+            baseline: None,
+            threshold: Some(0.1),
+            p_value: None,
+            drifted: Some(true),
+            sample_count: 10,
+        }
+    }
+
+    fn versions_of(latest: &LatestRows) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let drift = latest.drift.lock().unwrap().keys().map(|k| k.1.clone()).collect();
+        let drifted = latest.drifted.lock().unwrap().keys().map(|k| k.1.clone()).collect();
+        let performance = latest.performance.lock().unwrap().keys().map(|k| k.1.clone()).collect();
+        (drift, drifted, performance)
+    }
+
+    #[test]
+    fn values_of_versions_beyond_the_cap_are_dropped_oldest_first() {
+        let latest = LatestRows::new(3);
+        // A new version per window: 50 of them, then the overflow version.
+        for v in 0..50i64 {
+            let end = (v + 1) * 60_000;
+            let version = format!("v{v}");
+            latest.update(&[row(&version, end, Some("amount"), "psi"), row(&version, end, None, "accuracy")]);
+        }
+        latest.update(&[row("__other__", 51 * 60_000, None, "accuracy")]);
+        let (drift, drifted, performance) = versions_of(&latest);
+        assert_eq!(drift, ["v47", "v48", "v49"]);
+        assert_eq!(drifted, ["v47", "v48", "v49"]);
+        assert_eq!(performance, ["__other__", "v47", "v48", "v49"]);
+        // A version that keeps reporting stays, whatever arrives meanwhile.
+        for v in 50..60i64 {
+            let end = (v + 2) * 60_000;
+            latest.update(&[row("v49", end, None, "accuracy"), row(&format!("v{v}"), end, None, "accuracy")]);
+        }
+        let (_, _, performance) = versions_of(&latest);
+        assert_eq!(performance.len(), 4, "{performance:?}");
+        assert!(performance.contains(&"v49".to_string()), "{performance:?}");
+        assert!(performance.contains(&"v59".to_string()), "{performance:?}");
     }
 }

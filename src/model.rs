@@ -33,6 +33,8 @@ pub struct Series {
 
 /// A fast, deterministic hash map for short string keys.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+/// A fast, deterministic hash set for short string keys.
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 /// Interns strings to dense ids; lookups by `&str` never allocate.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -97,6 +99,10 @@ pub struct ModelState {
     /// Interned `model_version + '\0' + segment` keys.
     pub series_keys: Interner,
     pub series: Vec<Series>,
+    /// The distinct `model_version` values of [`Self::series`] (rebuilt
+    /// from them on restore), so `pipeline.max_versions_per_model` can cap
+    /// them.
+    pub versions: FastSet<Arc<str>>,
     /// Class labels (classification tasks only).
     pub classes: Interner,
     pub feature_ids: FastMap<Arc<str>, u32>,
@@ -119,6 +125,7 @@ impl ModelState {
             config: config.clone(),
             series_keys: Interner::default(),
             series: Vec::new(),
+            versions: FastSet::default(),
             classes: Interner::default(),
             feature_ids: FastMap::default(),
             features: Vec::new(),
@@ -165,6 +172,7 @@ impl ModelState {
     ) {
         let baseline: Vec<FeatureMeta> = self.features.clone();
         self.series_keys = series_keys;
+        self.versions = series.iter().map(|s| s.model_version.clone()).collect();
         self.series = series;
         self.classes = classes;
         self.features.clear();

@@ -303,6 +303,8 @@ impl Pipeline {
             .fetch_add(decode.features_over_cap - self.reported_decode.features_over_cap, Ordering::Relaxed);
         t.segments_over_cap
             .fetch_add(decode.segments_over_cap - self.reported_decode.segments_over_cap, Ordering::Relaxed);
+        t.versions_over_cap
+            .fetch_add(decode.versions_over_cap - self.reported_decode.versions_over_cap, Ordering::Relaxed);
         t.feature_type_errors.fetch_add(decode.type_errors - self.reported_decode.type_errors, Ordering::Relaxed);
         self.reported_decode = decode;
     }

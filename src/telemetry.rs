@@ -48,6 +48,8 @@ pub struct Telemetry {
     pub duplicate_labels: AtomicU64,
     /// Segments folded into `__other__` by the per-model cap.
     pub segments_over_cap: AtomicU64,
+    /// Events filed under version `__other__` by the per-model cap.
+    pub versions_over_cap: AtomicU64,
     /// Feature values whose JSON type did not match the feature.
     pub feature_type_errors: AtomicU64,
     /// Partitions currently assigned to this consumer.

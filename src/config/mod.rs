@@ -65,6 +65,11 @@ pub const DEFAULT_MAX_PENDING_JOINS: usize = 1_000_000;
 pub const DEFAULT_MAX_FEATURES_PER_MODEL: usize = 500;
 /// Default `pipeline.max_segments_per_model`.
 pub const DEFAULT_MAX_SEGMENTS_PER_MODEL: usize = 1000;
+/// Default `pipeline.max_versions_per_model`.
+pub const DEFAULT_MAX_VERSIONS_PER_MODEL: usize = 100;
+/// The most `pipeline.max_versions_per_model` accepts: every version adds
+/// series to each window and label sets to `/metrics`.
+pub const MAX_VERSIONS_PER_MODEL: usize = 10_000;
 /// Default `pipeline.max_categories_per_feature`.
 pub const DEFAULT_MAX_CATEGORIES_PER_FEATURE: usize = 1000;
 /// Default `pipeline.max_message_bytes`: 1 MiB.
@@ -262,6 +267,11 @@ impl Default for DeliveryConfig {
 
 /// Default `alerting.history`: rows kept for `query:` rules.
 pub const DEFAULT_ALERTING_HISTORY: Duration = Duration::from_secs(60 * 60);
+/// Default `alerting.history_max_rows`: the most `window_metrics` rows kept
+/// for `query:` rules, whatever `history` says.
+pub const DEFAULT_ALERTING_HISTORY_MAX_ROWS: usize = 200_000;
+/// The most `alerting.history_max_rows` accepts.
+pub const MAX_ALERTING_HISTORY_ROWS: usize = 10_000_000;
 /// Default `alerting.evaluation_interval`: how often the daemon evaluates
 /// `query:` rules when no window closes.
 pub const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(30);
@@ -275,6 +285,12 @@ pub struct AlertingConfig {
     /// (1h).
     #[serde(with = "duration")]
     pub history: Duration,
+    /// The most rows `query:` rules see: beyond it the oldest windows'
+    /// rows age out early, so a burst of rows cannot hold `history` worth
+    /// of them in memory and checkpoints. Default
+    /// [`DEFAULT_ALERTING_HISTORY_MAX_ROWS`] (200,000). From 1 to
+    /// [`MAX_ALERTING_HISTORY_ROWS`].
+    pub history_max_rows: usize,
     /// How often the daemon evaluates `query:` rules on the wall clock, so
     /// that "no windows for 10 minutes" fires while nothing arrives.
     /// Default [`DEFAULT_EVALUATION_INTERVAL`] (30s).
@@ -291,6 +307,7 @@ impl Default for AlertingConfig {
     fn default() -> Self {
         AlertingConfig {
             history: DEFAULT_ALERTING_HISTORY,
+            history_max_rows: DEFAULT_ALERTING_HISTORY_MAX_ROWS,
             evaluation_interval: DEFAULT_EVALUATION_INTERVAL,
             audit_log: None,
         }
@@ -472,6 +489,11 @@ pub struct PipelineConfig {
     /// still count in their version's whole-model rows). Default
     /// [`DEFAULT_MAX_SEGMENTS_PER_MODEL`] (1000). At least 1.
     pub max_segments_per_model: usize,
+    /// Most distinct `model_version` values tracked per model; events of
+    /// further versions are filed under version `__other__` and counted.
+    /// Default [`DEFAULT_MAX_VERSIONS_PER_MODEL`] (100). From 1 to
+    /// [`MAX_VERSIONS_PER_MODEL`].
+    pub max_versions_per_model: usize,
     /// Most distinct categories kept per categorical feature and window;
     /// the rest are pooled. Default [`DEFAULT_MAX_CATEGORIES_PER_FEATURE`]
     /// (1000). At least 1.
@@ -508,6 +530,7 @@ impl Default for PipelineConfig {
             max_pending_joins: DEFAULT_MAX_PENDING_JOINS,
             max_features_per_model: DEFAULT_MAX_FEATURES_PER_MODEL,
             max_segments_per_model: DEFAULT_MAX_SEGMENTS_PER_MODEL,
+            max_versions_per_model: DEFAULT_MAX_VERSIONS_PER_MODEL,
             max_categories_per_feature: DEFAULT_MAX_CATEGORIES_PER_FEATURE,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,

@@ -42,6 +42,8 @@ fn defaults_fill_a_minimal_config() {
     assert_eq!(p.max_pending_joins, 1_000_000);
     assert_eq!(p.max_features_per_model, 500);
     assert_eq!(p.max_segments_per_model, 1000);
+    assert_eq!(p.max_versions_per_model, 100);
+    assert_eq!(c.alerting.history_max_rows, 200_000);
     assert_eq!(p.max_categories_per_feature, 1000);
     assert_eq!(p.max_message_bytes, 1 << 20);
     let m = &c.models[0];
@@ -306,6 +308,42 @@ fn every_notifier_type_is_accepted_with_its_required_settings() {
     ] {
         assert!(errors.iter().any(|e| e.starts_with(expected)), "missing {expected:?} in {errors:?}");
     }
+}
+
+#[test]
+fn version_cap_history_rows_and_notifier_concurrency_are_range_checked() {
+    let c = parse(
+        "models: [{name: m}]\npipeline: {max_versions_per_model: 7}\nalerting: {history_max_rows: 1000}\n\
+         notifiers:\n  wh: {type: webhook, url: http://h/x, concurrency: 64}\n",
+    )
+    .unwrap();
+    assert_eq!(c.pipeline.max_versions_per_model, 7);
+    assert_eq!(c.alerting.history_max_rows, 1000);
+    let errors = invalid_errors(
+        "models: [{name: m}]\npipeline: {max_versions_per_model: 0}\nalerting: {history_max_rows: 0}\n\
+         notifiers:\n  a: {type: webhook, url: http://h/x, concurrency: 65}\n  \
+         b: {type: webhook, url: http://h/x, concurrency: 0}\n  \
+         c: {type: webhook, url: http://h/x, concurrency: 4611686018427387904}\n",
+    );
+    for expected in [
+        "pipeline.max_versions_per_model: must be from 1 to 10000 (got 0)",
+        "alerting.history_max_rows: must be from 1 to 10000000 (got 0)",
+        "notifiers.a.concurrency: expected a whole number from 1 to 64, got 65",
+        "notifiers.b.concurrency: expected a whole number from 1 to 64, got 0",
+        "notifiers.c.concurrency: expected a whole number from 1 to 64, got 4611686018427387904",
+    ] {
+        assert!(errors.iter().any(|e| e == expected), "missing {expected:?} in {errors:?}");
+    }
+    let errors = invalid_errors(
+        "models: [{name: m}]\npipeline: {max_versions_per_model: 10001}\nalerting: {history_max_rows: 10000001}\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "pipeline.max_versions_per_model: must be from 1 to 10000 (got 10001)",
+            "alerting.history_max_rows: must be from 1 to 10000000 (got 10000001)",
+        ]
+    );
 }
 
 #[test]

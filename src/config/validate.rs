@@ -42,6 +42,12 @@ impl Config {
                 errors.push(format!("rules[{i}]: invalid glob pattern {pattern:?}: {e}"));
             }
         }
+        check_range(
+            "alerting.history_max_rows",
+            self.alerting.history_max_rows,
+            super::MAX_ALERTING_HISTORY_ROWS,
+            &mut errors,
+        );
         self.check_notifiers(&mut errors);
         self.check_http(&mut errors);
         // Every duration is bounded so that time arithmetic cannot overflow.
@@ -173,6 +179,7 @@ impl Config {
                 errors.push(format!("pipeline.{key}: must be at least 1"));
             }
         }
+        check_range("pipeline.max_versions_per_model", p.max_versions_per_model, super::MAX_VERSIONS_PER_MODEL, errors);
     }
 
     fn check_kafka(&self, errors: &mut Vec<String>) {
@@ -247,6 +254,13 @@ impl Config {
         if self.http.token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
             errors.push("http.token: must not be empty when given".to_string());
         }
+    }
+}
+
+/// A count that must lie in `1..=max`.
+fn check_range(path: &str, value: usize, max: usize, errors: &mut Vec<String>) {
+    if !(1..=max).contains(&value) {
+        errors.push(format!("{path}: must be from 1 to {max} (got {value})"));
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::pointer::{Field, Node};
-use super::{InvalidReason, timestamp};
+use super::{InvalidReason, MAX_CATEGORY_BYTES, MAX_EVENT_NAME_BYTES, timestamp};
 
 /// A byte range into [`RowScratch::bytes`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +25,15 @@ pub enum Scalar {
     Null,
     /// An object or array where a scalar was expected.
     Nested,
+}
+
+/// A name or value longer than its limit (reason `too_long`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    /// What it is, e.g. "a feature name".
+    pub what: &'static str,
+    pub bytes: usize,
+    pub limit: usize,
 }
 
 /// Everything extracted from one event, reused from event to event.
@@ -46,6 +55,8 @@ pub struct RowScratch {
     pub error: Option<(InvalidReason, Field)>,
     /// Where (line, column) a syntax error or out-of-range number was found.
     pub syntax_error_at: Option<(usize, usize)>,
+    /// Set with `error` when a name or value was longer than its limit.
+    pub too_long: Option<TooLong>,
 }
 
 impl RowScratch {
@@ -63,6 +74,7 @@ impl RowScratch {
         self.segment.clear();
         self.error = None;
         self.syntax_error_at = None;
+        self.too_long = None;
     }
 
     #[inline]
@@ -85,6 +97,16 @@ impl RowScratch {
     fn fail<E: de::Error>(&mut self, reason: InvalidReason, field: Field) -> E {
         self.error = Some((reason, field));
         E::custom(reason.label())
+    }
+
+    /// Fails the parse when `span` is longer than `limit` bytes.
+    fn check_len<E: de::Error>(&mut self, span: Span, limit: usize, what: &'static str, field: Field) -> Result<(), E> {
+        let bytes = (span.end - span.start) as usize;
+        if bytes <= limit {
+            return Ok(());
+        }
+        self.too_long = Some(TooLong { what, bytes, limit });
+        Err(self.fail(InvalidReason::TooLong, field))
     }
 }
 
@@ -348,7 +370,10 @@ fn store_scalar<E: de::Error>(row: &mut RowScratch, field: Field, scalar: Scalar
             match field {
                 Field::EventId => row.event_id = Some(span),
                 Field::Model => row.model = Some(span),
-                _ => row.model_version = Some(span),
+                _ => {
+                    row.check_len(span, MAX_EVENT_NAME_BYTES, "a model version", field)?;
+                    row.model_version = Some(span);
+                }
             }
         }
         Field::Timestamp => {
@@ -409,7 +434,11 @@ impl<'de> Visitor<'de> for FeaturesVisitor<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(name) = map.next_key_seed(KeyToScratch { row: self.row })? {
+            self.row.check_len(name, MAX_EVENT_NAME_BYTES, "a feature name", Field::Features)?;
             let value = map.next_value_seed(ScalarSeed { row: self.row })?;
+            if let Scalar::Text(span) = value {
+                self.row.check_len(span, MAX_CATEGORY_BYTES, "a feature value", Field::Features)?;
+            }
             self.row.features.push((name, value));
         }
         Ok(())
@@ -448,7 +477,11 @@ impl<'de> Visitor<'de> for SegmentVisitor<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(KeyToScratch { row: self.row })? {
+            self.row.check_len(key, MAX_EVENT_NAME_BYTES, "a segment key", Field::Segment)?;
             let value = map.next_value_seed(ScalarSeed { row: self.row })?;
+            if let Scalar::Text(span) = value {
+                self.row.check_len(span, MAX_EVENT_NAME_BYTES, "a segment value", Field::Segment)?;
+            }
             let value = match value {
                 Scalar::Text(span) => span,
                 Scalar::Number(n) => canonical_number(self.row, n),

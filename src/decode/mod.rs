@@ -39,10 +39,11 @@ pub enum InvalidReason {
     UnknownModel,
     TooLarge,
     TooManyClasses,
+    TooLong,
 }
 
 impl InvalidReason {
-    pub const ALL: [InvalidReason; 10] = [
+    pub const ALL: [InvalidReason; 11] = [
         InvalidReason::InvalidJson,
         InvalidReason::NotAnObject,
         InvalidReason::MissingField,
@@ -53,6 +54,7 @@ impl InvalidReason {
         InvalidReason::UnknownModel,
         InvalidReason::TooLarge,
         InvalidReason::TooManyClasses,
+        InvalidReason::TooLong,
     ];
 
     pub fn label(self) -> &'static str {
@@ -67,6 +69,7 @@ impl InvalidReason {
             InvalidReason::UnknownModel => "unknown_model",
             InvalidReason::TooLarge => "too_large",
             InvalidReason::TooManyClasses => "too_many_classes",
+            InvalidReason::TooLong => "too_long",
         }
     }
 
@@ -74,6 +77,15 @@ impl InvalidReason {
         self as usize
     }
 }
+
+/// The longest feature name, segment key or value, model version or class
+/// label an event may carry, in bytes: each is kept in every row, series
+/// and checkpoint it reaches. Longer ones reject the event (`too_long`).
+pub const MAX_EVENT_NAME_BYTES: usize = 256;
+/// The longest text value of a feature, in bytes (categories are kept per
+/// window and series, up to `pipeline.max_categories_per_feature`). Longer
+/// ones reject the event (`too_long`).
+pub const MAX_CATEGORY_BYTES: usize = 1024;
 
 /// A rejected event: the reason and a human-readable detail naming the field.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +260,8 @@ pub struct DecodeCounters {
     pub features_over_cap: u64,
     /// Segments folded into `__other__` because of `max_segments_per_model`.
     pub segments_over_cap: u64,
+    /// Events filed under version `__other__` because of `max_versions_per_model`.
+    pub versions_over_cap: u64,
     /// Feature values whose JSON type did not match the feature's kind
     /// (recorded as missing, and in the window's `type_error_rate`).
     pub type_errors: u64,
@@ -267,6 +281,7 @@ pub struct Decoder {
     labels: Vec<LabelColumns>,
     max_features: usize,
     max_segments: usize,
+    max_versions: usize,
     max_classes: usize,
     max_message_bytes: usize,
     /// Events at or after this time are out of range (the fixed upper
@@ -326,6 +341,7 @@ impl Decoder {
                 .collect(),
             max_features: pipeline.max_features_per_model,
             max_segments: pipeline.max_segments_per_model,
+            max_versions: pipeline.max_versions_per_model,
             max_classes: pipeline.max_categories_per_feature,
             max_message_bytes: pipeline.max_message_bytes,
             latest_accepted_ms: timestamp::MAX_EVENT_TIME_MS,
@@ -352,6 +368,15 @@ impl Decoder {
                 format!("a number out of range (line {line}, column {column})")
             }
             (InvalidReason::NotAnObject, _, _) => "payload is not a JSON object".to_string(),
+            (InvalidReason::TooLong, error, field) => {
+                let field = field.or(error.map(|(_, f)| f)).map_or("", Field::name);
+                match self.scratch.too_long {
+                    Some(long) => {
+                        format!("field `{field}`: {} of {} bytes; the limit is {}", long.what, long.bytes, long.limit)
+                    }
+                    None => format!("field `{field}`: a class label longer than {MAX_EVENT_NAME_BYTES} bytes"),
+                }
+            }
             (InvalidReason::TooLarge, _, _) => {
                 format!("payload larger than pipeline.max_message_bytes ({})", self.max_message_bytes)
             }
@@ -441,7 +466,8 @@ impl Decoder {
             Ok(v) => v,
             Err(reason) => return Err(self.invalid(reason, Some(Field::LatencyMs))),
         };
-        let series = intern_series(row, model, &mut self.segment_key, self.max_segments, &mut self.counters);
+        let caps = (self.max_segments, self.max_versions);
+        let series = intern_series(row, model, &mut self.segment_key, caps, &mut self.counters);
         let columns = &mut self.predictions[model_id as usize];
         let row_index = columns.series.len();
         columns.series.push(series);
@@ -626,6 +652,9 @@ fn to_value(
         };
     }
     let name: &str = match scalar {
+        Scalar::Text(span) if (span.end - span.start) as usize > MAX_EVENT_NAME_BYTES => {
+            return Err(InvalidReason::TooLong);
+        }
         Scalar::Text(span) => row.str(span),
         Scalar::Bool(true) => "1",
         Scalar::Bool(false) => "0",
@@ -653,22 +682,72 @@ fn optional_number(scalar: Option<Scalar>) -> Result<Option<f64>, InvalidReason>
     }
 }
 
-/// Segment key of the whole model, and of segments beyond the cap.
+/// Segment key of segments beyond the cap, and version of versions beyond theirs.
 pub const OVERFLOW_SEGMENT: &str = "__other__";
+/// The `model_version` events of versions beyond `max_versions_per_model` are filed under.
+pub const OVERFLOW_VERSION: &str = "__other__";
 
+/// The series of the event in `row`: its (model_version, segment) pair,
+/// interned. `caps`: (`max_segments_per_model`, `max_versions_per_model`).
 fn intern_series(
     row: &RowScratch,
     model: &mut ModelState,
     key: &mut String,
-    max_segments: usize,
+    (max_segments, max_versions): (usize, usize),
     counters: &mut DecodeCounters,
 ) -> u32 {
-    key.clear();
-    if let Some(version) = row.model_version {
-        key.push_str(row.str(version));
+    let mut version = row.model_version.map_or("", |span| row.str(span));
+    build_series_key(row, version, key);
+    if let Some(id) = model.series_keys.get(key) {
+        return id;
     }
+    if !model.versions.contains(version) {
+        if model.versions.len() >= max_versions {
+            counters.versions_over_cap += 1;
+            version = OVERFLOW_VERSION;
+            build_series_key(row, version, key);
+            if let Some(id) = model.series_keys.get(key) {
+                return id;
+            }
+        }
+        if !model.versions.contains(version) {
+            model.versions.insert(Arc::from(version));
+        }
+    }
+    let segment_start = version.len() + 1;
+    let id = match model.series_keys.intern(key, max_segments) {
+        Some(id) => id,
+        None => {
+            counters.segments_over_cap += 1;
+            key.truncate(segment_start);
+            key.push_str(OVERFLOW_SEGMENT);
+            model.series_keys.intern(key, usize::MAX).expect("no cap")
+        }
+    };
+    if id as usize == model.series.len() {
+        let version: Arc<str> = Arc::from(version);
+        let segment: Arc<str> = Arc::from(&key[segment_start..]);
+        let whole_model = if segment.is_empty() {
+            None
+        } else {
+            key.truncate(segment_start);
+            Some(model.series_keys.intern(key, usize::MAX).expect("no cap"))
+        };
+        model.series.push(Series { model_version: version.clone(), segment, whole_model });
+        if let Some(parent) = whole_model
+            && parent as usize == model.series.len()
+        {
+            model.series.push(Series { model_version: version, segment: Arc::from(""), whole_model: None });
+        }
+    }
+    id
+}
+
+/// `version + '\0' + segment` into `key`, the segment's pairs sorted by key.
+fn build_series_key(row: &RowScratch, version: &str, key: &mut String) {
+    key.clear();
+    key.push_str(version);
     key.push('\0');
-    let segment_start = key.len();
     if !row.segment.is_empty() {
         // Sort pair indices by key without allocating for up to 8 pairs.
         let mut order: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -684,35 +763,6 @@ fn intern_series(
             key.push_str(row.str(pairs[i as usize].1));
         }
     }
-    if let Some(id) = model.series_keys.get(key) {
-        return id;
-    }
-    let id = match model.series_keys.intern(key, max_segments) {
-        Some(id) => id,
-        None => {
-            counters.segments_over_cap += 1;
-            key.truncate(segment_start);
-            key.push_str(OVERFLOW_SEGMENT);
-            model.series_keys.intern(key, usize::MAX).expect("no cap")
-        }
-    };
-    if id as usize == model.series.len() {
-        let (version, segment) = key.split_once('\0').unwrap_or((key.as_str(), ""));
-        let (version, segment): (Arc<str>, Arc<str>) = (Arc::from(version), Arc::from(segment));
-        let whole_model = if segment.is_empty() {
-            None
-        } else {
-            key.truncate(segment_start);
-            Some(model.series_keys.intern(key, usize::MAX).expect("no cap"))
-        };
-        model.series.push(Series { model_version: version.clone(), segment, whole_model });
-        if let Some(parent) = whole_model
-            && parent as usize == model.series.len()
-        {
-            model.series.push(Series { model_version: version, segment: Arc::from(""), whole_model: None });
-        }
-    }
-    id
 }
 
 #[cfg(test)]

@@ -264,3 +264,90 @@ fn invalid_utf8_is_not_json() {
     let error = decoder.push_prediction(&mut registry, &payload).unwrap_err();
     assert_eq!(error.reason, InvalidReason::InvalidJson);
 }
+
+#[test]
+fn version_cap_holds_and_files_further_versions_under_other() {
+    let (mut registry, mut decoder) = setup("pipeline: {max_versions_per_model: 3}\nmodels:\n  - {name: fraud}\n");
+    // A new version per event, half of them with a segment.
+    for i in 0..100 {
+        let segment = if i % 2 == 0 { r#","segment":{"region":"eu"}"# } else { "" };
+        let e = format!(
+            r#"{{"event_id":"{i}","model":"fraud","model_version":"v{i}","timestamp":1796292000000,"prediction":1{segment}}}"#
+        );
+        decoder.push_prediction(&mut registry, e.as_bytes()).unwrap();
+    }
+    let model = registry.get(0);
+    let mut versions: Vec<&str> = model.series.iter().map(|s| &*s.model_version).collect();
+    versions.dedup();
+    assert_eq!(versions, ["v0", "v1", "v2", OVERFLOW_VERSION]);
+    assert_eq!(model.versions.len(), 4);
+    assert_eq!(model.series.len(), 7, "(v0, eu), (v0, ''), (v1, ''), (v2, eu), (v2, ''), (__other__, eu), (…, '')");
+    assert_eq!(decoder.counters.versions_over_cap, 97);
+    // Known versions keep their series; the overflow version has the same
+    // segments as any other.
+    let batch = decoder.finish_predictions().remove(0);
+    let series_of = |row: usize| {
+        let s = &model.series[batch.series.value(row) as usize];
+        (s.model_version.to_string(), s.segment.to_string())
+    };
+    assert_eq!(series_of(1), ("v1".to_string(), String::new()));
+    assert_eq!(series_of(98), (OVERFLOW_VERSION.to_string(), "region=eu".to_string()));
+    assert_eq!(series_of(99), (OVERFLOW_VERSION.to_string(), String::new()));
+    // Restored dictionaries keep the cap.
+    let (keys, series, classes, features) =
+        (model.series_keys.clone(), model.series.clone(), model.classes.clone(), model.features.clone());
+    let (mut restored, mut decoder) = setup("pipeline: {max_versions_per_model: 3}\nmodels:\n  - {name: fraud}\n");
+    restored.get_mut(0).restore_dictionaries(keys, series, classes, features);
+    let e = r#"{"event_id":"n","model":"fraud","model_version":"new","timestamp":1796292000000,"prediction":1}"#;
+    decoder.push_prediction(&mut restored, e.as_bytes()).unwrap();
+    assert_eq!(decoder.counters.versions_over_cap, 1);
+    assert_eq!(restored.get(0).series.len(), 7);
+}
+
+#[test]
+fn overlong_names_and_values_are_rejected_naming_the_field() {
+    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    let name = "n".repeat(MAX_EVENT_NAME_BYTES + 1);
+    let value = "v".repeat(MAX_CATEGORY_BYTES + 1);
+    let event = |rest: &str| format!(r#"{{"event_id":"x","model":"fraud","timestamp":1796292000000,{rest}}}"#);
+    let cases = [
+        (
+            event(&format!(r#""prediction":1,"features":{{"{name}":1}}"#)),
+            "field `features`: a feature name of 257 bytes",
+        ),
+        (
+            event(&format!(r#""prediction":1,"features":{{"c":"{value}"}}"#)),
+            "field `features`: a feature value of 1025 bytes",
+        ),
+        (event(&format!(r#""prediction":1,"segment":{{"{name}":"eu"}}"#)), "field `segment`: a segment key of 257"),
+        (event(&format!(r#""prediction":1,"segment":{{"r":"{name}"}}"#)), "field `segment`: a segment value of 257"),
+        (
+            event(&format!(r#""prediction":1,"model_version":"{name}""#)),
+            "field `model_version`: a model version of 257",
+        ),
+        (event(&format!(r#""prediction":"{name}""#)), "field `prediction`: a class label longer than 256 bytes"),
+    ];
+    for (payload, detail) in &cases {
+        let error = decoder.push_prediction(&mut registry, payload.as_bytes()).unwrap_err();
+        assert_eq!(error.reason, InvalidReason::TooLong, "{detail}");
+        assert!(error.detail.starts_with(detail), "{detail:?} in {:?}", error.detail);
+        assert!(error.detail.len() < 200, "{}", error.detail);
+    }
+    let label = format!(r#"{{"event_id":"x","model":"fraud","timestamp":1796292000000,"label":"{name}"}}"#);
+    let error = decoder.push_label(&mut registry, label.as_bytes()).unwrap_err();
+    assert_eq!(
+        (error.reason, error.detail.as_str()),
+        (InvalidReason::TooLong, "field `label`: a class label longer than 256 bytes")
+    );
+    // Nothing of them was kept; names and values at the limit are fine.
+    assert!(decoder.finish_predictions().is_empty() && decoder.finish_labels().is_empty());
+    let model = registry.get(0);
+    assert!(model.features.is_empty() && model.series.is_empty() && model.classes.is_empty());
+    let at_limit = &name[1..];
+    let ok = event(&format!(
+        r#""prediction":"{at_limit}","model_version":"{at_limit}","features":{{"{at_limit}":"{}"}},"segment":{{"{at_limit}":"{at_limit}"}}"#,
+        &value[1..]
+    ));
+    decoder.push_prediction(&mut registry, ok.as_bytes()).unwrap();
+    assert_eq!(decoder.finish_predictions().len(), 1);
+}

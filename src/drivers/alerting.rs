@@ -128,7 +128,8 @@ impl<'a> AlertingSink<'a> {
         };
         Ok(AlertingSink {
             inner,
-            engine: AlertEngine::new(rules, config.alerting.history),
+            engine: AlertEngine::new(rules, config.alerting.history)
+                .with_history_max_rows(config.alerting.history_max_rows),
             alerts,
             audit,
             events: Vec::new(),

@@ -121,7 +121,12 @@ pub fn run_daemon(
         sink.on_active = Some(Box::new(move |active| dispatcher.resend_firing(active)));
     }
     let metrics = Arc::new(
-        crate::metrics::Metrics::new(pipeline.telemetry.clone(), config.otlp.as_ref()).map_err(RunError::Setup)?,
+        crate::metrics::Metrics::new(
+            pipeline.telemetry.clone(),
+            config.otlp.as_ref(),
+            config.pipeline.max_versions_per_model,
+        )
+        .map_err(RunError::Setup)?,
     );
     sink.metrics = Some(metrics.latest.clone());
     let (api, reload_requests) =

@@ -153,6 +153,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default deliveries in flight per notifier.
 pub const DEFAULT_CONCURRENCY: usize = 4;
+/// The most `concurrency` a notifier accepts: each delivery in flight holds
+/// a connection and a task.
+pub const MAX_CONCURRENCY: usize = 64;
 
 /// Settings each type requires, and those it may have (beyond the common
 /// `timeout`, `concurrency`, `send_resolved`).
@@ -306,10 +309,11 @@ impl NotifierSpec {
         let concurrency = match config.settings.get("concurrency") {
             None => DEFAULT_CONCURRENCY,
             Some(v) => match v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) {
-                Some(n) if n >= 1 => n as usize,
+                Some(n) if (1..=MAX_CONCURRENCY as u64).contains(&n) => n as usize,
                 _ => {
-                    errors
-                        .push(format!("notifiers.{name}.concurrency: expected a whole number of at least 1, got {v}"));
+                    errors.push(format!(
+                        "notifiers.{name}.concurrency: expected a whole number from 1 to {MAX_CONCURRENCY}, got {v}"
+                    ));
                     DEFAULT_CONCURRENCY
                 }
             },

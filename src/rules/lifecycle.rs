@@ -152,6 +152,11 @@ pub struct AlertEngine {
     /// the label horizon, are kept as long as any other).
     history: VecDeque<(i64, RecordBatch)>,
     history_ms: i64,
+    /// Rows in `history`, and the most it keeps (the oldest go first).
+    history_rows: usize,
+    history_max_rows: usize,
+    /// Whether rows already aged out by count (logged once).
+    history_rows_capped: bool,
     /// The evaluation clock of query rules: the latest evaluation time so
     /// far (window ends, and the wall clock in the daemon). Monotonic, so a
     /// late batch of old windows never turns the clock back.
@@ -331,12 +336,15 @@ impl AlertEngine {
             .collect();
         self.cooldowns = snapshot.cooldowns.into_iter().filter(|((rule, _, _), _)| hashes.contains_key(rule)).collect();
         self.history.clear();
+        self.history_rows = 0;
         for (arrived, bytes) in snapshot.history {
             for batch in ipc_to_batches(&bytes)? {
+                self.history_rows += batch.num_rows();
                 self.history.push_back((arrived, batch));
             }
         }
         self.clock_ms = snapshot.clock_ms;
+        self.prune_history();
         Ok(self.instances.len())
     }
 
@@ -348,10 +356,26 @@ impl AlertEngine {
             cooldowns: HashMap::new(),
             history: VecDeque::new(),
             history_ms: history.as_millis().min(i64::MAX as u128) as i64,
+            history_rows: 0,
+            history_max_rows: crate::config::DEFAULT_ALERTING_HISTORY_MAX_ROWS,
+            history_rows_capped: false,
             clock_ms: i64::MIN,
             runtime: None,
             errors: Vec::new(),
         }
+    }
+
+    /// Keeps at most `rows` rows of history (`alerting.history_max_rows`),
+    /// whatever the history's duration.
+    pub fn with_history_max_rows(mut self, rows: usize) -> AlertEngine {
+        self.history_max_rows = rows.max(1);
+        self.prune_history();
+        self
+    }
+
+    /// Rows query rules see now.
+    pub fn history_rows(&self) -> usize {
+        self.history_rows
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -397,6 +421,7 @@ impl AlertEngine {
             let group: Vec<WindowMetricRow> = rows.iter().filter(|r| r.window_end_ms == end).cloned().collect();
             let batch = rows_to_record_batch(&group);
             self.clock_ms = self.clock_ms.max(end);
+            self.history_rows += batch.num_rows();
             self.history.push_back((self.clock_ms, batch.clone()));
             self.prune_history();
             let clock = self.clock_ms;
@@ -432,10 +457,34 @@ impl AlertEngine {
         events
     }
 
+    /// Drops rows older than `history`, then the oldest rows beyond
+    /// `history_max_rows`.
     fn prune_history(&mut self) {
         let oldest = self.clock_ms.saturating_sub(self.history_ms);
-        while self.history.front().is_some_and(|(arrived, _)| *arrived < oldest) {
-            self.history.pop_front();
+        while let Some((arrived, rows)) = self.history.front().map(|(arrived, batch)| (*arrived, batch.num_rows())) {
+            let expired = arrived < oldest;
+            let excess = self.history_rows.saturating_sub(self.history_max_rows);
+            if !expired && excess == 0 {
+                break;
+            }
+            if !expired && excess < rows {
+                // Part of this batch goes: copy the rest, so the memory of
+                // the dropped rows is freed too.
+                let kept = self.history[0].1.slice(excess, rows - excess);
+                let kept = datafusion::arrow::compute::concat_batches(&kept.schema(), [&kept]).unwrap_or(kept);
+                self.history[0].1 = kept;
+                self.history_rows -= excess;
+            } else {
+                self.history.pop_front();
+                self.history_rows -= rows;
+            }
+            if !expired && !self.history_rows_capped {
+                self.history_rows_capped = true;
+                tracing::warn!(
+                    max_rows = self.history_max_rows,
+                    "alerting.history_max_rows reached: query rules see less than alerting.history of rows"
+                );
+            }
         }
     }
 
@@ -738,6 +787,24 @@ mod tests {
       - alert: LowAccuracy
         query: SELECT model, value FROM window_metrics WHERE metric = 'accuracy' AND value < 0.9
 ";
+
+    #[test]
+    fn history_is_bounded_by_rows_as_well_as_time() {
+        let mut engine = engine(RULES).with_history_max_rows(5);
+        let events = engine.evaluate(&[row("fraud", "accuracy", 5, 0.5), row("fraud", "count", 5, 10.0)]);
+        assert!(events.iter().any(|e| e.transition.alert == "LowAccuracy" && e.transition.state == "firing"));
+        assert_eq!(engine.history_rows(), 2);
+        // Eight rows of one later window, well within the hour: only the
+        // newest five rows stay, so the low accuracy row has aged out.
+        let rows: Vec<WindowMetricRow> = (0..8).map(|i| row(&format!("m{i}"), "count", 10, 10.0)).collect();
+        let events = engine.evaluate(&rows);
+        assert_eq!(engine.history_rows(), 5);
+        assert!(events.iter().any(|e| e.transition.alert == "LowAccuracy" && e.transition.state == "resolved"));
+        let snapshot = engine.snapshot().unwrap();
+        let mut restored = self::engine(RULES).with_history_max_rows(3);
+        restored.restore(snapshot).unwrap();
+        assert_eq!(restored.history_rows(), 3);
+    }
 
     #[test]
     fn late_rows_of_old_windows_neither_turn_the_clock_back_nor_age_out_at_once() {

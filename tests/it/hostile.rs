@@ -373,6 +373,40 @@ fn hostile_input_is_counted_and_bounded_and_never_stops_the_daemon() {
         &[(accepted("predictions"), 1_100.0), (plain("driftwatch_features_over_cap_total"), 0.0)],
     );
 
+    // A new model_version per event: 99 versions fit beside the version
+    // "" of every event so far; the other 201 events are filed under
+    // `__other__`.
+    let versions = (0..300).map(|e| {
+        format!(
+            r#"{{"event_id":"version-{e}","model":"shop","model_version":"v{e}","timestamp":"{}","features":{{"amount":1.5}},"prediction":1}}"#,
+            format_rfc3339_ms(T0 + 10 * MINUTE + e)
+        )
+    });
+    h.case(
+        "a new model_version per event",
+        &predictions(versions),
+        &[(accepted("predictions"), 300.0), (plain("driftwatch_versions_over_cap_total"), 201.0)],
+    );
+
+    // Names and values of 500 KB (and just over the limits): rejected
+    // whole, never kept in a row, series or checkpoint.
+    let t = T0 + 11 * MINUTE;
+    let long = "n".repeat(500_000);
+    let with = |id: &str, members: &str| {
+        format!(r#"{{"event_id":"{id}","model":"shop","timestamp":"{}",{members}}}"#, format_rfc3339_ms(t))
+    };
+    let mut messages = predictions([
+        prediction("long-feature-name", t, &format!(r#""{long}":1"#)),
+        prediction("257-byte-feature-name", t, &format!(r#""{}":1"#, "f".repeat(257))),
+        prediction("long-category", t, &format!(r#""country":"{long}""#)),
+        with("long-segment-key", &format!(r#""prediction":1,"segment":{{"{long}":"eu"}}"#)),
+        with("long-segment-value", &format!(r#""prediction":1,"segment":{{"region":"{long}"}}"#)),
+        with("long-version", &format!(r#""prediction":1,"model_version":"{long}""#)),
+        with("long-class", &format!(r#""prediction":"{long}""#)),
+    ]);
+    messages.push(("labels", Some(with("long-label", &format!(r#""label":"{long}""#)).into_bytes())));
+    h.case("names and values of 500 KB", &messages, &[(invalid("too_long"), 8.0)]);
+
     // After all of it: good events are still counted, windows still close.
     let closed_before = sum(&scrape(&h.address), "driftwatch_windows_closed_total", "");
     h.case(
@@ -383,6 +417,26 @@ fn hostile_input_is_counted_and_bounded_and_never_stops_the_daemon() {
     wait_until(TIMEOUT, "windows to go on closing", || {
         sum(&scrape(&h.address), "driftwatch_windows_closed_total", "") > closed_before
     });
+
+    // /metrics keeps the values of at most 100 versions and `__other__`
+    // per model, however many versions were sent.
+    let versions_exported = |metrics: &BTreeMap<String, f64>| {
+        let mut versions: Vec<String> = metrics
+            .keys()
+            .filter(|k| k.starts_with("driftwatch_feature_drift{") || k.starts_with("driftwatch_model_performance{"))
+            .filter(|k| k.contains("model=\"shop\""))
+            .filter_map(|k| k.split("model_version=\"").nth(1).and_then(|v| v.split('"').next()).map(str::to_string))
+            .collect();
+        versions.sort();
+        versions.dedup();
+        versions
+    };
+    wait_until(TIMEOUT, "the window of the versions to reach /metrics", || {
+        versions_exported(&scrape(&h.address)).iter().any(|v| v == "__other__")
+    });
+    let versions = versions_exported(&scrape(&h.address));
+    println!("model versions in /metrics: {}", versions.len());
+    assert!(versions.len() <= 101, "{} versions in /metrics: {versions:?}", versions.len());
 
     // Nothing rejected was lost: each is in the dead-letter topic.
     let consumer: BaseConsumer = ClientConfig::new()

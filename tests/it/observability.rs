@@ -265,6 +265,7 @@ fn prometheus_sees_every_dashboard_query_and_chromium_renders_the_status_page() 
     for name in [
         "driftwatch_features_over_cap_total 0",
         "driftwatch_segments_over_cap_total 0",
+        "driftwatch_versions_over_cap_total 0",
         "driftwatch_join_evicted_total 0",
         "driftwatch_checkpoints_failed_total 0",
         "driftwatch_labels_unmatched_total ",
