@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Broker, Killed, flush, http_address, http_text, repo, send, wait_until, write_amount_drift_rule};
+use crate::support::{
+    Broker, Killed, flush, http_address, http_text, one_record_per_batch, repo, send, wait_until,
+    write_amount_drift_rule,
+};
 
 /// The fixture's 20 minutes of traffic (drift from 10:10 on), repeated:
 /// event `i` is fixture event `i mod 2400`, `i / 2400` × 20 minutes later.
@@ -61,7 +64,10 @@ fn produce(
     sent: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let producer: rdkafka::producer::BaseProducer = rdkafka::config::ClientConfig::new()
+        let mut config = rdkafka::config::ClientConfig::new();
+        // Every offset a batch start: Tansu skips to the next batch when a
+        // fetch starts inside one (see `one_record_per_batch`).
+        let producer: rdkafka::producer::BaseProducer = one_record_per_batch(&mut config)
             .set("bootstrap.servers", &broker)
             .set("linger.ms", "5")
             .set("message.timeout.ms", "600000")
