@@ -6,7 +6,9 @@
 //! the others (4xx, permanent SMTP errors) or after `max_attempts`. Every
 //! attempt is counted in `driftwatch_notifications_total{notifier,outcome}`
 //! and written to the audit log. Errors never include URLs (a Jenkins
-//! trigger token travels in the query string) or secrets.
+//! trigger token travels in the query string) or secrets. Redirects are
+//! followed only within the request's origin, and at most 64 KiB of a
+//! reply body is read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,7 +109,7 @@ impl Dispatcher {
             .build()?;
         let client = reqwest::Client::builder()
             .user_agent(concat!("driftwatch/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| std::io::Error::other(e.without_url().to_string()))?;
         let limits =
@@ -348,6 +350,52 @@ async fn deliver(shared: &Shared, mut n: Notification) {
     }
 }
 
+/// Most redirects followed per request.
+const MAX_REDIRECTS: usize = 3;
+
+/// Most bytes of a reply body read; the rest is never read (the connection
+/// is dropped), so a receiver cannot make delivery hold an unbounded reply.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// Redirects are followed (at most [`MAX_REDIRECTS`]) only while they stay
+/// on the origin — scheme, host and port — of the URL the request was made
+/// to: the headers (credentials, signatures), the query (a Jenkins token)
+/// and, on 307/308, the body never go to another host. A redirect elsewhere
+/// is not followed; the 3xx reply is the attempt's result (a permanent
+/// failure).
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else { return attempt.stop() };
+        if attempt.url().origin() != first.origin() {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Reads at most `cap` bytes of a reply body, chunk by chunk; true when
+/// the body was longer (the rest is left unread and discarded).
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, true);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            // An error mid-body (timeout, reset): keep what arrived.
+            Ok(None) | Err(_) => return (body, false),
+        }
+    }
+}
+
 /// Parses `Retry-After` given in seconds (HTTP dates fall back to backoff).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
@@ -404,8 +452,23 @@ async fn send_http(
                 return Attempt::Delivered(code);
             }
             let after = retry_after(response.headers());
-            let body = response.text().await.unwrap_or_default();
-            let error = format!("HTTP {status}: {}", reply_excerpt(&body, request));
+            if status.is_redirection() {
+                // Left unfollowed: to another origin (or without a usable
+                // `Location`). Its target is not logged (it may carry tokens).
+                return Attempt::Failed {
+                    status: code,
+                    error: format!(
+                        "HTTP {status}: redirect not followed (only those to the same scheme, host and port are)"
+                    ),
+                };
+            }
+            let (body, truncated) = read_capped(response, MAX_REPLY_BYTES).await;
+            let body = String::from_utf8_lossy(&body);
+            let error = format!(
+                "HTTP {status}: {}{}",
+                reply_excerpt(&body, request),
+                if truncated { " (reply cut at 64 KiB)" } else { "" }
+            );
             if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
                 Attempt::Retry { status: code, error, after }
             } else {

@@ -188,6 +188,55 @@ fn template_env() -> minijinja::Environment<'static> {
     env
 }
 
+/// The environment a URL template is rendered in: every interpolated value
+/// (`{{ … }}`) is percent-encoded — all but `A–Z a–z 0–9 - _ . ~` — so a
+/// value from event data (a segment, a feature name, a label) stays inside
+/// the path segment or query value it was put in: it cannot add a `/`, `?`,
+/// `#`, `&`, `=`, `@` or `:`, or a space. Literal template text (including
+/// `${ENV}` expanded into it) is kept as written. `| safe` is not honoured:
+/// there is no way to interpolate raw text into a URL.
+fn url_template_env() -> minijinja::Environment<'static> {
+    let mut env = template_env();
+    env.set_formatter(|out, _state, value| {
+        let text = if value.is_undefined() || value.is_none() { String::new() } else { value.to_string() };
+        out.write_str(&url_encode(&text))
+            .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "writing the rendered URL failed"))
+    });
+    env
+}
+
+/// Renders a URL template ([`url_template_env`]) and refuses a result whose
+/// path has a `.` or `..` segment: URL parsers resolve those (even written
+/// `%2e`), so a value such as a feature named `..` would otherwise move the
+/// request to another path.
+pub fn render_url(template: &str, context: &minijinja::Value) -> Result<String, String> {
+    let url = url_template_env().render_str(template, context).map_err(|e| e.to_string())?;
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let path_start = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let path = &rest[path_start..];
+    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    let dot_segment = path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    });
+    if dot_segment {
+        return Err("the rendered URL has a \".\" or \"..\" path segment; not sent".into());
+    }
+    Ok(url)
+}
+
+/// A URL template's scheme and host (and port, and userinfo) must be
+/// literal text, so no value can choose where a request goes: the first
+/// template tag must come after the authority has ended (at `/`, `?` or `#`).
+fn url_authority_is_literal(template: &str) -> bool {
+    let Some(first_tag) = ["{{", "{%", "{#"].iter().filter_map(|tag| template.find(tag)).min() else {
+        return true;
+    };
+    let literal = &template[..first_tag];
+    literal.find("://").is_some_and(|i| literal[i + 3..].contains(['/', '?', '#']))
+}
+
 /// Every string leaf of a settings value must be a valid template.
 fn check_templates(value: &Value, path: &str, errors: &mut Vec<String>) {
     match value {
@@ -287,6 +336,15 @@ impl NotifierSpec {
                 continue;
             }
             check_templates(value, &format!("notifiers.{name}.{key}"), &mut errors);
+        }
+        if kind == "webhook"
+            && let Some(Value::String(url)) = config.settings.get("url")
+            && !url_authority_is_literal(url)
+        {
+            errors.push(format!(
+                "notifiers.{name}.url: the scheme and host must be literal text (`${{ENV}}` is fine); \
+                 templates may fill in the path and query only"
+            ));
         }
         let timeout = match config.settings.get("timeout") {
             None => DEFAULT_TIMEOUT,
@@ -518,7 +576,7 @@ impl NotifierSpec {
                 }
                 Outgoing::Http(OutgoingRequest {
                     method: self.setting_or("method", "POST").to_uppercase(),
-                    url: template_env().render_str(&self.setting_or("url", ""), &context).map_err(|e| e.to_string())?,
+                    url: render_url(&self.setting_or("url", ""), &context)?,
                     headers,
                     body,
                 })
@@ -753,5 +811,109 @@ impl NotifierSpec {
             }
             other => return Err(format!("unknown notifier type {other:?}")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition() -> Transition {
+        Transition {
+            alert: "A".into(),
+            state: "firing".into(),
+            fingerprint: "f".into(),
+            model: "shop".into(),
+            model_version: String::new(),
+            segment: String::new(),
+            feature: None,
+            window_start: "2026-11-26T10:00:00.000Z".into(),
+            window_end: "2026-11-26T10:05:00.000Z".into(),
+            value: Some(1.0),
+            labels: Default::default(),
+            annotations: Default::default(),
+            notify: vec!["hook".into()],
+            suppressed: Vec::new(),
+            active_since: "2026-11-26T10:00:00.000Z".into(),
+            evaluation_time: "2026-11-26T10:05:00.000Z".into(),
+        }
+    }
+
+    fn webhook(url: &str) -> Result<NotifierSpec, Vec<String>> {
+        let config: NotifierConfig = serde_json::from_value(json!({"type": "webhook", "url": url})).unwrap();
+        NotifierSpec::from_config("hook", &config)
+    }
+
+    fn url_for(spec: &NotifierSpec, t: &Transition) -> Result<String, String> {
+        match spec.request(&Notification::new("hook", t, 0))? {
+            Outgoing::Http(request) => Ok(request.url),
+            other => panic!("expected an HTTP request, got {other:?}"),
+        }
+    }
+
+    /// Regression: values from event data were interpolated into a webhook
+    /// URL verbatim, so a segment or feature name could add path segments,
+    /// a query or a fragment.
+    #[test]
+    fn values_interpolated_into_a_url_are_percent_encoded() {
+        let spec = webhook("http://u:p@hooks.example:8080/a/{{ model }}/{{ segment }}?f={{ feature }}&v=1").unwrap();
+        let t = Transition {
+            segment: "region=../../admin?x=".into(),
+            feature: Some("a#b/c@d e&g=h:i\\j%k".into()),
+            ..transition()
+        };
+        assert_eq!(
+            url_for(&spec, &t).unwrap(),
+            "http://u:p@hooks.example:8080/a/shop/region%3D..%2F..%2Fadmin%3Fx%3D\
+             ?f=a%23b%2Fc%40d%20e%26g%3Dh%3Ai%5Cj%25k&v=1"
+        );
+        // The host and path the config wrote are the ones the request goes to.
+        let parsed = reqwest::Url::parse(&url_for(&spec, &t).unwrap()).unwrap();
+        assert_eq!(parsed.host_str(), Some("hooks.example"));
+        assert_eq!(parsed.path_segments().unwrap().count(), 3);
+        assert_eq!(parsed.query_pairs().count(), 2);
+        assert_eq!(parsed.fragment(), None);
+        // Non-ASCII text is encoded byte by byte; absent values render empty.
+        let t = Transition { model: "mödel".into(), feature: None, ..transition() };
+        assert_eq!(url_for(&spec, &t).unwrap(), "http://u:p@hooks.example:8080/a/m%C3%B6del/?f=&v=1");
+    }
+
+    #[test]
+    fn a_url_whose_path_would_have_a_dot_segment_is_not_sent() {
+        let spec = webhook("http://hooks.example/a/{{ feature }}/b").unwrap();
+        for feature in ["..", "."] {
+            let t = Transition { feature: Some(feature.into()), ..transition() };
+            let error = url_for(&spec, &t).unwrap_err();
+            assert!(error.contains("path segment"), "{feature}: {error}");
+        }
+        // An encoded dot in a value is encoded again; dots inside a
+        // segment, or anywhere in the query, are fine.
+        let t = Transition { feature: Some("%2e%2E".into()), ..transition() };
+        assert_eq!(url_for(&spec, &t).unwrap(), "http://hooks.example/a/%252e%252E/b");
+        let t = Transition { feature: Some("..x".into()), ..transition() };
+        assert_eq!(url_for(&spec, &t).unwrap(), "http://hooks.example/a/..x/b");
+        let spec = webhook("http://hooks.example/a?f={{ feature }}").unwrap();
+        let t = Transition { feature: Some("..".into()), ..transition() };
+        assert_eq!(url_for(&spec, &t).unwrap(), "http://hooks.example/a?f=..");
+    }
+
+    #[test]
+    fn a_webhook_url_template_may_not_choose_the_host() {
+        for url in [
+            "{{ labels.url }}",
+            "http://{{ segment }}/hook",
+            "http://hooks.example:{{ labels.port }}/hook",
+            "http://hooks.example{{ model }}",
+            "http{% if true %}s{% endif %}://hooks.example/",
+        ] {
+            let errors = webhook(url).unwrap_err();
+            assert!(
+                errors[0].starts_with("notifiers.hook.url: the scheme and host must be literal"),
+                "{url}: {errors:?}"
+            );
+        }
+        for url in ["http://hooks.example", "http://hooks.example/{{ model }}", "http://h?m={{ model }}"] {
+            assert!(webhook(url).is_ok(), "{url}");
+        }
     }
 }

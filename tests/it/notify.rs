@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,36 +60,15 @@ impl Receiver {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() || line.is_empty() {
-                    continue;
-                }
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_string();
-                let path = parts.next().unwrap_or("").to_string();
-                let mut headers = BTreeMap::new();
-                loop {
-                    let mut header = String::new();
-                    reader.read_line(&mut header).unwrap();
-                    let header = header.trim_end();
-                    if header.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = header.split_once(':') {
-                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                    }
-                }
-                let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
+                let Some(mut request) = read_request(&stream) else { continue };
                 let seen = log.lock().unwrap().len();
                 let (status, extra) = match seen {
                     0 if failures > 0 => (429, "Retry-After: 0\r\n"),
                     n if n < failures => (503, ""),
                     _ => (200, ""),
                 };
-                log.lock().unwrap().push(Received { method, path, headers, body, status });
+                request.status = status;
+                log.lock().unwrap().push(request);
                 let reason = if status == 200 { "OK" } else { "Unavailable" };
                 let _ = write!(
                     stream,
@@ -106,6 +86,53 @@ impl Receiver {
     pub fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
+}
+
+/// Reads one HTTP/1.1 request (head and `Content-Length` body); `status`
+/// is left 0 for the caller to fill in.
+fn read_request(stream: &TcpStream) -> Option<Received> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || line.is_empty() {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Received { method, path, headers, body, status: 0 })
+}
+
+/// A receiver on 127.0.0.1 whose `answer` writes each reply (one request
+/// per connection) and returns its status; every request is recorded.
+fn serve(mut answer: impl FnMut(&Received, &mut TcpStream) -> u16 + Send + 'static) -> Receiver {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let Some(mut request) = read_request(&stream) else { continue };
+            request.status = answer(&request, &mut stream);
+            log.lock().unwrap().push(request);
+        }
+    });
+    Receiver { port, received }
 }
 
 fn write_setup(dir: &Path, notifiers: &str, notify: &str) -> PathBuf {
@@ -302,4 +329,146 @@ fn a_pending_notification_survives_a_killed_process() {
     assert_eq!(requests[0].path, "/hook");
     assert_eq!(requests[0].json()["transition"]["alert"], "AmountDrift");
     assert_eq!(queued(), 0);
+}
+
+/// The attempts the audit log records for `notifier`: (outcome, status).
+fn attempts_of(lines: &[Value], notifier: &str) -> Vec<(String, Option<u64>)> {
+    lines
+        .iter()
+        .filter(|l| l["kind"] == "notification_attempt" && l["notifier"] == notifier)
+        .map(|l| (l["outcome"].as_str().unwrap().to_string(), l["status"].as_u64()))
+        .collect()
+}
+
+/// Regression: the client followed up to three redirects anywhere, so a
+/// receiver (or whoever controls its replies) could send the request — a
+/// webhook's signature and custom credential headers, a Jenkins token in
+/// the query, the body on 307/308 — to another host. Now only redirects on
+/// the same scheme, host and port are followed.
+#[test]
+fn redirects_to_another_host_are_not_followed() {
+    let elsewhere = Receiver::start(0);
+    let target = format!("http://127.0.0.1:{}/stolen", elsewhere.port);
+    let receiver = serve(move |request, stream| {
+        let location = match request.path.as_str() {
+            "/same" => "/final".to_string(),
+            "/final" => {
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                return 200;
+            }
+            _ => target.clone(),
+        };
+        let _ = write!(
+            stream,
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        307
+    });
+    let url = receiver.url();
+    let dir = tempfile::tempdir().unwrap();
+    let notifiers = format!(
+        "  cross: {{type: webhook, url: \"{url}/cross\", secret: hmackey, headers: {{Authorization: \"Bearer hooktoken\", PRIVATE-TOKEN: pt}}}}\n\
+         \x20 crossgh: {{type: github_dispatch, repo: acme/fraud, token: ghtoken, event_type: retrain, api_url: \"{url}/gh\"}}\n\
+         \x20 crossjk: {{type: jenkins, url: \"{url}/ci\", job: retrain, token: jktoken}}\n\
+         \x20 same: {{type: webhook, url: \"{url}/same\", headers: {{Authorization: \"Bearer hooktoken\"}}}}\n"
+    );
+    let config = write_setup(dir.path(), &notifiers, "cross, crossgh, crossjk, same");
+    let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Nothing reached the other host: no request, so no credential, no body.
+    assert!(elsewhere.requests().is_empty(), "{:#?}", elsewhere.requests());
+    let lines = audit(dir.path());
+    for notifier in ["cross", "crossgh", "crossjk"] {
+        assert_eq!(attempts_of(&lines, notifier), [("failed".to_string(), Some(307))], "{notifier}");
+    }
+    // A redirect on the same origin is followed, credentials and body kept.
+    assert_eq!(attempts_of(&lines, "same"), [("delivered".to_string(), Some(200))]);
+    let requests = receiver.requests();
+    let fin: Vec<&Received> = requests.iter().filter(|r| r.path == "/final").collect();
+    assert_eq!(fin.len(), 1, "{requests:#?}");
+    assert_eq!(fin[0].method, "POST");
+    assert_eq!(fin[0].header("authorization"), Some("Bearer hooktoken"));
+    assert_eq!(fin[0].json()["transition"]["alert"], "AmountDrift");
+}
+
+/// Regression: an error reply's body was read whole (`text()`), so a
+/// receiver sending a huge or endless body held it all in memory until
+/// the request timeout. Now at most 64 KiB is read and the rest never is.
+#[test]
+fn a_huge_reply_body_is_read_only_up_to_the_cap() {
+    const ANNOUNCED: u64 = 128 << 20;
+    let written = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicBool::new(false));
+    let (count, done) = (written.clone(), finished.clone());
+    let receiver = serve(move |_, stream| {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {ANNOUNCED}\r\n\r\n"
+        );
+        let chunk = vec![b'x'; 64 * 1024];
+        // Stops when the client closes the connection (or all is sent).
+        while count.load(Ordering::SeqCst) < ANNOUNCED && stream.write_all(&chunk).is_ok() {
+            count.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+        done.store(true, Ordering::SeqCst);
+        400
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let notifiers = format!("  hook: {{type: webhook, url: \"{}/hook\", timeout: 10m}}\n", receiver.url());
+    let config = write_setup(dir.path(), &notifiers, "hook");
+    let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = audit(dir.path());
+    assert_eq!(attempts_of(&lines, "hook"), [("failed".to_string(), Some(400))]);
+    let attempt = lines.iter().find(|l| l["kind"] == "notification_attempt" && l["notifier"] == "hook").unwrap();
+    assert!(attempt["error"].as_str().unwrap().ends_with("(reply cut at 64 KiB)"), "{attempt}");
+    // The process has exited, so the receiver's writes end; what it got
+    // into the connection is the cap plus the kernel's socket buffers.
+    wait_until(Duration::from_secs(60), "the receiver to stop writing", || finished.load(Ordering::SeqCst));
+    let sent = written.load(Ordering::SeqCst);
+    assert!(sent < 32 << 20, "the receiver wrote {sent} bytes of {ANNOUNCED}: the body was read on");
+}
+
+/// Regression: values from event data were put into a webhook URL as they
+/// were, so a segment like `region=../../admin?x=#…` moved the request to
+/// another path and query. Each value is now percent-encoded.
+#[test]
+fn event_values_in_a_webhook_url_cannot_change_its_path_or_query() {
+    let receiver = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let notifiers = format!(
+        "  hook: {{type: webhook, url: \"{}/hooks/{{{{ model }}}}/{{{{ segment }}}}?feature={{{{ feature }}}}&alert={{{{ alert }}}}\"}}\n",
+        receiver.url()
+    );
+    let config = write_setup(dir.path(), &notifiers, "hook");
+    // The rule, for the hostile segment rather than the whole model.
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - alert: AmountDrift\n        \
+         expr: metric = 'psi' AND drifted AND feature = 'amount' AND segment <> ''\n        \
+         notify: [hook]\n",
+    )
+    .unwrap();
+    let hostile = "../../admin?x=#a/b@c d";
+    let events: String = std::fs::read_to_string(repo("tests/fixtures/replay_drift/live.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut event: Value = serde_json::from_str(line).unwrap();
+            event["segment"] = serde_json::json!({"region": hostile});
+            format!("{event}\n")
+        })
+        .collect();
+    let predictions = dir.path().join("hostile.ndjson");
+    std::fs::write(&predictions, events).unwrap();
+    let output = replay(&config, &predictions);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(
+        requests[0].path,
+        "/hooks/shop/region%3D..%2F..%2Fadmin%3Fx%3D%23a%2Fb%40c%20d?feature=amount&alert=AmountDrift"
+    );
+    assert_eq!(requests[0].json()["transition"]["segment"], format!("region={hostile}"));
 }
