@@ -42,16 +42,27 @@ fn drift_attributes((model, version, feature, metric): &DriftKey) -> [KeyValue; 
     ]
 }
 
+/// A map the pipeline updates and a scrape reads: an `Arc` the scrape
+/// clones under the lock and reads after releasing it, so a scrape never
+/// holds a lock the pipeline needs while it observes or encodes; the
+/// pipeline copies the map only when a scrape still holds the old one.
+type Shared<K, V> = Mutex<Arc<BTreeMap<K, V>>>;
+
+/// The current snapshot of a [`Shared`] map; the lock is released on return.
+fn snapshot<K, V>(map: &Shared<K, V>) -> Arc<BTreeMap<K, V>> {
+    Arc::clone(&map.lock().expect("metrics lock"))
+}
+
 /// The latest values from closed windows, for the gauges.
 pub struct LatestRows {
     /// (model, version, feature, metric) → (value, threshold).
-    drift: Mutex<BTreeMap<DriftKey, (f64, Option<f64>)>>,
+    drift: Shared<DriftKey, (f64, Option<f64>)>,
     /// (model, version, feature) → drifted on any metric in its latest window.
-    drifted: Mutex<BTreeMap<FeatureKey, (i64, bool)>>,
+    drifted: Shared<FeatureKey, (i64, bool)>,
     /// (model, version, metric) → (value, baseline).
-    performance: Mutex<BTreeMap<ModelMetricKey, (f64, Option<f64>)>>,
+    performance: Shared<ModelMetricKey, (f64, Option<f64>)>,
     /// (alert, model) → firing instances.
-    firing: Mutex<BTreeMap<(String, String), u64>>,
+    firing: Shared<(String, String), u64>,
     close_delay: Mutex<Option<Histogram<f64>>>,
     /// model → model_version → the latest window end it had rows for.
     versions: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
@@ -84,9 +95,12 @@ impl LatestRows {
     /// Takes in the rows of closed windows.
     pub fn update(&self, rows: &[WindowMetricRow]) {
         let now = chrono::Utc::now().timestamp_millis();
-        let mut drift = self.drift.lock().expect("metrics lock");
-        let mut drifted = self.drifted.lock().expect("metrics lock");
-        let mut performance = self.performance.lock().expect("metrics lock");
+        let mut drift_cell = self.drift.lock().expect("metrics lock");
+        let drift = Arc::make_mut(&mut drift_cell);
+        let mut drifted_cell = self.drifted.lock().expect("metrics lock");
+        let drifted = Arc::make_mut(&mut drifted_cell);
+        let mut performance_cell = self.performance.lock().expect("metrics lock");
+        let performance = Arc::make_mut(&mut performance_cell);
         let mut versions = self.versions.lock().expect("metrics lock");
         for row in rows.iter().filter(|r| r.segment.is_empty()) {
             let (model, version) = (row.model.to_string(), row.model_version.to_string());
@@ -142,7 +156,8 @@ impl LatestRows {
 
     /// Takes in the alerts now pending or firing.
     pub fn set_active(&self, active: &[Transition]) {
-        let mut firing = self.firing.lock().expect("metrics lock");
+        let mut firing_cell = self.firing.lock().expect("metrics lock");
+        let firing = Arc::make_mut(&mut firing_cell);
         firing.values_mut().for_each(|n| *n = 0);
         for t in active.iter().filter(|t| t.state == "firing") {
             *firing.entry((t.alert.clone(), t.model.clone())).or_default() += 1;
@@ -337,7 +352,7 @@ impl Metrics {
             .u64_observable_gauge("driftwatch_alerts_firing")
             .with_description("Alert instances firing, by alert and model.")
             .with_callback(move |o| {
-                for ((alert, model), n) in l.firing.lock().expect("metrics lock").iter() {
+                for ((alert, model), n) in snapshot(&l.firing).iter() {
                     o.observe(*n, &[KeyValue::new("alert", alert.clone()), KeyValue::new("model", model.clone())]);
                 }
             })
@@ -352,7 +367,7 @@ impl Metrics {
                 .f64_observable_gauge(name)
                 .with_description(description)
                 .with_callback(move |o| {
-                    for (key, (value, limit)) in l.drift.lock().expect("metrics lock").iter() {
+                    for (key, (value, limit)) in snapshot(&l.drift).iter() {
                         let observed = if threshold { *limit } else { Some(*value) };
                         if let Some(observed) = observed {
                             o.observe(observed, &drift_attributes(key));
@@ -366,7 +381,7 @@ impl Metrics {
             .u64_observable_gauge("driftwatch_feature_drifted")
             .with_description("1 when any drift metric of the feature's latest window crossed its threshold.")
             .with_callback(move |o| {
-                for ((model, version, feature), (_, drifted)) in l.drifted.lock().expect("metrics lock").iter() {
+                for ((model, version, feature), (_, drifted)) in snapshot(&l.drifted).iter() {
                     let attributes = [
                         KeyValue::new("model", model.clone()),
                         KeyValue::new("model_version", version.clone()),
@@ -386,9 +401,7 @@ impl Metrics {
                 .f64_observable_gauge(name)
                 .with_description(description)
                 .with_callback(move |o| {
-                    for ((model, version, metric), (value, reference)) in
-                        l.performance.lock().expect("metrics lock").iter()
-                    {
+                    for ((model, version, metric), (value, reference)) in snapshot(&l.performance).iter() {
                         let observed = if baseline { *reference } else { Some(*value) };
                         let Some(observed) = observed else { continue };
                         let attributes = [

@@ -86,6 +86,8 @@ pub struct Live {
     pub last_evaluation: std::time::Instant,
     /// The HTTP API's state (published snapshots) and its reload requests.
     pub api: Option<(Arc<crate::http::ApiState>, std::sync::mpsc::Receiver<crate::http::ReloadRequest>)>,
+    /// The API's rows kept across restarts (durable mode).
+    pub history: Option<crate::http::history::History>,
 }
 
 /// The loaded rules as the API lists them.
@@ -146,8 +148,8 @@ impl<'a> AlertingSink<'a> {
             metrics.set_active(&self.engine.active());
         }
         if let Some(Live { api: Some((api, _)), .. }) = &self.live {
-            *api.alerts.write().expect("alerts lock") = self.engine.active();
-            *api.rules.write().expect("rules lock") = rules_json(self.engine.rules());
+            api.alerts.set(self.engine.active());
+            api.rules.set(rules_json(self.engine.rules()));
         }
     }
 
@@ -271,11 +273,11 @@ impl WindowSink for AlertingSink<'_> {
         if let Some(metrics) = &self.metrics {
             metrics.update(rows);
         }
-        if let Some(Live { api: Some((api, _)), .. }) = &self.live {
-            let mut recent = api.windows.write().expect("windows lock");
-            recent.extend(rows.iter().cloned());
-            let excess = recent.len().saturating_sub(crate::http::RECENT_ROWS);
-            recent.drain(..excess);
+        if let Some(Live { api: Some((api, _)), history, .. }) = &mut self.live {
+            match history {
+                Some(history) => history.record(rows, api),
+                None => api.push_rows(rows),
+            }
         }
         let events = tracing::info_span!("rules_evaluate").in_scope(|| self.engine.evaluate(rows));
         tracing::info_span!("alerts_record", transitions = events.len()).in_scope(|| self.record(events))
@@ -290,6 +292,9 @@ impl WindowSink for AlertingSink<'_> {
         positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>,
     ) -> io::Result<()> {
         self.inner.output_positions(positions)?;
+        if let Some(Live { history: Some(history), .. }) = &mut self.live {
+            history.sync();
+        }
         if let Some(audit) = &self.audit {
             let (path, length) = audit.lock().expect("audit lock").position()?;
             positions.insert(path, length);

@@ -131,6 +131,22 @@ pub fn run_daemon(
     sink.metrics = Some(metrics.latest.clone());
     let (api, reload_requests) =
         crate::http::ApiState::new(config.http.token.as_ref().map(|t| t.expose().to_string()), Some(metrics));
+    // Durable mode: the rows closed before a restart are served at once.
+    // The history is a cache: if it cannot be opened the daemon runs on
+    // without it (the outputs and checkpoints are what is durable).
+    let history = config.state.dir.as_ref().and_then(|dir| match crate::http::history::History::open(dir) {
+        Ok((history, rows)) => {
+            api.windows.set(rows);
+            Some(history)
+        }
+        Err(error) => {
+            tracing::error!(
+                path = %dir.join(crate::http::history::FILE_NAME).display(), %error,
+                "the window history cannot be opened; the API serves only windows closed from now on"
+            );
+            None
+        }
+    });
     let server = crate::http::serve(&config.http.listen, api.clone())
         .map_err(|source| RunError::Http { listen: config.http.listen.clone(), source })?;
     *pipeline.telemetry.http_address.lock().expect("telemetry lock") = Some(server.address.to_string());
@@ -139,18 +155,21 @@ pub fn run_daemon(
         reload_requested: reload.clone(),
         last_evaluation: std::time::Instant::now(),
         api: Some((api.clone(), reload_requests)),
+        history,
     });
-    *api.models.write().expect("models lock") = config
-        .models
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "name": m.name,
-                "task": m.task,
-                "baseline": m.baseline.as_ref().map(|b| b.display().to_string()),
+    api.models.set(
+        config
+            .models
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "task": m.task,
+                    "baseline": m.baseline.as_ref().map(|b| b.display().to_string()),
+                })
             })
-        })
-        .collect();
+            .collect(),
+    );
     let mut durability = restore_checkpoint(config, &mut pipeline, &mut sink)?;
     sink.publish();
     let readiness = &pipeline.telemetry.readiness;

@@ -3,12 +3,19 @@
 //! pipeline publishes into [`ApiState`] and send requests (rule reload)
 //! over a channel the pipeline answers on its next turn.
 //!
+//! No handler blocks the pipeline: each snapshot is an immutable `Arc`
+//! behind a [`Published`] cell whose lock is held only to clone or swap
+//! that `Arc` — a handler takes its copy and releases the lock before it
+//! filters, renders or encodes anything, and the pipeline's next publish
+//! never waits for a response being encoded or a slow client. Nothing on
+//! the HTTP runtime touches the disk.
+//!
 //! Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.
 //! Mutating endpoints need `Authorization: Bearer <http.token>`; without a
 //! configured token they are disabled.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use axum::Json;
@@ -21,6 +28,7 @@ use serde_json::{Value, json};
 
 use crate::rules::Transition;
 
+pub mod history;
 pub mod status;
 
 /// Largest request body accepted (413 beyond).
@@ -35,16 +43,54 @@ pub struct ReloadRequest {
     pub reply: tokio::sync::oneshot::Sender<Result<usize, Vec<String>>>,
 }
 
+/// A value the pipeline publishes and handlers read: an immutable `Arc`
+/// snapshot behind a lock held only long enough to clone or replace the
+/// `Arc` (never while a reader filters or encodes its copy).
+pub struct Published<T>(Mutex<Arc<T>>);
+
+impl<T: Clone> Published<T> {
+    pub fn new(value: T) -> Published<T> {
+        Published(Mutex::new(Arc::new(value)))
+    }
+
+    fn cell(&self) -> std::sync::MutexGuard<'_, Arc<T>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current snapshot; the lock is released on return.
+    pub fn snapshot(&self) -> Arc<T> {
+        Arc::clone(&self.cell())
+    }
+
+    /// Replaces the snapshot (the old one is dropped outside the lock).
+    pub fn set(&self, value: T) {
+        let value = Arc::new(value);
+        let old = std::mem::replace(&mut *self.cell(), value);
+        drop(old);
+    }
+
+    /// Changes the snapshot in place, copying it first only if a reader
+    /// still holds the current one (copy on write): readers keep the
+    /// version they took, unchanged.
+    pub fn update<R>(&self, change: impl FnOnce(&mut T) -> R) -> R {
+        let mut cell = self.cell();
+        change(Arc::make_mut(&mut cell))
+    }
+}
+
+/// The rows `/api/v1/windows` and the status page serve, oldest first.
+pub type RecentRows = std::collections::VecDeque<crate::output::WindowMetricRow>;
+
 /// What the API serves, published by the pipeline.
 pub struct ApiState {
     /// Alert instances pending or firing.
-    pub alerts: RwLock<Vec<Transition>>,
+    pub alerts: Published<Vec<Transition>>,
     /// The loaded rules (name, group, file, line, sha256, condition...).
-    pub rules: RwLock<Vec<Value>>,
+    pub rules: Published<Vec<Value>>,
     /// The most recent `window_metrics` rows (bounded by [`RECENT_ROWS`]).
-    pub windows: RwLock<std::collections::VecDeque<crate::output::WindowMetricRow>>,
+    pub windows: Published<RecentRows>,
     /// The configured models (name, task, baseline path).
-    pub models: RwLock<Vec<Value>>,
+    pub models: Published<Vec<Value>>,
     token: Option<String>,
     reload: Mutex<mpsc::Sender<ReloadRequest>>,
     /// The metrics `/metrics` serves.
@@ -60,15 +106,27 @@ impl ApiState {
     ) -> (Arc<ApiState>, mpsc::Receiver<ReloadRequest>) {
         let (sender, receiver) = mpsc::channel();
         let state = ApiState {
-            alerts: RwLock::new(Vec::new()),
-            rules: RwLock::new(Vec::new()),
-            windows: RwLock::new(std::collections::VecDeque::new()),
-            models: RwLock::new(Vec::new()),
+            alerts: Published::new(Vec::new()),
+            rules: Published::new(Vec::new()),
+            windows: Published::new(RecentRows::new()),
+            models: Published::new(Vec::new()),
             token,
             reload: Mutex::new(sender),
             metrics,
         };
         (Arc::new(state), receiver)
+    }
+
+    /// Appends rows of closed windows, keeping the latest [`RECENT_ROWS`].
+    pub fn push_rows(&self, rows: &[crate::output::WindowMetricRow]) {
+        if rows.is_empty() {
+            return;
+        }
+        self.windows.update(|recent| {
+            recent.extend(rows.iter().cloned());
+            let excess = recent.len().saturating_sub(RECENT_ROWS);
+            recent.drain(..excess);
+        });
     }
 }
 
@@ -147,11 +205,12 @@ struct Alerts {
 }
 
 async fn alerts(State(state): State<Arc<ApiState>>) -> Json<Alerts> {
-    Json(Alerts { alerts: state.alerts.read().expect("alerts lock").clone() })
+    Json(Alerts { alerts: state.alerts.snapshot().to_vec() })
 }
 
 async fn rules(State(state): State<Arc<ApiState>>) -> Json<Value> {
-    Json(json!({"rules": state.rules.read().expect("rules lock").clone()}))
+    let rules = state.rules.snapshot();
+    Json(json!({"rules": *rules}))
 }
 
 async fn reload(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
@@ -201,19 +260,25 @@ async fn windows(
             None => return error(StatusCode::BAD_REQUEST, "bad_since", "since must be an RFC 3339 time", None),
         },
     };
-    let rows = state.windows.read().expect("windows lock");
-    let selected: Vec<Value> = rows
+    // A copy of the rows asked for, taken from the published snapshot (an
+    // `Arc`, cloned under the lock and released at once) and dropped before
+    // encoding: the pipeline never waits for this response, and rarely has
+    // to copy its rows because a reader still holds them.
+    let selected: Vec<crate::output::WindowMetricRow> = state
+        .windows
+        .snapshot()
         .iter()
         .filter(|r| query.model.as_deref().is_none_or(|m| *r.model == *m) && r.window_start_ms >= since)
-        .map(crate::rules::lifecycle::row_json)
+        .cloned()
         .collect();
+    let selected: Vec<Value> = selected.iter().map(crate::rules::lifecycle::row_json).collect();
     Json(json!({"windows": selected})).into_response()
 }
 
 /// `GET /api/v1/models`: the configured models and their latest window.
 async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
-    let rows = state.windows.read().expect("windows lock");
-    let mut models = state.models.read().expect("models lock").clone();
+    let rows = state.windows.snapshot();
+    let mut models = state.models.snapshot().to_vec();
     for model in &mut models {
         let name = model["name"].as_str().unwrap_or("").to_string();
         let latest = rows.iter().rev().find(|r| *r.model == *name && r.metric == "count" && r.segment.is_empty());
@@ -290,7 +355,80 @@ pub fn serve(listen: &str, state: Arc<ApiState>) -> std::io::Result<Server> {
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::*;
+    use crate::output::WindowMetricRow;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    fn row(i: i64) -> WindowMetricRow {
+        WindowMetricRow {
+            model: Arc::from("shop"),
+            model_version: Arc::from("v1"),
+            segment: Arc::from(""),
+            window_start_ms: i * 60_000,
+            window_end_ms: (i + 1) * 60_000,
+            feature: Some(Arc::from("amount")),
+            metric: "psi",
+            value: 0.5,
+            baseline: None,
+            threshold: Some(0.2),
+            p_value: None,
+            drifted: Some(true),
+            sample_count: 100,
+        }
+    }
+
+    /// While `/api/v1/windows` builds and sends its largest response (the
+    /// latest 100,000 rows), over and over, the pipeline keeps publishing
+    /// rows without waiting, and rows published meanwhile are served by the
+    /// next request. (Before, the handler held the read lock while it
+    /// filtered and encoded, and each publish waited for that: the
+    /// publishing thread spent nearly all its time blocked.)
+    #[test]
+    fn encoding_a_large_response_does_not_hold_the_lock_the_pipeline_needs() {
+        let (api, _reloads) = ApiState::new(None, None);
+        api.push_rows(&(0..RECENT_ROWS as i64).map(row).collect::<Vec<_>>());
+        let server = serve("127.0.0.1:0", api.clone()).unwrap();
+        let address = server.address;
+        let (done, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let client = {
+            let (done, stop) = (done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let mut stream = std::net::TcpStream::connect(address).unwrap();
+                    stream.write_all(b"GET /api/v1/windows HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                    last.clear();
+                    stream.read_to_end(&mut last).unwrap();
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                last
+            })
+        };
+        let started = std::time::Instant::now();
+        let deadline = started + Duration::from_secs(300);
+        let (mut blocked, mut published) = (Duration::ZERO, 0i64);
+        while done.load(Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "2 responses took over 300 s");
+            // The pipeline publishes a row of a closed window.
+            let publishing = std::time::Instant::now();
+            api.push_rows(&[row(RECENT_ROWS as i64 + published)]);
+            blocked += publishing.elapsed();
+            published += 1;
+            std::thread::yield_now();
+        }
+        let elapsed = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        let last = client.join().unwrap();
+        assert!(blocked * 4 < elapsed, "publishing took {blocked:?} of {elapsed:?} ({published} rows)");
+        // Every response is whole: the latest RECENT_ROWS rows, oldest first.
+        let body = &last[last.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+        let served: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(served["windows"].as_array().unwrap().len(), RECENT_ROWS);
+        let snapshot = api.windows.snapshot();
+        assert_eq!(snapshot.len(), RECENT_ROWS);
+        assert_eq!(snapshot.back().unwrap().window_start_ms, (RECENT_ROWS as i64 + published - 1) * 60_000);
+    }
 
     #[test]
     fn tokens_compare_exactly() {

@@ -104,9 +104,11 @@ pub fn render(state: &ApiState) -> String {
         render_health(&mut page, telemetry);
     }
     render_alerts(&mut page, state);
-    let models = state.models.read().expect("models lock").clone();
-    let rows = state.windows.read().expect("windows lock");
-    for model in &models {
+    // Copies: no lock is held, and no snapshot kept, while the page is rendered.
+    let models = state.models.snapshot();
+    let rows: Vec<WindowMetricRow> =
+        state.windows.snapshot().iter().filter(|r| r.segment.is_empty()).cloned().collect();
+    for model in models.iter() {
         let name = model["name"].as_str().unwrap_or_default();
         let model_rows: Vec<&WindowMetricRow> =
             rows.iter().filter(|r| *r.model == *name && r.segment.is_empty()).collect();
@@ -165,7 +167,7 @@ fn render_health(page: &mut String, telemetry: &crate::telemetry::Telemetry) {
 }
 
 fn render_alerts(page: &mut String, state: &ApiState) {
-    let alerts = state.alerts.read().expect("alerts lock").clone();
+    let alerts = state.alerts.snapshot();
     let firing = alerts.iter().filter(|a| a.state == "firing").count();
     let _ = write!(page, "<section id=\"alerts\"><h2>Alerts: {firing} firing, {} pending</h2>", alerts.len() - firing);
     if alerts.is_empty() {
@@ -176,7 +178,7 @@ fn render_alerts(page: &mut String, state: &ApiState) {
         "<table><tr><th>alert</th><th>state</th><th>model</th><th>version</th><th>feature</th>\
          <th>value</th><th>since</th><th>summary</th></tr>",
     );
-    for alert in &alerts {
+    for alert in alerts.iter() {
         let class = if alert.state == "firing" { "bad" } else { "pending" };
         let _ = write!(
             page,
