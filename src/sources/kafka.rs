@@ -14,7 +14,7 @@
 //! Architecture invariant: this module and `notify` are the only ones that
 //! talk to the network; it never interprets payloads itself.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -347,7 +347,7 @@ impl LabelActivity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Stream {
     Predictions,
     Labels,
@@ -433,6 +433,9 @@ pub struct KafkaSummary {
     pub batches: u64,
     pub dropped_on_revoke: u64,
     pub dead_lettered: u64,
+    /// Messages delivered again at an offset this assignment had already
+    /// delivered (a broker fault): dropped, never counted twice.
+    pub repeated: u64,
 }
 
 /// Consumes until `shutdown` is triggered, then drains the batch in hand.
@@ -489,6 +492,9 @@ pub fn run_kafka(
     let mut summary = KafkaSummary::default();
     let mut last_log = Instant::now();
     let mut label_activity = LabelActivity::new(config.windows.idle_timeout, pipeline);
+    // Per partition of the current assignment: the offset after the last
+    // message delivered.
+    let mut expected: HashMap<(Stream, i32), i64> = HashMap::new();
     label_activity.update(pipeline, sink)?;
     loop {
         if shutdown.is_triggered() {
@@ -522,11 +528,27 @@ pub fn run_kafka(
         // assignment, so it is kept. (Regression: dropping after buffering
         // lost it when the same poll revoked and re-assigned its partition,
         // while later messages moved the position past it.)
-        drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
+        drop_revoked(&consumer, kafka, &mut buffered, &mut expected, &mut summary);
         match polled {
             Some(Ok(message)) => {
                 let stream =
                     if message.topic() == kafka.predictions_topic { Stream::Predictions } else { Stream::Labels };
+                // Offsets only move forward within an assignment: a message
+                // at an offset already delivered is a broker's repeat
+                // (seen with Tansu 0.6) and would be counted twice.
+                let next = expected.entry((stream, message.partition())).or_insert(message.offset());
+                if message.offset() < *next {
+                    summary.repeated += 1;
+                    tracing::warn!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        expected = *next,
+                        "the broker delivered an offset again; dropped"
+                    );
+                    continue;
+                }
+                *next = message.offset() + 1;
                 let payload = message.payload().unwrap_or(&[]);
                 let start = arena.len();
                 arena.extend_from_slice(payload);
@@ -565,7 +587,7 @@ pub fn run_kafka(
     }
     // Drain the batch in hand; then either checkpoint (durable: open
     // windows stay open for the next run) or close every open window.
-    drop_revoked(&consumer, kafka, &mut buffered, &mut summary);
+    drop_revoked(&consumer, kafka, &mut buffered, &mut expected, &mut summary);
     process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
     match durability {
         Some(durability) => {
@@ -659,16 +681,26 @@ fn log_stats(pipeline: &Pipeline, kafka: &KafkaConfig) {
     );
 }
 
+/// Drops buffered messages of partitions revoked since the last call, and
+/// forgets their next expected offsets.
 fn drop_revoked(
     consumer: &BaseConsumer<SourceContext>,
     kafka: &KafkaConfig,
     buffered: &mut Vec<Buffered>,
+    expected: &mut HashMap<(Stream, i32), i64>,
     summary: &mut KafkaSummary,
 ) {
     let revoked: Vec<(String, i32)> = std::mem::take(&mut *consumer.context().revoked.lock().expect("context lock"));
     if revoked.is_empty() {
         return;
     }
+    expected.retain(|(stream, partition), _| {
+        let topic = match stream {
+            Stream::Predictions => &kafka.predictions_topic,
+            Stream::Labels => &kafka.labels_topic,
+        };
+        !revoked.iter().any(|(t, p)| t == topic && p == partition)
+    });
     let before = buffered.len();
     buffered.retain(|b| {
         let topic = match b.stream {
