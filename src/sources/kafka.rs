@@ -488,6 +488,9 @@ pub fn run_kafka(
     let mut deadline: Option<Instant> = None;
     let mut summary = KafkaSummary::default();
     let mut last_log = Instant::now();
+    let mut paused = false;
+    let mut wrote = false;
+    let mut last_pressure_check = Instant::now();
     let mut label_activity = LabelActivity::new(config.windows.idle_timeout, pipeline);
     label_activity.update(pipeline, sink)?;
     loop {
@@ -512,6 +515,40 @@ pub fn run_kafka(
             && durability.last_attempt.elapsed() >= durability.interval
         {
             checkpoint(&consumer, pipeline, sink, durability);
+        }
+        // Backpressure: an output's retry buffer is full (its disk keeps
+        // failing). Stop fetching — every assigned partition paused, again
+        // each turn so partitions a rebalance assigns meanwhile are paused
+        // too — while `poll` goes on serving rebalances, statistics and
+        // group membership, the loop ticks and the writes are retried. The
+        // batch in hand is still processed (its rows wait in the buffer
+        // beyond the bound): nothing is dropped. librdkafka resumes a
+        // paused partition at the position after the last message `poll`
+        // returned, so nothing is skipped either.
+        // (Asked each 100 ms, after a batch, and each turn while paused.)
+        let ask = paused || wrote || last_pressure_check.elapsed() >= Duration::from_millis(100);
+        if ask {
+            wrote = false;
+            last_pressure_check = Instant::now();
+        }
+        if ask && sink.backpressure() {
+            if !paused {
+                paused = true;
+                tracing::error!("an output's retry buffer is full: consumption paused until the disk takes writes");
+            }
+            if let Ok(assignment) = consumer.assignment()
+                && let Err(error) = consumer.pause(&assignment)
+            {
+                tracing::warn!(%error, "pausing partitions failed");
+            }
+        } else if ask && paused {
+            paused = false;
+            if let Ok(assignment) = consumer.assignment()
+                && let Err(error) = consumer.resume(&assignment)
+            {
+                tracing::warn!(%error, "resuming partitions failed");
+            }
+            tracing::info!("outputs written: consumption resumed");
         }
         let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
         let polled = consumer.poll(wait.min(Duration::from_millis(100)));
@@ -549,6 +586,7 @@ pub fn run_kafka(
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if buffered.len() >= batch_size || arena.len() >= MAX_BATCH_BYTES || (due && !buffered.is_empty()) {
             process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
+            wrote = true;
             if let Some(durability) = durability.as_deref_mut() {
                 durability.dirty = true;
             }
