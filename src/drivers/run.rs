@@ -205,7 +205,7 @@ fn restore_checkpoint(
         unusable_newer = loaded.skipped.len(),
         "restored from checkpoint"
     );
-    Ok(Some(Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets)))
+    Ok(Some(Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets).restored()))
 }
 
 struct Tee(Box<dyn WindowSink>, Box<dyn WindowSink>);

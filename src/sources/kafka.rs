@@ -138,6 +138,10 @@ pub struct SourceContext {
     positions: Mutex<BTreeMap<PartitionKey, i64>>,
     /// Durable mode: `positions` as of the last checkpoint written.
     checkpointed: Mutex<BTreeMap<PartitionKey, i64>>,
+    /// Durable mode: the state was restored from a checkpoint (then a
+    /// partition missing from `positions` starts at its beginning, not at
+    /// Kafka's committed offset).
+    restored: bool,
 }
 
 /// How long a broker connection may stay silent before the broker counts
@@ -202,9 +206,17 @@ impl ConsumerContext for SourceContext {
                     let keys: Vec<PartitionKey> =
                         partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                     for key in keys {
-                        if let Some(next) = positions.get(&key)
-                            && let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(*next))
-                        {
+                        // A partition the restored state has read nothing
+                        // of starts at its beginning: the offset Kafka has
+                        // committed may come from a newer checkpoint that
+                        // turned out unusable, and starting there would
+                        // skip events the state never counted.
+                        let offset = match positions.get(&key) {
+                            Some(next) => Offset::Offset(*next),
+                            None if self.restored => Offset::Beginning,
+                            None => continue,
+                        };
+                        if let Err(error) = partitions.set_partition_offset(&key.0, key.1, offset) {
                             tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
                         }
                     }
@@ -289,6 +301,8 @@ pub struct Durability {
     dirty: bool,
     /// Offsets the restored state covers (topic → partition → next).
     resume: crate::checkpoint::Offsets,
+    /// The state was restored from a checkpoint.
+    restored: bool,
 }
 
 impl Durability {
@@ -297,7 +311,14 @@ impl Durability {
         interval: Duration,
         resume: crate::checkpoint::Offsets,
     ) -> Self {
-        Durability { store, interval, last_attempt: Instant::now(), dirty: false, resume }
+        Durability { store, interval, last_attempt: Instant::now(), dirty: false, resume, restored: false }
+    }
+
+    /// The state was restored from a checkpoint: partitions it has no
+    /// offset for start at their beginning.
+    pub fn restored(mut self) -> Self {
+        self.restored = true;
+        self
     }
 }
 
@@ -460,6 +481,7 @@ pub fn run_kafka(
         revoked: Mutex::new(Vec::new()),
         assigned: Mutex::new(HashSet::new()),
         durable: durability.is_some(),
+        restored: durability.as_ref().is_some_and(|d| d.restored),
         checkpointed: Mutex::new(positions.clone()),
         positions: Mutex::new(positions),
     };
