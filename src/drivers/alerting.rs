@@ -284,7 +284,17 @@ impl WindowSink for AlertingSink<'_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush()?;
+        if let Some(audit) = &self.audit {
+            audit.lock().expect("audit lock").flush()?;
+        }
+        Ok(())
+    }
+
+    fn backpressure(&mut self) -> bool {
+        let rows = self.inner.backpressure();
+        let audit = self.audit.as_ref().is_some_and(|audit| audit.lock().expect("audit lock").backpressure());
+        rows || audit
     }
 
     fn output_positions(

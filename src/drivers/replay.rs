@@ -28,6 +28,11 @@ pub enum ReplayError {
     Output(#[from] std::io::Error),
     #[error("{0}")]
     Setup(String),
+    /// An output's writes kept failing until its retry buffer was full: a
+    /// replay stops rather than wait for the disk (nothing was dropped
+    /// silently; rerun once the disk works).
+    #[error("stopping the replay: an output's retry buffer is full: {0}")]
+    OutputStalled(std::io::Error),
 }
 
 /// What a replay did.
@@ -109,6 +114,9 @@ pub fn replay(
             pipeline.push_label_batches(&batches);
         }
         rows += pipeline.emit(sink)? as u64;
+        if sink.backpressure() {
+            sink.flush().map_err(ReplayError::OutputStalled)?;
+        }
     }
     rows += pipeline.finish(sink)? as u64;
     sink.flush()?;

@@ -63,6 +63,12 @@ impl WindowSink for LoggingSink {
             None => false,
         }
     }
+    fn backpressure(&mut self) -> bool {
+        match &mut self.inner {
+            Some(sink) => sink.backpressure(),
+            None => false,
+        }
+    }
     fn output_positions(
         &mut self,
         positions: &mut std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>,
@@ -218,7 +224,7 @@ fn restore_checkpoint(
         unusable_newer = loaded.skipped.len(),
         "restored from checkpoint"
     );
-    Ok(Some(Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets)))
+    Ok(Some(Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets).restored()))
 }
 
 struct Tee(Box<dyn WindowSink>, Box<dyn WindowSink>);
@@ -235,6 +241,10 @@ impl WindowSink for Tee {
     fn tick(&mut self) -> bool {
         let first = self.0.tick();
         self.1.tick() || first
+    }
+    fn backpressure(&mut self) -> bool {
+        let first = self.0.backpressure();
+        self.1.backpressure() || first
     }
     fn output_positions(
         &mut self,

@@ -87,8 +87,27 @@ impl AuditLog {
         })
     }
 
-    /// The log's path and length now (for a checkpoint); an error while
-    /// writes are failing.
+    /// Writes what waits; an error when records could not be written.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.file.flush() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "{}: {} bytes wait for a failing disk",
+                self.file.path().display(),
+                self.file.pending()
+            )))
+        }
+    }
+
+    /// Whether the log holds as much as it may for a failing disk (see
+    /// [`super::appender::Appender::backpressure`]).
+    pub fn backpressure(&mut self) -> bool {
+        self.file.backpressure()
+    }
+
+    /// The log's path and durable length (for a checkpoint); an error while
+    /// writes or fsync are failing.
     pub fn position(&mut self) -> io::Result<(String, super::recovery::OutputPosition)> {
         self.file.position(&self.already_logged)
     }

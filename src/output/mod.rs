@@ -203,8 +203,17 @@ pub fn encode_ndjson_row(row: &WindowMetricRow, out: &mut Vec<u8>) {
 /// Where closed windows go.
 pub trait WindowSink {
     fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()>;
+    /// Writes what waits; an error when records could not be written (they
+    /// still wait and are retried).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+    /// Whether this sink can take no more rows now: a file it appends to
+    /// holds [`appender::MAX_PENDING_BYTES`] for a failing disk. Retries
+    /// those writes first. The Kafka source stops consuming while it holds
+    /// (rows already in hand are still taken: nothing is dropped).
+    fn backpressure(&mut self) -> bool {
+        false
     }
     /// Called on every turn of the daemon's loop (at least every 100 ms),
     /// for work driven by the wall clock. Must be cheap when idle. Returns
@@ -214,8 +223,10 @@ pub trait WindowSink {
     fn tick(&mut self) -> bool {
         false
     }
-    /// For a checkpoint: flushes, then adds each file this sink appends to
-    /// with its length now.
+    /// For a checkpoint: writes and fsyncs each file this sink appends to,
+    /// then adds it with its length now, which is durable (an error when
+    /// writes or fsync fail: the checkpoint must not count bytes a power
+    /// cut could take).
     fn output_positions(
         &mut self,
         _positions: &mut BTreeMap<String, crate::output::recovery::OutputPosition>,
@@ -307,8 +318,18 @@ impl WindowSink for AppendFileSink {
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush();
-        Ok(())
+        if self.file.flush() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "{}: {} bytes wait for a failing disk",
+                self.file.path().display(),
+                self.file.pending()
+            )))
+        }
+    }
+    fn backpressure(&mut self) -> bool {
+        self.file.backpressure()
     }
     fn output_positions(
         &mut self,

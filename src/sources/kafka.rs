@@ -138,6 +138,10 @@ pub struct SourceContext {
     positions: Mutex<BTreeMap<PartitionKey, i64>>,
     /// Durable mode: `positions` as of the last checkpoint written.
     checkpointed: Mutex<BTreeMap<PartitionKey, i64>>,
+    /// Durable mode: the state was restored from a checkpoint (then a
+    /// partition missing from `positions` starts at its beginning, not at
+    /// Kafka's committed offset).
+    restored: bool,
 }
 
 /// How long a broker connection may stay silent before the broker counts
@@ -202,9 +206,17 @@ impl ConsumerContext for SourceContext {
                     let keys: Vec<PartitionKey> =
                         partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                     for key in keys {
-                        if let Some(next) = positions.get(&key)
-                            && let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(*next))
-                        {
+                        // A partition the restored state has read nothing
+                        // of starts at its beginning: the offset Kafka has
+                        // committed may come from a newer checkpoint that
+                        // turned out unusable, and starting there would
+                        // skip events the state never counted.
+                        let offset = match positions.get(&key) {
+                            Some(next) => Offset::Offset(*next),
+                            None if self.restored => Offset::Beginning,
+                            None => continue,
+                        };
+                        if let Err(error) = partitions.set_partition_offset(&key.0, key.1, offset) {
                             tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
                         }
                     }
@@ -289,6 +301,8 @@ pub struct Durability {
     dirty: bool,
     /// Offsets the restored state covers (topic → partition → next).
     resume: crate::checkpoint::Offsets,
+    /// The state was restored from a checkpoint.
+    restored: bool,
 }
 
 impl Durability {
@@ -297,7 +311,14 @@ impl Durability {
         interval: Duration,
         resume: crate::checkpoint::Offsets,
     ) -> Self {
-        Durability { store, interval, last_attempt: Instant::now(), dirty: false, resume }
+        Durability { store, interval, last_attempt: Instant::now(), dirty: false, resume, restored: false }
+    }
+
+    /// The state was restored from a checkpoint: partitions it has no
+    /// offset for start at their beginning.
+    pub fn restored(mut self) -> Self {
+        self.restored = true;
+        self
     }
 }
 
@@ -463,6 +484,7 @@ pub fn run_kafka(
         revoked: Mutex::new(Vec::new()),
         assigned: Mutex::new(HashSet::new()),
         durable: durability.is_some(),
+        restored: durability.as_ref().is_some_and(|d| d.restored),
         checkpointed: Mutex::new(positions.clone()),
         positions: Mutex::new(positions),
     };
@@ -491,6 +513,9 @@ pub fn run_kafka(
     let mut deadline: Option<Instant> = None;
     let mut summary = KafkaSummary::default();
     let mut last_log = Instant::now();
+    let mut paused = false;
+    let mut wrote = false;
+    let mut last_pressure_check = Instant::now();
     let mut label_activity = LabelActivity::new(config.windows.idle_timeout, pipeline);
     // Per partition of the current assignment: the offset after the last
     // message delivered.
@@ -518,6 +543,40 @@ pub fn run_kafka(
             && durability.last_attempt.elapsed() >= durability.interval
         {
             checkpoint(&consumer, pipeline, sink, durability);
+        }
+        // Backpressure: an output's retry buffer is full (its disk keeps
+        // failing). Stop fetching — every assigned partition paused, again
+        // each turn so partitions a rebalance assigns meanwhile are paused
+        // too — while `poll` goes on serving rebalances, statistics and
+        // group membership, the loop ticks and the writes are retried. The
+        // batch in hand is still processed (its rows wait in the buffer
+        // beyond the bound): nothing is dropped. librdkafka resumes a
+        // paused partition at the position after the last message `poll`
+        // returned, so nothing is skipped either.
+        // (Asked each 100 ms, after a batch, and each turn while paused.)
+        let ask = paused || wrote || last_pressure_check.elapsed() >= Duration::from_millis(100);
+        if ask {
+            wrote = false;
+            last_pressure_check = Instant::now();
+        }
+        if ask && sink.backpressure() {
+            if !paused {
+                paused = true;
+                tracing::error!("an output's retry buffer is full: consumption paused until the disk takes writes");
+            }
+            if let Ok(assignment) = consumer.assignment()
+                && let Err(error) = consumer.pause(&assignment)
+            {
+                tracing::warn!(%error, "pausing partitions failed");
+            }
+        } else if ask && paused {
+            paused = false;
+            if let Ok(assignment) = consumer.assignment()
+                && let Err(error) = consumer.resume(&assignment)
+            {
+                tracing::warn!(%error, "resuming partitions failed");
+            }
+            tracing::info!("outputs written: consumption resumed");
         }
         let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
         let polled = consumer.poll(wait.min(Duration::from_millis(100)));
@@ -571,6 +630,7 @@ pub fn run_kafka(
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if buffered.len() >= batch_size || arena.len() >= MAX_BATCH_BYTES || (due && !buffered.is_empty()) {
             process_batch(&consumer, producer.as_ref(), kafka, pipeline, sink, &arena, &buffered, &mut summary)?;
+            wrote = true;
             if let Some(durability) = durability.as_deref_mut() {
                 durability.dirty = true;
             }
