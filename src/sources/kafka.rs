@@ -142,7 +142,13 @@ pub struct SourceContext {
     /// partition missing from `positions` starts at its beginning, not at
     /// Kafka's committed offset).
     restored: bool,
+    /// `auto.offset.reset` is latest (`kafka.options`): where a partition
+    /// with no committed offset starts (when the state was not restored).
+    reset_to_latest: bool,
 }
+
+/// How long resolving a newly assigned partition's start may take.
+const START_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a broker connection may stay silent before the broker counts
 /// as unreachable (a healthy consumer hears from it every fetch wait,
@@ -182,6 +188,105 @@ impl ClientContext for SourceContext {
 }
 
 impl SourceContext {
+    /// Durable mode: every assigned partition starts at an explicit offset,
+    /// which goes into `positions` (and so into every checkpoint) at once,
+    /// before any of its events is read. A partition the checkpoint has
+    /// starts where the checkpointed state ends. One it lacks (never read
+    /// into this state: the first run, a new partition, one moving over
+    /// from another instance) starts at its committed offset, or where
+    /// `auto.offset.reset` says when none is committed, resolved here.
+    ///
+    /// Left to librdkafka, such a partition started wherever Kafka's
+    /// committed offset said each run and was absent from the checkpoints
+    /// until its first event was processed. A run that fell back past a
+    /// damaged checkpoint then read it from the offset that checkpoint had
+    /// committed, skipping the events only the damaged checkpoint counted
+    /// (a labels partition, slow to start against the test broker, lost
+    /// its first ~3,000 labels so).
+    fn position_assigned(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
+        let keys: Vec<PartitionKey> =
+            partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let unknown: Vec<PartitionKey> = {
+            let positions = self.positions.lock().expect("context lock");
+            keys.iter().filter(|k| !positions.contains_key(*k)).cloned().collect()
+        };
+        let starts = self.resolve_starts(consumer, &unknown);
+        let mut positions = self.positions.lock().expect("context lock");
+        for key in keys {
+            let next = match positions.get(&key) {
+                Some(next) => *next,
+                None => match starts.get(&key) {
+                    Some(start) => {
+                        positions.insert(key.clone(), *start);
+                        *start
+                    }
+                    // Unresolved: a restored state still must not start
+                    // at a committed offset (see `resolve_starts`).
+                    None if self.restored => {
+                        if let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Beginning) {
+                            tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
+                        }
+                        continue;
+                    }
+                    None => continue,
+                },
+            };
+            if let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(next)) {
+                tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
+            }
+        }
+    }
+
+    /// The start offsets of partitions this state has never read. A state
+    /// restored from a checkpoint starts them at their beginning (the low
+    /// watermark): the offset Kafka has committed may come from a newer
+    /// checkpoint that turned out unusable, and starting there would skip
+    /// events the state never counted. A state that starts empty takes the
+    /// group's committed offset, else the low (or, with
+    /// `auto.offset.reset: latest`, high) watermark. A partition whose
+    /// start cannot be resolved is logged (and positioned by the caller).
+    fn resolve_starts(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey]) -> BTreeMap<PartitionKey, i64> {
+        let mut starts = BTreeMap::new();
+        if keys.is_empty() {
+            return starts;
+        }
+        let mut query = Tpl::new();
+        for (topic, partition) in keys {
+            query.add_partition(topic, *partition);
+        }
+        let committed = if self.restored {
+            query
+        } else {
+            match consumer.committed_offsets(query, START_QUERY_TIMEOUT) {
+                Ok(committed) => committed,
+                Err(error) => {
+                    tracing::warn!(%error, "querying committed offsets failed; librdkafka positions the new partitions");
+                    return starts;
+                }
+            }
+        };
+        for element in committed.elements() {
+            let key = (element.topic().to_string(), element.partition());
+            let start = match (self.restored, element.error(), element.offset()) {
+                (false, Ok(()), Offset::Offset(committed)) if committed >= 0 => Ok(committed),
+                _ => consumer
+                    .fetch_watermarks(&key.0, key.1, START_QUERY_TIMEOUT)
+                    .map(|(low, high)| if self.reset_to_latest && !self.restored { high } else { low }),
+            };
+            match start {
+                Ok(start) => {
+                    tracing::info!(topic = %key.0, partition = key.1, start, "partition not in the checkpoint: starting it here");
+                    starts.insert(key, start);
+                }
+                Err(error) => tracing::warn!(
+                    %error, topic = %key.0, partition = key.1,
+                    "resolving a partition's start failed; librdkafka positions it"
+                ),
+            }
+        }
+        starts
+    }
+
     fn set_reachable(&self, reachable: bool) {
         let previous = self.telemetry.readiness.kafka_reachable.swap(reachable, std::sync::atomic::Ordering::Relaxed);
         if previous != reachable {
@@ -196,30 +301,14 @@ impl SourceContext {
 
 impl ConsumerContext for SourceContext {
     /// As rdkafka's own, except that in durable mode assigned partitions
-    /// start where the checkpointed state ends, whatever Kafka has committed.
+    /// start where the checkpointed state ends, whatever Kafka has committed
+    /// (and ones it lacks at a start recorded at once: `position_assigned`).
     fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if self.durable {
-                    let positions = self.positions.lock().expect("context lock");
-                    let keys: Vec<PartitionKey> =
-                        partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-                    for key in keys {
-                        // A partition the restored state has read nothing
-                        // of starts at its beginning: the offset Kafka has
-                        // committed may come from a newer checkpoint that
-                        // turned out unusable, and starting there would
-                        // skip events the state never counted.
-                        let offset = match positions.get(&key) {
-                            Some(next) => Offset::Offset(*next),
-                            None if self.restored => Offset::Beginning,
-                            None => continue,
-                        };
-                        if let Err(error) = partitions.set_partition_offset(&key.0, key.1, offset) {
-                            tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
-                        }
-                    }
+                    self.position_assigned(consumer, partitions);
                 }
                 let result =
                     if cooperative { consumer.incremental_assign(partitions) } else { consumer.assign(partitions) };
@@ -487,6 +576,10 @@ pub fn run_kafka(
         restored: durability.as_ref().is_some_and(|d| d.restored),
         checkpointed: Mutex::new(positions.clone()),
         positions: Mutex::new(positions),
+        reset_to_latest: kafka
+            .options
+            .get("auto.offset.reset")
+            .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end")),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka, durability.is_some())
         .create_with_context(context)
