@@ -656,7 +656,8 @@ fn a_power_cut_back_to_the_checkpointed_lengths_loses_nothing() {
         assert!(attempts <= 5, "never killed with rows past the checkpoint");
         let (mut daemon, _) = setup.start_daemon();
         wait_until(Duration::from_secs(60), "rows written past the newest checkpoint", || {
-            let recorded = newest_checkpoint(dir).and_then(|(_, _, c)| c.outputs.get(&out_key).map(|p| p.length)).unwrap_or(0);
+            let recorded =
+                newest_checkpoint(dir).and_then(|(_, _, c)| c.outputs.get(&out_key).map(|p| p.length)).unwrap_or(0);
             recorded > 0 && std::fs::metadata(&out).is_ok_and(|m| m.len() > recorded)
         });
         daemon.0.kill().unwrap();
