@@ -415,7 +415,7 @@ impl Durability {
 /// performance rows and pending joins (see
 /// [`crate::engine::Engine::set_labels_holding`]) until they have been
 /// silent for `windows.idle_timeout` (counted from the start of the run
-/// when none came yet). So when this process reads predictions ahead of
+/// when none came yet; time paused by backpressure does not count). So when this process reads predictions ahead of
 /// labels (its labels partitions are still with a dead group member, or
 /// their backlog is read later), no window's performance is finalised
 /// before its labels are read; when a model's labels stop, its
@@ -424,23 +424,40 @@ struct LabelActivity {
     idle_timeout: Duration,
     /// Per model: labels seen, and when that count last changed.
     last: Vec<(u64, Instant)>,
+    /// When the hold was last updated (at most every [`Self::EVERY`]).
+    updated: Option<Instant>,
 }
 
 impl LabelActivity {
     fn new(idle_timeout: Duration, pipeline: &Pipeline) -> Self {
         let now = Instant::now();
-        LabelActivity { idle_timeout, last: pipeline.labels_seen().iter().map(|&n| (n, now)).collect() }
+        LabelActivity { idle_timeout, last: pipeline.labels_seen().iter().map(|&n| (n, now)).collect(), updated: None }
     }
 
-    /// Updates each model's hold from the labels seen since the last call;
-    /// returns whether a hold was released (state changed).
-    fn update(&mut self, pipeline: &mut Pipeline, sink: &mut dyn WindowSink) -> Result<bool, KafkaSourceError> {
+    const EVERY: Duration = Duration::from_millis(100);
+
+    /// Updates each model's hold from the labels seen since the last
+    /// update; returns whether a hold was released (state changed). While
+    /// consumption is `paused` (backpressure) nothing is read, which is not
+    /// silence: no model's labels go idle then. (Consumer lag cannot tell
+    /// either: one labels topic serves every model, and a busy one always
+    /// has some, so a model without labels would never be released.)
+    fn update(
+        &mut self,
+        pipeline: &mut Pipeline,
+        sink: &mut dyn WindowSink,
+        paused: bool,
+    ) -> Result<bool, KafkaSourceError> {
         let now = Instant::now();
+        if self.updated.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            return Ok(false);
+        }
+        self.updated = Some(now);
         let mut released = false;
         for model in 0..self.last.len() {
             let seen = pipeline.labels_seen()[model];
             let (count, since) = &mut self.last[model];
-            if seen != *count {
+            if seen != *count || paused {
                 *count = seen;
                 *since = now;
             }
@@ -613,7 +630,7 @@ pub fn run_kafka(
     // Per partition of the current assignment: the offset after the last
     // message delivered.
     let mut expected: HashMap<(Stream, i32), i64> = HashMap::new();
-    label_activity.update(pipeline, sink)?;
+    label_activity.update(pipeline, sink, false)?;
     loop {
         if shutdown.is_triggered() {
             break;
@@ -622,7 +639,7 @@ pub fn run_kafka(
         // silence, rules reloaded) is checkpointed like events are, and so
         // are rows a released labels hold closes.
         let alerts_changed = sink.tick();
-        if (label_activity.update(pipeline, sink)? || alerts_changed)
+        if (label_activity.update(pipeline, sink, paused)? || alerts_changed)
             && let Some(durability) = durability.as_deref_mut()
         {
             durability.dirty = true;
