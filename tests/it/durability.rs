@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    Broker, Killed, flush, http_address, http_text, one_record_per_batch, repo, send, wait_until,
-    write_amount_drift_rule,
+    Broker, Killed, flush, http_address, http_text, log_text, one_record_per_batch, repo, send, start_daemon,
+    wait_until, write_amount_drift_rule,
 };
 
 /// The fixture's 20 minutes of traffic (drift from 10:10 on), repeated:
@@ -127,22 +127,6 @@ fn write_config(dir: &Path, kafka: Option<(&str, &str)>, receiver_port: u16) -> 
     )
     .unwrap();
     path
-}
-
-fn start_daemon(dir: &Path, config: &Path, log: &str) -> Killed {
-    Killed(
-        Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(log)).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn log_text(dir: &Path, log: &str) -> String {
-    std::fs::read_to_string(dir.join(log)).unwrap_or_default()
 }
 
 /// The last value of a `/metrics` series whose line starts with `prefix`.

@@ -6,12 +6,12 @@
 //! flows (a `query:` rule firing on silence) must reach a checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Broker, Killed, flush, repo, send, wait_until};
+use crate::support::{Broker, Killed, flush, log_text, repo, send, start_daemon, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -33,22 +33,6 @@ fn write_config(dir: &Path, broker: &str, baseline: Option<&Path>, extra: &str) 
     )
     .unwrap();
     path
-}
-
-fn start(dir: &Path, config: &Path, log: &str) -> Killed {
-    Killed(
-        Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(log)).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn log_text(dir: &Path, log: &str) -> String {
-    std::fs::read_to_string(dir.join(log)).unwrap_or_default()
 }
 
 /// Panics with the daemon's log if it has exited.
@@ -148,7 +132,7 @@ fn a_daemon_restarted_with_a_changed_baseline_resumes_and_keeps_producing_rows()
     for (i, (what, baseline, range, closed)) in runs.into_iter().enumerate() {
         let log = format!("run{i}.log");
         let config = write_config(dir, &broker.bootstrap(), baseline, "");
-        let mut daemon = start(dir, &config, &log);
+        let mut daemon = start_daemon(dir, &config, &log);
         let end = range.end as i64;
         produce(range);
         wait_until(TIMEOUT, &format!("{what}: the events processed and checkpointed"), || {
@@ -191,7 +175,7 @@ fn a_query_rule_firing_while_no_event_flows_is_checkpointed() {
     let config =
         write_config(dir, &broker.bootstrap(), None, "rules: [rules.yaml]\nalerting: {evaluation_interval: 200ms}\n");
     let log = "daemon.log";
-    let mut daemon = start(dir, &config, log);
+    let mut daemon = start_daemon(dir, &config, log);
     wait_until(TIMEOUT, "the silence alert firing in the audit log", || {
         assert_running(&mut daemon, dir, log);
         std::fs::read_to_string(dir.join("state/audit.ndjson"))
@@ -258,7 +242,7 @@ fn a_restarted_daemon_serves_the_windows_closed_before_it() {
     let first_window = "2026-11-26T10:00:00.000Z";
 
     // First run: the window from 10:00 closes.
-    let mut daemon = start(dir, &config, "run0.log");
+    let mut daemon = start_daemon(dir, &config, "run0.log");
     let address = api_address(&mut daemon, dir, "run0.log");
     produce(0..900);
     wait_until(TIMEOUT, "the events processed and checkpointed", || {
@@ -276,7 +260,7 @@ fn a_restarted_daemon_serves_the_windows_closed_before_it() {
 
     // Second run: before any event arrives, the same rows are served and
     // the status page shows the window closed before the restart.
-    let mut daemon = start(dir, &config, "run1.log");
+    let mut daemon = start_daemon(dir, &config, "run1.log");
     let address = api_address(&mut daemon, dir, "run1.log");
     assert_eq!(served_rows(&address), before, "the rows closed before the restart");
     let (status, page) = crate::support::http_text(&address, "GET", "/", None);

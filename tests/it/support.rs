@@ -229,3 +229,21 @@ pub fn write_amount_drift_rule_with(dir: &std::path::Path, notify: &str, conditi
     )
     .unwrap();
 }
+
+/// Starts `driftwatch run --config CONFIG` in `dir`, its log in `dir/log`.
+pub fn start_daemon(dir: &std::path::Path, config: &std::path::Path, log: &str) -> Killed {
+    Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A daemon's log so far (empty before it exists).
+pub fn log_text(dir: &std::path::Path, log: &str) -> String {
+    std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+}
