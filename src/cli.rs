@@ -447,6 +447,9 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                         summary.windows_closed,
                         summary.rows
                     );
+                    if summary.labels > 0 || summary.predictions_unlabelled > 0 {
+                        eprintln!("{}", summary.join_report());
+                    }
                     Ok(())
                 }
                 Err(error) => {

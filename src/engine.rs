@@ -45,6 +45,9 @@ pub struct EngineCounters {
 struct Group {
     last_start: i64,
     series: SeriesId,
+    /// How many of the rows' windows (oldest first) had closed when the
+    /// rows arrived (see [`Engine::mark_closed_windows`]).
+    closed: u32,
     rows: Vec<u32>,
 }
 
@@ -57,7 +60,17 @@ pub struct Engine {
     joins: Vec<ModelJoin>,
     pub counters: EngineCounters,
     groups: Vec<Group>,
-    group_index: HashMap<(i64, SeriesId), usize>,
+    group_index: HashMap<(i64, SeriesId, u32), usize>,
+    /// Per row of the batch being added: how many of its windows had closed
+    /// when it arrived.
+    closed_windows: Vec<u32>,
+    /// Per row of the batch being added: the watermark when it arrived
+    /// (`i64::MIN` before the model's first event).
+    arrival_watermark: Vec<i64>,
+    /// Late rows of the batch being added: (series, watermark on arrival).
+    /// The close after the batch reports each in the first window of its
+    /// series still open when it arrived, as if events were added one by one.
+    late_in_batch: Vec<(SeriesId, i64)>,
     /// Per model: whether its labels hold the performance watermark (set by
     /// the driver, which knows whether the labels input is live).
     labels_hold: Vec<bool>,
@@ -110,6 +123,9 @@ impl Engine {
             counters: EngineCounters::default(),
             groups: Vec::new(),
             group_index: HashMap::new(),
+            closed_windows: Vec::new(),
+            arrival_watermark: Vec::new(),
+            late_in_batch: Vec::new(),
             labels_hold: vec![false; registry.models.len()],
         }
     }
@@ -120,8 +136,8 @@ impl Engine {
     /// watermark have passed its horizon, so predictions read ahead of
     /// their labels cannot finalise a window before its labels are read.
     /// The daemon holds while a model's labels are live (not silent for
-    /// `windows.idle_timeout`); replay reads labels in event-time order
-    /// beside the predictions and does not hold. Releasing closes what the
+    /// `windows.idle_timeout`); replay holds while its label files have
+    /// events left. Releasing closes what the
     /// watermark alone has passed; rows go to `out`.
     pub fn set_labels_holding(
         &mut self,
@@ -188,15 +204,52 @@ impl Engine {
         self.windows.iter().map(|w| w.open.len()).sum()
     }
 
-    /// Groups the batch's rows by (latest window start, target series): the
+    /// Judges each row of the batch against the watermark as it stood when
+    /// the row arrived (the largest event time of the rows before it, in
+    /// this batch and earlier ones): `closed_windows[row]` is how many of
+    /// the row's windows, oldest first, had closed by then. So whether an
+    /// event is late does not depend on how the stream was cut into
+    /// micro-batches: one batch of n events gives the rows that n batches
+    /// of one event give. (Windows themselves close after the batch; a row
+    /// judged late is kept out of its closed windows until then.)
+    fn mark_closed_windows(&mut self, batch: &PredictionBatch, model_index: usize) {
+        let spec = self.spec;
+        let count = spec.windows_per_event();
+        let times = batch.event_time_ms.values();
+        self.closed_windows.clear();
+        self.closed_windows.reserve(batch.len());
+        self.arrival_watermark.clear();
+        self.arrival_watermark.reserve(batch.len());
+        let mut max_seen = self.windows[model_index].max_event_time_ms;
+        for &time in times.iter() {
+            let watermark = max_seen.map_or(i64::MIN, |max| max.saturating_sub(spec.allowed_lateness_ms));
+            self.arrival_watermark.push(watermark);
+            let closed = match max_seen {
+                None => 0,
+                Some(_) => {
+                    let last_start = spec.last_start(time);
+                    // Window j (oldest first) starts at last_start - (count - 1 - j) * slide.
+                    (0..count)
+                        .take_while(|j| last_start - (count - 1 - j) * spec.slide_ms + spec.size_ms <= watermark)
+                        .count() as u32
+                }
+            };
+            self.closed_windows.push(closed);
+            max_seen = Some(max_seen.map_or(time, |m| m.max(time)));
+        }
+    }
+
+    /// Groups the batch's rows by (latest window start, target series,
+    /// windows closed on arrival): the
     /// row's whole-model series when `whole_model`, else its own segment
     /// series (rows without a segment are skipped in that pass).
     fn group_rows(&mut self, batch: &PredictionBatch, model: &ModelState, whole_model: bool) {
         let mut used = 0usize;
+        type GroupKey = (i64, SeriesId, u32);
         self.group_index.clear();
         let times = batch.event_time_ms.values();
         let series = batch.series.values();
-        let mut previous: Option<((i64, SeriesId), usize)> = None;
+        let mut previous: Option<(GroupKey, usize)> = None;
         for row in 0..batch.len() {
             let own = series[row];
             let parent = model.series[own as usize].whole_model;
@@ -206,16 +259,17 @@ impl Engine {
                 (false, Some(_)) => own,
                 (false, None) => continue,
             };
-            let key = (self.spec.last_start(times[row]), target);
+            let key = (self.spec.last_start(times[row]), target, self.closed_windows[row]);
             let index = match previous {
                 Some((k, i)) if k == key => i,
                 _ => *self.group_index.entry(key).or_insert_with(|| {
                     if used == self.groups.len() {
-                        self.groups.push(Group { last_start: 0, series: 0, rows: Vec::new() });
+                        self.groups.push(Group { last_start: 0, series: 0, closed: 0, rows: Vec::new() });
                     }
                     let g = &mut self.groups[used];
                     g.last_start = key.0;
                     g.series = key.1;
+                    g.closed = key.2;
                     g.rows.clear();
                     used += 1;
                     used - 1
@@ -262,8 +316,8 @@ impl Engine {
             let windows = &mut self.windows[model_index];
             let mut late = false;
             let mut any_open = false;
-            for start in self.spec.starts_from_last(group.last_start) {
-                if windows.is_closed(&self.spec, start) {
+            for (index, start) in self.spec.starts_from_last(group.last_start).enumerate() {
+                if (index as u32) < group.closed || windows.is_closed(&self.spec, start) {
                     late = true;
                     continue;
                 }
@@ -272,10 +326,11 @@ impl Engine {
                 self.counters.categories_over_cap += state.update(model, &columns, self.max_categories, whole_model);
             }
             if late {
-                let n = group.rows.len() as u64;
-                *windows.late_unreported.entry(group.series).or_default() += n;
+                for &row in &group.rows {
+                    self.late_in_batch.push((group.series, self.arrival_watermark[row as usize]));
+                }
                 if whole_model {
-                    self.counters.events_late += n;
+                    self.counters.events_late += group.rows.len() as u64;
                 }
             }
             if whole_model && !any_open {
@@ -303,6 +358,7 @@ impl Engine {
         self.counters.predictions += batch.len() as u64;
         // Rows whose every window had closed are neither counted nor joined.
         let mut accepted = vec![true; batch.len()];
+        self.mark_closed_windows(batch, model_index);
         // Whole-model series first (usually one group: no copying), then the
         // segments, which each event also counts in.
         self.group_rows(batch, model, true);
@@ -314,7 +370,8 @@ impl Engine {
             let time = batch.event_time_ms.value(row as usize);
             let series = batch.series.value(row as usize);
             let windows = &mut self.windows[model_index];
-            for start in self.spec.starts_of(time) {
+            let closed = self.closed_windows[row as usize] as usize;
+            for start in self.spec.starts_of(time).skip(closed) {
                 for s in [Some(series), model.series[series as usize].whole_model].into_iter().flatten() {
                     if let Some(state) = windows.open.get_mut(&(start, s)) {
                         state.add_type_errors(model, feature as usize, 1);
@@ -322,8 +379,17 @@ impl Engine {
                 }
             }
         }
-        // Join: predictions meet waiting labels or wait for theirs.
-        for (row, _) in accepted.iter().enumerate().filter(|(_, accepted)| **accepted) {
+        // Join: predictions meet waiting labels or wait for theirs. Each row
+        // meets the join as the watermark stood when it arrived (entries
+        // expire row by row, not once per batch), so what pairs does not
+        // depend on how the stream was cut into micro-batches.
+        let times = batch.event_time_ms.values();
+        for (row, accepted) in accepted.iter().enumerate() {
+            if !accepted {
+                continue;
+            }
+            self.expire_joins(model_index);
+            self.windows[model_index].observe_event_time(times[row]);
             let predicted = match &batch.prediction {
                 PredictionArray::Class(a) => Target::Class(a.value(row)),
                 PredictionArray::Value(a) => Target::Value(a.value(row)),
@@ -355,6 +421,10 @@ impl Engine {
                 PredictionArray::Value(a) => Target::Value(a.value(row)),
             };
             let label = PendingLabel { label_time_ms: batch.event_time_ms.value(row), actual };
+            // As for predictions: each label meets the join as the
+            // watermarks stood when it arrived.
+            self.expire_joins(model_index);
+            self.windows[model_index].observe_label_time(label.label_time_ms);
             let key = join_key(batch.event_id.value(row));
             if let Some(prediction) = self.joins[model_index].on_label(key, label) {
                 self.credit(model, model_index, &prediction, &label);
@@ -364,6 +434,17 @@ impl Engine {
             self.windows[model_index].observe_label_time(max_time);
         }
         self.close(model, model_index, false, out);
+    }
+
+    /// Expires the model's pending join entries the performance watermark
+    /// has passed (cheap when none has: a look at the queue's front).
+    #[inline]
+    fn expire_joins(&mut self, model_index: usize) {
+        if let Some(watermark) =
+            self.windows[model_index].performance_watermark(&self.spec, self.labels_hold[model_index])
+        {
+            self.joins[model_index].expire(watermark);
+        }
     }
 
     /// Credits a joined pair to every window of the prediction's event time.
@@ -411,13 +492,25 @@ impl Engine {
             end_ms: start + size_ms,
             drift_alpha,
         };
+        let late_in_batch = &mut self.late_in_batch;
         for ((start, series), mut state) in closed {
             self.counters.windows_closed += 1;
-            let late = windows.late_unreported.remove(&series).unwrap_or(0);
+            let mut late = windows.late_unreported.remove(&series).unwrap_or(0);
+            let end = start + size_ms;
+            late_in_batch.retain(|&(late_series, arrival_watermark)| {
+                let reported_here = late_series == series && arrival_watermark < end;
+                late += u64::from(reported_here);
+                !reported_here
+            });
             evaluate::data_rows(&mut state, &identity(start, series), late, out);
             windows
                 .awaiting_labels
                 .insert((start, series), AwaitingLabels { events: state.events, performance: state.performance });
+        }
+        // Late rows no window closing now was open for: the next window of
+        // their series to close reports them.
+        for (series, _) in late_in_batch.drain(..) {
+            *windows.late_unreported.entry(series).or_default() += 1;
         }
         let watermark = if everything {
             Some(i64::MAX)

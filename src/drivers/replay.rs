@@ -6,6 +6,16 @@
 //! events in the order a live stream would have delivered them. Batching is
 //! by count only (never by time), so the same input always gives
 //! byte-identical output. At the end of input every window is closed.
+//!
+//! As in the daemon, each model's labels hold its performance watermark
+//! while labels are still to be read (see
+//! [`crate::engine::Engine::set_labels_holding`]): a batch of predictions
+//! that spans more event time than `label_horizon` cannot expire its
+//! predictions before the labels of that time are read. With the engine
+//! judging lateness per event, not per batch, the rows and transitions do
+//! not depend on `batch_size` and equal the daemon's for the same events.
+//! When the label files end, the hold is released (the daemon releases it
+//! when labels have been silent for `windows.idle_timeout`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -41,6 +51,16 @@ pub struct ReplaySummary {
     pub predictions: u64,
     pub labels: u64,
     pub invalid: u64,
+    /// Labels paired with their prediction.
+    pub labels_joined: u64,
+    /// Labels whose prediction never came within `label_horizon`.
+    pub labels_unmatched: u64,
+    /// Labels whose event id was already paired.
+    pub labels_duplicate: u64,
+    /// Labels that paired after their prediction's windows were final.
+    pub labels_late: u64,
+    /// Predictions whose label never came within `label_horizon`.
+    pub predictions_unlabelled: u64,
     pub rows: u64,
     pub windows_closed: u64,
     pub seconds: f64,
@@ -65,6 +85,13 @@ pub fn replay(
     let mut max_prediction_time = i64::MIN;
     let mut rows = 0u64;
     let mut predictions_done = false;
+    let models = config.models.len();
+    let mut labels_holding = !labels_exhausted;
+    if labels_holding {
+        for model in 0..models {
+            rows += pipeline.set_labels_holding(model, true, sink)? as u64;
+        }
+    }
     while !predictions_done {
         for _ in 0..batch_size {
             if !prediction_lines.next_line(&mut line)? {
@@ -113,6 +140,12 @@ pub fn replay(
             let (_, batches) = queued_labels.pop_front().expect("front exists");
             pipeline.push_label_batches(&batches);
         }
+        if labels_holding && labels_exhausted && queued_labels.is_empty() {
+            labels_holding = false;
+            for model in 0..models {
+                rows += pipeline.set_labels_holding(model, false, sink)? as u64;
+            }
+        }
         rows += pipeline.emit(sink)? as u64;
         if sink.backpressure() {
             sink.flush().map_err(ReplayError::OutputStalled)?;
@@ -121,12 +154,37 @@ pub fn replay(
     rows += pipeline.finish(sink)? as u64;
     sink.flush()?;
     let counters = &pipeline.engine.counters;
+    let join = pipeline.engine.join_counters();
     Ok(ReplaySummary {
         predictions: counters.predictions,
         labels: counters.labels,
         invalid: telemetry.invalid_total(),
+        labels_joined: join.matched,
+        labels_unmatched: join.labels_unmatched,
+        labels_duplicate: join.duplicate_labels,
+        labels_late: counters.labels_late,
+        predictions_unlabelled: join.predictions_expired,
         rows,
         windows_closed: counters.windows_closed,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+impl ReplaySummary {
+    /// One line on how labels met their predictions, e.g. "labels: 7,000
+    /// joined, 200 without a prediction within label_horizon, ...".
+    pub fn join_report(&self) -> String {
+        let mut parts = vec![format!("{} joined their prediction", self.labels_joined)];
+        if self.labels_unmatched > 0 {
+            parts.push(format!("{} found no prediction within label_horizon", self.labels_unmatched));
+        }
+        if self.labels_duplicate > 0 {
+            parts.push(format!("{} repeated an already joined event_id", self.labels_duplicate));
+        }
+        if self.labels_late > 0 {
+            parts.push(format!("{} came after their windows' performance rows were written", self.labels_late));
+        }
+        parts.push(format!("{} predictions got no label within label_horizon", self.predictions_unlabelled));
+        format!("labels: {}", parts.join(", "))
+    }
 }

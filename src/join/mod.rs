@@ -1,5 +1,6 @@
 //! Join: pairs each label with its prediction by (model, event_id), in
-//! whichever order they arrive, within `label_horizon`.
+//! whichever order they arrive, when the label's event time is at most the
+//! prediction's plus `label_horizon`.
 //!
 //! Pending entries are keyed by a 128-bit xxh3 hash of the event id (no
 //! per-event allocation, collisions practically impossible) and expire when
@@ -162,7 +163,10 @@ impl ModelJoin {
     /// A prediction arrives: returns its label if one was waiting, else
     /// keeps the prediction pending.
     pub fn on_prediction(&mut self, key: JoinKey, prediction: PendingPrediction) -> Option<PendingLabel> {
-        if let Some(label) = self.labels.remove(&key) {
+        if let Some(label) = self.labels.get(&key)
+            && self.within_horizon(prediction.event_time_ms, label.label_time_ms)
+        {
+            let label = self.labels.remove(&key).expect("just found");
             self.counters.matched += 1;
             self.remember_pair(key, prediction.event_time_ms.max(label.label_time_ms));
             return Some(label);
@@ -180,7 +184,10 @@ impl ModelJoin {
     /// A label arrives: returns its prediction if one was waiting, else
     /// keeps the label pending.
     pub fn on_label(&mut self, key: JoinKey, label: PendingLabel) -> Option<PendingPrediction> {
-        if let Some(prediction) = self.predictions.remove(&key) {
+        if let Some(prediction) = self.predictions.get(&key)
+            && self.within_horizon(prediction.event_time_ms, label.label_time_ms)
+        {
+            let prediction = self.predictions.remove(&key).expect("just found");
             self.counters.matched += 1;
             self.remember_pair(key, prediction.event_time_ms.max(label.label_time_ms));
             return Some(prediction);
@@ -195,6 +202,18 @@ impl ModelJoin {
         None
     }
 
+    /// Whether a label at `label_time_ms` is within the horizon of a
+    /// prediction at `prediction_time_ms`: the join's rule, decided by event
+    /// times alone. (Expiry at the watermark only forgets entries that can
+    /// no longer pair; whether a pair forms never depends on when the two
+    /// were read.) A label outside the horizon does not pair: it waits, as
+    /// if its prediction had expired, and counts as unmatched when it
+    /// expires; the prediction counts as expired unlabelled.
+    #[inline]
+    fn within_horizon(&self, prediction_time_ms: i64, label_time_ms: i64) -> bool {
+        label_time_ms.saturating_sub(prediction_time_ms) <= self.horizon_ms
+    }
+
     /// Remembers a pair made at `time_ms` until the horizon has passed it.
     fn remember_pair(&mut self, key: JoinKey, time_ms: i64) {
         self.make_room();
@@ -204,10 +223,14 @@ impl ModelJoin {
     }
 
     /// Expires entries whose horizon the watermark has passed (all of them
-    /// when `watermark` is `i64::MAX`).
+    /// when `watermark` is `i64::MAX`). An entry expires once the watermark
+    /// is beyond its event time plus the horizon, not at it: an event at
+    /// exactly the watermark is not late, so a label at exactly its
+    /// prediction's time plus the horizon may still arrive and joins,
+    /// however the stream was cut into micro-batches.
     pub fn expire(&mut self, watermark: i64) {
         while let Some(&(expire_at, key, side)) = self.queue.front() {
-            if expire_at > watermark && watermark != i64::MAX {
+            if expire_at >= watermark && watermark != i64::MAX {
                 break;
             }
             self.queue.pop_front();
@@ -270,15 +293,37 @@ mod tests {
         let mut j = ModelJoin::new(1_000, 100);
         j.on_prediction(join_key("p"), prediction(0));
         j.on_label(join_key("l"), label(500));
-        j.expire(999);
-        assert_eq!(j.pending(), 2);
         j.expire(1_000);
+        assert_eq!(j.pending(), 2, "at the horizon a label may still come");
+        j.expire(1_001);
         assert_eq!(j.counters.predictions_expired, 1);
-        j.expire(1_500);
+        j.expire(1_501);
         assert_eq!(j.counters.labels_unmatched, 1);
         assert_eq!(j.pending(), 0);
         // After expiry a late label does not join.
         assert_eq!(j.on_label(join_key("p"), label(1_600)), None);
+    }
+
+    /// Whether a pair forms is decided by event times, not by when the two
+    /// were read: a label past its prediction's horizon does not pair even
+    /// while the prediction is still pending (before, it did whenever the
+    /// watermark had not yet expired the prediction, so the same events
+    /// paired differently in micro-batches of different sizes).
+    #[test]
+    fn a_label_past_the_horizon_does_not_pair_even_while_its_prediction_waits() {
+        let mut j = ModelJoin::new(1_000, 100);
+        j.on_prediction(join_key("p"), prediction(0));
+        assert_eq!(j.on_label(join_key("p"), label(1_001)), None);
+        j.on_prediction(join_key("q"), prediction(0));
+        assert!(j.on_label(join_key("q"), label(1_000)).is_some(), "at the horizon it pairs");
+        // Label first, prediction later: the same rule.
+        j.on_label(join_key("r"), label(5_000));
+        assert_eq!(j.on_prediction(join_key("r"), prediction(3_999)), None);
+        j.on_label(join_key("s"), label(5_000));
+        assert!(j.on_prediction(join_key("s"), prediction(4_000)).is_some());
+        j.expire(i64::MAX);
+        assert_eq!(j.counters.matched, 2);
+        assert_eq!((j.counters.predictions_expired, j.counters.labels_unmatched), (2, 2));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `kafka` runs the daemon against a real Kafka-protocol broker (Tansu,
 //! started per test on a loopback port); `cli` drives the binary.
 
+mod agreement;
 mod baseline;
 mod cli;
 mod compose;
