@@ -5,6 +5,7 @@
 //! started per test on a loopback port); `cli` drives the binary.
 
 mod baseline;
+mod classes;
 mod cli;
 mod compose;
 mod demo;
