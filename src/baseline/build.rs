@@ -471,6 +471,15 @@ impl Builder<'_> {
                 }
             }
         }
+        if self.task == Some(Task::BinaryClassification)
+            && let Some(bad) = scores.iter().flat_map(|s| s.iter().flatten()).find(|v| !(0.0..=1.0).contains(v))
+        {
+            return Err(BaselineError::Build(format!(
+                "{} in {origin}: {bad} is not a probability in [0, 1]; a binary model's score is the \
+                 probability of its positive class (rename or --exclude a column of logits)",
+                Role::Score.describe(&self.options.score_column)
+            )));
+        }
         if let (Some(p), Some(a)) = (predicted, actual) {
             self.add_performance(&p, &a, scores.as_ref());
         }
@@ -881,6 +890,10 @@ fn read_events(
     only_model.models = vec![model.clone()];
     let mut registry = ModelRegistry::from_config(&only_model);
     let mut decoder = Decoder::new(&registry, &only_model.pipeline).map_err(BaselineError::Build)?;
+    // A label pointer shared with the prediction's (allowed: the daemon
+    // reads them from different events) would pair each prediction with
+    // itself, so such events give no performance.
+    let labels_in_events = model.fields.label != model.fields.prediction;
     let mut source = LineSource::new(files).map_err(|e| BaselineError::Build(e.to_string()))?;
     let mut skipped = SkippedEvents::default();
     let mut line = Vec::with_capacity(4096);
@@ -901,6 +914,10 @@ fn read_events(
             match decoder.push_prediction(&mut registry, &line) {
                 Err(invalid) if invalid.reason == InvalidReason::UnknownModel => skipped.other_models += 1,
                 Err(invalid) => skipped.reject(&invalid, location.to_string()),
+                Ok(()) if !labels_in_events => {
+                    skipped.accepted += 1;
+                    label_rows.push(None);
+                }
                 Ok(()) => {
                     skipped.accepted += 1;
                     match decoder.push_label(&mut registry, &line) {

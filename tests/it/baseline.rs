@@ -348,6 +348,12 @@ fn baseline_build_refuses_what_it_cannot_honour_naming_the_column() {
     );
     let three = table("three.csv", &[("1", "1"), ("2", "0")]);
     refused(&["--input", &three, "--model", "m", "--out", out], &["prediction column `prediction`", "\"2\""]);
+    let logits = dir.path().join("logits.csv");
+    std::fs::write(&logits, "amount,score,prediction,label\n1.5,0.2,0,0\n2.5,2.3,1,1\n").unwrap();
+    refused(
+        &["--input", logits.to_str().unwrap(), "--model", "m", "--out", out],
+        &["score column `score`", "2.3 is not a probability in [0, 1]"],
+    );
     // A text label for a regression model.
     refused(
         &["--input", &yes_no, "--model", "m", "--out", out, "--task", "regression"],
@@ -429,6 +435,25 @@ fn baseline_build_reads_logged_events_with_the_models_mapping() {
     let Some(ColumnProfile::Categorical(label)) = &baseline.label else { panic!("a categorical label profile") };
     assert_eq!(label.frequencies["yes"], 0.25);
     assert!(baseline.score.is_some());
+
+    // A label pointer shared with the prediction's pairs nothing (it would
+    // pair each prediction with itself).
+    let shared = dir.path().join("shared.yaml");
+    let shared_yaml = std::fs::read_to_string(&config).unwrap().replace("label: /outcome", "label: /output/class");
+    std::fs::write(&shared, shared_yaml).unwrap();
+    let output = baseline_build(&[
+        "--config",
+        shared.to_str().unwrap(),
+        "--model",
+        "churn",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let baseline = Baseline::load(&out).unwrap();
+    assert!(baseline.performance.is_empty() && baseline.label.is_none(), "{:?}", baseline.performance);
 
     // The model must be in the config, and table flags do not apply to events.
     let output = baseline_build(&[
