@@ -135,15 +135,23 @@ pub enum BaselineCommand {
         /// Where to write the profile (JSON).
         #[arg(long)]
         out: PathBuf,
-        /// The column holding the true label (or target value).
-        #[arg(long, default_value = "label")]
-        label_column: String,
-        /// The column holding the model's prediction.
-        #[arg(long, default_value = "prediction")]
-        prediction_column: String,
-        /// The column holding the score (probability of the positive class).
-        #[arg(long, default_value = "score")]
-        score_column: String,
+        /// Read the inputs as logged events of --model with this config's
+        /// field mapping (JSON Pointers), task and classes, instead of as
+        /// a table.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The column holding the true label or target value (default
+        /// `label`; when given, the input must have it).
+        #[arg(long, conflicts_with = "config")]
+        label_column: Option<String>,
+        /// The column holding the model's prediction (default `prediction`;
+        /// when given, the input must have it).
+        #[arg(long, conflicts_with = "config")]
+        prediction_column: Option<String>,
+        /// The column holding the score, the probability of the positive
+        /// class (default `score`; when given, the input must have it).
+        #[arg(long, conflicts_with = "config")]
+        score_column: Option<String>,
         /// Only these columns are features (comma-separated).
         #[arg(long, value_delimiter = ',')]
         features: Option<Vec<String>>,
@@ -524,6 +532,7 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         model,
         version,
         out,
+        config,
         label_column,
         prediction_column,
         score_column,
@@ -551,11 +560,21 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         eprintln!("--bins must be at least 1");
         return Err(ExitCode::from(2));
     }
-    let options = crate::baseline::build::BuildOptions {
+    let defaults = crate::baseline::build::BuildOptions::new(input, &model);
+    let required_columns = [
+        ("--label-column", &label_column),
+        ("--prediction-column", &prediction_column),
+        ("--score-column", &score_column),
+    ]
+    .into_iter()
+    .filter_map(|(flag, column)| column.clone().map(|column| (flag.to_string(), column)))
+    .collect();
+    let mut options = crate::baseline::build::BuildOptions {
         version,
-        label_column,
-        prediction_column,
-        score_column,
+        label_column: label_column.unwrap_or(defaults.label_column.clone()),
+        prediction_column: prediction_column.unwrap_or(defaults.prediction_column.clone()),
+        score_column: score_column.unwrap_or(defaults.score_column.clone()),
+        required_columns,
         features,
         exclude,
         categorical,
@@ -565,12 +584,19 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         dvc_md5,
         mlflow_run_id,
         progress: !quiet,
-        ..crate::baseline::build::BuildOptions::new(input, &model)
+        ..defaults
     };
     let fail = |e: crate::baseline::BaselineError| {
         eprintln!("driftwatch baseline build: {e}");
         ExitCode::from(1)
     };
+    if let Some(path) = config {
+        let config = Config::load(&path).map_err(|e| {
+            eprintln!("driftwatch baseline build: {e}");
+            ExitCode::from(1)
+        })?;
+        options.use_config(config).map_err(fail)?;
+    }
     let baseline = crate::baseline::build::build_baseline(&options).map_err(fail)?;
     baseline.save(&out).map_err(fail)?;
     eprintln!(

@@ -193,9 +193,10 @@ impl ModelState {
         !matches!(self.task, Task::Regression)
     }
 
-    /// The id of the class that counts as positive for binary metrics ("1").
+    /// The id of the class that counts as positive for binary metrics: the
+    /// model's `positive_class`, or "1".
     pub fn positive_class(&self) -> Option<ClassId> {
-        self.classes.get("1")
+        self.classes.get(self.config.binary_classes().0)
     }
 
     /// The id of feature `name` seen at `position` of an event's features.

@@ -559,6 +559,41 @@ pub struct ModelConfig {
     /// SPEC §3 layout ([`FieldPaths::default`]).
     #[serde(default)]
     pub fields: FieldPaths,
+    /// `binary_classification` only: the class value that counts as
+    /// positive, when the model's classes are not 0/1 (e.g. `"yes"`). Set
+    /// together with [`Self::negative_class`]; then exactly these two values
+    /// are accepted as predictions and labels, compared as text (a number by
+    /// its shortest form, `1.0` → `"1"`; a boolean as `true`/`false`).
+    /// Default: none (classes are 0 and 1, see [`DEFAULT_POSITIVE_CLASS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_class: Option<String>,
+    /// `binary_classification` only: the other class value, required with
+    /// [`Self::positive_class`]. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_class: Option<String>,
+}
+
+/// The positive class of a binary model without `positive_class`: JSON
+/// `1`, `1.0`, `true` and `"1"` all name it.
+pub const DEFAULT_POSITIVE_CLASS: &str = "1";
+/// The negative class of a binary model without `negative_class`: JSON
+/// `0`, `0.0`, `false` and `"0"` all name it.
+pub const DEFAULT_NEGATIVE_CLASS: &str = "0";
+
+impl ModelConfig {
+    /// The (positive, negative) class names of a binary model: the
+    /// configured pair, or `("1", "0")`.
+    pub fn binary_classes(&self) -> (&str, &str) {
+        match (&self.positive_class, &self.negative_class) {
+            (Some(positive), Some(negative)) => (positive, negative),
+            _ => (DEFAULT_POSITIVE_CLASS, DEFAULT_NEGATIVE_CLASS),
+        }
+    }
+
+    /// Whether the model names its own binary classes (`positive_class`).
+    pub fn has_named_classes(&self) -> bool {
+        self.positive_class.is_some() && self.negative_class.is_some()
+    }
 }
 
 /// The kind of model, `models[].task`.

@@ -549,3 +549,24 @@ fn windows_per_event_and_durations_are_bounded() {
     assert!(e[0].starts_with("windows.label_horizon: at most 100 years"), "{e:?}");
     assert!(e[1].starts_with("delivery.retry_max: at most 100 years"), "{e:?}");
 }
+
+#[test]
+fn binary_class_names_are_set_together_on_binary_models_only() {
+    let c = parse("models:\n  - {name: churn, positive_class: \"yes\", negative_class: \"no\"}\n").unwrap();
+    assert_eq!(c.models[0].binary_classes(), ("yes", "no"));
+    let plain = parse("models:\n  - name: fraud\n").unwrap();
+    assert_eq!(plain.models[0].binary_classes(), ("1", "0"));
+    assert!(!plain.models[0].has_named_classes());
+    let errors = invalid_errors(
+        "models:\n  - {name: a, positive_class: \"yes\"}\n  \
+         - {name: b, task: regression, positive_class: \"1\", negative_class: \"0\"}\n  \
+         - {name: c, positive_class: \"x\", negative_class: \"x\"}\n  \
+         - {name: d, positive_class: \"\", negative_class: \"no\"}\n",
+    );
+    let all = errors.join("\n");
+    assert!(all.contains("models[0].negative_class: required with positive_class"), "{all}");
+    assert!(all.contains("models[1].positive_class: only for task binary_classification"), "{all}");
+    assert!(all.contains("models[2].negative_class: \"x\" is also the positive_class"), "{all}");
+    assert!(all.contains("models[3].positive_class: must not be empty"), "{all}");
+    assert_eq!(errors.len(), 4, "{all}");
+}

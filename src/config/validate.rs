@@ -124,6 +124,7 @@ impl Config {
             if model.baseline.as_ref().is_some_and(|b| b.as_os_str().is_empty()) {
                 errors.push(format!("models[{i}].baseline: must not be empty"));
             }
+            check_binary_classes(i, model, errors);
             for (key, pointer) in model.fields.entries() {
                 if pointer.is_empty() {
                     errors.push(format!("models[{i}].fields.{key}: must not be empty (\"\" would be the whole event)"));
@@ -273,5 +274,50 @@ fn check_window_duration(path: &str, d: Duration, errors: &mut Vec<String>) -> b
         false
     } else {
         true
+    }
+}
+
+/// `models[i].positive_class` / `negative_class`: binary models only, set
+/// together, two different non-empty values no longer than a class label
+/// may be in an event.
+fn check_binary_classes(i: usize, model: &super::ModelConfig, errors: &mut Vec<String>) {
+    let (positive, negative) = (&model.positive_class, &model.negative_class);
+    if positive.is_none() && negative.is_none() {
+        return;
+    }
+    if model.task != super::Task::BinaryClassification {
+        let key = if positive.is_some() { "positive_class" } else { "negative_class" };
+        errors.push(format!(
+            "models[{i}].{key}: only for task binary_classification (this model's task is {})",
+            model.task
+        ));
+        return;
+    }
+    let (Some(positive), Some(negative)) = (positive, negative) else {
+        let (given, missing) = if positive.is_some() {
+            ("positive_class", "negative_class")
+        } else {
+            ("negative_class", "positive_class")
+        };
+        errors.push(format!(
+            "models[{i}].{missing}: required with {given}: a binary model has exactly two classes and \
+             driftwatch does not guess the other one"
+        ));
+        return;
+    };
+    for (key, value) in [("positive_class", positive), ("negative_class", negative)] {
+        if value.is_empty() {
+            errors.push(format!("models[{i}].{key}: must not be empty"));
+        } else if value.len() > crate::decode::MAX_EVENT_NAME_BYTES {
+            errors.push(format!(
+                "models[{i}].{key}: {} bytes long; the limit is {} (a longer class label is rejected in events)",
+                value.len(),
+                crate::decode::MAX_EVENT_NAME_BYTES
+            ));
+        }
+    }
+    if positive == negative {
+        errors
+            .push(format!("models[{i}].negative_class: {negative:?} is also the positive_class; the two must differ"));
     }
 }

@@ -40,10 +40,13 @@ pub enum InvalidReason {
     TooLarge,
     TooManyClasses,
     TooLong,
+    /// A prediction or label that is not one of a binary model's two
+    /// classes, or a binary model's score outside [0, 1].
+    BadClass,
 }
 
 impl InvalidReason {
-    pub const ALL: [InvalidReason; 11] = [
+    pub const ALL: [InvalidReason; 12] = [
         InvalidReason::InvalidJson,
         InvalidReason::NotAnObject,
         InvalidReason::MissingField,
@@ -55,6 +58,7 @@ impl InvalidReason {
         InvalidReason::TooLarge,
         InvalidReason::TooManyClasses,
         InvalidReason::TooLong,
+        InvalidReason::BadClass,
     ];
 
     pub fn label(self) -> &'static str {
@@ -70,6 +74,7 @@ impl InvalidReason {
             InvalidReason::TooLarge => "too_large",
             InvalidReason::TooManyClasses => "too_many_classes",
             InvalidReason::TooLong => "too_long",
+            InvalidReason::BadClass => "bad_class",
         }
     }
 
@@ -456,9 +461,13 @@ impl Decoder {
             match to_value(row, row.prediction.unwrap_or(Scalar::Null), model, self.max_classes, &mut self.number_text)
             {
                 Ok(v) => v,
+                Err(InvalidReason::BadClass) => return Err(bad_class(row, Field::Prediction, &model.config)),
                 Err(reason) => return Err(self.invalid(reason, Some(Field::Prediction))),
             };
         let score = match optional_number(row.score) {
+            Ok(Some(score)) if model.task == Task::BinaryClassification && !(0.0..=1.0).contains(&score) => {
+                return Err(bad_class(row, Field::Score, &model.config));
+            }
             Ok(v) => v,
             Err(reason) => return Err(self.invalid(reason, Some(Field::Score))),
         };
@@ -549,6 +558,7 @@ impl Decoder {
         let label =
             match to_value(row, row.label.unwrap_or(Scalar::Null), model, self.max_classes, &mut self.number_text) {
                 Ok(v) => v,
+                Err(InvalidReason::BadClass) => return Err(bad_class(row, Field::Label, &model.config)),
                 Err(reason) => return Err(self.invalid(reason, Some(Field::Label))),
             };
         let columns = &mut self.labels[model_id as usize];
@@ -651,6 +661,9 @@ fn to_value(
             _ => Err(InvalidReason::WrongType),
         };
     }
+    if model.task == Task::BinaryClassification {
+        return binary_class(row, scalar, model, number_buffer);
+    }
     let name: &str = match scalar {
         Scalar::Text(span) if (span.end - span.start) as usize > MAX_EVENT_NAME_BYTES => {
             return Err(InvalidReason::TooLong);
@@ -663,6 +676,94 @@ fn to_value(
         Scalar::Nested => return Err(InvalidReason::WrongType),
     };
     model.classes.intern(name, max_classes).map(Value::Class).ok_or(InvalidReason::TooManyClasses)
+}
+
+/// A binary model's prediction or label: one of its two classes (see
+/// [`crate::config::ModelConfig::binary_classes`]), else `bad_class`.
+///
+/// Without `positive_class`, the classes are "1" (JSON `1`, `1.0`, `true`,
+/// `"1"`) and "0" (`0`, `0.0`, `false`, `"0"`). With it, exactly the two
+/// configured values, compared as text: a number by its shortest form, a
+/// boolean as `true`/`false`.
+fn binary_class(
+    row: &RowScratch,
+    scalar: Scalar,
+    model: &mut ModelState,
+    number_buffer: &mut Vec<u8>,
+) -> Result<Value, InvalidReason> {
+    let named = model.config.has_named_classes();
+    let text: &str = match scalar {
+        Scalar::Text(span) if (span.end - span.start) as usize > MAX_EVENT_NAME_BYTES => {
+            return Err(InvalidReason::TooLong);
+        }
+        Scalar::Text(span) => row.str(span),
+        Scalar::Bool(value) if named => {
+            if value {
+                "true"
+            } else {
+                "false"
+            }
+        }
+        Scalar::Bool(value) => {
+            if value {
+                crate::config::DEFAULT_POSITIVE_CLASS
+            } else {
+                crate::config::DEFAULT_NEGATIVE_CLASS
+            }
+        }
+        Scalar::Number(n) if !n.is_finite() => return Err(InvalidReason::NonFinite),
+        Scalar::Number(n) => number_text(number_buffer, n),
+        Scalar::Null => return Err(InvalidReason::MissingField),
+        Scalar::Nested => return Err(InvalidReason::WrongType),
+    };
+    let (positive, negative) = model.config.binary_classes();
+    if text != positive && text != negative {
+        return Err(InvalidReason::BadClass);
+    }
+    // Two classes never reach any cap.
+    model.classes.intern(text, usize::MAX).map(Value::Class).ok_or(InvalidReason::TooManyClasses)
+}
+
+/// The `bad_class` rejection of `field` (prediction, label or score) of
+/// the event in `row`: the value (at most 60 characters of it) and what
+/// the model accepts instead.
+fn bad_class(row: &RowScratch, field: Field, config: &crate::config::ModelConfig) -> Invalid {
+    let scalar = match field {
+        Field::Label => row.label,
+        Field::Score => row.score,
+        _ => row.prediction,
+    };
+    let shown = match scalar {
+        Some(Scalar::Text(span)) => {
+            let text = row.str(span);
+            let cut: String = text.chars().take(60).collect();
+            if cut.len() < text.len() { format!("{cut:?}… ({} bytes)", text.len()) } else { format!("{text:?}") }
+        }
+        Some(Scalar::Number(n)) => {
+            let mut buffer = Vec::new();
+            number_text(&mut buffer, n).to_string()
+        }
+        Some(Scalar::Bool(b)) => b.to_string(),
+        _ => "the value".to_string(),
+    };
+    let detail = if field == Field::Score {
+        format!("field `score`: {shown} is not a probability in [0, 1] (the probability of the positive class)")
+    } else if config.has_named_classes() {
+        let (positive, negative) = config.binary_classes();
+        format!(
+            "field `{}`: {shown} is neither positive_class {positive:?} nor negative_class {negative:?} of model {:?}",
+            field.name(),
+            config.name
+        )
+    } else {
+        format!(
+            "field `{}`: {shown} is not a class of binary model {:?}: 0 or 1 (a number, a boolean or \"0\"/\"1\"); \
+             set positive_class and negative_class to use other values",
+            field.name(),
+            config.name
+        )
+    };
+    Invalid { reason: InvalidReason::BadClass, detail }
 }
 
 /// Number → text the way class labels compare (`1.0` and `1` are both

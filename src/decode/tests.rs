@@ -187,6 +187,7 @@ fn custom_json_pointers_per_model() {
 models:
   - name: fraud
   - name: churn
+    task: multiclass_classification
     fields: {event_id: /meta/id, model: /meta/model, timestamp: /meta/ts, prediction: /out/class, features: /in}
 "#;
     let (mut registry, mut decoder) = setup(yaml);
@@ -306,7 +307,8 @@ fn version_cap_holds_and_files_further_versions_under_other() {
 
 #[test]
 fn overlong_names_and_values_are_rejected_naming_the_field() {
-    let (mut registry, mut decoder) = setup(TWO_MODELS);
+    // Multiclass, so a class label of any text up to the limit is a class.
+    let (mut registry, mut decoder) = setup("models:\n  - {name: fraud, task: multiclass_classification}\n");
     let name = "n".repeat(MAX_EVENT_NAME_BYTES + 1);
     let value = "v".repeat(MAX_CATEGORY_BYTES + 1);
     let event = |rest: &str| format!(r#"{{"event_id":"x","model":"fraud","timestamp":1796292000000,{rest}}}"#);
@@ -350,4 +352,93 @@ fn overlong_names_and_values_are_rejected_naming_the_field() {
     ));
     decoder.push_prediction(&mut registry, ok.as_bytes()).unwrap();
     assert_eq!(decoder.finish_predictions().len(), 1);
+}
+
+fn prediction_event(model: &str, prediction: &str, score: &str) -> String {
+    format!(
+        r#"{{"event_id":"e","model":"{model}","timestamp":1796292000000,"prediction":{prediction},"score":{score}}}"#
+    )
+}
+
+fn label_event(model: &str, label: &str) -> String {
+    format!(r#"{{"event_id":"e","model":"{model}","timestamp":1796292000000,"label":{label}}}"#)
+}
+
+/// The class name each accepted value of a binary model is counted as.
+fn class_of(registry: &ModelRegistry, batch: &PredictionBatch) -> String {
+    let PredictionArray::Class(classes) = &batch.prediction else { panic!("a class column") };
+    registry.get(batch.model).classes.name(classes.value(0)).to_string()
+}
+
+/// Regression (issue 16): `2`, `"yes"`, `1.5` as a binary prediction or
+/// label, and a score of `1.5`, were counted as the negative class.
+#[test]
+fn binary_models_accept_only_0_and_1_and_reject_the_rest_as_bad_class() {
+    let (mut registry, mut decoder) = setup("models:\n  - {name: fraud}\n");
+    for (value, class) in [("1", "1"), ("1.0", "1"), ("true", "1"), ("\"1\"", "1"), ("0", "0"), ("false", "0")] {
+        decoder.push_prediction(&mut registry, prediction_event("fraud", value, "0.5").as_bytes()).unwrap();
+        assert_eq!(class_of(&registry, &decoder.finish_predictions()[0]), class, "{value}");
+        decoder.push_label(&mut registry, label_event("fraud", value).as_bytes()).unwrap();
+    }
+    for value in ["2", "1.5", "-1", "\"yes\"", "\"no\"", "\"true\"", "\"\""] {
+        let error = decoder.push_prediction(&mut registry, prediction_event("fraud", value, "0.5").as_bytes());
+        let error = error.unwrap_err();
+        assert_eq!(error.reason, InvalidReason::BadClass, "prediction {value}");
+        assert!(error.detail.contains("field `prediction`") && error.detail.contains("positive_class"), "{error}");
+        let error = decoder.push_label(&mut registry, label_event("fraud", value).as_bytes()).unwrap_err();
+        assert_eq!(error.reason, InvalidReason::BadClass, "label {value}");
+        assert!(error.detail.contains("field `label`"), "{error}");
+    }
+    for score in ["1.5", "-0.1", "7"] {
+        let error = decoder.push_prediction(&mut registry, prediction_event("fraud", "1", score).as_bytes());
+        let error = error.unwrap_err();
+        assert_eq!(error.reason, InvalidReason::BadClass, "score {score}");
+        assert!(error.detail.contains("field `score`") && error.detail.contains("[0, 1]"), "{error}");
+    }
+    for score in ["0", "1", "0.25", "null"] {
+        decoder.push_prediction(&mut registry, prediction_event("fraud", "1", score).as_bytes()).unwrap();
+    }
+    // Only the accepted events reached a column, and only two classes exist.
+    assert_eq!(decoder.finish_predictions()[0].len(), 4);
+    assert_eq!(decoder.finish_labels()[0].len(), 6);
+    assert_eq!(registry.get(0).classes.len(), 2);
+    assert_eq!(InvalidReason::BadClass.label(), "bad_class");
+    assert!(InvalidReason::ALL.contains(&InvalidReason::BadClass));
+}
+
+#[test]
+fn named_binary_classes_are_the_only_values_accepted() {
+    let yaml = "models:\n  - {name: churn, positive_class: \"yes\", negative_class: \"no\"}\n  \
+                - {name: flags, positive_class: \"true\", negative_class: \"false\"}\n";
+    let (mut registry, mut decoder) = setup(yaml);
+    decoder.push_prediction(&mut registry, prediction_event("churn", "\"yes\"", "0.9").as_bytes()).unwrap();
+    decoder.push_prediction(&mut registry, prediction_event("churn", "\"no\"", "0.1").as_bytes()).unwrap();
+    decoder.push_label(&mut registry, label_event("churn", "\"yes\"").as_bytes()).unwrap();
+    let batch = &decoder.finish_predictions()[0];
+    assert_eq!(class_of(&registry, batch), "yes");
+    let churn = registry.get(0);
+    assert_eq!(churn.positive_class().map(|id| churn.classes.name(id).to_string()).as_deref(), Some("yes"));
+    for value in ["\"Yes\"", "\"maybe\"", "1", "0", "true"] {
+        let error = decoder.push_label(&mut registry, label_event("churn", value).as_bytes()).unwrap_err();
+        assert_eq!(error.reason, InvalidReason::BadClass, "{value}");
+        assert!(error.detail.contains(r#"positive_class "yes""#), "{error}");
+    }
+    // A boolean is compared as `true`/`false` once the classes are named.
+    decoder.push_label(&mut registry, label_event("flags", "true").as_bytes()).unwrap();
+    decoder.push_label(&mut registry, label_event("flags", "\"false\"").as_bytes()).unwrap();
+    let error = decoder.push_label(&mut registry, label_event("flags", "1").as_bytes()).unwrap_err();
+    assert_eq!(error.reason, InvalidReason::BadClass);
+    let flags = registry.get(1);
+    assert_eq!(flags.positive_class().map(|id| flags.classes.name(id).to_string()).as_deref(), Some("true"));
+}
+
+#[test]
+fn multiclass_and_regression_values_keep_their_rules() {
+    let (mut registry, mut decoder) =
+        setup("models:\n  - {name: animals, task: multiclass_classification}\n  - {name: price, task: regression}\n");
+    for value in ["\"cat\"", "2", "true"] {
+        decoder.push_prediction(&mut registry, prediction_event("animals", value, "1.5").as_bytes()).unwrap();
+    }
+    decoder.push_prediction(&mut registry, prediction_event("price", "12.5", "3").as_bytes()).unwrap();
+    assert_eq!(decoder.finish_predictions().iter().map(PredictionBatch::len).sum::<usize>(), 4);
 }

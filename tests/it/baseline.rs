@@ -288,3 +288,211 @@ fn inconsistent_profiles_are_refused_at_load_naming_the_field() {
         assert!(error.contains(expected), "{error} should name {expected}");
     }
 }
+
+fn baseline_build(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["baseline", "build", "--quiet"]).args(args).output().unwrap()
+}
+
+/// Regression (issue 16): an unknown `--label-column` or `--features` name,
+/// a regression-looking label with `--task binary_classification` and
+/// "yes"/"no" labels of a binary model all built a profile (without
+/// performance, or counting every value as class 0). Each is now an error
+/// naming the column.
+#[test]
+fn baseline_build_refuses_what_it_cannot_honour_naming_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.json");
+    let out = out.to_str().unwrap();
+    let train = fixture("train.csv");
+    let refused = |args: &[&str], expected: &[&str]| {
+        let output = baseline_build(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        for part in expected {
+            assert!(stderr.contains(part), "{args:?}: {part:?} not in {stderr}");
+        }
+        assert!(!Path::new(out).exists(), "{args:?} wrote a profile");
+    };
+    let common = ["--input", &train, "--model", "fraud", "--out", out];
+    refused(
+        &[&common[..], &["--label-column", "target"]].concat(),
+        &["--label-column target: the input has no column `target`", "columns: age, amount, country"],
+    );
+    refused(
+        &[&common[..], &["--features", "amount,agee,colour"]].concat(),
+        &["--features names columns the input does not have: agee, colour"],
+    );
+    refused(
+        &[&common[..], &["--exclude", "countri"]].concat(),
+        &["--exclude names columns the input does not have: countri"],
+    );
+
+    let table = |name: &str, rows: &[(&str, &str)]| {
+        let path = dir.path().join(name);
+        let mut csv = String::from("amount,prediction,label\n");
+        for (i, (prediction, label)) in rows.iter().enumerate() {
+            csv.push_str(&format!("{i}.5,{prediction},{label}\n"));
+        }
+        std::fs::write(&path, csv).unwrap();
+        path.display().to_string()
+    };
+    let regression = table("regression.csv", &[("0.31", "0.37"), ("0.9", "1.25")]);
+    refused(
+        &["--input", &regression, "--model", "m", "--out", out, "--task", "binary_classification"],
+        &["prediction column `prediction`", "\"0.31\" is not a class of a binary_classification model", "--task"],
+    );
+    let yes_no = table("yes_no.csv", &[("1", "yes"), ("0", "no")]);
+    refused(
+        &["--input", &yes_no, "--model", "m", "--out", out],
+        &["label column `label`", "\"yes\" is not a class", "positive_class"],
+    );
+    let three = table("three.csv", &[("1", "1"), ("2", "0")]);
+    refused(&["--input", &three, "--model", "m", "--out", out], &["prediction column `prediction`", "\"2\""]);
+    let logits = dir.path().join("logits.csv");
+    std::fs::write(&logits, "amount,score,prediction,label\n1.5,0.2,0,0\n2.5,2.3,1,1\n").unwrap();
+    refused(
+        &["--input", logits.to_str().unwrap(), "--model", "m", "--out", out],
+        &["score column `score`", "2.3 is not a probability in [0, 1]"],
+    );
+    // A text label for a regression model.
+    refused(
+        &["--input", &yes_no, "--model", "m", "--out", out, "--task", "regression"],
+        &["label column `label` holds Utf8 values", "regression"],
+    );
+    // The defaults stay optional: a table without label and prediction profiles its features.
+    let features_only = dir.path().join("features.csv");
+    std::fs::write(&features_only, "amount\n1.5\n2.5\n").unwrap();
+    let output = baseline_build(&["--input", features_only.to_str().unwrap(), "--model", "m", "--out", out]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `baseline build --config FILE --model NAME` reads logged events through
+/// the decoder with the model's JSON Pointers and classes: features carry
+/// the configured names (not every nested leaf such as `id`), labels in
+/// the events give performance with the model's positive class, and
+/// events the daemon would reject are skipped and reported.
+#[test]
+fn baseline_build_reads_logged_events_with_the_models_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftwatch.yaml");
+    std::fs::write(
+        &config,
+        "models:\n  - name: churn\n    positive_class: \"yes\"\n    negative_class: \"no\"\n    fields:\n      \
+         event_id: /request/id\n      timestamp: /request/ts\n      model: /model/name\n      \
+         features: /inputs\n      prediction: /output/class\n      score: /output/proba\n      label: /outcome\n  \
+         - name: other\n",
+    )
+    .unwrap();
+    let mut events = String::new();
+    for i in 0..40 {
+        let (predicted, actual) = match i % 4 {
+            0 => ("yes", "yes"),
+            1 => ("yes", "no"),
+            _ => ("no", "no"),
+        };
+        let plan = ["pro", "free"][i % 2];
+        events.push_str(&format!(
+            "{{\"request\":{{\"id\":\"r{i}\",\"ts\":\"2026-11-26T10:00:{i:02}Z\"}},\"model\":{{\"name\":\"churn\",\"version\":\"7\"}},\
+             \"inputs\":{{\"tenure_months\":{i},\"plan\":\"{plan}\"}},\"output\":{{\"class\":\"{predicted}\",\"proba\":0.{i:02}}},\
+             \"outcome\":\"{actual}\"}}\n"
+        ));
+    }
+    // Rejected by the decoder: a class the model does not have, and an event of another model.
+    events.push_str(
+        "{\"request\":{\"id\":\"bad\",\"ts\":\"2026-11-26T10:01:00Z\"},\"model\":{\"name\":\"churn\"},\"inputs\":{\"tenure_months\":1},\"output\":{\"class\":\"maybe\"}}\n",
+    );
+    events.push_str(
+        "{\"request\":{\"id\":\"o\",\"ts\":\"2026-11-26T10:01:00Z\"},\"model\":{\"name\":\"elsewhere\"},\"output\":{\"class\":1}}\n",
+    );
+    let input = dir.path().join("logged.ndjson");
+    std::fs::write(&input, events).unwrap();
+    let out = dir.path().join("churn.json");
+    let output = baseline_build(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        "churn",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("40 of 41 events profiled; skipped 1 invalid events (bad_class 1"), "{stderr}");
+    assert!(stderr.contains("logged.ndjson:41: bad_class: field `prediction`: \"maybe\""), "{stderr}");
+    assert!(stderr.contains("ignored 1 events of other models"), "{stderr}");
+    let baseline = Baseline::load(&out).unwrap();
+    let names: Vec<&str> = baseline.features.keys().map(String::as_str).collect();
+    assert_eq!(names, ["plan", "tenure_months"], "the model's features, not the events' other leaves");
+    assert_eq!(baseline.task, "binary_classification");
+    assert_eq!(baseline.source.rows, 42);
+    // 10 true "yes", 10 false "yes", 20 true "no".
+    assert_eq!(baseline.performance["accuracy"], 30.0 / 40.0);
+    assert_eq!(baseline.performance["precision"], 10.0 / 20.0);
+    assert_eq!(baseline.performance["recall"], 1.0);
+    assert_eq!(baseline.performance["labeled_count"], 40.0);
+    let Some(ColumnProfile::Categorical(label)) = &baseline.label else { panic!("a categorical label profile") };
+    assert_eq!(label.frequencies["yes"], 0.25);
+    assert!(baseline.score.is_some());
+
+    // A label pointer shared with the prediction's pairs nothing (it would
+    // pair each prediction with itself).
+    let shared = dir.path().join("shared.yaml");
+    let shared_yaml = std::fs::read_to_string(&config).unwrap().replace("label: /outcome", "label: /output/class");
+    std::fs::write(&shared, shared_yaml).unwrap();
+    let output = baseline_build(&[
+        "--config",
+        shared.to_str().unwrap(),
+        "--model",
+        "churn",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let baseline = Baseline::load(&out).unwrap();
+    assert!(baseline.performance.is_empty() && baseline.label.is_none(), "{:?}", baseline.performance);
+
+    // The model must be in the config, and table flags do not apply to events.
+    let output = baseline_build(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        "chrun",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--model chrun: the config has no such model"));
+    let output = baseline_build(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        "churn",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--label-column",
+        "outcome",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    // Events of which none is valid: an error naming the first rejection.
+    let output = baseline_build(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        "other",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.path().join("other.json").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no valid prediction event of model \"other\""), "{stderr}");
+}

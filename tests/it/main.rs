@@ -6,6 +6,7 @@
 
 mod agreement;
 mod baseline;
+mod classes;
 mod cli;
 mod compose;
 mod demo;
