@@ -346,8 +346,8 @@ pub fn main() -> ExitCode {
 
 fn run_command(command: Command) -> Result<(), ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = load_config(&config)?;
+        Command::Run { config: config_path } => {
+            let config = load_config(&config_path)?;
             let shutdown = Shutdown::new();
             shutdown.install_signal_handlers().map_err(|e| {
                 eprintln!("installing signal handlers: {e}");
@@ -357,9 +357,10 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             let telemetry = Arc::new(Telemetry::default());
             let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
             if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
-                tracing::warn!(error = %e, "SIGHUP handler not installed: rule reload by signal unavailable");
+                tracing::warn!(error = %e, "SIGHUP handler not installed: config reload by signal unavailable");
             }
-            crate::drivers::run::run_daemon(&config, telemetry, &shutdown, &reload, None).map_err(|e| {
+            let run = crate::drivers::run::run_daemon_with_config_file;
+            run(&config, Some(&config_path), telemetry, &shutdown, &reload, None).map_err(|e| {
                 eprintln!("driftwatch: {e}");
                 ExitCode::from(1)
             })?;

@@ -37,10 +37,37 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most `window_metrics` rows `/api/v1/windows` keeps (oldest dropped).
 pub const RECENT_ROWS: usize = 100_000;
 
-/// A rule reload asked for over HTTP; the pipeline answers with the number
-/// of rules loaded or the errors.
+/// A config reload asked for over HTTP; the pipeline answers with what it
+/// applied or why it refused.
 pub struct ReloadRequest {
-    pub reply: tokio::sync::oneshot::Sender<Result<usize, Vec<String>>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<ReloadReport, ReloadRejection>>,
+}
+
+/// What a reload applied, and the changed settings it could not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReloadReport {
+    /// Rules now loaded.
+    pub rules: usize,
+    /// Names of the notifiers now configured, sorted.
+    pub notifiers: Vec<String>,
+    /// Config paths of changed settings that take effect only after a
+    /// restart (their running values stay in force), sorted.
+    pub restart_required: Vec<String>,
+}
+
+/// Why a reload changed nothing: a code (`invalid_config`,
+/// `invalid_rules`), a sentence, and every error found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadRejection {
+    pub code: &'static str,
+    pub message: String,
+    pub errors: Vec<String>,
+}
+
+impl ReloadRejection {
+    pub fn new(code: &'static str, message: impl Into<String>, errors: Vec<String>) -> ReloadRejection {
+        ReloadRejection { code, message: message.into(), errors }
+    }
 }
 
 /// A value the pipeline publishes and handlers read: an immutable `Arc`
@@ -222,13 +249,16 @@ async fn reload(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
         return error(StatusCode::SERVICE_UNAVAILABLE, "not_running", "the pipeline is not running", None);
     }
     match tokio::time::timeout(Duration::from_secs(30), answer).await {
-        Ok(Ok(Ok(count))) => Json(json!({"status": "reloaded", "rules": count})).into_response(),
-        Ok(Ok(Err(errors))) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_rules",
-            "the new rules were rejected; the previous rules stay in force",
-            Some(json!(errors)),
-        ),
+        Ok(Ok(Ok(report))) => Json(json!({
+            "status": "reloaded",
+            "rules": report.rules,
+            "notifiers": report.notifiers,
+            "restart_required": report.restart_required,
+        }))
+        .into_response(),
+        Ok(Ok(Err(rejection))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, rejection.code, rejection.message, Some(json!(rejection.errors)))
+        }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the pipeline did not answer in time", None),
     }
 }

@@ -17,6 +17,7 @@ pub mod notify;
 mod observability;
 mod properties;
 mod receivers;
+mod reload;
 mod replay;
 mod restart;
 mod rules;
