@@ -22,4 +22,5 @@ mod replay;
 mod restart;
 mod rules;
 mod secrets;
+mod shutdown;
 mod support;
