@@ -234,14 +234,15 @@ fn rules_check(paths: &[PathBuf], config: Option<&std::path::Path>) -> Result<()
     match crate::rules::RuleSet::load(&files, notifiers.as_ref()) {
         Ok(set) => {
             let note = if notifiers.is_none() { " (notifier names not checked: no --config)" } else { "" };
-            println!("{} rules in {} files: OK{note}", set.rules.len(), files.len());
+            let rules = count_of(set.rules.len(), "rule", "rules");
+            println!("{rules} in {}: OK{note}", count_of(files.len(), "file", "files"));
             Ok(())
         }
         Err(errors) => {
             for error in &errors {
                 eprintln!("{error}");
             }
-            eprintln!("{} errors", errors.len());
+            eprintln!("{}", count_of(errors.len(), "error", "errors"));
             Err(ExitCode::from(1))
         }
     }
@@ -280,11 +281,24 @@ fn init_logging(format: LogFormat, default_level: &str, spans: Option<&crate::ot
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter).with(spans.map(|s| s.layer()));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(io::stderr).with_ansi(colours_wanted());
     let _ = match format {
         LogFormat::Human => registry.with(fmt).try_init(),
         LogFormat::Json => registry.with(fmt.json()).try_init(),
     };
+}
+
+/// Colours only for a person at a terminal: not when stderr goes to a file,
+/// a pipe or a log collector, nor when `NO_COLOR` is set (no-color.org).
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    io::stderr().is_terminal() && !no_color
+}
+
+/// `1 error`, `2 errors`: a count and its noun, singular for one.
+fn count_of(count: usize, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
 }
 
 /// Span export for `run` when its config asks for OTLP traces (a config
@@ -354,8 +368,8 @@ pub fn main() -> ExitCode {
 
 fn run_command(command: Command) -> Result<(), ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = load_config(&config)?;
+        Command::Run { config: config_path } => {
+            let config = load_config(&config_path)?;
             let shutdown = Shutdown::new();
             shutdown.install_signal_handlers().map_err(|e| {
                 eprintln!("installing signal handlers: {e}");
@@ -365,9 +379,10 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             let telemetry = Arc::new(Telemetry::default());
             let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
             if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
-                tracing::warn!(error = %e, "SIGHUP handler not installed: rule reload by signal unavailable");
+                tracing::warn!(error = %e, "SIGHUP handler not installed: config reload by signal unavailable");
             }
-            crate::drivers::run::run_daemon(&config, telemetry, &shutdown, &reload, None).map_err(|e| {
+            let run = crate::drivers::run::run_daemon_with_config_file;
+            run(&config, Some(&config_path), telemetry, &shutdown, &reload, None).map_err(|e| {
                 eprintln!("driftwatch: {e}");
                 ExitCode::from(1)
             })?;
@@ -431,29 +446,32 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                     .min(Duration::from_secs(600));
                 if !dispatcher.wait_idle(patience) {
                     eprintln!(
-                        "{} notifications still pending (kept in the outbox when state.dir is set)",
-                        dispatcher.pending()
+                        "{} still pending (kept in the outbox when state.dir is set)",
+                        count_of(dispatcher.pending(), "notification", "notifications")
                     );
                 }
                 let delivered: u64 =
                     telemetry.notifications().iter().filter(|((_, o), _)| o == "delivered").map(|(_, n)| n).sum();
-                eprintln!("{delivered} notifications delivered");
+                eprintln!("{} delivered", count_of(delivered as usize, "notification", "notifications"));
             }
             match result {
                 Ok(summary) => {
                     if !config.rules.is_empty() {
-                        eprintln!("{transitions} alert transitions ({firing} firing)");
+                        eprintln!(
+                            "{} ({firing} firing)",
+                            count_of(transitions, "alert transition", "alert transitions")
+                        );
                     }
                     let rate = summary.predictions as f64 / summary.seconds.max(1e-9);
                     eprintln!(
-                        "replayed {} predictions and {} labels ({} invalid) in {:.2}s ({:.0} predictions/s): {} windows closed, {} rows",
-                        summary.predictions,
-                        summary.labels,
+                        "replayed {} and {} ({} invalid) in {:.2}s ({:.0} predictions/s): {} closed, {}",
+                        count_of(summary.predictions as usize, "prediction", "predictions"),
+                        count_of(summary.labels as usize, "label", "labels"),
                         summary.invalid,
                         summary.seconds,
                         rate,
-                        summary.windows_closed,
-                        summary.rows
+                        count_of(summary.windows_closed as usize, "window", "windows"),
+                        count_of(summary.rows as usize, "row", "rows")
                     );
                     if summary.labels > 0 || summary.predictions_unlabelled > 0 {
                         eprintln!("{}", summary.join_report());
@@ -507,7 +525,11 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                     ExitCode::from(1)
                 })?
             };
-            eprintln!("simulated {} predictions and {} labels", summary.predictions, summary.labels);
+            eprintln!(
+                "simulated {} and {}",
+                count_of(summary.predictions as usize, "prediction", "predictions"),
+                count_of(summary.labels as usize, "label", "labels")
+            );
             Ok(())
         }
         Command::Demo { duration, listen } => {
@@ -600,10 +622,10 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
     let baseline = crate::baseline::build::build_baseline(&options).map_err(fail)?;
     baseline.save(&out).map_err(fail)?;
     eprintln!(
-        "baseline for {} from {} rows ({} features) written to {}",
+        "baseline for {} from {} ({}) written to {}",
         baseline.model,
-        baseline.source.rows,
-        baseline.features.len(),
+        count_of(baseline.source.rows as usize, "row", "rows"),
+        count_of(baseline.features.len(), "feature", "features"),
         out.display()
     );
     Ok(())

@@ -17,6 +17,7 @@ mod env;
 mod error;
 mod pointer;
 pub mod redact;
+pub mod reload;
 mod validate;
 
 #[cfg(test)]

@@ -256,6 +256,8 @@ struct MappingGroup {
     prediction_trie: Node,
     label_trie: Node,
     models: Vec<ModelId>,
+    /// The configured pointers, which invalid-event messages name.
+    pointers: crate::config::FieldPaths,
 }
 
 /// Counters the decoder keeps for telemetry (drained by the caller).
@@ -279,6 +281,9 @@ pub struct Decoder {
     /// leaf telling which group it belongs to (by index into `model_pointer_groups`).
     model_finder: Option<(Node, Node)>,
     scratch: RowScratch,
+    /// The mapping group of the event being decoded, once known (for the
+    /// pointers its error messages name).
+    current_group: Option<usize>,
     segment_key: String,
     /// Reused text of numbers used as class labels or category values.
     number_text: Vec<u8>,
@@ -311,7 +316,12 @@ impl Decoder {
                 .map_err(|e| format!("models[{id}] ({}): {e}", model.name))?;
             let label_trie = pointer::compile(paths, &Field::LABEL_FIELDS)
                 .map_err(|e| format!("models[{id}] ({}): {e}", model.name))?;
-            groups.push(MappingGroup { prediction_trie, label_trie, models: vec![id as ModelId] });
+            groups.push(MappingGroup {
+                prediction_trie,
+                label_trie,
+                models: vec![id as ModelId],
+                pointers: paths.clone(),
+            });
             group_paths.push(paths.clone());
         }
         let model_finder = if groups.len() > 1 {
@@ -332,6 +342,7 @@ impl Decoder {
             groups,
             model_finder,
             scratch: RowScratch::default(),
+            current_group: None,
             segment_key: String::new(),
             number_text: Vec::new(),
             predictions: registry.models.iter().map(|m| PredictionColumns::new(m.task)).collect(),
@@ -362,6 +373,26 @@ impl Decoder {
         self.latest_accepted_ms = limit_ms.min(timestamp::MAX_EVENT_TIME_MS);
     }
 
+    /// A field as error messages name it: `` `event_id` ``, and where the
+    /// event's model maps it to another pointer than the default, that
+    /// pointer too: `` `event_id` at `/request_id` ``.
+    fn field_text(&self, field: Field) -> String {
+        let name = field.name();
+        let group = self.current_group.or((self.groups.len() == 1).then_some(0));
+        let pointer_of = |paths: &crate::config::FieldPaths| {
+            paths.entries().into_iter().find(|(key, _)| *key == name).map(|(_, pointer)| pointer.to_string())
+        };
+        let configured = group.and_then(|g| self.groups.get(g)).and_then(|g| pointer_of(&g.pointers));
+        // Every default pointer is `/` and the field's name.
+        match configured {
+            Some(pointer) if pointer.strip_prefix('/') != Some(name) => {
+                let shown: String = pointer.chars().take(60).collect();
+                format!("`{name}` at `{shown}`")
+            }
+            _ => format!("`{name}`"),
+        }
+    }
+
     fn invalid(&self, reason: InvalidReason, field: Option<Field>) -> Invalid {
         let detail = match (reason, self.scratch.error, field) {
             (InvalidReason::InvalidJson, _, _) => match self.scratch.syntax_error_at {
@@ -374,12 +405,12 @@ impl Decoder {
             }
             (InvalidReason::NotAnObject, _, _) => "payload is not a JSON object".to_string(),
             (InvalidReason::TooLong, error, field) => {
-                let field = field.or(error.map(|(_, f)| f)).map_or("", Field::name);
+                let field = field.or(error.map(|(_, f)| f)).map_or_else(|| "``".to_string(), |f| self.field_text(f));
                 match self.scratch.too_long {
                     Some(long) => {
-                        format!("field `{field}`: {} of {} bytes; the limit is {}", long.what, long.bytes, long.limit)
+                        format!("field {field}: {} of {} bytes; the limit is {}", long.what, long.bytes, long.limit)
                     }
-                    None => format!("field `{field}`: a class label longer than {MAX_EVENT_NAME_BYTES} bytes"),
+                    None => format!("field {field}: a class label longer than {MAX_EVENT_NAME_BYTES} bytes"),
                 }
             }
             (InvalidReason::TooLarge, _, _) => {
@@ -392,13 +423,14 @@ impl Decoder {
                 format!("model {shown:?}{more} is not configured")
             }
             (InvalidReason::TimestampOutOfRange, _, _) => format!(
-                "field `timestamp`: {} is outside the accepted range [{}, {})",
+                "field {}: {} is outside the accepted range [{}, {})",
+                self.field_text(Field::Timestamp),
                 self.scratch.timestamp_ms.map_or_else(String::new, timestamp::format_rfc3339_ms),
                 timestamp::format_rfc3339_ms(timestamp::MIN_EVENT_TIME_MS),
                 timestamp::format_rfc3339_ms(self.latest_accepted_ms)
             ),
             (_, _, Some(field)) | (_, Some((_, field)), None) => {
-                format!("field `{}`: {}", field.name(), reason.label().replace('_', " "))
+                format!("field {}: {}", self.field_text(field), reason.label().replace('_', " "))
             }
             _ => reason.label().replace('_', " "),
         };
@@ -451,7 +483,9 @@ impl Decoder {
         if bytes.len() > self.max_message_bytes {
             return Err(self.invalid(InvalidReason::TooLarge, None));
         }
+        self.current_group = None;
         let group = self.group_for(registry, bytes, false)?;
+        self.current_group = Some(group);
         json::walk(&self.groups[group].prediction_trie, bytes, &mut self.scratch).map_err(|r| self.invalid(r, None))?;
         let (model_id, time) = self.common_checks(registry, Field::Prediction)?;
         let model = registry.get_mut(model_id);
@@ -550,7 +584,9 @@ impl Decoder {
         if bytes.len() > self.max_message_bytes {
             return Err(self.invalid(InvalidReason::TooLarge, None));
         }
+        self.current_group = None;
         let group = self.group_for(registry, bytes, true)?;
+        self.current_group = Some(group);
         json::walk(&self.groups[group].label_trie, bytes, &mut self.scratch).map_err(|r| self.invalid(r, None))?;
         let (model_id, time) = self.common_checks(registry, Field::Label)?;
         let model = registry.get_mut(model_id);

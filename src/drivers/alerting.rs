@@ -78,10 +78,17 @@ pub struct AlertingSink<'a> {
     pub metrics: Option<Arc<crate::metrics::LatestRows>>,
 }
 
-/// What the daemon adds: query rules evaluated on the wall clock, and rule
-/// reloads requested by SIGHUP (or the HTTP API).
+/// What the daemon adds: query rules evaluated on the wall clock, and
+/// config reloads requested by SIGHUP (or the HTTP API).
 pub struct Live {
+    /// The config in force: the one the daemon started with, with the
+    /// reloadable settings of the latest successful reload.
     pub config: Config,
+    /// The config file a reload re-reads; without one (the demo, tests) a
+    /// reload re-reads only the rule files.
+    pub config_path: Option<std::path::PathBuf>,
+    /// The notification stage, whose notifiers a reload replaces.
+    pub dispatcher: Option<Arc<crate::notify::Dispatcher>>,
     pub reload_requested: Arc<std::sync::atomic::AtomicBool>,
     pub last_evaluation: std::time::Instant,
     /// The HTTP API's state (published snapshots) and its reload requests.
@@ -197,24 +204,76 @@ impl<'a> AlertingSink<'a> {
 }
 
 impl AlertingSink<'_> {
-    /// Reloads the rule files: a valid set replaces the old one (alert
-    /// states of unchanged rules survive); an invalid one is rejected with
-    /// its errors and the old set stays. Returns the errors, if any.
-    pub fn reload(&mut self, config: &Config) -> Result<usize, Vec<String>> {
-        match load_rules(config) {
-            Ok(rules) => {
-                let count = rules.rules.len();
-                self.engine.replace_rules(Arc::new(rules));
-                tracing::info!(rules = count, "rules reloaded");
-                Ok(count)
-            }
-            Err(errors) => {
+    /// Reloads the config (SIGHUP, `POST /-/reload`): re-reads the config
+    /// file when the daemon has one, and applies its reloadable settings
+    /// (rules, notifiers, `alerting.evaluation_interval`; alert states of
+    /// unchanged rules survive). Changed settings that need a restart are
+    /// named in the report and the log; their running values stay. A config
+    /// or rule set with an error is rejected whole: nothing changes.
+    pub fn reload(&mut self) -> Result<crate::http::ReloadReport, crate::http::ReloadRejection> {
+        let Some(live) = &mut self.live else {
+            return Err(crate::http::ReloadRejection::new("not_running", "nothing to reload", Vec::new()));
+        };
+        let reloaded = match &live.config_path {
+            Some(path) => Config::load(path).map_err(|error| {
+                let errors = config_error_lines(&error);
                 for error in &errors {
-                    tracing::error!(%error, "rule reload rejected; keeping the previous rules");
+                    tracing::error!(%error, "config reload rejected; keeping the previous config");
                 }
-                Err(errors)
+                crate::http::ReloadRejection::new(
+                    "invalid_config",
+                    "the new config was rejected; the previous config stays in force",
+                    errors,
+                )
+            })?,
+            None => live.config.clone(),
+        };
+        let rules = load_rules(&reloaded).map_err(|errors| {
+            for error in &errors {
+                tracing::error!(%error, "rule reload rejected; keeping the previous rules");
             }
+            crate::http::ReloadRejection::new(
+                "invalid_rules",
+                "the new rules were rejected; the previous rules stay in force",
+                errors,
+            )
+        })?;
+        let specs = crate::notify::notifier_specs(&reloaded).map_err(|errors| {
+            for error in &errors {
+                tracing::error!(%error, "config reload rejected; keeping the previous config");
+            }
+            crate::http::ReloadRejection::new(
+                "invalid_config",
+                "the new config was rejected; the previous config stays in force",
+                errors,
+            )
+        })?;
+        let restart_required = crate::config::reload::settings_needing_restart(&live.config, &reloaded);
+        let notifiers: Vec<String> = reloaded.notifiers.keys().cloned().collect();
+        if let Some(dispatcher) = &live.dispatcher {
+            dispatcher.replace_notifiers(specs);
         }
+        live.config = crate::config::reload::with_reloadable_settings(&live.config, &reloaded);
+        let count = rules.rules.len();
+        self.engine.replace_rules(Arc::new(rules));
+        tracing::info!(rules = count, notifiers = notifiers.len(), "rules reloaded");
+        if !restart_required.is_empty() {
+            tracing::warn!(
+                settings = %restart_required.join(", "),
+                "changed settings need a restart to take effect; their running values stay in force"
+            );
+        }
+        Ok(crate::http::ReloadReport { rules: count, notifiers, restart_required })
+    }
+}
+
+/// A config error as lines, each naming the file (and the setting).
+fn config_error_lines(error: &crate::config::ConfigError) -> Vec<String> {
+    match error {
+        crate::config::ConfigError::Invalid { origin, errors } => {
+            errors.iter().map(|message| format!("{origin}: {message}")).collect()
+        }
+        other => vec![other.to_string()],
     }
 }
 
@@ -237,8 +296,7 @@ impl WindowSink for AlertingSink<'_> {
             None => Vec::new(),
         };
         if reload || !requests.is_empty() {
-            let config = live.config.clone();
-            let outcome = self.reload(&config);
+            let outcome = self.reload();
             changed |= outcome.is_ok();
             // Publish first: a client told "reloaded" must then see the new rules.
             self.publish();

@@ -91,9 +91,24 @@ impl WindowSink for LoggingSink {
 
 /// Runs the daemon until `shutdown` is triggered. Extra rows go to `sink`
 /// as well when given (tests use a channel). Setting `reload` reloads the
-/// rule files (SIGHUP does, through the CLI).
+/// rule files (SIGHUP does, through the CLI); with no config file to
+/// re-read, only the rules are reloaded.
 pub fn run_daemon(
     config: &Config,
+    telemetry: Arc<Telemetry>,
+    shutdown: &Shutdown,
+    reload: &Arc<AtomicBool>,
+    extra_sink: Option<Box<dyn WindowSink>>,
+) -> Result<KafkaSummary, RunError> {
+    run_daemon_with_config_file(config, None, telemetry, shutdown, reload, extra_sink)
+}
+
+/// [`run_daemon`] for a config loaded from `config_path`: a reload
+/// (`reload` set by SIGHUP, or `POST /-/reload`) re-reads that file and
+/// applies its reloadable settings (`docs/CONFIG.md`, "Reloading").
+pub fn run_daemon_with_config_file(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
     telemetry: Arc<Telemetry>,
     shutdown: &Shutdown,
     reload: &Arc<AtomicBool>,
@@ -115,16 +130,15 @@ pub fn run_daemon(
     let rules = crate::drivers::alerting::load_rules(config).map_err(|errors| RunError::Setup(errors.join("\n")))?;
     let audit = crate::drivers::alerting::open_audit(config)
         .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
-    let dispatcher = if config.notifiers.is_empty() {
-        None
-    } else {
-        Some(crate::notify::start(config, audit.clone(), pipeline.telemetry.clone()).map_err(RunError::Setup)?)
-    };
+    // Started even without notifiers, so that a reload can add some.
+    let dispatcher =
+        Arc::new(crate::notify::start(config, audit.clone(), pipeline.telemetry.clone()).map_err(RunError::Setup)?);
     let mut sink = AlertingSink::new(&mut logging, config, Arc::new(rules), None, audit)
         .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
-    if let Some(dispatcher) = &dispatcher {
-        sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
-        sink.on_active = Some(Box::new(move |active| dispatcher.resend_firing(active)));
+    {
+        let (submitting, resending) = (dispatcher.clone(), dispatcher.clone());
+        sink.on_events = Some(Box::new(move |events| submitting.submit(events)));
+        sink.on_active = Some(Box::new(move |active| resending.resend_firing(active)));
     }
     let metrics = Arc::new(
         crate::metrics::Metrics::new(
@@ -158,6 +172,8 @@ pub fn run_daemon(
     *pipeline.telemetry.http_address.lock().expect("telemetry lock") = Some(server.address.to_string());
     sink.live = Some(Live {
         config: config.clone(),
+        config_path: config_path.map(std::path::Path::to_path_buf),
+        dispatcher: Some(dispatcher.clone()),
         reload_requested: reload.clone(),
         last_evaluation: std::time::Instant::now(),
         api: Some((api.clone(), reload_requests)),
@@ -184,9 +200,7 @@ pub fn run_daemon(
     let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown, durability.as_mut());
     telemetry.readiness.pipeline_running.store(false, std::sync::atomic::Ordering::Relaxed);
     drop(sink);
-    if let Some(dispatcher) = &dispatcher
-        && !dispatcher.wait_idle(std::time::Duration::from_secs(5))
-    {
+    if !dispatcher.wait_idle(std::time::Duration::from_secs(5)) {
         tracing::warn!(pending = dispatcher.pending(), "notifications still pending at shutdown; kept in the outbox");
     }
     Ok(summary?)

@@ -37,10 +37,40 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most `window_metrics` rows `/api/v1/windows` keeps (oldest dropped).
 pub const RECENT_ROWS: usize = 100_000;
 
-/// A rule reload asked for over HTTP; the pipeline answers with the number
-/// of rules loaded or the errors.
+/// Default `limit` of `/api/v1/windows`: every row kept.
+pub const DEFAULT_WINDOWS_LIMIT: usize = RECENT_ROWS;
+
+/// A config reload asked for over HTTP; the pipeline answers with what it
+/// applied or why it refused.
 pub struct ReloadRequest {
-    pub reply: tokio::sync::oneshot::Sender<Result<usize, Vec<String>>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<ReloadReport, ReloadRejection>>,
+}
+
+/// What a reload applied, and the changed settings it could not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReloadReport {
+    /// Rules now loaded.
+    pub rules: usize,
+    /// Names of the notifiers now configured, sorted.
+    pub notifiers: Vec<String>,
+    /// Config paths of changed settings that take effect only after a
+    /// restart (their running values stay in force), sorted.
+    pub restart_required: Vec<String>,
+}
+
+/// Why a reload changed nothing: a code (`invalid_config`,
+/// `invalid_rules`), a sentence, and every error found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadRejection {
+    pub code: &'static str,
+    pub message: String,
+    pub errors: Vec<String>,
+}
+
+impl ReloadRejection {
+    pub fn new(code: &'static str, message: impl Into<String>, errors: Vec<String>) -> ReloadRejection {
+        ReloadRejection { code, message: message.into(), errors }
+    }
 }
 
 /// A value the pipeline publishes and handlers read: an immutable `Arc`
@@ -93,6 +123,13 @@ pub struct ApiState {
     pub models: Published<Vec<Value>>,
     token: Option<String>,
     reload: Mutex<mpsc::Sender<ReloadRequest>>,
+    /// Rows dropped from the front of `windows` since this state was made:
+    /// the sequence number of its first row (`/api/v1/windows` cursors).
+    /// Changed only under the lock of `windows`.
+    windows_dropped: std::sync::atomic::AtomicU64,
+    /// Tells this run's cursors from an earlier run's: the time (ms) the
+    /// state was made.
+    cursor_epoch: i64,
     /// The metrics `/metrics` serves.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -112,6 +149,8 @@ impl ApiState {
             models: Published::new(Vec::new()),
             token,
             reload: Mutex::new(sender),
+            windows_dropped: std::sync::atomic::AtomicU64::new(0),
+            cursor_epoch: chrono::Utc::now().timestamp_millis(),
             metrics,
         };
         (Arc::new(state), receiver)
@@ -126,7 +165,20 @@ impl ApiState {
             recent.extend(rows.iter().cloned());
             let excess = recent.len().saturating_sub(RECENT_ROWS);
             recent.drain(..excess);
+            self.windows_dropped.fetch_add(excess as u64, std::sync::atomic::Ordering::SeqCst);
         });
+    }
+
+    /// The rows and the sequence number of the first of them, taken
+    /// together under the lock (the lock is released on return).
+    fn windows_with_first_sequence(&self) -> (Arc<RecentRows>, u64) {
+        let cell = self.windows.cell();
+        (Arc::clone(&cell), self.windows_dropped.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// The names of the configured models, as `/api/v1/models` lists them.
+    fn model_names(&self) -> Vec<String> {
+        self.models.snapshot().iter().filter_map(|m| m["name"].as_str().map(str::to_string)).collect()
     }
 }
 
@@ -222,13 +274,16 @@ async fn reload(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
         return error(StatusCode::SERVICE_UNAVAILABLE, "not_running", "the pipeline is not running", None);
     }
     match tokio::time::timeout(Duration::from_secs(30), answer).await {
-        Ok(Ok(Ok(count))) => Json(json!({"status": "reloaded", "rules": count})).into_response(),
-        Ok(Ok(Err(errors))) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_rules",
-            "the new rules were rejected; the previous rules stay in force",
-            Some(json!(errors)),
-        ),
+        Ok(Ok(Ok(report))) => Json(json!({
+            "status": "reloaded",
+            "rules": report.rules,
+            "notifiers": report.notifiers,
+            "restart_required": report.restart_required,
+        }))
+        .into_response(),
+        Ok(Ok(Err(rejection))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, rejection.code, rejection.message, Some(json!(rejection.errors)))
+        }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the pipeline did not answer in time", None),
     }
 }
@@ -243,15 +298,43 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
 struct WindowsQuery {
     model: Option<String>,
     since: Option<String>,
+    metric: Option<String>,
+    feature: Option<String>,
+    segment: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
 }
 
-/// `GET /api/v1/windows?model=&since=`: recent rows, oldest first.
+/// What `/api/v1/windows` says about its parameters when one is wrong.
+const WINDOWS_PARAMETERS: &str = "parameters: model, since (RFC 3339), metric, feature (empty: model-level rows), \
+     segment (empty: the whole model), limit (1 to 100000), after (the `next` of a previous page)";
+
+/// A page cursor: this run's epoch and the sequence number of the first
+/// row after the page. The error is the rejection's status, code and
+/// message.
+fn parse_cursor(text: &str, epoch: i64) -> Result<u64, (StatusCode, &'static str, &'static str)> {
+    let parsed =
+        text.split_once('.').and_then(|(run, sequence)| Some((run.parse::<i64>().ok()?, sequence.parse().ok()?)));
+    match parsed {
+        Some((run, sequence)) if run == epoch => Ok(sequence),
+        Some(_) => Err((
+            StatusCode::GONE,
+            "cursor_expired",
+            "the cursor is from an earlier run of the daemon: start again without `after`",
+        )),
+        None => Err((StatusCode::BAD_REQUEST, "bad_after", "after must be the `next` cursor of a previous page")),
+    }
+}
+
+/// `GET /api/v1/windows?model=&since=&metric=&feature=&segment=&limit=&after=`:
+/// recent rows, oldest first, a page of at most `limit` at a time; `next`
+/// continues after the page (and later returns rows closed since).
 async fn windows(
     State(state): State<Arc<ApiState>>,
     query: Result<axum::extract::Query<WindowsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(axum::extract::Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "bad_query", "parameters: model, since (RFC 3339)", None);
+        return error(StatusCode::BAD_REQUEST, "bad_query", WINDOWS_PARAMETERS, None);
     };
     let since = match query.since.as_deref() {
         None => i64::MIN,
@@ -260,28 +343,75 @@ async fn windows(
             None => return error(StatusCode::BAD_REQUEST, "bad_since", "since must be an RFC 3339 time", None),
         },
     };
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_WINDOWS_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) if (1..=RECENT_ROWS).contains(&limit) => limit,
+            _ => {
+                let message = format!("limit must be a whole number from 1 to {RECENT_ROWS}");
+                return error(StatusCode::BAD_REQUEST, "bad_limit", message, None);
+            }
+        },
+    };
+    let after = match query.after.as_deref() {
+        None => 0,
+        Some(text) => match parse_cursor(text, state.cursor_epoch) {
+            Ok(sequence) => sequence,
+            Err((status, code, message)) => return error(status, code, message, None),
+        },
+    };
+    if let Some(model) = query.model.as_deref() {
+        let known = state.model_names();
+        if !known.iter().any(|name| name == model) {
+            let shown: String = model.chars().take(60).collect();
+            let message = format!("no model named {shown:?}; known models: {}", known.join(", "));
+            return error(StatusCode::NOT_FOUND, "unknown_model", message, Some(json!(known)));
+        }
+    }
     // A copy of the rows asked for, taken from the published snapshot (an
     // `Arc`, cloned under the lock and released at once) and dropped before
     // encoding: the pipeline never waits for this response, and rarely has
     // to copy its rows because a reader still holds them.
-    let selected: Vec<crate::output::WindowMetricRow> = state
-        .windows
-        .snapshot()
-        .iter()
-        .filter(|r| query.model.as_deref().is_none_or(|m| *r.model == *m) && r.window_start_ms >= since)
-        .cloned()
-        .collect();
+    let (rows, first_sequence) = state.windows_with_first_sequence();
+    let skip = usize::try_from(after.saturating_sub(first_sequence)).unwrap_or(usize::MAX);
+    let matches = |r: &&crate::output::WindowMetricRow| {
+        query.model.as_deref().is_none_or(|m| *r.model == *m)
+            && r.window_start_ms >= since
+            && query.metric.as_deref().is_none_or(|m| r.metric == m)
+            && query.feature.as_deref().is_none_or(|f| r.feature.as_deref().unwrap_or("") == f)
+            && query.segment.as_deref().is_none_or(|s| *r.segment == *s)
+    };
+    let mut selected = Vec::new();
+    let mut next = first_sequence + rows.len() as u64;
+    let mut more = false;
+    for (index, row) in rows.iter().enumerate().skip(skip) {
+        if !matches(&row) {
+            continue;
+        }
+        if selected.len() == limit {
+            next = first_sequence + index as u64;
+            more = true;
+            break;
+        }
+        selected.push(row.clone());
+    }
+    drop(rows);
     let selected: Vec<Value> = selected.iter().map(crate::rules::lifecycle::row_json).collect();
-    Json(json!({"windows": selected})).into_response()
+    let next = format!("{}.{}", state.cursor_epoch, next.max(after));
+    Json(json!({"windows": selected, "next": next, "more": more})).into_response()
 }
 
-/// `GET /api/v1/models`: the configured models and their latest window.
+/// `GET /api/v1/models`: the configured models and their latest window
+/// (the whole model's `count` row, not a feature's).
 async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
     let rows = state.windows.snapshot();
     let mut models = state.models.snapshot().to_vec();
     for model in &mut models {
         let name = model["name"].as_str().unwrap_or("").to_string();
-        let latest = rows.iter().rev().find(|r| *r.model == *name && r.metric == "count" && r.segment.is_empty());
+        let latest = rows
+            .iter()
+            .rev()
+            .find(|r| *r.model == *name && r.metric == "count" && r.segment.is_empty() && r.feature.is_none());
         model["latest_window"] = latest.map(crate::rules::lifecycle::row_json).unwrap_or(Value::Null);
     }
     Json(json!({"models": models}))

@@ -68,9 +68,36 @@ enum Attempt {
 /// number and its completion.
 type Predecessor = (u64, tokio::sync::oneshot::Receiver<()>);
 
-struct Shared {
+/// The configured notifiers and their concurrency limits, replaced as a
+/// whole when the config is reloaded; a delivery uses the set it started
+/// with.
+struct Notifiers {
     specs: HashMap<String, NotifierSpec>,
     limits: HashMap<String, Arc<tokio::sync::Semaphore>>,
+}
+
+impl Notifiers {
+    /// The set for `specs`, keeping the semaphore (and so the deliveries
+    /// in flight it counts) of every notifier whose concurrency in
+    /// `previous` is the same.
+    fn new(specs: Vec<NotifierSpec>, previous: Option<&Notifiers>) -> Notifiers {
+        let limits = specs
+            .iter()
+            .map(|spec| {
+                let kept = previous.and_then(|previous| {
+                    let same = previous.specs.get(&spec.name)?.concurrency == spec.concurrency;
+                    same.then(|| previous.limits.get(&spec.name).cloned()).flatten()
+                });
+                let limit = kept.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(spec.concurrency)));
+                (spec.name.clone(), limit)
+            })
+            .collect();
+        Notifiers { specs: specs.into_iter().map(|s| (s.name.clone(), s)).collect(), limits }
+    }
+}
+
+struct Shared {
+    notifiers: Mutex<Arc<Notifiers>>,
     outbox: Mutex<Outbox>,
     audit: Option<Arc<Mutex<AuditLog>>>,
     telemetry: Arc<Telemetry>,
@@ -112,12 +139,9 @@ impl Dispatcher {
             .redirect(same_origin_redirects())
             .build()
             .map_err(|e| std::io::Error::other(e.without_url().to_string()))?;
-        let limits =
-            specs.iter().map(|s| (s.name.clone(), Arc::new(tokio::sync::Semaphore::new(s.concurrency)))).collect();
         let pending = outbox.pending();
         let shared = Arc::new(Shared {
-            specs: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),
-            limits,
+            notifiers: Mutex::new(Arc::new(Notifiers::new(specs, None))),
             outbox: Mutex::new(outbox),
             audit,
             telemetry,
@@ -172,7 +196,7 @@ impl Dispatcher {
         let mut due = Vec::new();
         {
             let mut last = self.shared.last_resend.lock().expect("resend lock");
-            for spec in self.shared.specs.values() {
+            for spec in self.shared.notifiers().specs.values() {
                 let Some(interval) = spec.resend_interval else { continue };
                 let entry = last.entry(spec.name.clone()).or_insert(now);
                 if now.duration_since(*entry) >= interval {
@@ -192,6 +216,23 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Replaces the notifiers (a reloaded config): notifications queued
+    /// from now on, and those waiting in the outbox, use the new set;
+    /// deliveries already under way finish with the settings they started
+    /// with.
+    pub fn replace_notifiers(&self, specs: Vec<NotifierSpec>) {
+        let mut notifiers = self.shared.notifiers.lock().expect("notifiers lock");
+        let replaced = Arc::new(Notifiers::new(specs, Some(&notifiers)));
+        *notifiers = replaced;
+    }
+
+    /// The names of the notifiers in force, sorted.
+    pub fn notifier_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.notifiers().specs.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Notifications not yet delivered or given up.
@@ -256,6 +297,13 @@ impl Drop for Dispatcher {
     }
 }
 
+impl Shared {
+    /// The notifiers in force (the lock is released on return).
+    fn notifiers(&self) -> Arc<Notifiers> {
+        Arc::clone(&self.notifiers.lock().expect("notifiers lock"))
+    }
+}
+
 fn audit_attempt(shared: &Shared, n: &Notification, outcome: &str, status: Option<u16>, error: Option<&str>) {
     let Some(audit) = &shared.audit else { return };
     let record = json!({
@@ -278,7 +326,8 @@ fn audit_attempt(shared: &Shared, n: &Notification, outcome: &str, status: Optio
 }
 
 async fn deliver(shared: &Shared, mut n: Notification) {
-    let Some(spec) = shared.specs.get(&n.notifier) else {
+    let notifiers = shared.notifiers();
+    let Some(spec) = notifiers.specs.get(&n.notifier) else {
         tracing::error!(notifier = %n.notifier, "notification for an unknown notifier dropped");
         let _ = shared.outbox.lock().expect("outbox lock").remove(&n.id);
         return;
@@ -298,7 +347,7 @@ async fn deliver(shared: &Shared, mut n: Notification) {
             return;
         }
     };
-    let limit = shared.limits.get(&n.notifier).cloned();
+    let limit = notifiers.limits.get(&n.notifier).cloned();
     loop {
         n.attempts += 1;
         let _ = shared.outbox.lock().expect("outbox lock").update(&n);

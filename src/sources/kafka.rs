@@ -188,6 +188,12 @@ impl ClientContext for SourceContext {
 }
 
 impl SourceContext {
+    /// Whether a broker answered lately (`kafka_reachable`): commits to an
+    /// unreachable one are skipped rather than waited for.
+    fn broker_reachable(&self) -> bool {
+        self.telemetry.readiness.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Durable mode: every assigned partition starts at an explicit offset,
     /// which goes into `positions` (and so into every checkpoint) at once,
     /// before any of its events is read. A partition the checkpoint has
@@ -333,7 +339,11 @@ impl ConsumerContext for SourceContext {
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(partitions) = rebalance else { return };
-        if self.durable {
+        if !self.broker_reachable() {
+            // A synchronous commit would wait for a coordinator that is not
+            // there (tens of seconds) and fail anyway.
+            tracing::warn!("Kafka unreachable: offsets not committed on revocation");
+        } else if self.durable {
             // The next owner starts from the last checkpoint's offsets.
             let checkpointed = self.checkpointed.lock().expect("context lock").clone();
             let mut offsets = Tpl::new();
@@ -768,15 +778,48 @@ pub fn run_kafka(
         None => {
             pipeline.finish(sink)?;
             sink.flush()?;
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-                Err(error) => tracing::warn!(%error, "final commit failed"),
+            if !consumer.context().broker_reachable() {
+                tracing::warn!(
+                    "Kafka unreachable: the final commit is skipped; the next run reads again from the last committed offsets"
+                );
+            } else {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                    Err(error) => tracing::warn!(%error, "final commit failed"),
+                }
             }
         }
     }
     consumer.unsubscribe();
     tracing::info!(messages = summary.messages, batches = summary.batches, "consumer stopped");
+    close_consumer(consumer);
     Ok(summary)
+}
+
+/// How long shutdown waits to leave the consumer group when no broker is
+/// reachable.
+const UNREACHABLE_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Leaves the consumer group and closes the consumer. With no broker
+/// reachable, leaving would wait up to `session.timeout.ms` (45 s by
+/// default) for a coordinator that is not there, past the shutdown timeout:
+/// then it waits [`UNREACHABLE_CLOSE_WAIT`] at most and abandons the
+/// consumer to the process's exit (the group expires the membership).
+fn close_consumer(consumer: BaseConsumer<SourceContext>) {
+    if consumer.context().broker_reachable() {
+        drop(consumer);
+        return;
+    }
+    if consumer.close_queue().is_ok() {
+        let deadline = Instant::now() + UNREACHABLE_CLOSE_WAIT;
+        while !consumer.closed() && Instant::now() < deadline {
+            consumer.poll(Duration::from_millis(100));
+        }
+    }
+    if !consumer.closed() {
+        tracing::warn!("Kafka unreachable: not waiting to leave the consumer group; the broker expires the membership");
+    }
+    std::mem::forget(consumer);
 }
 
 /// Takes a checkpoint between micro-batches; on success commits its

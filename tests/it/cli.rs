@@ -103,3 +103,48 @@ fn simulate_to_files_then_replay_detects_nothing_invalid() {
     assert_eq!(accuracy.len(), 5, "{accuracy:?}");
     assert!(accuracy[0].1 > 0.8 && accuracy[4].1 < 0.75, "{accuracy:?}");
 }
+
+/// One rule in one file is "1 rule in 1 file", one error "1 error".
+#[test]
+fn counts_of_one_are_singular() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    let rule = "groups:\n  - name: g\n    rules:\n      - alert: Busy\n        expr: metric = 'count'\n";
+    std::fs::write(&rules, rule).unwrap();
+    let output = driftwatch().args(["rules", "check", rules.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("1 rule in 1 file: OK"), "{stdout}");
+    std::fs::write(&rules, rule.replace("metric = 'count'", "nosuch > 1")).unwrap();
+    let output = driftwatch().args(["rules", "check", rules.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.lines().last() == Some("1 error"), "{stderr}");
+}
+
+/// An invalid event's log line names the pointer the config maps the
+/// field to (`/request_id`), not only the field; and a log written to a
+/// file or pipe (not a terminal) has no ANSI colour codes, even without
+/// `NO_COLOR`.
+#[test]
+fn invalid_events_name_the_configured_pointer_and_piped_logs_have_no_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "models: [{name: m, fields: {event_id: /request_id}}]\n").unwrap();
+    let predictions = dir.path().join("p.ndjson");
+    std::fs::write(
+        &predictions,
+        "{\"request_id\":\"r1\",\"model\":\"m\",\"timestamp\":1795687200000,\"prediction\":1}\n\
+         {\"event_id\":\"e2\",\"model\":\"m\",\"timestamp\":1795687201000,\"prediction\":1}\n",
+    )
+    .unwrap();
+    let output = driftwatch()
+        .args(["replay", "--config", config.to_str().unwrap(), "--predictions", predictions.to_str().unwrap()])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("field `event_id` at `/request_id`: missing field"), "{stderr}");
+    assert!(stderr.contains("replayed 1 prediction and 0 labels (1 invalid)"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no colour codes off a terminal: {stderr:?}");
+}

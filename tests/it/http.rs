@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use driftwatch::http::{ApiState, MAX_BODY_BYTES, serve};
+use driftwatch::output::WindowMetricRow;
 use serde_json::Value;
 
 /// Sends raw request bytes; returns the status and the body as JSON
@@ -88,4 +89,109 @@ fn every_endpoint_rejects_what_it_should_with_a_json_error() {
     let server = serve("127.0.0.1:0", no_token).unwrap();
     let (status, body) = raw(&server.address.to_string(), &request("POST", "/-/reload", Some("anything"), b""));
     assert_eq!((status, code(&body)), (403, "disabled"));
+}
+
+/// A `window_metrics` row of `model`, window `i` (one minute each).
+fn row(model: &str, i: i64, segment: &str, feature: Option<&str>, metric: &'static str) -> WindowMetricRow {
+    WindowMetricRow {
+        model: model.into(),
+        model_version: "v1".into(),
+        segment: segment.into(),
+        window_start_ms: i * 60_000,
+        window_end_ms: (i + 1) * 60_000,
+        feature: feature.map(Into::into),
+        metric,
+        value: i as f64,
+        baseline: None,
+        threshold: None,
+        p_value: None,
+        drifted: None,
+        sample_count: 10,
+    }
+}
+
+/// Each closed window of `model` as the engine emits it: the model's own
+/// `count`, then a feature's `count` and `psi`, then a segment's `count`.
+fn window_rows(model: &str, i: i64) -> Vec<WindowMetricRow> {
+    vec![
+        row(model, i, "", None, "count"),
+        row(model, i, "", Some("amount"), "count"),
+        row(model, i, "", Some("amount"), "psi"),
+        row(model, i, "region=eu", None, "count"),
+    ]
+}
+
+/// `/api/v1/models` shows each model's own latest `count` row (not the
+/// last feature's); `/api/v1/windows` filters by metric, feature (empty:
+/// model-level rows) and segment, pages with `limit` and the `next`
+/// cursor, and answers an unknown model with 404 naming the known ones.
+#[test]
+fn windows_filter_and_page_and_models_show_the_models_own_latest_window() {
+    let (api, _reloads) = ApiState::new(None, None);
+    api.models.set(vec![serde_json::json!({"name": "shop"}), serde_json::json!({"name": "fraud"})]);
+    for i in 0..5 {
+        api.push_rows(&window_rows("shop", i));
+        api.push_rows(&window_rows("fraud", i));
+    }
+    let server = serve("127.0.0.1:0", api).unwrap();
+    let address = server.address.to_string();
+    let get = |path: &str| raw(&address, &request("GET", path, None, b""));
+
+    let (status, body) = get("/api/v1/models");
+    assert_eq!(status, 200, "{body}");
+    for model in body["models"].as_array().unwrap() {
+        let latest = &model["latest_window"];
+        assert_eq!((latest["metric"].as_str(), latest["feature"].as_str()), (Some("count"), None), "{model}");
+        assert_eq!((latest["segment"].as_str(), latest["value"].as_f64()), (Some(""), Some(4.0)), "{model}");
+    }
+
+    let (status, body) = get("/api/v1/windows?model=nosuch");
+    assert_eq!((status, code(&body)), (404, "unknown_model"), "{body}");
+    assert_eq!(body["error"]["details"], serde_json::json!(["shop", "fraud"]), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("shop, fraud"), "{body}");
+
+    let values = |body: &Value| -> Vec<f64> {
+        body["windows"].as_array().unwrap().iter().map(|r| r["value"].as_f64().unwrap()).collect()
+    };
+    let (status, body) = get("/api/v1/windows?model=shop&metric=psi&feature=amount");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(values(&body), [0.0, 1.0, 2.0, 3.0, 4.0]);
+    assert!(body["windows"].as_array().unwrap().iter().all(|r| r["metric"] == "psi" && r["model"] == "shop"));
+    let (_, body) = get("/api/v1/windows?model=fraud&metric=count&feature=&segment=");
+    assert_eq!(values(&body), [0.0, 1.0, 2.0, 3.0, 4.0], "the model's own count rows: {body}");
+    assert!(body["windows"].as_array().unwrap().iter().all(|r| r["feature"].is_null() && r["segment"] == ""));
+    let (_, body) = get("/api/v1/windows?segment=region%3Deu");
+    assert_eq!(body["windows"].as_array().unwrap().len(), 10, "{body}");
+
+    // Pages of two: every matching row once, in order, then an empty page
+    // whose cursor later returns rows closed since.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/windows?model=shop&metric=psi&limit=2".to_string();
+    loop {
+        let (status, body) = get(&path);
+        assert_eq!(status, 200, "{body}");
+        seen.extend(values(&body));
+        assert!(seen.len() <= 5, "pages repeat rows: {seen:?}");
+        let next = body["next"].as_str().unwrap().to_string();
+        path = format!("/api/v1/windows?model=shop&metric=psi&limit=2&after={next}");
+        if body["more"] == false {
+            break;
+        }
+        assert_eq!(values(&body).len(), 2);
+    }
+    assert_eq!(seen, [0.0, 1.0, 2.0, 3.0, 4.0]);
+    let (_, body) = get(&path);
+    assert_eq!((values(&body), &body["more"]), (vec![], &Value::Bool(false)), "{body}");
+
+    for (path, expected) in [
+        ("/api/v1/windows?limit=0", "bad_limit"),
+        ("/api/v1/windows?limit=100001", "bad_limit"),
+        ("/api/v1/windows?limit=ten", "bad_limit"),
+        ("/api/v1/windows?after=yesterday", "bad_after"),
+        ("/api/v1/windows?after=1.5", "cursor_expired"),
+    ] {
+        let (status, body) = get(path);
+        assert_eq!(code(&body), expected, "{path}: {status} {body}");
+        assert!(status == 400 || status == 410, "{path}: {status}");
+    }
 }
