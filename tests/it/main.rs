@@ -8,6 +8,7 @@ mod baseline;
 mod cli;
 mod compose;
 mod demo;
+mod docs;
 mod drift;
 mod durability;
 mod hostile;
