@@ -52,6 +52,9 @@ wait_for() {
   local deadline=$((SECONDS + seconds))
   until "$@"; do
     [ $? -ge 2 ] && fail "$what: gave up (see above)"
+    if [ -n "${daemon:-}" ] && ! kill -0 "$daemon" 2>/dev/null; then
+      fail "the daemon exited while waiting for $what (daemon.log)"
+    fi
     [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${seconds}s waiting for $what"
     sleep 0.2
   done
@@ -84,7 +87,7 @@ broker=tcp://127.0.0.1:$broker_port
 "$tansu" broker --listener-url "$broker" --advertised-listener-url "$broker" \
   --storage-engine memory://tansu/ --silent </dev/null >broker.log 2>&1 &
 pids+=($!)
-wait_for "the broker to listen" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$broker_port" 2>/dev/null
+wait_for "the broker to listen" 30 bash -c "exec 2>/dev/null 3<>/dev/tcp/127.0.0.1/$broker_port"
 for topic in shop.predictions shop.outcomes shop.driftwatch-rejected; do
   "$tansu" topic create --broker "$broker" --partitions 1 "$topic" >/dev/null
 done

@@ -60,8 +60,12 @@ def kafka_lines(events, out):
 
 
 def fetch(url):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode()
+    """The body at `url`; exit 1 (not yet) when the daemon does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        sys.exit(1)
 
 
 def consumed(url, predictions, labels):
