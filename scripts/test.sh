@@ -44,6 +44,12 @@ cargo test --locked --all-targets "$@"
 log "cargo test --doc"
 cargo test --locked --doc "$@"
 
+# A new user's first day, end to end (examples/first-day/README.md), with
+# the debug binary `cargo test` built.
+log "first-day walkthrough"
+[ -x target/debug/driftwatch ] || { log "target/debug/driftwatch is missing"; exit 1; }
+DRIFTWATCH_BIN=target/debug/driftwatch ./scripts/first-day.sh
+
 # Fuzzing smoke run: every cargo-fuzz target for a few seconds (installs
 # cargo-fuzz when missing; stable Rust, no sanitizer). Longer runs by hand:
 # ./scripts/fuzz.sh TARGET SECONDS.

@@ -1,4 +1,4 @@
-//! The command line (SPEC §2). Exit codes: 0 success, 1 a check failed or
+//! The command line (docs/REFERENCE.md). Exit codes: 0 success, 1 a check failed or
 //! bad input, 2 usage error.
 
 use std::fs::File;

@@ -1,5 +1,5 @@
 //! Metrics through OpenTelemetry, exported in the Prometheus text format at
-//! `/metrics` (SPEC §8 names).
+//! `/metrics` (names in docs/OBSERVABILITY.md).
 //!
 //! The hot path only bumps atomics in [`Telemetry`]; here OpenTelemetry
 //! observable instruments read them when Prometheus scrapes. What comes
@@ -181,7 +181,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Registers every SPEC §8 instrument over `telemetry` and a new
+    /// Registers every documented instrument over `telemetry` and a new
     /// [`LatestRows`].
     /// With `otlp`, the same instruments are also pushed over OTLP.
     /// `max_versions_per_model` bounds the versions per model whose values

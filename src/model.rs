@@ -27,7 +27,7 @@ pub struct Series {
     /// `""` for the whole model, else `key=value[,key=value]` with keys sorted.
     pub segment: Arc<str>,
     /// For a segment, the whole-model series of the same version: every
-    /// event of a segment also counts towards segment `""` (SPEC §4).
+    /// event of a segment also counts towards segment `""` (docs/REFERENCE.md).
     pub whole_model: Option<SeriesId>,
 }
 

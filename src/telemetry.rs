@@ -1,4 +1,4 @@
-//! Telemetry: the daemon's own counters and gauges (SPEC §8 names), shared
+//! Telemetry: the daemon's own counters and gauges (names in docs/OBSERVABILITY.md), shared
 //! between the pipeline thread and whoever exports them, plus typed internal
 //! events that both log and count.
 //!

@@ -1,5 +1,5 @@
 //! Baselines: the reference profile of a model's training (or validation)
-//! data that every window is compared with (SPEC §5), and
+//! data that every window is compared with (docs/REFERENCE.md), and
 //! [`build`], which computes one from files with DataFusion.
 //!
 //! The profile is a JSON file with `"format_version": 1`. Loading is strict

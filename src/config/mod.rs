@@ -1,4 +1,4 @@
-//! The daemon's configuration (`driftwatch.yaml`, SPEC §6).
+//! The daemon's configuration (`driftwatch.yaml`, docs/CONFIG.md).
 //!
 //! Loading goes: read the file → expand `${ENV_VAR}` references in the text
 //! ([`env`] syntax) → parse the YAML strictly (an unknown or duplicate key is
@@ -551,13 +551,13 @@ pub struct ModelConfig {
     /// Default [`Task::BinaryClassification`].
     #[serde(default)]
     pub task: Task,
-    /// Baseline profile (SPEC §5) to compare windows against; relative paths
+    /// Baseline profile (docs/REFERENCE.md) to compare windows against; relative paths
     /// are resolved against the config file's directory. Default: none
     /// (no drift metrics that need a reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<PathBuf>,
     /// Where each field is found in this model's events. Default: the
-    /// SPEC §3 layout ([`FieldPaths::default`]).
+    /// default event layout (docs/REFERENCE.md) ([`FieldPaths::default`]).
     #[serde(default)]
     pub fields: FieldPaths,
     /// `binary_classification` only: the class value that counts as
@@ -631,7 +631,7 @@ impl fmt::Display for Task {
 
 /// `models[].fields`: JSON Pointers (RFC 6901, see [`parse_json_pointer`])
 /// locating each field in a prediction or label event. Every key is
-/// optional and defaults to the SPEC §3 name.
+/// optional and defaults to the name of the default event layout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FieldPaths {
@@ -728,7 +728,7 @@ impl fmt::Debug for NotifierConfig {
     }
 }
 
-/// `http:` — the HTTP server (SPEC §7).
+/// `http:` — the HTTP server (docs/OBSERVABILITY.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {

@@ -1,6 +1,6 @@
 //! Calibration from the reference: the spread of each drift metric across
 //! chunks drawn from the baseline, per chunk (window) size. Stored in the
-//! baseline profile (SPEC §5) and used for the metrics whose null law has no
+//! baseline profile (docs/REFERENCE.md) and used for the metrics whose null law has no
 //! closed form (Wasserstein); for the others it documents how the analytic
 //! thresholds of [`super::thresholds`] compare with the reference's own
 //! spread.

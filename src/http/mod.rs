@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §7), served by axum on its own small runtime so the
+//! The HTTP API (docs/OBSERVABILITY.md), served by axum on its own small runtime so the
 //! pipeline thread never waits on a socket. Handlers read snapshots the
 //! pipeline publishes into [`ApiState`] and send requests (rule reload)
 //! over a channel the pipeline answers on its next turn.

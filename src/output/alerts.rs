@@ -1,4 +1,4 @@
-//! Writing alert transitions: the `--alerts` NDJSON (SPEC §6 transition
+//! Writing alert transitions: the `--alerts` NDJSON (docs/RULES.md transition
 //! format) and the append-only audit log, one line per transition with the
 //! rule (file, line, sha256), the evidence rows, the models' baselines and
 //! the notifications requested — enough to answer "why did we retrain on

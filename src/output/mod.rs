@@ -1,4 +1,4 @@
-//! The `window_metrics` table (SPEC §4): the row type every closed window
+//! The `window_metrics` table (docs/REFERENCE.md): the row type every closed window
 //! yields, its Arrow schema, and the NDJSON encoding used by `replay --out`
 //! and the daemon's output file.
 
@@ -37,7 +37,7 @@ pub struct WindowMetricRow {
     pub sample_count: i64,
 }
 
-/// Every metric name a `window_metrics` row may carry (SPEC §4).
+/// Every metric name a `window_metrics` row may carry (docs/REFERENCE.md lists them all).
 pub const METRIC_NAMES: &[&str] = &[
     "count",
     "missing_rate",

@@ -1,4 +1,4 @@
-//! Rule files as written (`rules/*.yaml`, SPEC §6): Prometheus-style groups
+//! Rule files as written (`rules/*.yaml`, docs/RULES.md): Prometheus-style groups
 //! of alerting rules, parsed strictly (an unknown key is an error naming its
 //! line), with the source line of every field a later check may complain
 //! about.

@@ -35,7 +35,7 @@ use crate::decode::timestamp::format_rfc3339_ms;
 use crate::output::{WindowMetricRow, rows_to_record_batch, window_metrics_schema};
 
 /// An alert state change, as written to `--alerts` and served by
-/// `/api/v1/alerts` (SPEC §6).
+/// `/api/v1/alerts` (docs/RULES.md).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Transition {
     pub alert: String,

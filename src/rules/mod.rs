@@ -1,5 +1,5 @@
 //! Rules: SQL alert rules over `window_metrics` and the alert lifecycle
-//! (SPEC §6).
+//! (docs/RULES.md).
 //!
 //! - [`file`] — the rule file format as written (Prometheus-style groups).
 //! - [`ruleset`] — loading and checking: SQL planned against the schema,

@@ -1,4 +1,4 @@
-//! Drift, performance and multiple-testing statistics (SPEC §4, issue 3).
+//! Drift, performance and multiple-testing statistics (docs/REFERENCE.md, docs/DRIFT.md).
 //!
 //! Pure functions on slices: no I/O, no clock, no allocation beyond what a
 //! function documents. Each function's doc comment gives its definition, the
@@ -8,7 +8,7 @@
 //! `tests/fixtures/drift/generate.py` with numpy/scipy and checked in
 //! `src/stats/tests.rs`.
 //!
-//! | metric (SPEC §4)             | function                                                      |
+//! | metric (docs/REFERENCE.md)   | function                                                      |
 //! |------------------------------|---------------------------------------------------------------|
 //! | `psi`, `*_psi`               | [`psi`]                                                       |
 //! | `chi2` (+ `p_value`)         | [`chi_square`], [`chi_square_smoothed`]                       |

@@ -7,7 +7,7 @@ use super::*;
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/drift/cases.json");
 
-/// Tolerance for exact computations (SPEC §4 asks 1e-6; these reach 1e-9).
+/// Tolerance for exact computations (docs/REFERENCE.md promises 1e-6; these reach 1e-9).
 const EXACT: f64 = 1e-9;
 
 /// Tolerance for asymptotic p-values evaluated by the same formula on both sides.

@@ -1,7 +1,7 @@
 //! Wasserstein-1 (earth mover's) distance between one-dimensional distributions.
 //!
 //! All functions return the **raw** distance in the feature's units; the
-//! engine divides by the baseline's standard deviation (SPEC §4).
+//! engine divides by the baseline's standard deviation (docs/REFERENCE.md).
 
 /// Wasserstein-1 distance between two raw samples.
 ///

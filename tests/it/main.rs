@@ -10,6 +10,7 @@ mod classes;
 mod cli;
 mod compose;
 mod demo;
+mod docs;
 mod drift;
 mod durability;
 mod hostile;
