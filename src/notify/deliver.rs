@@ -41,6 +41,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The longest one notification can take to be delivered or given up:
+    /// every attempt running into `timeout`, every wait at its ceiling.
+    pub fn budget(&self, timeout: Duration) -> Duration {
+        (1..self.max_attempts.max(1))
+            .map(|attempt| self.backoff(attempt, 1.0))
+            .fold(timeout.saturating_mul(self.max_attempts.max(1)), Duration::saturating_add)
+    }
+
     /// Full jitter: uniform in [0, min(max, initial · 2^(attempt−1))].
     fn backoff(&self, attempt: u32, random: f64) -> Duration {
         let ceiling = self.initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(self.max);
@@ -192,6 +200,24 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// How long delivering what is queued may take at most: the retry
+    /// budget of one notification ([`RetryPolicy::budget`]) with the
+    /// longest timeout of the notifiers.
+    pub fn retry_budget(&self) -> Duration {
+        let timeout = self.shared.specs.values().map(|s| s.timeout).max().unwrap_or(super::spec::DEFAULT_TIMEOUT);
+        self.shared.retry.budget(timeout)
+    }
+
+    /// Notifications given up so far (`failed`, `expired` or `dropped`).
+    pub fn given_up(&self) -> u64 {
+        let notifications = self.shared.telemetry.notifications();
+        notifications
+            .iter()
+            .filter(|((_, outcome), _)| matches!(outcome.as_str(), "failed" | "expired" | "dropped"))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Notifications not yet delivered or given up.
@@ -432,6 +458,61 @@ fn reply_excerpt(body: &str, request: &OutgoingRequest) -> String {
     crate::config::redact::scrub(body[..cut].trim(), &request_secrets(request))
 }
 
+/// `host:port` of a URL (never its user info, path or query).
+fn host_and_port(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    Some(match parsed.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
+}
+
+/// Each distinct message along an error's `source()` chain, starting with
+/// the error itself, joined by `: ` — the cause ("Connection refused", "dns
+/// error: failed to lookup address") is at the end of the chain, not in
+/// the outermost message ("error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut messages: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        // Wrappers often repeat their source's text in their own.
+        if !messages.iter().any(|m| m.contains(&text)) {
+            messages.push(text);
+        }
+        next = current.source();
+    }
+    messages.join(": ")
+}
+
+/// What failed, where and why, for a request that got no reply: `could
+/// not connect to hooks.example:443: … Connection refused (os error 111)`.
+/// Names the host and port only (the URL may carry a token), with any
+/// secret of the request scrubbed.
+fn describe_request_error(error: reqwest::Error, request: &OutgoingRequest, timeout: Duration) -> String {
+    let what = if error.is_timeout() {
+        format!("no reply within {} from", humantime::format_duration(timeout))
+    } else if error.is_connect() {
+        "could not connect to".to_string()
+    } else if error.is_builder() {
+        "could not make a request to".to_string()
+    } else {
+        "the request failed at".to_string()
+    };
+    let target = host_and_port(&request.url).unwrap_or_else(|| "the configured URL".to_string());
+    let error = error.without_url();
+    // reqwest's own message ("error sending request") and hyper's wrapper
+    // ("client error (Connect)") say less than `what`: the causes follow.
+    let cause = match std::error::Error::source(&error) {
+        Some(source) => error_chain(source),
+        None => error.to_string(),
+    };
+    let cause = cause.strip_prefix("client error (Connect): ").unwrap_or(&cause);
+    let text = format!("{what} {target}: {cause}");
+    crate::config::redact::scrub(&text, &request_secrets(request))
+}
+
 async fn send_http(
     client: &reqwest::Client,
     request: &OutgoingRequest,
@@ -477,7 +558,7 @@ async fn send_http(
         }
         Err(error) => {
             let retriable = error.is_connect() || error.is_timeout() || error.is_request() || error.is_body();
-            let error = error.without_url().to_string();
+            let error = describe_request_error(error, request, timeout);
             if retriable {
                 Attempt::Retry { status: None, error, after: None }
             } else {
@@ -544,15 +625,18 @@ async fn send_email(
         "none" => Tls::None,
         _ => Tls::Required(parameters),
     };
-    let mut transport =
-        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).port(port).tls(tls).timeout(Some(timeout));
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
+        .port(port)
+        .tls(tls)
+        .timeout(Some(timeout));
     if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
         transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
     }
     match transport.build().send(message).await {
         Ok(response) => Attempt::Delivered(Some(response.code().into())),
         Err(error) => {
-            let text = error.to_string();
+            let password: Vec<String> = smtp.password.iter().cloned().collect();
+            let text = crate::config::redact::scrub(&format!("SMTP {host}:{port}: {}", error_chain(&error)), &password);
             if error.is_permanent() { failed(text) } else { Attempt::Retry { status: None, error: text, after: None } }
         }
     }
@@ -619,6 +703,27 @@ mod tests {
         assert_eq!(dispatcher.pending(), 1);
     }
 
+    /// Regression: a refused connection was reported as "error sending
+    /// request", naming neither where nor why.
+    #[test]
+    fn a_connection_error_names_the_host_and_the_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let request = OutgoingRequest {
+            method: "POST".into(),
+            url: format!("http://user:url-pass@127.0.0.1:{port}/hook?token=query-secret"),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let notification = Notification::new("hook", &crate::rules::Transition::default(), 0);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = reqwest::Client::new();
+        let attempt = runtime.block_on(send_http(&client, &request, &notification, Duration::from_secs(5)));
+        let Attempt::Retry { error, .. } = attempt else { panic!("a refused connection is retriable: {attempt:?}") };
+        assert!(error.starts_with(&format!("could not connect to 127.0.0.1:{port}: ")), "{error}");
+        assert!(error.contains("Connection refused"), "{error}");
+        assert!(!error.contains("url-pass") && !error.contains("query-secret") && !error.contains("/hook"), "{error}");
+    }
+
     #[test]
     fn backoff_is_full_jitter_under_a_doubling_ceiling() {
         let policy = RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(1), max_attempts: 5 };
@@ -627,5 +732,7 @@ mod tests {
         assert_eq!(policy.backoff(3, 0.5), Duration::from_millis(200));
         assert_eq!(policy.backoff(10, 1.0), Duration::from_secs(1));
         assert_eq!(policy.backoff(2, 0.0), Duration::ZERO);
+        // 100 + 200 + 400 + 800 ms of waits, five attempts of up to 2 s.
+        assert_eq!(policy.budget(Duration::from_secs(2)), Duration::from_millis(11_500));
     }
 }

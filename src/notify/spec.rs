@@ -237,6 +237,61 @@ fn url_authority_is_literal(template: &str) -> bool {
     literal.find("://").is_some_and(|i| literal[i + 3..].contains(['/', '?', '#']))
 }
 
+/// The settings of a notifier type that are URLs requests go to (or, for
+/// `generator_url`, that receivers link to).
+fn url_settings(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "webhook" | "gitlab_trigger" | "jenkins" | "airflow_dag" | "argo_workflow" | "kubeflow_run" => &["url"],
+        "github_dispatch" | "github_workflow" => &["api_url"],
+        "alertmanager" => &["url", "generator_url"],
+        "slack" => &["webhook_url"],
+        _ => &[],
+    }
+}
+
+/// Checks that a URL setting is an absolute `http://` or `https://` URL
+/// with a host, so a mistake is found when the config loads, not as a
+/// "builder error" at the first delivery. A `template` (a webhook's `url`)
+/// is checked as rendered with placeholder values. The problem never
+/// quotes the URL: it may hold a credential (a Slack webhook's path, a
+/// password, a token in the query).
+fn check_url(url: &str, template: bool) -> Result<(), String> {
+    let rendered = if template {
+        let placeholders = minijinja::Value::from_serialize(json!({
+            "alert": "a", "state": "firing", "fingerprint": "f", "model": "m", "model_version": "v",
+            "segment": "s", "feature": "f", "window_start": "t", "window_end": "t", "value": 1,
+            "labels": {}, "annotations": {}, "summary": "s", "idempotency_key": "k",
+        }));
+        match url_template_env().render_str(url, placeholders) {
+            Ok(rendered) => rendered,
+            // Reported by the template check.
+            Err(_) => return Ok(()),
+        }
+    } else {
+        url.to_string()
+    };
+    let hint = "write it as http://HOST[:PORT]/… or https://HOST[:PORT]/…";
+    // Without `://` there is no scheme (`localhost:9093` would otherwise
+    // parse as the scheme `localhost`).
+    if !rendered.contains("://") {
+        return Err(format!("the URL has no scheme; {hint}"));
+    }
+    let parsed = match reqwest::Url::parse(rendered.trim()) {
+        Ok(parsed) => parsed,
+        Err(e) => return Err(format!("not a valid URL ({e}); {hint}")),
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "the URL must start with http:// or https:// (it starts with \"{}:\"); {hint}",
+            crate::config::shorten_long_tokens(parsed.scheme())
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("the URL has no host; {hint}"));
+    }
+    Ok(())
+}
+
 /// Every string leaf of a settings value must be a valid template.
 fn check_templates(value: &Value, path: &str, errors: &mut Vec<String>) {
     match value {
@@ -345,6 +400,14 @@ impl NotifierSpec {
                 "notifiers.{name}.url: the scheme and host must be literal text (`${{ENV}}` is fine); \
                  templates may fill in the path and query only"
             ));
+        }
+        for key in url_settings(kind) {
+            if let Some(Value::String(url)) = config.settings.get(*key)
+                && !url.trim().is_empty()
+                && let Err(problem) = check_url(url, *key == "url" && kind == "webhook")
+            {
+                errors.push(format!("notifiers.{name}.{key}: {problem}"));
+            }
         }
         let timeout = match config.settings.get("timeout") {
             None => DEFAULT_TIMEOUT,
@@ -895,6 +958,42 @@ mod tests {
         let spec = webhook("http://hooks.example/a?f={{ feature }}").unwrap();
         let t = Transition { feature: Some("..".into()), ..transition() };
         assert_eq!(url_for(&spec, &t).unwrap(), "http://hooks.example/a?f=..");
+    }
+
+    /// Regression: a URL without a scheme passed `config check` and every
+    /// delivery then failed as "builder error".
+    #[test]
+    fn urls_without_a_scheme_or_host_are_refused_at_config_time() {
+        for (url, expected) in [
+            ("hooks.example/retrain", "notifiers.hook.url: the URL has no scheme; write it as http://HOST"),
+            ("127.0.0.1:8080/retrain", "notifiers.hook.url: the URL has no scheme"),
+            ("localhost:9000/{{ model }}", "notifiers.hook.url: the URL has no scheme"),
+            (
+                "ftp://hooks.example/x",
+                "notifiers.hook.url: the URL must start with http:// or https:// (it starts with \"ftp:\")",
+            ),
+            ("http://", "notifiers.hook.url: not a valid URL (empty host)"),
+            ("http://hooks.example:99999/x", "notifiers.hook.url: not a valid URL (invalid port number)"),
+        ] {
+            let errors = webhook(url).unwrap_err();
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{url}: {errors:?}");
+        }
+        // The other URL settings are checked too; a secret in a URL is never quoted.
+        let config: NotifierConfig =
+            serde_json::from_value(json!({"type": "slack", "webhook_url": "hooks.slack.com/services/T0/B0/s3cret"}))
+                .unwrap();
+        let errors = NotifierSpec::from_config("chat", &config).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("notifiers.chat.webhook_url: the URL has no scheme"), "{errors:?}");
+        assert!(!errors[0].contains("s3cret"), "{errors:?}");
+        let config: NotifierConfig =
+            serde_json::from_value(json!({"type": "alertmanager", "url": "alertmanager:9093"})).unwrap();
+        let errors = NotifierSpec::from_config("am", &config).unwrap_err();
+        assert!(errors[0].starts_with("notifiers.am.url: the URL has no scheme"), "{errors:?}");
+        for url in ["http://hooks.example", "https://h.example:8443/a/{{ model }}?f={{ feature }}", "http://[::1]:9/x"]
+        {
+            assert!(webhook(url).is_ok(), "{url}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::output::{WindowMetricRow, rows_to_record_batch, window_metrics_schema
 
 /// An alert state change, as written to `--alerts` and served by
 /// `/api/v1/alerts` (SPEC §6).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Transition {
     pub alert: String,
     /// `pending`, `firing`, `resolved`, or `inactive` (a pending alert whose

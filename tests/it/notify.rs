@@ -374,7 +374,10 @@ fn redirects_to_another_host_are_not_followed() {
     );
     let config = write_setup(dir.path(), &notifiers, "cross, crossgh, crossjk, same");
     let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Three notifications failed: the replay says so and fails.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("3 notifications failed"), "{stderr}");
 
     // Nothing reached the other host: no request, so no credential, no body.
     assert!(elsewhere.requests().is_empty(), "{:#?}", elsewhere.requests());
@@ -418,7 +421,7 @@ fn a_huge_reply_body_is_read_only_up_to_the_cap() {
     let notifiers = format!("  hook: {{type: webhook, url: \"{}/hook\", timeout: 10m}}\n", receiver.url());
     let config = write_setup(dir.path(), &notifiers, "hook");
     let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     let lines = audit(dir.path());
     assert_eq!(attempts_of(&lines, "hook"), [("failed".to_string(), Some(400))]);
     let attempt = lines.iter().find(|l| l["kind"] == "notification_attempt" && l["notifier"] == "hook").unwrap();
@@ -471,4 +474,45 @@ fn event_values_in_a_webhook_url_cannot_change_its_path_or_query() {
         "/hooks/shop/region%3D..%2F..%2Fadmin%3Fx%3D%23a%2Fb%40c%20d?feature=amount&alert=AmountDrift"
     );
     assert_eq!(requests[0].json()["transition"]["segment"], format!("region={hostile}"));
+}
+
+/// Regression: a webhook URL without a scheme passed `config check` and
+/// failed at every delivery as "builder error"; a refused connection was
+/// logged as "error sending request"; and `replay --notify` exited 0 when
+/// no notification arrived.
+#[test]
+fn notifier_mistakes_are_found_at_config_time_and_explained_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_setup(dir.path(), "  hook: {type: webhook, url: \"hooks.example/retrain\"}\n", "hook");
+    let output = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["config", "check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("notifiers.hook.url: the URL has no scheme; write it as http://HOST"), "{stderr}");
+
+    // Nothing listens on this port: every attempt is refused, and the
+    // replay gives up after its retry budget (two attempts) and fails.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config =
+        write_setup(dir.path(), &format!("  hook: {{type: webhook, url: \"http://127.0.0.1:{port}/hook\"}}\n"), "hook");
+    let text = std::fs::read_to_string(&config).unwrap().replace("max_attempts: 50", "max_attempts: 2");
+    std::fs::write(&config, text).unwrap();
+    let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("0 notifications delivered"), "{stderr}");
+    assert!(stderr.contains("driftwatch replay: 1 notifications failed"), "{stderr}");
+    let lines = audit(dir.path());
+    let errors: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|l| l["kind"] == "notification_attempt")
+        .map(|l| (l["outcome"].as_str().unwrap(), l["error"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors.iter().map(|(outcome, _)| *outcome).collect::<Vec<_>>(), ["retried", "expired"]);
+    for (_, error) in errors {
+        assert!(error.starts_with(&format!("could not connect to 127.0.0.1:{port}: ")), "{error}");
+        assert!(error.contains("Connection refused"), "{error}");
+    }
 }
