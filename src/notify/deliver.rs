@@ -72,7 +72,7 @@ enum Attempt {
     },
 }
 
-/// The last queued delivery of a (notifier, alert instance): its sequence
+/// The last queued delivery of a (notifier, rule, model): its sequence
 /// number and its completion.
 type Predecessor = (u64, tokio::sync::oneshot::Receiver<()>);
 
@@ -86,10 +86,10 @@ struct Shared {
     retry: RetryPolicy,
     in_flight: AtomicUsize,
     seed: Mutex<crate::simulate::Rng>,
-    /// Per (notifier, alert instance): the completion of the last delivery
+    /// Per (notifier, rule, model): the completion of the last delivery
     /// queued, which the next one waits for, so a `resolved` never
     /// overtakes its `firing`. Tagged with a sequence number for cleanup.
-    order: Mutex<HashMap<(String, String), Predecessor>>,
+    order: Mutex<HashMap<(String, String, String), Predecessor>>,
     sequence: AtomicUsize,
     /// Per notifier with a re-send interval: when it last re-sent.
     last_resend: Mutex<HashMap<String, Instant>>,
@@ -147,26 +147,27 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
-    /// Queues the notifications of new transitions (each notifier a
-    /// transition names) and starts delivering them.
+    /// Queues the notifications of new transitions and starts delivering
+    /// them: one per notifier and group of transitions (one rule and model
+    /// to one state in one evaluation: [`super::spec::group_notifications`]).
     pub fn submit(&self, events: &[AlertEvent]) {
         let now = chrono::Utc::now().timestamp_millis();
-        for event in events {
-            for notifier in &event.transition.notify {
-                let notification = Notification::new(notifier, &event.transition, now);
-                let added = self.shared.outbox.lock().expect("outbox lock").add(&notification);
-                match added {
-                    Ok(Added::Queued) => self.spawn(notification),
-                    Ok(Added::Duplicate) => {}
-                    Ok(Added::Full) => {
-                        tracing::error!(notifier, alert = %event.transition.alert, "outbox full: notification dropped");
-                        self.shared.telemetry.notification(notifier, "dropped");
-                    }
-                    Err(error) => {
-                        // Not durable, but still worth trying now.
-                        tracing::error!(notifier, %error, "writing the outbox failed; delivering from memory");
-                        self.spawn(notification);
-                    }
+        let notifications = super::spec::group_notifications(events.iter().map(|e| &e.transition), now);
+        for notification in notifications {
+            let added = self.shared.outbox.lock().expect("outbox lock").add(&notification);
+            match added {
+                Ok(Added::Queued) => self.spawn(notification),
+                Ok(Added::Duplicate) => {}
+                Ok(Added::Full) => {
+                    tracing::error!(notifier = %notification.notifier, alert = %notification.transition.alert,
+                        "outbox full: notification dropped");
+                    self.shared.telemetry.notification(&notification.notifier, "dropped");
+                }
+                Err(error) => {
+                    // Not durable, but still worth trying now.
+                    tracing::error!(notifier = %notification.notifier, %error,
+                        "writing the outbox failed; delivering from memory");
+                    self.spawn(notification);
                 }
             }
         }
@@ -190,14 +191,21 @@ impl Dispatcher {
             }
         }
         let wall = chrono::Utc::now().timestamp_millis();
+        // One request per notifier, rule and model, listing its firing alerts.
+        let mut groups: std::collections::BTreeMap<(&str, &str, &str), Vec<crate::rules::Transition>> =
+            std::collections::BTreeMap::new();
         for transition in active.iter().filter(|t| t.state == "firing") {
             for notifier in transition.notify.iter().filter(|n| due.contains(n)) {
-                let mut notification = Notification::new(notifier, transition, wall);
-                // A distinct outbox entry per re-send; the key stays the firing's.
-                notification.id = format!("{}-{wall}", notification.id);
-                if let Ok(Added::Queued) = self.shared.outbox.lock().expect("outbox lock").add(&notification) {
-                    self.spawn(notification);
-                }
+                let key = (notifier.as_str(), transition.alert.as_str(), transition.model.as_str());
+                groups.entry(key).or_default().push(transition.clone());
+            }
+        }
+        for ((notifier, _, _), members) in groups {
+            let mut notification = Notification::group(notifier, members, wall);
+            // A distinct outbox entry per re-send.
+            notification.id = format!("{}-{wall}", notification.id);
+            if let Ok(Added::Queued) = self.shared.outbox.lock().expect("outbox lock").add(&notification) {
+                self.spawn(notification);
             }
         }
     }
@@ -240,8 +248,8 @@ impl Dispatcher {
     fn spawn(&self, notification: Notification) {
         let shared = self.shared.clone();
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        // Deliveries of one alert instance to one notifier go in order.
-        let key = (notification.notifier.clone(), notification.transition.fingerprint.clone());
+        // Deliveries of one rule and model to one notifier go in order.
+        let key = notification.order_key();
         let sequence = shared.sequence.fetch_add(1, Ordering::SeqCst) as u64;
         let (done, completion) = tokio::sync::oneshot::channel();
         let previous = shared.order.lock().expect("order lock").insert(key.clone(), (sequence, completion));
@@ -292,6 +300,7 @@ fn audit_attempt(shared: &Shared, n: &Notification, outcome: &str, status: Optio
         "alert": n.transition.alert,
         "state": n.transition.state,
         "fingerprint": n.transition.fingerprint,
+        "fingerprints": n.members().iter().map(|t| t.fingerprint.as_str()).collect::<Vec<_>>(),
         "model": n.transition.model,
         "attempt": n.attempts,
         "outcome": outcome,
