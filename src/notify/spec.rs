@@ -376,12 +376,45 @@ fn check_url(url: &str, template: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Every string leaf of a settings value must be a valid template.
+/// The variables notifier templates are rendered with
+/// ([`NotifierSpec::request`]).
+const TEMPLATE_VARIABLES: &[&str] = &[
+    "alert",
+    "state",
+    "fingerprint",
+    "model",
+    "model_version",
+    "segment",
+    "feature",
+    "window_start",
+    "window_end",
+    "value",
+    "labels",
+    "annotations",
+    "summary",
+    "idempotency_key",
+    "transition",
+    "transitions",
+    "features",
+    "count",
+];
+
+/// Every string leaf of a settings value must be a valid template, using
+/// only the variables and filters there are (an unknown variable would
+/// render as nothing in every notification).
 fn check_templates(value: &Value, path: &str, errors: &mut Vec<String>) {
     match value {
         Value::String(s) => {
-            if let Err(e) = template_env().template_from_str(s) {
-                errors.push(format!("{path}: template error: {}", e.detail().unwrap_or(&e.to_string())));
+            let environment = template_env();
+            match environment.template_from_str(s) {
+                Ok(template) => {
+                    for problem in
+                        crate::rules::lint::compiled_template_problems(&environment, &template, TEMPLATE_VARIABLES)
+                    {
+                        errors.push(format!("{path}: {problem}"));
+                    }
+                }
+                Err(e) => errors.push(format!("{path}: template error: {}", e.detail().unwrap_or(&e.to_string()))),
             }
         }
         Value::Array(items) => {
@@ -1192,6 +1225,23 @@ mod tests {
         );
         let Outgoing::Http(text) = slack.request(&notifications[0]).unwrap() else { panic!("HTTP") };
         assert_eq!(serde_json::from_slice::<Value>(&text.body).unwrap()["text"], "3: amount,country,tenure");
+    }
+
+    #[test]
+    fn notifier_templates_with_unknown_variables_or_filters_are_refused() {
+        let config: NotifierConfig = serde_json::from_value(json!({
+            "type": "slack", "webhook_url": "http://s/x", "text": "{{ featur }} on {{ model | uper }} ({{ count }} alerts)"
+        }))
+        .unwrap();
+        let errors = NotifierSpec::from_config("chat", &config).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "notifiers.chat.text: unknown variable `featur`: it would render as nothing; did you mean `feature`?"
+            ),
+            "{errors:?}"
+        );
+        assert_eq!(errors[1], "notifiers.chat.text: unknown filter `uper`; did you mean `upper`?");
     }
 
     /// Regression: a URL without a scheme passed `config check` and every

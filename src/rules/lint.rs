@@ -275,11 +275,20 @@ fn filter_names(source: &str) -> BTreeSet<String> {
 /// neither in `variables` nor globals, and filters the environment does
 /// not have.
 pub fn template_problems(
-    environment: &minijinja::Environment<'static>,
+    environment: &minijinja::Environment<'_>,
     template_name: &str,
     variables: &[&str],
 ) -> Vec<String> {
     let Ok(template) = environment.get_template(template_name) else { return Vec::new() };
+    compiled_template_problems(environment, &template, variables)
+}
+
+/// [`template_problems`] of a template already compiled in `environment`.
+pub fn compiled_template_problems(
+    environment: &minijinja::Environment<'_>,
+    template: &minijinja::Template<'_, '_>,
+    variables: &[&str],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let globals: Vec<&str> = environment.globals().map(|(name, _)| name).collect();
     let mut undeclared: Vec<String> = template.undeclared_variables(false).into_iter().collect();
