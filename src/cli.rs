@@ -437,22 +437,31 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             let transitions = sink.events.len();
             let firing = sink.events.iter().filter(|e| e.transition.state == "firing").count();
             drop(sink);
+            // Deliveries (with their retries) finish before the replay ends,
+            // or are given up after the retry budget; either way a replay
+            // whose notifications did not all arrive fails.
+            let mut notifications_failed = false;
             if let Some(dispatcher) = &dispatcher {
-                // Deliveries (with their retries) finish before the replay ends.
-                let patience = config
-                    .delivery
-                    .retry_max
-                    .saturating_mul(config.delivery.max_attempts)
-                    .min(Duration::from_secs(600));
-                if !dispatcher.wait_idle(patience) {
-                    eprintln!(
-                        "{} still pending (kept in the outbox when state.dir is set)",
-                        count_of(dispatcher.pending(), "notification", "notifications")
-                    );
-                }
+                let budget = dispatcher.retry_budget();
+                let pending = if dispatcher.wait_idle(budget) { 0 } else { dispatcher.pending().max(1) };
                 let delivered: u64 =
                     telemetry.notifications().iter().filter(|((_, o), _)| o == "delivered").map(|(_, n)| n).sum();
                 eprintln!("{} delivered", count_of(delivered as usize, "notification", "notifications"));
+                let given_up = dispatcher.given_up();
+                if pending > 0 {
+                    eprintln!(
+                        "driftwatch replay: {pending} notifications still undelivered after the retry budget of {} \
+                         (delivery.max_attempts, delivery.retry_max; kept in the outbox when state.dir is set)",
+                        humantime::format_duration(budget)
+                    );
+                }
+                if given_up > 0 {
+                    eprintln!(
+                        "driftwatch replay: {given_up} notifications failed (each attempt and its error is in the log \
+                         and the audit log)"
+                    );
+                }
+                notifications_failed = pending > 0 || given_up > 0;
             }
             match result {
                 Ok(summary) => {
@@ -476,7 +485,7 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                     if summary.labels > 0 || summary.predictions_unlabelled > 0 {
                         eprintln!("{}", summary.join_report());
                     }
-                    Ok(())
+                    if notifications_failed { Err(ExitCode::from(1)) } else { Ok(()) }
                 }
                 Err(error) => {
                     eprintln!("driftwatch replay: {error}");

@@ -41,6 +41,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The longest one notification can take to be delivered or given up:
+    /// every attempt running into `timeout`, every wait at its ceiling.
+    pub fn budget(&self, timeout: Duration) -> Duration {
+        (1..self.max_attempts.max(1))
+            .map(|attempt| self.backoff(attempt, 1.0))
+            .fold(timeout.saturating_mul(self.max_attempts.max(1)), Duration::saturating_add)
+    }
+
     /// Full jitter: uniform in [0, min(max, initial · 2^(attempt−1))].
     fn backoff(&self, attempt: u32, random: f64) -> Duration {
         let ceiling = self.initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(self.max);
@@ -64,7 +72,7 @@ enum Attempt {
     },
 }
 
-/// The last queued delivery of a (notifier, alert instance): its sequence
+/// The last queued delivery of a (notifier, rule, model): its sequence
 /// number and its completion.
 type Predecessor = (u64, tokio::sync::oneshot::Receiver<()>);
 
@@ -105,10 +113,10 @@ struct Shared {
     retry: RetryPolicy,
     in_flight: AtomicUsize,
     seed: Mutex<crate::simulate::Rng>,
-    /// Per (notifier, alert instance): the completion of the last delivery
+    /// Per (notifier, rule, model): the completion of the last delivery
     /// queued, which the next one waits for, so a `resolved` never
     /// overtakes its `firing`. Tagged with a sequence number for cleanup.
-    order: Mutex<HashMap<(String, String), Predecessor>>,
+    order: Mutex<HashMap<(String, String, String), Predecessor>>,
     sequence: AtomicUsize,
     /// Per notifier with a re-send interval: when it last re-sent.
     last_resend: Mutex<HashMap<String, Instant>>,
@@ -163,26 +171,27 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
-    /// Queues the notifications of new transitions (each notifier a
-    /// transition names) and starts delivering them.
+    /// Queues the notifications of new transitions and starts delivering
+    /// them: one per notifier and group of transitions (one rule and model
+    /// to one state in one evaluation: [`super::spec::group_notifications`]).
     pub fn submit(&self, events: &[AlertEvent]) {
         let now = chrono::Utc::now().timestamp_millis();
-        for event in events {
-            for notifier in &event.transition.notify {
-                let notification = Notification::new(notifier, &event.transition, now);
-                let added = self.shared.outbox.lock().expect("outbox lock").add(&notification);
-                match added {
-                    Ok(Added::Queued) => self.spawn(notification),
-                    Ok(Added::Duplicate) => {}
-                    Ok(Added::Full) => {
-                        tracing::error!(notifier, alert = %event.transition.alert, "outbox full: notification dropped");
-                        self.shared.telemetry.notification(notifier, "dropped");
-                    }
-                    Err(error) => {
-                        // Not durable, but still worth trying now.
-                        tracing::error!(notifier, %error, "writing the outbox failed; delivering from memory");
-                        self.spawn(notification);
-                    }
+        let notifications = super::spec::group_notifications(events.iter().map(|e| &e.transition), now);
+        for notification in notifications {
+            let added = self.shared.outbox.lock().expect("outbox lock").add(&notification);
+            match added {
+                Ok(Added::Queued) => self.spawn(notification),
+                Ok(Added::Duplicate) => {}
+                Ok(Added::Full) => {
+                    tracing::error!(notifier = %notification.notifier, alert = %notification.transition.alert,
+                        "outbox full: notification dropped");
+                    self.shared.telemetry.notification(&notification.notifier, "dropped");
+                }
+                Err(error) => {
+                    // Not durable, but still worth trying now.
+                    tracing::error!(notifier = %notification.notifier, %error,
+                        "writing the outbox failed; delivering from memory");
+                    self.spawn(notification);
                 }
             }
         }
@@ -206,16 +215,42 @@ impl Dispatcher {
             }
         }
         let wall = chrono::Utc::now().timestamp_millis();
+        // One request per notifier, rule and model, listing its firing alerts.
+        let mut groups: std::collections::BTreeMap<(&str, &str, &str), Vec<crate::rules::Transition>> =
+            std::collections::BTreeMap::new();
         for transition in active.iter().filter(|t| t.state == "firing") {
             for notifier in transition.notify.iter().filter(|n| due.contains(n)) {
-                let mut notification = Notification::new(notifier, transition, wall);
-                // A distinct outbox entry per re-send; the key stays the firing's.
-                notification.id = format!("{}-{wall}", notification.id);
-                if let Ok(Added::Queued) = self.shared.outbox.lock().expect("outbox lock").add(&notification) {
-                    self.spawn(notification);
-                }
+                let key = (notifier.as_str(), transition.alert.as_str(), transition.model.as_str());
+                groups.entry(key).or_default().push(transition.clone());
             }
         }
+        for ((notifier, _, _), members) in groups {
+            let mut notification = Notification::group(notifier, members, wall);
+            // A distinct outbox entry per re-send.
+            notification.id = format!("{}-{wall}", notification.id);
+            if let Ok(Added::Queued) = self.shared.outbox.lock().expect("outbox lock").add(&notification) {
+                self.spawn(notification);
+            }
+        }
+    }
+
+    /// How long delivering what is queued may take at most: the retry
+    /// budget of one notification ([`RetryPolicy::budget`]) with the
+    /// longest timeout of the notifiers.
+    pub fn retry_budget(&self) -> Duration {
+        let timeout =
+            self.shared.notifiers().specs.values().map(|s| s.timeout).max().unwrap_or(super::spec::DEFAULT_TIMEOUT);
+        self.shared.retry.budget(timeout)
+    }
+
+    /// Notifications given up so far (`failed`, `expired` or `dropped`).
+    pub fn given_up(&self) -> u64 {
+        let notifications = self.shared.telemetry.notifications();
+        notifications
+            .iter()
+            .filter(|((_, outcome), _)| matches!(outcome.as_str(), "failed" | "expired" | "dropped"))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Replaces the notifiers (a reloaded config): notifications queued
@@ -255,8 +290,8 @@ impl Dispatcher {
     fn spawn(&self, notification: Notification) {
         let shared = self.shared.clone();
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        // Deliveries of one alert instance to one notifier go in order.
-        let key = (notification.notifier.clone(), notification.transition.fingerprint.clone());
+        // Deliveries of one rule and model to one notifier go in order.
+        let key = notification.order_key();
         let sequence = shared.sequence.fetch_add(1, Ordering::SeqCst) as u64;
         let (done, completion) = tokio::sync::oneshot::channel();
         let previous = shared.order.lock().expect("order lock").insert(key.clone(), (sequence, completion));
@@ -314,6 +349,7 @@ fn audit_attempt(shared: &Shared, n: &Notification, outcome: &str, status: Optio
         "alert": n.transition.alert,
         "state": n.transition.state,
         "fingerprint": n.transition.fingerprint,
+        "fingerprints": n.members().iter().map(|t| t.fingerprint.as_str()).collect::<Vec<_>>(),
         "model": n.transition.model,
         "attempt": n.attempts,
         "outcome": outcome,
@@ -481,6 +517,61 @@ fn reply_excerpt(body: &str, request: &OutgoingRequest) -> String {
     crate::config::redact::scrub(body[..cut].trim(), &request_secrets(request))
 }
 
+/// `host:port` of a URL (never its user info, path or query).
+fn host_and_port(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    Some(match parsed.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
+}
+
+/// Each distinct message along an error's `source()` chain, starting with
+/// the error itself, joined by `: ` — the cause ("Connection refused", "dns
+/// error: failed to lookup address") is at the end of the chain, not in
+/// the outermost message ("error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut messages: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        // Wrappers often repeat their source's text in their own.
+        if !messages.iter().any(|m| m.contains(&text)) {
+            messages.push(text);
+        }
+        next = current.source();
+    }
+    messages.join(": ")
+}
+
+/// What failed, where and why, for a request that got no reply: `could
+/// not connect to hooks.example:443: … Connection refused (os error 111)`.
+/// Names the host and port only (the URL may carry a token), with any
+/// secret of the request scrubbed.
+fn describe_request_error(error: reqwest::Error, request: &OutgoingRequest, timeout: Duration) -> String {
+    let what = if error.is_timeout() {
+        format!("no reply within {} from", humantime::format_duration(timeout))
+    } else if error.is_connect() {
+        "could not connect to".to_string()
+    } else if error.is_builder() {
+        "could not make a request to".to_string()
+    } else {
+        "the request failed at".to_string()
+    };
+    let target = host_and_port(&request.url).unwrap_or_else(|| "the configured URL".to_string());
+    let error = error.without_url();
+    // reqwest's own message ("error sending request") and hyper's wrapper
+    // ("client error (Connect)") say less than `what`: the causes follow.
+    let cause = match std::error::Error::source(&error) {
+        Some(source) => error_chain(source),
+        None => error.to_string(),
+    };
+    let cause = cause.strip_prefix("client error (Connect): ").unwrap_or(&cause);
+    let text = format!("{what} {target}: {cause}");
+    crate::config::redact::scrub(&text, &request_secrets(request))
+}
+
 async fn send_http(
     client: &reqwest::Client,
     request: &OutgoingRequest,
@@ -526,7 +617,7 @@ async fn send_http(
         }
         Err(error) => {
             let retriable = error.is_connect() || error.is_timeout() || error.is_request() || error.is_body();
-            let error = error.without_url().to_string();
+            let error = describe_request_error(error, request, timeout);
             if retriable {
                 Attempt::Retry { status: None, error, after: None }
             } else {
@@ -593,15 +684,18 @@ async fn send_email(
         "none" => Tls::None,
         _ => Tls::Required(parameters),
     };
-    let mut transport =
-        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).port(port).tls(tls).timeout(Some(timeout));
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
+        .port(port)
+        .tls(tls)
+        .timeout(Some(timeout));
     if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
         transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
     }
     match transport.build().send(message).await {
         Ok(response) => Attempt::Delivered(Some(response.code().into())),
         Err(error) => {
-            let text = error.to_string();
+            let password: Vec<String> = smtp.password.iter().cloned().collect();
+            let text = crate::config::redact::scrub(&format!("SMTP {host}:{port}: {}", error_chain(&error)), &password);
             if error.is_permanent() { failed(text) } else { Attempt::Retry { status: None, error: text, after: None } }
         }
     }
@@ -668,6 +762,27 @@ mod tests {
         assert_eq!(dispatcher.pending(), 1);
     }
 
+    /// Regression: a refused connection was reported as "error sending
+    /// request", naming neither where nor why.
+    #[test]
+    fn a_connection_error_names_the_host_and_the_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let request = OutgoingRequest {
+            method: "POST".into(),
+            url: format!("http://user:url-pass@127.0.0.1:{port}/hook?token=query-secret"),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let notification = Notification::new("hook", &crate::rules::Transition::default(), 0);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = reqwest::Client::new();
+        let attempt = runtime.block_on(send_http(&client, &request, &notification, Duration::from_secs(5)));
+        let Attempt::Retry { error, .. } = attempt else { panic!("a refused connection is retriable: {attempt:?}") };
+        assert!(error.starts_with(&format!("could not connect to 127.0.0.1:{port}: ")), "{error}");
+        assert!(error.contains("Connection refused"), "{error}");
+        assert!(!error.contains("url-pass") && !error.contains("query-secret") && !error.contains("/hook"), "{error}");
+    }
+
     #[test]
     fn backoff_is_full_jitter_under_a_doubling_ceiling() {
         let policy = RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(1), max_attempts: 5 };
@@ -676,5 +791,7 @@ mod tests {
         assert_eq!(policy.backoff(3, 0.5), Duration::from_millis(200));
         assert_eq!(policy.backoff(10, 1.0), Duration::from_secs(1));
         assert_eq!(policy.backoff(2, 0.0), Duration::ZERO);
+        // 100 + 200 + 400 + 800 ms of waits, five attempts of up to 2 s.
+        assert_eq!(policy.budget(Duration::from_secs(2)), Duration::from_millis(11_500));
     }
 }

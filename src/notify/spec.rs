@@ -17,17 +17,24 @@ use sha2::Sha256;
 use crate::config::NotifierConfig;
 use crate::rules::Transition;
 
-/// One notification: a transition for one notifier, as queued in the
-/// outbox.
+/// One notification for one notifier, as queued in the outbox: the
+/// transitions of one rule and model to one state in one evaluation (one
+/// window), so features drifting together make one notification. The
+/// first of them is `transition`; `transitions` holds them all when there
+/// are several.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// Unique per (notifier, idempotency key); the outbox file name.
     pub id: String,
     pub notifier: String,
     /// Sent as `Idempotency-Key`: the same for every attempt and every
-    /// restart, different per alert instance and transition.
+    /// restart, different per group of alert instances and transition.
     pub idempotency_key: String,
     pub transition: Transition,
+    /// Every transition of the group, `transition` first (empty: just
+    /// `transition`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitions: Vec<Transition>,
     /// When it was queued (ms since the epoch, wall clock).
     pub queued_at_ms: i64,
     /// Attempts made so far.
@@ -36,21 +43,46 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// A notification of one transition.
     pub fn new(notifier: &str, transition: &Transition, queued_at_ms: i64) -> Notification {
-        let key = idempotency_key(transition);
+        Notification::group(notifier, vec![transition.clone()], queued_at_ms)
+    }
+
+    /// A notification of a group of transitions (at least one; the caller
+    /// groups them: [`group_notifications`]).
+    pub fn group(notifier: &str, mut members: Vec<Transition>, queued_at_ms: i64) -> Notification {
+        assert!(!members.is_empty(), "a notification has at least one transition");
+        let key = if members.len() == 1 { idempotency_key(&members[0]) } else { group_idempotency_key(&members) };
         let id = {
             use sha2::Digest;
             let digest = Sha256::digest(format!("{notifier}\0{key}").as_bytes());
             digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
         };
+        let transition = members[0].clone();
+        if members.len() == 1 {
+            members.clear();
+        }
         Notification {
             id,
             notifier: notifier.to_string(),
             idempotency_key: key,
-            transition: transition.clone(),
+            transition,
+            transitions: members,
             queued_at_ms,
             attempts: 0,
         }
+    }
+
+    /// Every transition this notification carries, the first one first.
+    pub fn members(&self) -> &[Transition] {
+        if self.transitions.is_empty() { std::slice::from_ref(&self.transition) } else { &self.transitions }
+    }
+
+    /// Deliveries with the same order key go one after the other: those of
+    /// one rule and model to one notifier, so a `resolved` never overtakes
+    /// the `firing` of any of its instances, whichever groups they were in.
+    pub fn order_key(&self) -> (String, String, String) {
+        (self.notifier.clone(), self.transition.alert.clone(), self.transition.model.clone())
     }
 }
 
@@ -60,6 +92,58 @@ pub fn idempotency_key(t: &Transition) -> String {
     use sha2::Digest;
     let digest = Sha256::digest(format!("{}\0{}\0{}\0{}", t.fingerprint, t.state, t.active_since, t.evaluation_time));
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The idempotency key of a group: its state, evaluation and every
+/// member's instance (fingerprint and activation).
+fn group_idempotency_key(members: &[Transition]) -> String {
+    use sha2::Digest;
+    let mut text = format!("group\0{}\0{}", members[0].state, members[0].evaluation_time);
+    for t in members {
+        text.push_str(&format!("\0{}\0{}", t.fingerprint, t.active_since));
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The notifications of a batch of transitions: one per notifier and
+/// group — the transitions of one rule and model to one state in one
+/// evaluation (so, for a window rule, one window) —, in the order the
+/// groups first appear, members ordered by model version, segment and
+/// feature. Like Alertmanager's `group_by: [alertname, model]`.
+pub fn group_notifications<'a>(
+    transitions: impl IntoIterator<Item = &'a Transition>,
+    queued_at_ms: i64,
+) -> Vec<Notification> {
+    type GroupKey<'k> = (&'k str, &'k str, &'k str, &'k str, &'k str);
+    let mut order: Vec<GroupKey<'a>> = Vec::new();
+    let mut groups: BTreeMap<GroupKey<'a>, Vec<Transition>> = BTreeMap::new();
+    for t in transitions {
+        for notifier in &t.notify {
+            let key =
+                (notifier.as_str(), t.alert.as_str(), t.model.as_str(), t.state.as_str(), t.evaluation_time.as_str());
+            let members = groups.entry(key).or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            });
+            members.push(t.clone());
+        }
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let mut members = groups.remove(&key).expect("listed above");
+            members.sort_by(|a, b| {
+                (&a.model_version, &a.segment, &a.feature, &a.fingerprint).cmp(&(
+                    &b.model_version,
+                    &b.segment,
+                    &b.feature,
+                    &b.fingerprint,
+                ))
+            });
+            Notification::group(key.0, members, queued_at_ms)
+        })
+        .collect()
 }
 
 /// An HTTP request to make.
@@ -237,12 +321,100 @@ fn url_authority_is_literal(template: &str) -> bool {
     literal.find("://").is_some_and(|i| literal[i + 3..].contains(['/', '?', '#']))
 }
 
-/// Every string leaf of a settings value must be a valid template.
+/// The settings of a notifier type that are URLs requests go to (or, for
+/// `generator_url`, that receivers link to).
+fn url_settings(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "webhook" | "gitlab_trigger" | "jenkins" | "airflow_dag" | "argo_workflow" | "kubeflow_run" => &["url"],
+        "github_dispatch" | "github_workflow" => &["api_url"],
+        "alertmanager" => &["url", "generator_url"],
+        "slack" => &["webhook_url"],
+        _ => &[],
+    }
+}
+
+/// Checks that a URL setting is an absolute `http://` or `https://` URL
+/// with a host, so a mistake is found when the config loads, not as a
+/// "builder error" at the first delivery. A `template` (a webhook's `url`)
+/// is checked as rendered with placeholder values. The problem never
+/// quotes the URL: it may hold a credential (a Slack webhook's path, a
+/// password, a token in the query).
+fn check_url(url: &str, template: bool) -> Result<(), String> {
+    let rendered = if template {
+        let placeholders = minijinja::Value::from_serialize(json!({
+            "alert": "a", "state": "firing", "fingerprint": "f", "model": "m", "model_version": "v",
+            "segment": "s", "feature": "f", "window_start": "t", "window_end": "t", "value": 1,
+            "labels": {}, "annotations": {}, "summary": "s", "idempotency_key": "k",
+        }));
+        match url_template_env().render_str(url, placeholders) {
+            Ok(rendered) => rendered,
+            // Reported by the template check.
+            Err(_) => return Ok(()),
+        }
+    } else {
+        url.to_string()
+    };
+    let hint = "write it as http://HOST[:PORT]/… or https://HOST[:PORT]/…";
+    // Without `://` there is no scheme (`localhost:9093` would otherwise
+    // parse as the scheme `localhost`).
+    if !rendered.contains("://") {
+        return Err(format!("the URL has no scheme; {hint}"));
+    }
+    let parsed = match reqwest::Url::parse(rendered.trim()) {
+        Ok(parsed) => parsed,
+        Err(e) => return Err(format!("not a valid URL ({e}); {hint}")),
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "the URL must start with http:// or https:// (it starts with \"{}:\"); {hint}",
+            crate::config::shorten_long_tokens(parsed.scheme())
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("the URL has no host; {hint}"));
+    }
+    Ok(())
+}
+
+/// The variables notifier templates are rendered with
+/// ([`NotifierSpec::request`]).
+const TEMPLATE_VARIABLES: &[&str] = &[
+    "alert",
+    "state",
+    "fingerprint",
+    "model",
+    "model_version",
+    "segment",
+    "feature",
+    "window_start",
+    "window_end",
+    "value",
+    "labels",
+    "annotations",
+    "summary",
+    "idempotency_key",
+    "transition",
+    "transitions",
+    "features",
+    "count",
+];
+
+/// Every string leaf of a settings value must be a valid template, using
+/// only the variables and filters there are (an unknown variable would
+/// render as nothing in every notification).
 fn check_templates(value: &Value, path: &str, errors: &mut Vec<String>) {
     match value {
         Value::String(s) => {
-            if let Err(e) = template_env().template_from_str(s) {
-                errors.push(format!("{path}: template error: {}", e.detail().unwrap_or(&e.to_string())));
+            let environment = template_env();
+            match environment.template_from_str(s) {
+                Ok(template) => {
+                    for problem in
+                        crate::rules::lint::compiled_template_problems(&environment, &template, TEMPLATE_VARIABLES)
+                    {
+                        errors.push(format!("{path}: {problem}"));
+                    }
+                }
+                Err(e) => errors.push(format!("{path}: template error: {}", e.detail().unwrap_or(&e.to_string()))),
             }
         }
         Value::Array(items) => {
@@ -269,6 +441,74 @@ fn render(value: &Value, context: &minijinja::Value) -> Result<Value, String> {
         }
         other => other.clone(),
     })
+}
+
+/// What tells a group's members apart: the feature, else the segment,
+/// else the model version, else the model.
+fn instance_name(t: &Transition) -> &str {
+    match &t.feature {
+        Some(feature) => feature,
+        None if !t.segment.is_empty() => &t.segment,
+        None if !t.model_version.is_empty() => &t.model_version,
+        None => &t.model,
+    }
+}
+
+/// A notification's summary: the `summary` annotation (for a group, each
+/// distinct one, joined by `; `), or a generated line naming every member.
+fn group_summary(members: &[Transition]) -> String {
+    let first = &members[0];
+    let annotated: Vec<&str> =
+        members.iter().filter_map(|m| m.annotations.get("summary").map(String::as_str)).collect();
+    if !annotated.is_empty() {
+        let mut distinct: Vec<&str> = Vec::new();
+        for summary in annotated {
+            if !distinct.contains(&summary) {
+                distinct.push(summary);
+            }
+        }
+        return distinct.join("; ");
+    }
+    if members.len() == 1 {
+        return format!(
+            "{} {} for {}{}",
+            first.alert,
+            first.state,
+            first.model,
+            first.feature.as_ref().map(|f| format!(" ({f})")).unwrap_or_default()
+        );
+    }
+    let names: Vec<&str> = members.iter().map(instance_name).collect();
+    format!("{} {} for {}: {} alerts ({})", first.alert, first.state, first.model, members.len(), names.join(", "))
+}
+
+/// One Alertmanager alert (`POST /api/v2/alerts` takes a list): labels
+/// identify it, `endsAt` is set on resolve.
+fn alertmanager_alert(t: &Transition, generator_url: &str) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert("alertname".into(), json!(t.alert));
+    labels.insert("model".into(), json!(t.model));
+    for (key, value) in [("model_version", &t.model_version), ("segment", &t.segment)] {
+        if !value.is_empty() {
+            labels.insert(key.into(), json!(value));
+        }
+    }
+    if let Some(feature) = &t.feature {
+        labels.insert("feature".into(), json!(feature));
+    }
+    for (k, v) in &t.labels {
+        labels.insert(k.clone(), json!(v));
+    }
+    let mut alert = json!({
+        "labels": labels,
+        "annotations": t.annotations,
+        "startsAt": t.active_since,
+        "generatorURL": generator_url,
+    });
+    if t.state == "resolved" {
+        alert["endsAt"] = json!(t.evaluation_time);
+    }
+    alert
 }
 
 /// Query-string / form encoding of one component.
@@ -345,6 +585,14 @@ impl NotifierSpec {
                 "notifiers.{name}.url: the scheme and host must be literal text (`${{ENV}}` is fine); \
                  templates may fill in the path and query only"
             ));
+        }
+        for key in url_settings(kind) {
+            if let Some(Value::String(url)) = config.settings.get(*key)
+                && !url.trim().is_empty()
+                && let Err(problem) = check_url(url, *key == "url" && kind == "webhook")
+            {
+                errors.push(format!("notifiers.{name}.{key}: {problem}"));
+            }
         }
         let timeout = match config.settings.get("timeout") {
             None => DEFAULT_TIMEOUT,
@@ -498,21 +746,21 @@ impl NotifierSpec {
         if t.state == "pending" || t.state == "inactive" || (t.state == "resolved" && !self.send_resolved) {
             return Ok(Outgoing::Skip);
         }
-        let summary = t.annotations.get("summary").cloned().unwrap_or_else(|| {
-            format!(
-                "{} {} for {}{}",
-                t.alert,
-                t.state,
-                t.model,
-                t.feature.as_ref().map(|f| format!(" ({f})")).unwrap_or_default()
-            )
-        });
+        let members = notification.members();
+        let summary = group_summary(members);
+        let features: Vec<&str> = members
+            .iter()
+            .filter_map(|m| m.feature.as_deref())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let context = minijinja::Value::from_serialize(json!({
             "alert": t.alert, "state": t.state, "fingerprint": t.fingerprint, "model": t.model,
             "model_version": t.model_version, "segment": t.segment, "feature": t.feature,
             "window_start": t.window_start, "window_end": t.window_end, "value": t.value,
             "labels": t.labels, "annotations": t.annotations, "summary": summary,
             "idempotency_key": notification.idempotency_key, "transition": t,
+            "transitions": members, "features": features, "count": members.len(),
         }));
         // The payload most triggers carry: what fired, on which model.
         let payload = json!({
@@ -558,10 +806,12 @@ impl NotifierSpec {
                         template_env().render_str(template, &context).map_err(|e| e.to_string())?.into_bytes()
                     }
                     Some(structured) => serde_json::to_vec(&render(structured, &context)?).expect("JSON"),
-                    None => {
-                        serde_json::to_vec(&json!({"transition": t, "idempotency_key": notification.idempotency_key}))
-                            .expect("JSON")
-                    }
+                    None => serde_json::to_vec(&json!({
+                        "transition": t,
+                        "transitions": members,
+                        "idempotency_key": notification.idempotency_key,
+                    }))
+                    .expect("JSON"),
                 };
                 let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
                 if let Some(Value::Object(extra)) = self.settings.get("headers") {
@@ -751,54 +1001,47 @@ impl NotifierSpec {
             }
             // POST /api/v2/alerts: labels identify the alert; endsAt set on
             // resolve; re-sent while firing.
+            // (One alert per member of the group, in one request.)
             "alertmanager" => {
                 let base = trim(self.setting_or("url", ""));
-                let mut labels = serde_json::Map::new();
-                labels.insert("alertname".into(), json!(t.alert));
-                labels.insert("model".into(), json!(t.model));
-                for (key, value) in [("model_version", &t.model_version), ("segment", &t.segment)] {
-                    if !value.is_empty() {
-                        labels.insert(key.into(), json!(value));
-                    }
-                }
-                if let Some(feature) = &t.feature {
-                    labels.insert("feature".into(), json!(feature));
-                }
-                for (k, v) in &t.labels {
-                    labels.insert(k.clone(), json!(v));
-                }
-                let mut alert = json!({
-                    "labels": labels,
-                    "annotations": t.annotations,
-                    "startsAt": t.active_since,
-                    "generatorURL": self.setting_or("generator_url", "http://127.0.0.1:9464/"),
-                });
-                if t.state == "resolved" {
-                    alert["endsAt"] = json!(t.evaluation_time);
-                }
-                json_request("POST", format!("{base}/api/v2/alerts"), Vec::new(), &json!([alert]))
+                let generator_url = self.setting_or("generator_url", "http://127.0.0.1:9464/");
+                let alerts: Vec<Value> = members.iter().map(|m| alertmanager_alert(m, &generator_url)).collect();
+                json_request("POST", format!("{base}/api/v2/alerts"), Vec::new(), &json!(alerts))
             }
             "email" => {
                 let subject = match self.setting("subject") {
                     Some(template) => template_env().render_str(&template, &context).map_err(|e| e.to_string())?,
+                    None if members.len() > 1 => format!(
+                        "[driftwatch] {} {}: {} ({} alerts)",
+                        t.state.to_uppercase(),
+                        t.alert,
+                        t.model,
+                        members.len()
+                    ),
                     None => format!("[driftwatch] {} {}: {}", t.state.to_uppercase(), t.alert, t.model),
                 };
                 let mut text = format!("{summary}\n\nalert: {}\nstate: {}\nmodel: {}", t.alert, t.state, t.model);
-                for (k, v) in [("model_version", &t.model_version), ("segment", &t.segment)] {
-                    if !v.is_empty() {
-                        text.push_str(&format!("\n{k}: {v}"));
+                for m in members {
+                    if members.len() > 1 {
+                        text.push_str(&format!("\n\ninstance: {}", instance_name(m)));
                     }
+                    for (k, v) in [("model_version", &m.model_version), ("segment", &m.segment)] {
+                        if !v.is_empty() {
+                            text.push_str(&format!("\n{k}: {v}"));
+                        }
+                    }
+                    if let Some(f) = &m.feature {
+                        text.push_str(&format!("\nfeature: {f}"));
+                    }
+                    if let Some(v) = m.value {
+                        text.push_str(&format!("\nvalue: {v}"));
+                    }
+                    text.push_str(&format!(
+                        "\nwindow: {} – {}\nfingerprint: {}",
+                        m.window_start, m.window_end, m.fingerprint
+                    ));
                 }
-                if let Some(f) = &t.feature {
-                    text.push_str(&format!("\nfeature: {f}"));
-                }
-                if let Some(v) = t.value {
-                    text.push_str(&format!("\nvalue: {v}"));
-                }
-                text.push_str(&format!(
-                    "\nwindow: {} – {}\nfingerprint: {}\n",
-                    t.window_start, t.window_end, t.fingerprint
-                ));
+                text.push('\n');
                 let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
                 let rows: String = text
                     .lines()
@@ -895,6 +1138,146 @@ mod tests {
         let spec = webhook("http://hooks.example/a?f={{ feature }}").unwrap();
         let t = Transition { feature: Some("..".into()), ..transition() };
         assert_eq!(url_for(&spec, &t).unwrap(), "http://hooks.example/a?f=..");
+    }
+
+    fn spec(settings: Value) -> NotifierSpec {
+        let config: NotifierConfig = serde_json::from_value(settings).unwrap();
+        NotifierSpec::from_config("n", &config).unwrap()
+    }
+
+    /// Regression: features drifting in one window made one notification
+    /// per feature (or, with a cooldown, one naming an arbitrary feature).
+    /// Now one notification per notifier, rule, model, state and
+    /// evaluation carries them all.
+    #[test]
+    fn transitions_of_one_rule_model_and_window_make_one_notification() {
+        let member = |model: &str, feature: &str, evaluation: &str| Transition {
+            model: model.into(),
+            feature: Some(feature.into()),
+            fingerprint: format!("{model}-{feature}"),
+            evaluation_time: evaluation.into(),
+            notify: vec!["hook".into(), "am".into()],
+            ..transition()
+        };
+        let batch = [
+            member("shop", "tenure", "2026-11-26T10:05:00.000Z"),
+            member("shop", "amount", "2026-11-26T10:05:00.000Z"),
+            member("fraud", "amount", "2026-11-26T10:05:00.000Z"),
+            member("shop", "country", "2026-11-26T10:05:00.000Z"),
+            member("shop", "age", "2026-11-26T10:10:00.000Z"),
+        ];
+        let notifications = group_notifications(&batch, 0);
+        let groups: Vec<(&str, &str, Vec<&str>)> = notifications
+            .iter()
+            .map(|n| {
+                let features = n.members().iter().map(|t| t.feature.as_deref().unwrap()).collect();
+                (n.notifier.as_str(), n.transition.model.as_str(), features)
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("hook", "shop", vec!["amount", "country", "tenure"]),
+                ("am", "shop", vec!["amount", "country", "tenure"]),
+                ("hook", "fraud", vec!["amount"]),
+                ("am", "fraud", vec!["amount"]),
+                ("hook", "shop", vec!["age"]),
+                ("am", "shop", vec!["age"]),
+            ]
+        );
+        // One member keeps the key it always had; a group's key differs.
+        assert_eq!(notifications[2].idempotency_key, idempotency_key(&batch[2]));
+        assert_ne!(notifications[0].idempotency_key, idempotency_key(&notifications[0].transition));
+        assert_eq!(notifications[0].idempotency_key, group_notifications(&batch, 9)[0].idempotency_key);
+
+        // The webhook body lists the group; Alertmanager gets one alert each.
+        let Outgoing::Http(hook) =
+            spec(json!({"type": "webhook", "url": "http://h/x"})).request(&notifications[0]).unwrap()
+        else {
+            panic!("HTTP")
+        };
+        let body: Value = serde_json::from_slice(&hook.body).unwrap();
+        let features: Vec<&str> =
+            body["transitions"].as_array().unwrap().iter().map(|t| t["feature"].as_str().unwrap()).collect();
+        assert_eq!(features, ["amount", "country", "tenure"]);
+        assert_eq!(body["transition"]["feature"], "amount");
+        let Outgoing::Http(am) =
+            spec(json!({"type": "alertmanager", "url": "http://am:9093"})).request(&notifications[1]).unwrap()
+        else {
+            panic!("HTTP")
+        };
+        let alerts: Value = serde_json::from_slice(&am.body).unwrap();
+        let features: Vec<&str> =
+            alerts.as_array().unwrap().iter().map(|a| a["labels"]["feature"].as_str().unwrap()).collect();
+        assert_eq!(features, ["amount", "country", "tenure"]);
+        // Email: one message naming every member; templates see them all.
+        let mail =
+            spec(json!({"type": "email", "smtp": "smtp://m:25", "from": "a@example.com", "to": ["b@example.com"]}));
+        let Outgoing::Email(email) = mail.request(&notifications[0]).unwrap() else { panic!("email") };
+        assert_eq!(email.subject, "[driftwatch] FIRING A: shop (3 alerts)");
+        assert!(email.text.starts_with("A firing for shop: 3 alerts (amount, country, tenure)"), "{}", email.text);
+        for feature in ["amount", "country", "tenure"] {
+            assert!(email.text.contains(&format!("feature: {feature}")), "{}", email.text);
+            assert!(email.html.contains(&format!("<td>{feature}</td>")), "{}", email.html);
+        }
+        let slack = spec(
+            json!({"type": "slack", "webhook_url": "http://s/x", "text": "{{ count }}: {{ features | join(',') }}"}),
+        );
+        let Outgoing::Http(text) = slack.request(&notifications[0]).unwrap() else { panic!("HTTP") };
+        assert_eq!(serde_json::from_slice::<Value>(&text.body).unwrap()["text"], "3: amount,country,tenure");
+    }
+
+    #[test]
+    fn notifier_templates_with_unknown_variables_or_filters_are_refused() {
+        let config: NotifierConfig = serde_json::from_value(json!({
+            "type": "slack", "webhook_url": "http://s/x", "text": "{{ featur }} on {{ model | uper }} ({{ count }} alerts)"
+        }))
+        .unwrap();
+        let errors = NotifierSpec::from_config("chat", &config).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "notifiers.chat.text: unknown variable `featur`: it would render as nothing; did you mean `feature`?"
+            ),
+            "{errors:?}"
+        );
+        assert_eq!(errors[1], "notifiers.chat.text: unknown filter `uper`; did you mean `upper`?");
+    }
+
+    /// Regression: a URL without a scheme passed `config check` and every
+    /// delivery then failed as "builder error".
+    #[test]
+    fn urls_without_a_scheme_or_host_are_refused_at_config_time() {
+        for (url, expected) in [
+            ("hooks.example/retrain", "notifiers.hook.url: the URL has no scheme; write it as http://HOST"),
+            ("127.0.0.1:8080/retrain", "notifiers.hook.url: the URL has no scheme"),
+            ("localhost:9000/{{ model }}", "notifiers.hook.url: the URL has no scheme"),
+            (
+                "ftp://hooks.example/x",
+                "notifiers.hook.url: the URL must start with http:// or https:// (it starts with \"ftp:\")",
+            ),
+            ("http://", "notifiers.hook.url: not a valid URL (empty host)"),
+            ("http://hooks.example:99999/x", "notifiers.hook.url: not a valid URL (invalid port number)"),
+        ] {
+            let errors = webhook(url).unwrap_err();
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{url}: {errors:?}");
+        }
+        // The other URL settings are checked too; a secret in a URL is never quoted.
+        let config: NotifierConfig =
+            serde_json::from_value(json!({"type": "slack", "webhook_url": "hooks.slack.com/services/T0/B0/s3cret"}))
+                .unwrap();
+        let errors = NotifierSpec::from_config("chat", &config).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("notifiers.chat.webhook_url: the URL has no scheme"), "{errors:?}");
+        assert!(!errors[0].contains("s3cret"), "{errors:?}");
+        let config: NotifierConfig =
+            serde_json::from_value(json!({"type": "alertmanager", "url": "alertmanager:9093"})).unwrap();
+        let errors = NotifierSpec::from_config("am", &config).unwrap_err();
+        assert!(errors[0].starts_with("notifiers.am.url: the URL has no scheme"), "{errors:?}");
+        for url in ["http://hooks.example", "https://h.example:8443/a/{{ model }}?f={{ feature }}", "http://[::1]:9/x"]
+        {
+            assert!(webhook(url).is_ok(), "{url}");
+        }
     }
 
     #[test]

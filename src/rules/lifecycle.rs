@@ -17,7 +17,9 @@
 //!
 //! States: inactive → pending → firing → resolved. `for` (windows or a
 //! duration) delays firing, `keep_firing_for` delays resolving, `cooldown`
-//! suppresses a notifier for the same model within the given time.
+//! suppresses a notifier for the same model within the given time; the
+//! instances of a rule and model firing in one evaluation share one
+//! cooldown decision (they become one notification: `notify::spec`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use crate::output::{WindowMetricRow, rows_to_record_batch, window_metrics_schema
 
 /// An alert state change, as written to `--alerts` and served by
 /// `/api/v1/alerts` (docs/RULES.md).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Transition {
     pub alert: String,
     /// `pending`, `firing`, `resolved`, or `inactive` (a pending alert whose
@@ -665,7 +667,10 @@ impl AlertEngine {
     }
 
     /// The notifiers a firing transition goes to, and those `cooldown`
-    /// holds back (per rule, notifier and model).
+    /// holds back (per rule, notifier and model). The cooldown applies to
+    /// the group of instances of one rule and model firing in one
+    /// evaluation, which make one notification: once one of them is sent,
+    /// the others firing in the same evaluation join it.
     fn notifications(&mut self, rule: &Rule, key: &(String, u128), now_ms: i64) -> (Vec<String>, Vec<String>) {
         let model = self.instances[key].series.model.clone();
         let mut notify = Vec::new();
@@ -673,6 +678,7 @@ impl AlertEngine {
         for notifier in &rule.notify {
             let cooldown_key = (rule.name.clone(), notifier.clone(), model.clone());
             match (rule.cooldown, self.cooldowns.get(&cooldown_key)) {
+                (_, Some(&last)) if last == now_ms => notify.push(notifier.clone()),
                 (Some(cooldown), Some(&last)) if now_ms - last < cooldown.as_millis() as i64 => {
                     suppressed.push(notifier.clone());
                 }
@@ -787,6 +793,46 @@ mod tests {
       - alert: LowAccuracy
         query: SELECT model, value FROM window_metrics WHERE metric = 'accuracy' AND value < 0.9
 ";
+
+    /// Regression: with a cooldown, three features drifting in one window
+    /// sent one notification naming one arbitrary feature; the others were
+    /// only `suppressed`. The cooldown now applies to the group.
+    #[test]
+    fn features_firing_together_share_one_cooldown_decision() {
+        let mut engine = engine(
+            "groups:\n  - name: g\n    rules:\n      - alert: Drift\n        expr: metric = 'psi' AND value > 0.2\n        \
+             notify: [hook, mail]\n        cooldown: 1h\n",
+        );
+        let drift = |feature: &str, end_minute: i64, value: f64| WindowMetricRow {
+            feature: Some(feature.into()),
+            ..row("fraud", "psi", end_minute, value)
+        };
+        let events = engine.evaluate(&[drift("amount", 5, 0.5), drift("country", 5, 0.4), drift("tenure", 5, 0.3)]);
+        let firing: Vec<(Option<&str>, &[String], &[String])> = events
+            .iter()
+            .map(|e| (e.transition.feature.as_deref(), &e.transition.notify[..], &e.transition.suppressed[..]))
+            .collect();
+        let both = ["hook".to_string(), "mail".to_string()];
+        assert_eq!(
+            firing,
+            [
+                (Some("amount"), &both[..], &[][..]),
+                (Some("country"), &both[..], &[][..]),
+                (Some("tenure"), &both[..], &[][..])
+            ]
+        );
+        // A fourth feature firing in a later window within the hour: held back.
+        let events = engine.evaluate(&[
+            drift("amount", 10, 0.5),
+            drift("country", 10, 0.4),
+            drift("tenure", 10, 0.3),
+            drift("age", 10, 0.9),
+        ]);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].transition.feature.as_deref(), Some("age"));
+        assert!(events[0].transition.notify.is_empty());
+        assert_eq!(events[0].transition.suppressed, both);
+    }
 
     #[test]
     fn history_is_bounded_by_rows_as_well_as_time() {

@@ -8,6 +8,8 @@
 //! - [`lifecycle`] — evaluation on each batch of closed windows and the
 //!   inactive → pending → firing → resolved state machine per alert
 //!   instance, with `for`, `keep_firing_for` and `cooldown`.
+//! - [`lint`] — checks beyond planning: metric names no window produces,
+//!   text in double quotes, unknown template variables and filters.
 //! - [`testing`] — `driftwatch rules test`: rule unit tests.
 //!
 //! Architecture invariant: rules never do I/O; they turn rows into
@@ -16,6 +18,7 @@
 
 pub mod file;
 pub mod lifecycle;
+pub mod lint;
 pub mod ruleset;
 pub mod testing;
 

@@ -189,6 +189,18 @@ fn required_metrics(expr: &Expr) -> Option<Vec<String>> {
     None
 }
 
+/// A planning error, led by a hint when the SQL writes text in double
+/// quotes (`metric = "psi"`), which SQL reads as a column name.
+fn explain_planning_error(sql: &str, schema: &DFSchema, message: String) -> String {
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    match super::lint::double_quote_hint(sql, &columns) {
+        // DataFusion's first line names the missing column; the list of
+        // valid fields after it adds nothing here.
+        Some(hint) => format!("{hint} ({})", message.lines().next().unwrap_or_default()),
+        None => message,
+    }
+}
+
 fn line_of<T>(spanned: &Spanned<T>) -> u64 {
     spanned.referenced.line()
 }
@@ -306,16 +318,32 @@ impl RuleSet {
         let mut errors = Vec::new();
         let error = |line: u64, message: String| RuleError { file: file.to_string(), line: Some(line), message };
         let line = line_of(&rule.alert);
+        // The names label and annotation templates may use: the row's
+        // columns, or a query's result columns (unknown if it failed).
+        let row_columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut template_variables: Option<Vec<String>> = None;
         let condition = match (&rule.expr, &rule.query) {
             (Some(expr), None) => match self.plan_expr(&expr.value, schema) {
-                Ok(condition) => Some(condition),
+                Ok((condition, problems)) => {
+                    for problem in problems {
+                        errors.push(error(line_of(expr), format!("{name}: expr: {problem}")));
+                    }
+                    template_variables = Some(row_columns);
+                    Some(condition)
+                }
                 Err(message) => {
                     errors.push(error(line_of(expr), format!("{name}: expr: {message}")));
                     None
                 }
             },
             (None, Some(query)) => match self.plan_query(&query.value) {
-                Ok(()) => Some(Condition::Query { sql: query.value.clone() }),
+                Ok((columns, problems)) => {
+                    for problem in problems {
+                        errors.push(error(line_of(query), format!("{name}: query: {problem}")));
+                    }
+                    template_variables = Some(columns);
+                    Some(Condition::Query { sql: query.value.clone() })
+                }
                 Err(message) => {
                     errors.push(error(line_of(query), format!("{name}: query: {message}")));
                     None
@@ -366,8 +394,15 @@ impl RuleSet {
         {
             for (key, template) in entries {
                 let template_name = template_name(name, kind, key);
-                match self.templates.add_template_owned(template_name, template.value.clone()) {
-                    Ok(()) => names.push(key.clone()),
+                match self.templates.add_template_owned(template_name.clone(), template.value.clone()) {
+                    Ok(()) => {
+                        names.push(key.clone());
+                        let Some(variables) = &template_variables else { continue };
+                        let variables: Vec<&str> = variables.iter().map(String::as_str).collect();
+                        for problem in super::lint::template_problems(&self.templates, &template_name, &variables) {
+                            errors.push(error(line_of(template), format!("{name}: {kind}.{key}: {problem}")));
+                        }
+                    }
                     Err(e) => errors.push(error(
                         line_of(template),
                         format!("{name}: {kind}.{key}: template error: {}", e.detail().unwrap_or(&e.to_string())),
@@ -395,24 +430,33 @@ impl RuleSet {
         })
     }
 
-    fn plan_expr(&self, sql: &str, schema: &DFSchema) -> Result<Condition, String> {
+    /// Plans an `expr`; also returns the problems [`super::lint`] finds in
+    /// it (metric names no window produces).
+    fn plan_expr(&self, sql: &str, schema: &DFSchema) -> Result<(Condition, Vec<String>), String> {
         check_sql_length(sql)?;
-        let expr = self.context.parse_sql_expr(sql, schema).map_err(|e| e.strip_backtrace())?;
-        let data_type =
-            datafusion::logical_expr::ExprSchemable::get_type(&expr, schema).map_err(|e| e.strip_backtrace())?;
+        let explained = |message: String| explain_planning_error(sql, schema, message);
+        let expr = self.context.parse_sql_expr(sql, schema).map_err(|e| explained(e.strip_backtrace()))?;
+        let data_type = datafusion::logical_expr::ExprSchemable::get_type(&expr, schema)
+            .map_err(|e| explained(e.strip_backtrace()))?;
         if data_type != datafusion::arrow::datatypes::DataType::Boolean {
             return Err(format!("must be a boolean condition, but it is {data_type}"));
         }
-        let physical = self.context.create_physical_expr(expr.clone(), schema).map_err(|e| e.strip_backtrace())?;
-        Ok(Condition::Expr { sql: sql.to_string(), physical, metrics: required_metrics(&expr) })
+        let physical =
+            self.context.create_physical_expr(expr.clone(), schema).map_err(|e| explained(e.strip_backtrace()))?;
+        let problems = super::lint::expr_metric_problems(&expr);
+        Ok((Condition::Expr { sql: sql.to_string(), physical, metrics: required_metrics(&expr) }, problems))
     }
 
-    fn plan_query(&self, sql: &str) -> Result<(), String> {
+    /// Plans a `query`; returns its result columns and the problems
+    /// [`super::lint`] finds in it.
+    fn plan_query(&self, sql: &str) -> Result<(Vec<String>, Vec<String>), String> {
         check_sql_length(sql)?;
+        let schema = DFSchema::try_from(window_metrics_schema().as_ref().clone()).expect("window_metrics schema");
+        let explained = |message: String| explain_planning_error(sql, &schema, message);
         let state = self.context.state();
         let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let plan = state.create_logical_plan(sql).await.map_err(|e| e.strip_backtrace())?;
+            let plan = state.create_logical_plan(sql).await.map_err(|e| explained(e.strip_backtrace()))?;
             if !matches!(
                 plan,
                 datafusion::logical_expr::LogicalPlan::Projection(_)
@@ -425,8 +469,9 @@ impl RuleSet {
             ) {
                 return Err("must be a SELECT query".to_string());
             }
-            state.create_physical_plan(&plan).await.map_err(|e| e.strip_backtrace())?;
-            Ok(())
+            state.create_physical_plan(&plan).await.map_err(|e| explained(e.strip_backtrace()))?;
+            let columns = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+            Ok((columns, super::lint::plan_metric_problems(&plan)))
         })
     }
 

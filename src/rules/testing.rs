@@ -183,6 +183,14 @@ fn describe(t: &Transition) -> String {
     if !t.notify.is_empty() {
         text.push_str(&format!(" notify={}", t.notify.join(",")));
     }
+    // As rendered, so a template that renders differently than expected
+    // shows how.
+    for (k, v) in &t.labels {
+        text.push_str(&format!(" labels.{k}={v:?}"));
+    }
+    for (k, v) in &t.annotations {
+        text.push_str(&format!(" annotations.{k}={v:?}"));
+    }
     text
 }
 

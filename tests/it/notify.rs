@@ -374,7 +374,10 @@ fn redirects_to_another_host_are_not_followed() {
     );
     let config = write_setup(dir.path(), &notifiers, "cross, crossgh, crossjk, same");
     let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Three notifications failed: the replay says so and fails.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("3 notifications failed"), "{stderr}");
 
     // Nothing reached the other host: no request, so no credential, no body.
     assert!(elsewhere.requests().is_empty(), "{:#?}", elsewhere.requests());
@@ -418,7 +421,7 @@ fn a_huge_reply_body_is_read_only_up_to_the_cap() {
     let notifiers = format!("  hook: {{type: webhook, url: \"{}/hook\", timeout: 10m}}\n", receiver.url());
     let config = write_setup(dir.path(), &notifiers, "hook");
     let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     let lines = audit(dir.path());
     assert_eq!(attempts_of(&lines, "hook"), [("failed".to_string(), Some(400))]);
     let attempt = lines.iter().find(|l| l["kind"] == "notification_attempt" && l["notifier"] == "hook").unwrap();
@@ -471,4 +474,114 @@ fn event_values_in_a_webhook_url_cannot_change_its_path_or_query() {
         "/hooks/shop/region%3D..%2F..%2Fadmin%3Fx%3D%23a%2Fb%40c%20d?feature=amount&alert=AmountDrift"
     );
     assert_eq!(requests[0].json()["transition"]["segment"], format!("region={hostile}"));
+}
+
+/// Regression: a webhook URL without a scheme passed `config check` and
+/// failed at every delivery as "builder error"; a refused connection was
+/// logged as "error sending request"; and `replay --notify` exited 0 when
+/// no notification arrived.
+#[test]
+fn notifier_mistakes_are_found_at_config_time_and_explained_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_setup(dir.path(), "  hook: {type: webhook, url: \"hooks.example/retrain\"}\n", "hook");
+    let output = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["config", "check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("notifiers.hook.url: the URL has no scheme; write it as http://HOST"), "{stderr}");
+
+    // Nothing listens on this port: every attempt is refused, and the
+    // replay gives up after its retry budget (two attempts) and fails.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config =
+        write_setup(dir.path(), &format!("  hook: {{type: webhook, url: \"http://127.0.0.1:{port}/hook\"}}\n"), "hook");
+    let text = std::fs::read_to_string(&config).unwrap().replace("max_attempts: 50", "max_attempts: 2");
+    std::fs::write(&config, text).unwrap();
+    let output = replay(&config, &repo("tests/fixtures/replay_drift/live.ndjson"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("0 notifications delivered"), "{stderr}");
+    assert!(stderr.contains("driftwatch replay: 1 notifications failed"), "{stderr}");
+    let lines = audit(dir.path());
+    let errors: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|l| l["kind"] == "notification_attempt")
+        .map(|l| (l["outcome"].as_str().unwrap(), l["error"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors.iter().map(|(outcome, _)| *outcome).collect::<Vec<_>>(), ["retried", "expired"]);
+    for (_, error) in errors {
+        assert!(error.starts_with(&format!("could not connect to 127.0.0.1:{port}: ")), "{error}");
+        assert!(error.contains("Connection refused"), "{error}");
+    }
+}
+
+/// Regression: with a cooldown per rule and model, features drifting in
+/// one window sent one webhook naming one arbitrary feature, the others
+/// only `suppressed` in the audit log. Now they are one notification per
+/// notifier listing them all (Alertmanager: one request, one alert each).
+#[test]
+fn features_drifting_in_one_window_make_one_notification_listing_them_all() {
+    let receiver = Receiver::start(0);
+    let url = receiver.url();
+    let dir = tempfile::tempdir().unwrap();
+    let notifiers = format!(
+        "  hook: {{type: webhook, url: \"{url}/hook\"}}\n  am: {{type: alertmanager, url: \"{url}\", resend_interval: 1h}}\n"
+    );
+    let config = write_setup(dir.path(), &notifiers, "hook, am");
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - alert: FeatureDrift\n        \
+         expr: metric = 'psi' AND drifted AND segment = ''\n        cooldown: 12h\n        \
+         annotations: {summary: \"{{ feature }} drifted\"}\n        notify: [hook, am]\n",
+    )
+    .unwrap();
+    let alerts = dir.path().join("alerts.ndjson");
+    let output = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["replay", "--config", config.to_str().unwrap(), "--notify", "--out", "/dev/null"])
+        .args(["--alerts", alerts.to_str().unwrap()])
+        .args(["--predictions", repo("tests/fixtures/replay_drift/live.ndjson").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Two features fire in one window; neither is held back by the cooldown.
+    let firing: Vec<Value> = std::fs::read_to_string(&alerts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|t| t["state"] == "firing")
+        .collect();
+    let features: Vec<&str> = firing.iter().map(|t| t["feature"].as_str().unwrap()).collect();
+    assert_eq!(features, ["amount", "country"]);
+    assert!(firing.iter().all(|t| t["notify"] == serde_json::json!(["hook", "am"]) && t["suppressed"].is_null()));
+    assert_eq!(firing[0]["window_end"], firing[1]["window_end"]);
+
+    let requests = receiver.requests();
+    let hooks: Vec<&Received> = requests.iter().filter(|r| r.path == "/hook").collect();
+    assert_eq!(hooks.len(), 1, "one webhook for the group: {requests:#?}");
+    let body = hooks[0].json();
+    let members: Vec<(&str, &str)> = body["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["feature"].as_str().unwrap(), t["annotations"]["summary"].as_str().unwrap()))
+        .collect();
+    assert_eq!(members, [("amount", "amount drifted"), ("country", "country drifted")]);
+    let posts: Vec<&Received> = requests.iter().filter(|r| r.path == "/api/v2/alerts").collect();
+    assert_eq!(posts.len(), 1, "one Alertmanager request for the group: {requests:#?}");
+    let alerts = posts[0].json();
+    let labels: Vec<&str> =
+        alerts.as_array().unwrap().iter().map(|a| a["labels"]["feature"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["amount", "country"]);
+    // The audit log names every member of each attempt.
+    let lines = audit(dir.path());
+    let attempts: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "notification_attempt").collect();
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    for attempt in attempts {
+        let fingerprints = attempt["fingerprints"].as_array().unwrap();
+        assert_eq!(fingerprints.len(), 2, "{attempt}");
+        assert_eq!(fingerprints[0], firing[0]["fingerprint"]);
+        assert_eq!(fingerprints[1], firing[1]["fingerprint"]);
+    }
 }

@@ -153,6 +153,60 @@ fn the_alert_appears_in_a_real_alertmanager_and_goes_when_resolved() {
     });
 }
 
+/// Two features drifting in one window: one email naming both arrives at
+/// a real SMTP server, and a real Alertmanager accepts both alerts from one
+/// request (its API takes a list) and shows them.
+#[test]
+fn features_drifting_together_reach_real_receivers_as_one_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    let (_smtp, port) = start_smtp(&mail);
+    let (_alertmanager, address) = start_alertmanager(dir.path());
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "windows: {{size: 5m}}\nmodels: [{{name: shop, baseline: {}}}]\nrules: [rules.yaml]\n\
+             notifiers:\n\
+             \x20 mail: {{type: email, smtp: \"smtp://127.0.0.1:{port}\", tls: none, from: driftwatch@example.com, to: [oncall@example.com]}}\n\
+             \x20 am: {{type: alertmanager, url: \"http://{address}\"}}\n\
+             delivery: {{retry_initial: 20ms, retry_max: 200ms, max_attempts: 20}}\n",
+            repo("tests/fixtures/replay_drift/baseline.json").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - alert: FeatureDrift\n        \
+         expr: metric = 'psi' AND drifted AND segment = ''\n        cooldown: 12h\n        \
+         labels: {severity: warning}\n        notify: [mail, am]\n",
+    )
+    .unwrap();
+    replay_notify(&config);
+    wait_until(Duration::from_secs(30), "the message", || mail.join("1.eml").exists());
+    let message = std::fs::read_to_string(mail.join("1.eml")).unwrap();
+    assert!(message.contains("Subject: [driftwatch] FIRING FeatureDrift: shop (2 alerts)"), "{message}");
+    for feature in ["feature: amount", "feature: country"] {
+        assert!(message.contains(feature), "{feature} in {message}");
+    }
+    assert!(!mail.join("2.eml").exists(), "one email for the group");
+    let features = || -> Vec<String> {
+        let mut features: Vec<String> = http(&address, "GET", "/api/v2/alerts", None)
+            .1
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|x| x["labels"]["alertname"] == "FeatureDrift" && x["status"]["state"] == "active")
+                    .map(|x| x["labels"]["feature"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        features.sort();
+        features
+    };
+    wait_until(Duration::from_secs(30), "both alerts in Alertmanager", || features() == ["amount", "country"]);
+}
+
 /// The daemon on a real broker: the drifting stream arrives over Kafka,
 /// the email reaches the SMTP server and the alert Alertmanager, while the
 /// retraining webhook's receiver is down. The daemon is killed with the

@@ -102,6 +102,65 @@ fn rules_check_reports_every_broken_rule_with_file_and_line() {
     assert!(stderr.contains("9 errors"), "{stderr}");
 }
 
+/// What used to pass `rules check` and then never match, or render as
+/// nothing, at run time: metric names no window produces, text in double
+/// quotes (a column name in SQL), unknown template variables and filters.
+#[test]
+fn rules_check_catches_what_would_fail_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("r.yaml");
+    std::fs::write(
+        &rules,
+        "groups:
+  - name: g
+    rules:
+      - alert: Misspelt
+        expr: metric = 'accuracyy' AND value < 0.9
+      - alert: UpperCase
+        expr: metric IN ('PSI', 'ks') AND drifted
+      - alert: DoubleQuoted
+        expr: metric = \"psi\" AND drifted
+      - alert: Templates
+        expr: metric = 'psi' AND drifted
+        annotations: {summary: \"{{ featur }} on {{ model }}: {{ value | rnd(3) }}\"}
+      - alert: QueryMetric
+        query: SELECT model, max(value) AS worst FROM window_metrics WHERE metric = 'accurcy' GROUP BY model
+        annotations: {summary: \"{{ model }} at {{ worst }} (feature {{ feature }})\"}
+      - alert: Fine
+        expr: metric = 'psi' AND drifted
+        annotations: {summary: \"{{ feature | default('?') | upper }} {% for x in range(2) %}{{ loop.index }}{% endfor %}\"}
+",
+    )
+    .unwrap();
+    let output = driftwatch(&["rules", "check", rules.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file = rules.display().to_string();
+    for expected in [
+        format!(
+            "{file}:5: Misspelt: expr: no window produces the metric 'accuracyy', so this comparison never matches; did you mean 'accuracy'?"
+        ),
+        format!(
+            "{file}:7: UpperCase: expr: no window produces the metric 'PSI' (metric names are lower case), so this comparison never matches; did you mean 'psi'?"
+        ),
+        format!(
+            "{file}:9: DoubleQuoted: expr: \"psi\" is a column name in SQL (double quotes name columns); for the text, use single quotes: 'psi'"
+        ),
+        format!(
+            "{file}:12: Templates: annotations.summary: unknown variable `featur`: it would render as nothing; did you mean `feature`?"
+        ),
+        format!("{file}:12: Templates: annotations.summary: unknown filter `rnd`; did you mean `round`?"),
+        format!("{file}:14: QueryMetric: query: no window produces the metric 'accurcy'"),
+        format!(
+            "{file}:15: QueryMetric: annotations.summary: unknown variable `feature`: it would render as nothing (the variables are model, worst)"
+        ),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("Fine"), "{stderr}");
+    assert!(stderr.contains("7 errors"), "{stderr}");
+}
+
 #[test]
 fn rules_test_shows_a_readable_diff_on_mismatch() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,6 +194,31 @@ tests:
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
+    // A template that renders other than expected: the diff shows what it
+    // rendered.
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - alert: Slow\n        expr: metric = 'latency_p95' AND value > 150\n        \
+         labels: {severity: page}\n        annotations: {summary: \"p95 {{ value | round(1) }} ms\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &test,
+        "rule_files: [r.yaml]
+tests:
+  - name: the summary
+    input:
+      - {model: m, metric: latency_p95, start: \"2026-11-26T10:00:00Z\", values: [200]}
+    expect:
+      - {at: \"2026-11-26T10:05:00Z\", alert: Slow, state: firing, annotations: {summary: \"p95 200 ms\"}}
+",
+    )
+    .unwrap();
+    let output = driftwatch(&["rules", "test", test.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let expected = "got:\n    at 2026-11-26T10:05:00.000Z Slow firing model=m labels.severity=\"page\" annotations.summary=\"p95 200.0 ms\"";
+    assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     // A broken rule file under test is reported with its file and line.
     std::fs::write(
         dir.path().join("r.yaml"),
