@@ -203,6 +203,14 @@ impl<'a> AlertingSink<'a> {
     }
 }
 
+/// A refused reload: each error logged, and the reply the API sends.
+fn rejected(code: &'static str, message: &str, errors: Vec<String>) -> crate::http::ReloadRejection {
+    for error in &errors {
+        tracing::error!(%error, "reload rejected: {message}");
+    }
+    crate::http::ReloadRejection::new(code, message, errors)
+}
+
 impl AlertingSink<'_> {
     /// Reloads the config (SIGHUP, `POST /-/reload`): re-reads the config
     /// file when the daemon has one, and applies its reloadable settings
@@ -216,37 +224,19 @@ impl AlertingSink<'_> {
         };
         let reloaded = match &live.config_path {
             Some(path) => Config::load(path).map_err(|error| {
-                let errors = config_error_lines(&error);
-                for error in &errors {
-                    tracing::error!(%error, "config reload rejected; keeping the previous config");
-                }
-                crate::http::ReloadRejection::new(
+                rejected(
                     "invalid_config",
                     "the new config was rejected; the previous config stays in force",
-                    errors,
+                    config_error_lines(&error),
                 )
             })?,
             None => live.config.clone(),
         };
         let rules = load_rules(&reloaded).map_err(|errors| {
-            for error in &errors {
-                tracing::error!(%error, "rule reload rejected; keeping the previous rules");
-            }
-            crate::http::ReloadRejection::new(
-                "invalid_rules",
-                "the new rules were rejected; the previous rules stay in force",
-                errors,
-            )
+            rejected("invalid_rules", "the new rules were rejected; the previous rules stay in force", errors)
         })?;
         let specs = crate::notify::notifier_specs(&reloaded).map_err(|errors| {
-            for error in &errors {
-                tracing::error!(%error, "config reload rejected; keeping the previous config");
-            }
-            crate::http::ReloadRejection::new(
-                "invalid_config",
-                "the new config was rejected; the previous config stays in force",
-                errors,
-            )
+            rejected("invalid_config", "the new config was rejected; the previous config stays in force", errors)
         })?;
         let restart_required = crate::config::reload::settings_needing_restart(&live.config, &reloaded);
         let notifiers: Vec<String> = reloaded.notifiers.keys().cloned().collect();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Broker, flush, log_text, one_record_per_batch, send, start_daemon, wait_until};
+use crate::support::{Broker, flush, log_text, one_record_per_batch, records, send, start_daemon, wait_until};
 
 /// 2026-11-26T00:00:00Z.
 const T0: i64 = 1_795_651_200_000;
@@ -140,14 +140,6 @@ fn write_config(dir: &Path, name: &str, horizon: &str, head: &str, batch_size: u
     )
     .unwrap();
     path
-}
-
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
-        .collect()
 }
 
 fn rows_by_key(path: &Path) -> BTreeMap<String, Value> {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    Broker, Killed, flush, http_address, http_text, log_text, one_record_per_batch, repo, send, start_daemon,
+    Broker, Killed, flush, http_address, http_text, log_text, one_record_per_batch, records, repo, send, start_daemon,
     wait_until, write_amount_drift_rule,
 };
 
@@ -188,15 +188,6 @@ fn finish_stream(broker: &Broker, dir: &Path, daemon: &mut Killed, log: &str, to
     let pid = daemon.0.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     assert!(daemon.0.wait().unwrap().success(), "clean exit on SIGTERM:\n{}", log_text(dir, log));
-}
-
-/// NDJSON lines of a file, parsed.
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
-        .collect()
 }
 
 fn row_key(row: &Value) -> String {

@@ -410,7 +410,7 @@ fn a_running_daemon_reloads_rules_on_sighup() {
     std::fs::write(&rules, "groups:\n  - name: g\n    rules:\n      - alert: Broken\n        expr: nosuch > 1\n")
         .unwrap();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    wait_until(timeout, "the rejected reload", || log_text().contains("rule reload rejected"));
+    wait_until(timeout, "the rejected reload", || log_text().contains("reload rejected: the new rules were rejected"));
     assert!(log_text().contains("No field named nosuch"), "{}", log_text());
     // Window [20s, 30s) has one event: both old rules resolve.
     produce(&[31]);

@@ -247,3 +247,12 @@ pub fn start_daemon(dir: &std::path::Path, config: &std::path::Path, log: &str) 
 pub fn log_text(dir: &std::path::Path, log: &str) -> String {
     std::fs::read_to_string(dir.join(log)).unwrap_or_default()
 }
+
+/// NDJSON lines of a file, parsed (none when the file does not exist).
+pub fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
