@@ -296,9 +296,9 @@ fn colours_wanted() -> bool {
     io::stderr().is_terminal() && !no_color
 }
 
-/// `1 error`, `2 errors`: a count and its noun, singular for one.
+/// `1 error`, `2 errors` (see [`crate::count_of`]).
 fn count_of(count: usize, singular: &str, plural: &str) -> String {
-    format!("{count} {}", if count == 1 { singular } else { plural })
+    crate::count_of(count as u64, singular, plural)
 }
 
 /// Span export for `run` when its config asks for OTLP traces (a config

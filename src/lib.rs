@@ -28,3 +28,9 @@ pub mod sources;
 pub mod stats;
 pub mod telemetry;
 pub mod window;
+
+/// `1 error`, `2 errors`: a count and its noun, singular for one (for
+/// messages people read).
+pub fn count_of(count: u64, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
+}

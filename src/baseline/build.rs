@@ -844,14 +844,15 @@ impl SkippedEvents {
         if rejected > 0 {
             let reasons: Vec<String> = self.by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
             parts.push(format!(
-                "skipped {rejected} invalid events ({}{}; the first: {})",
+                "skipped {} ({}{}; the first: {})",
+                crate::count_of(rejected, "invalid event", "invalid events"),
                 reasons.join(", "),
                 if self.labels > 0 { format!(", of which {} labels only", self.labels) } else { String::new() },
                 self.first.as_deref().unwrap_or("")
             ));
         }
         if self.other_models > 0 {
-            parts.push(format!("ignored {} events of other models", self.other_models));
+            parts.push(format!("ignored {} of other models", crate::count_of(self.other_models, "event", "events")));
         }
         Some(format!("{} of {} events profiled; {}", self.accepted, self.accepted + rejected, parts.join("; ")))
     }
@@ -864,7 +865,7 @@ impl SkippedEvents {
             message.push_str(&format!(" ({rejected} rejected; the first: {first})"));
         }
         if self.other_models > 0 {
-            message.push_str(&format!(" ({} events of other models)", self.other_models));
+            message.push_str(&format!(" ({} of other models)", crate::count_of(self.other_models, "event", "events")));
         }
         message
     }

@@ -419,9 +419,9 @@ fn baseline_build_reads_logged_events_with_the_models_mapping() {
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("40 of 41 events profiled; skipped 1 invalid events (bad_class 1"), "{stderr}");
+    assert!(stderr.contains("40 of 41 events profiled; skipped 1 invalid event (bad_class 1"), "{stderr}");
     assert!(stderr.contains("logged.ndjson:41: bad_class: field `prediction`: \"maybe\""), "{stderr}");
-    assert!(stderr.contains("ignored 1 events of other models"), "{stderr}");
+    assert!(stderr.contains("ignored 1 event of other models"), "{stderr}");
     let baseline = Baseline::load(&out).unwrap();
     let names: Vec<&str> = baseline.features.keys().map(String::as_str).collect();
     assert_eq!(names, ["plan", "tenure_months"], "the model's features, not the events' other leaves");
