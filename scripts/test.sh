@@ -22,12 +22,15 @@ log "tansu: $(command -v tansu)"
 
 # Real receivers and scrapers: Alertmanager (notification tests), Prometheus
 # (dashboard queries), Chromium (the status page), all Debian packages; and
-# an SMTP server (aiosmtpd, from PyPI).
+# an SMTP server (aiosmtpd, from PyPI). The CI examples (examples/ci/) are
+# checked with shellcheck (Debian) and check-jsonschema (PyPI, pinned: its
+# vendored GitHub and GitLab schemas change with its version).
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 [ -x /usr/bin/prometheus-alertmanager ] || command -v alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/prometheus ] || command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -37,6 +40,11 @@ fi
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   log "installing aiosmtpd"
   python3 -m pip install -q aiosmtpd
+fi
+check_jsonschema_version=0.39.0
+if [ "$(python3 -m check_jsonschema --version 2>/dev/null | awk '{print $NF}')" != "$check_jsonschema_version" ]; then
+  log "installing check-jsonschema $check_jsonschema_version"
+  python3 -m pip install -q "check-jsonschema==$check_jsonschema_version"
 fi
 
 log "cargo test (unit, integration, benches as smoke tests)"

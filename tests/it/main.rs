@@ -6,6 +6,7 @@
 
 mod agreement;
 mod baseline;
+mod ci_examples;
 mod classes;
 mod cli;
 mod compose;
