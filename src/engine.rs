@@ -19,7 +19,7 @@ use datafusion::arrow::compute::take;
 use crate::config::Config;
 use crate::decode::{FeatureArray, LabelBatch, PredictionArray, PredictionBatch};
 use crate::evaluate::{self, GroupColumns, Outcome, WindowIdentity, WindowState};
-use crate::join::{JoinCounters, ModelJoin, PendingLabel, PendingPrediction, Target, join_key};
+use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
 use crate::output::WindowMetricRow;
 use crate::window::{AwaitingLabels, ModelWindows, WindowSpec};
@@ -458,7 +458,7 @@ impl Engine {
             let key = join_key(batch.event_id.value(row));
             let lane = model.series[pending.series as usize].lane;
             if let Some(label) = self.join_of_lane(model_index, lane).on_prediction(key, pending) {
-                self.credit(model, model_index, &pending, &label);
+                self.on_pair(model, model_index, (lane, key), &pending, &label);
             }
         }
         let max_time = datafusion::arrow::compute::max(&batch.event_time_ms).expect("batch is not empty");
@@ -483,12 +483,12 @@ impl Engine {
             self.windows[model_index].observe_label_time(label.label_time_ms);
             let key = join_key(batch.event_id.value(row));
             if let Some(prediction) = self.joins[model_index].on_label(key, label) {
-                self.credit(model, model_index, &prediction, &label);
+                self.on_pair(model, model_index, (0, key), &prediction, &label);
             }
             // Each shadow pairs with the same label, on its own lane.
             for lane in 0..self.shadow_joins[model_index].len() {
                 if let Some(prediction) = self.shadow_joins[model_index][lane].on_label(key, label) {
-                    self.credit(model, model_index, &prediction, &label);
+                    self.on_pair(model, model_index, (lane as u32 + 1, key), &prediction, &label);
                 }
             }
         }
@@ -508,6 +508,58 @@ impl Engine {
             self.joins[model_index].expire(watermark);
             for join in &mut self.shadow_joins[model_index] {
                 join.expire(watermark);
+            }
+        }
+    }
+
+    /// A pair formed in `lane`: credited to its prediction's windows and,
+    /// for a model with shadows, compared with the other lanes' pairs of the
+    /// same event. Whichever of a shadow's and the champion's pairs forms
+    /// second credits the comparison to the shadow's windows, so each is
+    /// counted once, in whichever order the three events came.
+    fn on_pair(
+        &mut self,
+        model: &ModelState,
+        model_index: usize,
+        (lane, key): (u32, JoinKey),
+        prediction: &PendingPrediction,
+        label: &PendingLabel,
+    ) {
+        self.credit(model, model_index, prediction, label);
+        if self.shadow_joins[model_index].is_empty() {
+            return;
+        }
+        let (Target::Class(predicted), Target::Class(actual)) = (prediction.predicted, label.actual) else { return };
+        let outcome = PairOutcome {
+            correct: predicted == actual,
+            series: prediction.series,
+            event_time_ms: prediction.event_time_ms,
+        };
+        self.join_of_lane(model_index, lane).record_outcome(key, outcome);
+        if lane > 0 {
+            if let Some(champion) = self.joins[model_index].outcome(key) {
+                self.credit_paired(model, model_index, &outcome, champion.correct);
+            }
+            return;
+        }
+        for shadow_lane in 0..self.shadow_joins[model_index].len() {
+            if let Some(shadow) = self.shadow_joins[model_index][shadow_lane].outcome(key) {
+                self.credit_paired(model, model_index, &shadow, outcome.correct);
+            }
+        }
+    }
+
+    /// Credits a shadow's and its champion's outcomes on one event to the
+    /// windows of the shadow's prediction.
+    fn credit_paired(&mut self, model: &ModelState, model_index: usize, shadow: &PairOutcome, champion_correct: bool) {
+        let windows = &mut self.windows[model_index];
+        for start in self.spec.starts_of(shadow.event_time_ms) {
+            for s in [Some(shadow.series), model.series[shadow.series as usize].whole_model].into_iter().flatten() {
+                if let Some(state) = windows.open.get_mut(&(start, s)) {
+                    state.performance.paired.add(shadow.correct, champion_correct);
+                } else if let Some(awaiting) = windows.awaiting_labels.get_mut(&(start, s)) {
+                    awaiting.performance.paired.add(shadow.correct, champion_correct);
+                }
             }
         }
     }
@@ -739,6 +791,12 @@ mod tests {
         assert_eq!(h.version_rows("3", "accuracy"), vec![(0, 1.0)]);
         assert_eq!(h.version_rows("4", "labeled_count"), vec![(0, 4.0)]);
         assert_eq!(h.version_rows("4", "accuracy"), vec![(0, 0.5)]);
+        // Paired on a, b and c (d had no champion prediction): the champion
+        // was right on all three, the shadow wrong on a and c.
+        assert_eq!(h.version_rows("4", "accuracy_vs_champion"), vec![(0, -2.0 / 3.0)]);
+        let paired = h.rows.iter().find(|r| r.metric == "accuracy_vs_champion").unwrap();
+        assert_eq!((paired.sample_count, paired.baseline, paired.p_value), (3, Some(1.0), Some(0.25)));
+        assert!(h.version_rows("3", "accuracy_vs_champion").is_empty(), "the champion compares with nobody");
         let join = h.engine.join_counters();
         assert_eq!(join.matched, 7);
         assert_eq!(join.duplicate_predictions, 0);
@@ -813,7 +871,7 @@ mod tests {
         let run = |batch_size: usize| {
             let mut h = Harness::with_model("{size: 1m, allowed_lateness: 0s, label_horizon: 2m}", SHADOWED);
             let mut pending: (bool, usize) = (true, 0);
-            let mut flush = |h: &mut Harness, predictions: bool| {
+            let flush = |h: &mut Harness, predictions: bool| {
                 if predictions {
                     for batch in h.decoder.finish_predictions() {
                         h.engine.push_predictions(&h.registry, &batch, &mut h.rows);
@@ -842,6 +900,7 @@ mod tests {
             (h.rows, h.engine.join_counters())
         };
         let (expected, expected_join) = run(1);
+        assert!(expected.iter().any(|r| r.metric == "accuracy_vs_champion" && r.sample_count > 0));
         assert!(expected.iter().any(|r| r.metric == "labeled_count" && &*r.model_version == "4" && r.value > 0.0));
         assert!(expected_join.labels_unmatched > 0, "some labels come after the horizon");
         for batch_size in [2, 3, 7, 1000] {
