@@ -19,7 +19,7 @@ use datafusion::arrow::compute::take;
 use crate::config::Config;
 use crate::decode::{FeatureArray, LabelBatch, PredictionArray, PredictionBatch};
 use crate::evaluate::{self, GroupColumns, Outcome, WindowIdentity, WindowState};
-use crate::join::{JoinCounters, ModelJoin, PendingLabel, PendingPrediction, Target, join_key};
+use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
 use crate::output::WindowMetricRow;
 use crate::window::{AwaitingLabels, ModelWindows, WindowSpec};
@@ -57,7 +57,12 @@ pub struct Engine {
     drift_alpha: f64,
     max_categories: usize,
     windows: Vec<ModelWindows>,
+    /// Per model: the join of its serving versions (lane 0).
     joins: Vec<ModelJoin>,
+    /// Per model: one join per shadow version (`models[].shadow_versions`;
+    /// lane k at index k - 1). Every label is offered to each, so a shadow
+    /// and its champion pair with the same labels. Empty without shadows.
+    shadow_joins: Vec<Vec<ModelJoin>>,
     pub counters: EngineCounters,
     groups: Vec<Group>,
     group_index: HashMap<(i64, SeriesId, u32), usize>,
@@ -120,6 +125,18 @@ impl Engine {
                 .iter()
                 .map(|_| ModelJoin::new(spec.label_horizon_ms, config.pipeline.max_pending_joins))
                 .collect(),
+            shadow_joins: registry
+                .models
+                .iter()
+                .map(|model| {
+                    model
+                        .config
+                        .shadow_versions
+                        .iter()
+                        .map(|_| ModelJoin::new(spec.label_horizon_ms, config.pipeline.max_pending_joins))
+                        .collect()
+                })
+                .collect(),
             counters: EngineCounters::default(),
             groups: Vec::new(),
             group_index: HashMap::new(),
@@ -168,6 +185,12 @@ impl Engine {
         (&self.windows[model], &self.joins[model])
     }
 
+    /// A model's shadow joins, lane k at index k - 1 (what a checkpoint
+    /// keeps beside [`Self::model_state`]).
+    pub fn shadow_joins(&self, model: usize) -> &[ModelJoin] {
+        &self.shadow_joins[model]
+    }
+
     /// Puts back a model's checkpointed windows and joins; the join keeps
     /// the horizon and cap of the current config.
     pub fn restore_model(&mut self, model: usize, windows: ModelWindows, join: ModelJoin) {
@@ -175,12 +198,38 @@ impl Engine {
         self.joins[model].restore(join);
     }
 
+    /// Puts back the checkpointed join of shadow lane `lane` (1-based, as
+    /// in [`crate::model::Series::lane`]); returns false when the model has
+    /// no such lane.
+    pub fn restore_shadow_join(&mut self, model: usize, lane: u32, join: ModelJoin) -> bool {
+        let Some(target) = (lane as usize).checked_sub(1).and_then(|k| self.shadow_joins[model].get_mut(k)) else {
+            return false;
+        };
+        target.restore(join);
+        true
+    }
+
+    /// The join of a prediction's lane (a lane the engine does not know,
+    /// which a consistent config never gives, falls back to the serving one).
+    #[inline]
+    fn join_of_lane(&mut self, model_index: usize, lane: u32) -> &mut ModelJoin {
+        if lane > 0
+            && let Some(join) = self.shadow_joins[model_index].get_mut(lane as usize - 1)
+        {
+            return join;
+        }
+        &mut self.joins[model_index]
+    }
+
     /// The watermark of a model, if it has seen events.
     pub fn watermark(&self, model: usize) -> Option<i64> {
         self.windows[model].watermark(&self.spec)
     }
 
-    /// Join counters summed over models.
+    /// Join counters summed over models. Shadow lanes add their pairs,
+    /// expired and duplicate predictions and evictions; labels are counted
+    /// by the serving lane alone (every label visits each lane, so a lane's
+    /// unmatched or duplicate labels would count the same label again).
     pub fn join_counters(&self) -> JoinCounters {
         let mut total = JoinCounters::default();
         for j in &self.joins {
@@ -191,12 +240,18 @@ impl Engine {
             total.duplicate_labels += j.counters.duplicate_labels;
             total.matched += j.counters.matched;
         }
+        for j in self.shadow_joins.iter().flatten() {
+            total.predictions_expired += j.counters.predictions_expired;
+            total.evicted += j.counters.evicted;
+            total.duplicate_predictions += j.counters.duplicate_predictions;
+            total.matched += j.counters.matched;
+        }
         total
     }
 
-    /// Entries waiting in the join, over all models.
+    /// Entries waiting in the join, over all models and lanes.
     pub fn pending_joins(&self) -> usize {
-        self.joins.iter().map(ModelJoin::pending).sum()
+        self.joins.iter().chain(self.shadow_joins.iter().flatten()).map(ModelJoin::pending).sum()
     }
 
     /// Open windows over all models.
@@ -401,8 +456,9 @@ impl Engine {
                 score: if batch.score.is_null(row) { f64::NAN } else { batch.score.value(row) },
             };
             let key = join_key(batch.event_id.value(row));
-            if let Some(label) = self.joins[model_index].on_prediction(key, pending) {
-                self.credit(model, model_index, &pending, &label);
+            let lane = model.series[pending.series as usize].lane;
+            if let Some(label) = self.join_of_lane(model_index, lane).on_prediction(key, pending) {
+                self.on_pair(model, model_index, (lane, key), &pending, &label);
             }
         }
         let max_time = datafusion::arrow::compute::max(&batch.event_time_ms).expect("batch is not empty");
@@ -427,7 +483,13 @@ impl Engine {
             self.windows[model_index].observe_label_time(label.label_time_ms);
             let key = join_key(batch.event_id.value(row));
             if let Some(prediction) = self.joins[model_index].on_label(key, label) {
-                self.credit(model, model_index, &prediction, &label);
+                self.on_pair(model, model_index, (0, key), &prediction, &label);
+            }
+            // Each shadow pairs with the same label, on its own lane.
+            for lane in 0..self.shadow_joins[model_index].len() {
+                if let Some(prediction) = self.shadow_joins[model_index][lane].on_label(key, label) {
+                    self.on_pair(model, model_index, (lane as u32 + 1, key), &prediction, &label);
+                }
             }
         }
         if let Some(max_time) = datafusion::arrow::compute::max(&batch.event_time_ms) {
@@ -444,6 +506,61 @@ impl Engine {
             self.windows[model_index].performance_watermark(&self.spec, self.labels_hold[model_index])
         {
             self.joins[model_index].expire(watermark);
+            for join in &mut self.shadow_joins[model_index] {
+                join.expire(watermark);
+            }
+        }
+    }
+
+    /// A pair formed in `lane`: credited to its prediction's windows and,
+    /// for a model with shadows, compared with the other lanes' pairs of the
+    /// same event. Whichever of a shadow's and the champion's pairs forms
+    /// second credits the comparison to the shadow's windows, so each is
+    /// counted once, in whichever order the three events came.
+    fn on_pair(
+        &mut self,
+        model: &ModelState,
+        model_index: usize,
+        (lane, key): (u32, JoinKey),
+        prediction: &PendingPrediction,
+        label: &PendingLabel,
+    ) {
+        self.credit(model, model_index, prediction, label);
+        if self.shadow_joins[model_index].is_empty() {
+            return;
+        }
+        let (Target::Class(predicted), Target::Class(actual)) = (prediction.predicted, label.actual) else { return };
+        let outcome = PairOutcome {
+            correct: predicted == actual,
+            series: prediction.series,
+            event_time_ms: prediction.event_time_ms,
+        };
+        self.join_of_lane(model_index, lane).record_outcome(key, outcome);
+        if lane > 0 {
+            if let Some(champion) = self.joins[model_index].outcome(key) {
+                self.credit_paired(model, model_index, &outcome, champion.correct);
+            }
+            return;
+        }
+        for shadow_lane in 0..self.shadow_joins[model_index].len() {
+            if let Some(shadow) = self.shadow_joins[model_index][shadow_lane].outcome(key) {
+                self.credit_paired(model, model_index, &shadow, outcome.correct);
+            }
+        }
+    }
+
+    /// Credits a shadow's and its champion's outcomes on one event to the
+    /// windows of the shadow's prediction.
+    fn credit_paired(&mut self, model: &ModelState, model_index: usize, shadow: &PairOutcome, champion_correct: bool) {
+        let windows = &mut self.windows[model_index];
+        for start in self.spec.starts_of(shadow.event_time_ms) {
+            for s in [Some(shadow.series), model.series[shadow.series as usize].whole_model].into_iter().flatten() {
+                if let Some(state) = windows.open.get_mut(&(start, s)) {
+                    state.performance.paired.add(shadow.correct, champion_correct);
+                } else if let Some(awaiting) = windows.awaiting_labels.get_mut(&(start, s)) {
+                    awaiting.performance.paired.add(shadow.correct, champion_correct);
+                }
+            }
         }
     }
 
@@ -519,6 +636,9 @@ impl Engine {
         };
         if let Some(watermark) = watermark {
             self.joins[model_index].expire(watermark);
+            for join in &mut self.shadow_joins[model_index] {
+                join.expire(watermark);
+            }
         }
         let mut labelled = windows.take_labelled(&self.spec, watermark);
         labelled.sort_by_cached_key(|((start, series), _)| order(*start, *series));
@@ -552,7 +672,11 @@ mod tests {
 
     impl Harness {
         fn new(windows: &str) -> Self {
-            let yaml = format!("windows: {windows}\nmodels: [{{name: m, task: binary_classification}}]\n");
+            Self::with_model(windows, "{name: m, task: binary_classification}")
+        }
+
+        fn with_model(windows: &str, model: &str) -> Self {
+            let yaml = format!("windows: {windows}\nmodels: [{model}]\n");
             let config = Config::from_yaml_str(&yaml, "t.yaml").unwrap();
             let registry = ModelRegistry::from_config(&config);
             let decoder = Decoder::new(&registry, &config.pipeline).unwrap();
@@ -569,6 +693,25 @@ mod tests {
             for batch in self.decoder.finish_predictions() {
                 self.engine.push_predictions(&self.registry, &batch, &mut self.rows);
             }
+        }
+
+        fn predict_version(&mut self, id: &str, seconds: i64, prediction: u8, version: &str) {
+            let event = format!(
+                r#"{{"event_id":"{id}","model":"m","model_version":"{version}","timestamp":{},"prediction":{prediction}}}"#,
+                T0 + seconds * 1000
+            );
+            self.raw(&event);
+        }
+
+        /// (window start in seconds after T0, value) of a version's
+        /// whole-model rows.
+        fn version_rows(&self, version: &str, metric: &str) -> Vec<(i64, f64)> {
+            self.rows
+                .iter()
+                .filter(|r| r.metric == metric && r.feature.is_none() && &*r.model_version == version)
+                .filter(|r| r.segment.is_empty())
+                .map(|r| ((r.window_start_ms - T0) / 1000, r.value))
+                .collect()
         }
 
         fn label(&mut self, id: &str, seconds: i64, label: u8) {
@@ -618,6 +761,160 @@ mod tests {
         assert_eq!(h.model_rows("label_coverage"), vec![(0, 1.0), (60, 1.0)]);
         let join = h.engine.join_counters();
         assert_eq!((join.matched, join.labels_unmatched), (3, 1));
+    }
+
+    const SHADOWED: &str = "{name: m, task: binary_classification, shadow_versions: ['4']}";
+
+    /// A shadow (version 4) scores the champion's (version 3) events under
+    /// the same event ids: each label pairs with both predictions, in
+    /// whichever order the three arrive, and each pair is credited to its
+    /// own version's rows. Before shadows, the second prediction of an id
+    /// was a duplicate and the shadow got no labelled row.
+    #[test]
+    fn a_shadow_and_its_champion_pair_with_the_same_labels() {
+        let mut h = Harness::with_model("{size: 1m, allowed_lateness: 0s, label_horizon: 10m}", SHADOWED);
+        // a: champion, shadow, label. b: label, champion, shadow.
+        // c: champion, label, shadow. d: shadow only, then its label.
+        h.predict_version("a", 1, 1, "3");
+        h.predict_version("a", 1, 0, "4");
+        h.label("b", 2, 1);
+        h.predict_version("b", 2, 1, "3");
+        h.predict_version("b", 2, 1, "4");
+        h.predict_version("c", 3, 0, "3");
+        h.label("a", 4, 1);
+        h.label("c", 5, 0);
+        h.predict_version("c", 6, 1, "4");
+        h.predict_version("d", 7, 0, "4");
+        h.label("d", 8, 0);
+        h.finish();
+        assert_eq!(h.version_rows("3", "labeled_count"), vec![(0, 3.0)]);
+        assert_eq!(h.version_rows("3", "accuracy"), vec![(0, 1.0)]);
+        assert_eq!(h.version_rows("4", "labeled_count"), vec![(0, 4.0)]);
+        assert_eq!(h.version_rows("4", "accuracy"), vec![(0, 0.5)]);
+        // Paired on a, b and c (d had no champion prediction): the champion
+        // was right on all three, the shadow wrong on a and c.
+        assert_eq!(h.version_rows("4", "accuracy_vs_champion"), vec![(0, -2.0 / 3.0)]);
+        let paired = h.rows.iter().find(|r| r.metric == "accuracy_vs_champion").unwrap();
+        assert_eq!((paired.sample_count, paired.baseline, paired.p_value), (3, Some(1.0), Some(0.25)));
+        assert!(h.version_rows("3", "accuracy_vs_champion").is_empty(), "the champion compares with nobody");
+        let join = h.engine.join_counters();
+        assert_eq!(join.matched, 7);
+        assert_eq!(join.duplicate_predictions, 0);
+        // d's label found no champion prediction: counted once, by the
+        // serving lane.
+        assert_eq!((join.labels_unmatched, join.predictions_expired), (1, 0));
+        assert_eq!(h.engine.pending_joins(), 0);
+    }
+
+    /// Without `shadow_versions` the same events behave as before: the
+    /// second prediction of an id is a duplicate, the first one is kept.
+    #[test]
+    fn without_shadow_versions_a_second_version_of_an_id_is_a_duplicate() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 10m}");
+        h.predict_version("a", 1, 1, "3");
+        h.predict_version("a", 1, 0, "4");
+        h.label("a", 4, 1);
+        h.finish();
+        assert_eq!(h.version_rows("3", "labeled_count"), vec![(0, 1.0)]);
+        assert_eq!(h.version_rows("4", "labeled_count"), vec![(0, 0.0)]);
+        assert_eq!(h.engine.join_counters().duplicate_predictions, 1);
+    }
+
+    /// Duplicates are still found per (lane, event id): a repeated shadow
+    /// prediction and a repeated champion prediction are each counted and
+    /// the first of each is kept; a repeated label pairs with neither.
+    #[test]
+    fn duplicates_are_counted_per_version_with_shadows() {
+        let mut h = Harness::with_model("{size: 1m, allowed_lateness: 0s, label_horizon: 10m}", SHADOWED);
+        h.predict_version("a", 1, 1, "3");
+        h.predict_version("a", 1, 1, "4");
+        h.predict_version("a", 2, 0, "4"); // duplicate of the shadow's
+        h.predict_version("a", 2, 0, "3"); // duplicate of the champion's
+        h.label("a", 3, 1);
+        h.label("a", 4, 0); // duplicate label
+        h.predict_version("a", 5, 0, "4"); // duplicate after the pair
+        h.finish();
+        assert_eq!(h.version_rows("3", "accuracy"), vec![(0, 1.0)]);
+        assert_eq!(h.version_rows("4", "accuracy"), vec![(0, 1.0)]);
+        assert_eq!(h.version_rows("4", "labeled_count"), vec![(0, 1.0)]);
+        let join = h.engine.join_counters();
+        assert_eq!((join.matched, join.duplicate_predictions, join.duplicate_labels), (2, 3, 1));
+    }
+
+    /// The shadow lane follows the join's rule by event times alone, like
+    /// the serving lane: the same events give the same rows in
+    /// micro-batches of any size.
+    #[test]
+    fn shadow_pairs_do_not_depend_on_batch_size() {
+        let mut events: Vec<(bool, String)> = Vec::new();
+        for i in 0..60i64 {
+            let t = T0 + i * 7_000;
+            for (version, prediction) in [("3", i % 2), ("4", i % 3 % 2)] {
+                events.push((
+                    true,
+                    format!(
+                        r#"{{"event_id":"e{i}","model":"m","model_version":"{version}","timestamp":{t},"prediction":{prediction}}}"#
+                    ),
+                ));
+            }
+            // Labels 30 s to 130 s after their prediction: some after the
+            // 2 min horizon.
+            let label_time = T0 + (i - 4) * 7_000 + 30_000 + (i % 5) * 25_000;
+            if i >= 4 {
+                let j = i - 4;
+                events.push((
+                    false,
+                    format!(r#"{{"event_id":"e{j}","model":"m","timestamp":{label_time},"label":{}}}"#, j % 2),
+                ));
+            }
+        }
+        let run = |batch_size: usize| {
+            let mut h = Harness::with_model("{size: 1m, allowed_lateness: 0s, label_horizon: 2m}", SHADOWED);
+            let mut pending: (bool, usize) = (true, 0);
+            let flush = |h: &mut Harness, predictions: bool| {
+                if predictions {
+                    for batch in h.decoder.finish_predictions() {
+                        h.engine.push_predictions(&h.registry, &batch, &mut h.rows);
+                    }
+                } else {
+                    for batch in h.decoder.finish_labels() {
+                        h.engine.push_labels(&h.registry, &batch, &mut h.rows);
+                    }
+                }
+            };
+            for (prediction, event) in &events {
+                if pending.1 > 0 && (pending.0 != *prediction || pending.1 == batch_size) {
+                    flush(&mut h, pending.0);
+                    pending.1 = 0;
+                }
+                pending.0 = *prediction;
+                pending.1 += 1;
+                if *prediction {
+                    h.decoder.push_prediction(&mut h.registry, event.as_bytes()).unwrap();
+                } else {
+                    h.decoder.push_label(&mut h.registry, event.as_bytes()).unwrap();
+                }
+            }
+            flush(&mut h, pending.0);
+            h.finish();
+            (h.rows, h.engine.join_counters())
+        };
+        let (expected, expected_join) = run(1);
+        assert!(expected.iter().any(|r| r.metric == "accuracy_vs_champion" && r.sample_count > 0));
+        assert!(expected.iter().any(|r| r.metric == "labeled_count" && &*r.model_version == "4" && r.value > 0.0));
+        assert!(expected_join.labels_unmatched > 0, "some labels come after the horizon");
+        for batch_size in [2, 3, 7, 1000] {
+            let (rows, join) = run(batch_size);
+            assert_eq!(join, expected_join, "batch size {batch_size}");
+            assert_eq!(rows.len(), expected.len(), "batch size {batch_size}");
+            for (a, b) in rows.iter().zip(&expected) {
+                assert_eq!(
+                    (a.window_start_ms, &a.model_version, a.metric, a.value.to_bits()),
+                    (b.window_start_ms, &b.model_version, b.metric, b.value.to_bits()),
+                    "batch size {batch_size}"
+                );
+            }
+        }
     }
 
     #[test]

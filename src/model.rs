@@ -29,6 +29,11 @@ pub struct Series {
     /// For a segment, the whole-model series of the same version: every
     /// event of a segment also counts towards segment `""` (docs/REFERENCE.md).
     pub whole_model: Option<SeriesId>,
+    /// The join lane of the version: 0 for a serving version, `k` for the
+    /// k-th of the model's `shadow_versions` ([`ModelConfig::shadow_lane`]).
+    /// Derived from the config, never checkpointed: a restore recomputes it.
+    #[serde(skip)]
+    pub lane: u32,
 }
 
 /// A fast, deterministic hash map for short string keys.
@@ -174,6 +179,9 @@ impl ModelState {
         self.series_keys = series_keys;
         self.versions = series.iter().map(|s| s.model_version.clone()).collect();
         self.series = series;
+        for series in &mut self.series {
+            series.lane = self.config.shadow_lane(&series.model_version);
+        }
         self.classes = classes;
         self.features.clear();
         self.feature_ids.clear();

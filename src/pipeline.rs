@@ -99,6 +99,13 @@ impl Pipeline {
                         task: model.task,
                         baseline: model.reference.as_ref().map(|r| r.stamp.clone()),
                     },
+                    shadow_joins: model
+                        .config
+                        .shadow_versions
+                        .iter()
+                        .zip(self.engine.shadow_joins(id))
+                        .map(|(version, join)| crate::checkpoint::ShadowJoinRef { model_version: version, join })
+                        .collect(),
                 }
             })
             .collect();
@@ -124,6 +131,8 @@ impl Pipeline {
     /// - a model whose baseline changed (added, removed, rebuilt): its open
     ///   windows are re-attached to the new one ([`WindowState::reattach`]);
     ///   windows awaiting labels and the join do not depend on it;
+    /// - a version no longer in the model's `shadow_versions`: its pending
+    ///   shadow joins are dropped (logged); a new shadow starts empty;
     /// - a feature the baseline now types differently: the baseline's type
     ///   wins, the feature's values so far in open windows are dropped.
     ///
@@ -193,6 +202,16 @@ impl Pipeline {
             let old = model.stamp.as_ref().map(|s| s.baseline.as_ref());
             reattach_windows(state, old, &mut windows, &self.telemetry);
             self.engine.restore_model(id as usize, windows, model.join);
+            for shadow in model.shadow_joins {
+                let lane = self.registry.get(id).config.shadow_lane(&shadow.model_version);
+                if !self.engine.restore_shadow_join(id as usize, lane, shadow.join) {
+                    tracing::warn!(
+                        model = %model.name,
+                        model_version = %shadow.model_version,
+                        "the checkpoint has pending joins of a version that is no longer a shadow; they are dropped"
+                    );
+                }
+            }
         }
         self.reported_join = self.engine.join_counters();
         restored

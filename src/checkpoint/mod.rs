@@ -63,6 +63,23 @@ pub struct ModelRef<'a> {
     pub windows: &'a ModelWindows,
     pub join: &'a ModelJoin,
     pub stamp: ModelStamp,
+    /// The joins of the model's shadow versions, by version name.
+    pub shadow_joins: Vec<ShadowJoinRef<'a>>,
+}
+
+/// A shadow version's join, borrowed for writing.
+#[derive(Serialize)]
+pub struct ShadowJoinRef<'a> {
+    pub model_version: &'a str,
+    pub join: &'a ModelJoin,
+}
+
+/// A shadow version's join, read back. Restored by version name, so a
+/// reordered `shadow_versions` list finds its joins again.
+#[derive(Deserialize)]
+pub struct ShadowJoin {
+    pub model_version: String,
+    pub join: ModelJoin,
 }
 
 /// What a model's windows were built for: its task and baseline. A restore
@@ -88,6 +105,9 @@ pub struct ModelCheckpoint {
     /// are then checked against the config by their shape alone.
     #[serde(default)]
     pub stamp: Option<ModelStamp>,
+    /// Absent in checkpoints written before shadow versions existed.
+    #[serde(default)]
+    pub shadow_joins: Vec<ShadowJoin>,
 }
 
 /// Kafka positions: topic → partition → the next offset to read.

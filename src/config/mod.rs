@@ -572,7 +572,20 @@ pub struct ModelConfig {
     /// [`Self::positive_class`]. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub negative_class: Option<String>,
+    /// Versions of this model that run in shadow: they score the same
+    /// events as the serving version (the champion) and send predictions
+    /// with the same `event_id`. A label then joins the champion's
+    /// prediction and each shadow's, each credited to its own version's
+    /// rows, so they are compared on the same events. Without this, a
+    /// second prediction with an event id already seen is a duplicate.
+    /// At most [`MAX_SHADOW_VERSIONS`], distinct, non-empty. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_versions: Vec<String>,
 }
+
+/// Most `models[].shadow_versions` per model: each one keeps a join of its
+/// own, and every label is offered to each.
+pub const MAX_SHADOW_VERSIONS: usize = 16;
 
 /// The positive class of a binary model without `positive_class`: JSON
 /// `1`, `1.0`, `true` and `"1"` all name it.
@@ -589,6 +602,12 @@ impl ModelConfig {
             (Some(positive), Some(negative)) => (positive, negative),
             _ => (DEFAULT_POSITIVE_CLASS, DEFAULT_NEGATIVE_CLASS),
         }
+    }
+
+    /// The join lane of `version`: 0 for the serving version(s), `k` for
+    /// the k-th of [`Self::shadow_versions`].
+    pub fn shadow_lane(&self, version: &str) -> u32 {
+        self.shadow_versions.iter().position(|v| v == version).map_or(0, |k| k as u32 + 1)
     }
 
     /// Whether the model names its own binary classes (`positive_class`).

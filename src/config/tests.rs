@@ -570,3 +570,26 @@ fn binary_class_names_are_set_together_on_binary_models_only() {
     assert!(all.contains("models[3].positive_class: must not be empty"), "{all}");
     assert_eq!(errors.len(), 4, "{all}");
 }
+
+#[test]
+fn shadow_versions_are_a_few_distinct_version_names() {
+    let c = parse("models:\n  - {name: fraud, shadow_versions: [\"4\", \"5\"]}\n").unwrap();
+    assert_eq!((c.models[0].shadow_lane("3"), c.models[0].shadow_lane("4"), c.models[0].shadow_lane("5")), (0, 1, 2));
+    let too_many: Vec<String> = (0..17).map(|i| format!("\"v{i}\"")).collect();
+    let long = "v".repeat(257);
+    let errors = invalid_errors(&format!(
+        "models:\n  - {{name: a, shadow_versions: [\"4\", \"\", \"4\", \"__other__\", \"{long}\"]}}\n  \
+         - {{name: b, shadow_versions: [{}]}}\n",
+        too_many.join(", ")
+    ));
+    let all = errors.join("\n");
+    assert!(all.contains("models[0].shadow_versions[1]: must not be empty"), "{all}");
+    assert!(
+        all.contains("models[0].shadow_versions[2]: duplicate version \"4\" (already shadow_versions[0])"),
+        "{all}"
+    );
+    assert!(all.contains("models[0].shadow_versions[3]: \"__other__\" is where versions"), "{all}");
+    assert!(all.contains("models[0].shadow_versions[4]: 257 bytes long; the limit is 256"), "{all}");
+    assert!(all.contains("models[1].shadow_versions: 17 versions; the limit is 16"), "{all}");
+    assert_eq!(errors.len(), 5, "{all}");
+}

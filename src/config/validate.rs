@@ -125,6 +125,7 @@ impl Config {
                 errors.push(format!("models[{i}].baseline: must not be empty"));
             }
             check_binary_classes(i, model, errors);
+            check_shadow_versions(i, model, errors);
             for (key, pointer) in model.fields.entries() {
                 if pointer.is_empty() {
                     errors.push(format!("models[{i}].fields.{key}: must not be empty (\"\" would be the whole event)"));
@@ -274,6 +275,40 @@ fn check_window_duration(path: &str, d: Duration, errors: &mut Vec<String>) -> b
         false
     } else {
         true
+    }
+}
+
+/// `models[i].shadow_versions`: a few distinct, non-empty version names no
+/// longer than a version may be in an event, and not the overflow version.
+fn check_shadow_versions(i: usize, model: &super::ModelConfig, errors: &mut Vec<String>) {
+    let versions = &model.shadow_versions;
+    if versions.len() > super::MAX_SHADOW_VERSIONS {
+        errors.push(format!(
+            "models[{i}].shadow_versions: {} versions; the limit is {} (each keeps a join of its own)",
+            versions.len(),
+            super::MAX_SHADOW_VERSIONS
+        ));
+    }
+    for (k, version) in versions.iter().enumerate() {
+        if version.is_empty() {
+            errors.push(format!("models[{i}].shadow_versions[{k}]: must not be empty"));
+        } else if version.len() > crate::decode::MAX_EVENT_NAME_BYTES {
+            errors.push(format!(
+                "models[{i}].shadow_versions[{k}]: {} bytes long; the limit is {} (a longer model_version is \
+                 rejected in events)",
+                version.len(),
+                crate::decode::MAX_EVENT_NAME_BYTES
+            ));
+        } else if version == crate::decode::OVERFLOW_VERSION {
+            errors.push(format!(
+                "models[{i}].shadow_versions[{k}]: {version:?} is where versions beyond \
+                 pipeline.max_versions_per_model are filed, not a version"
+            ));
+        } else if let Some(first) = versions[..k].iter().position(|v| v == version) {
+            errors.push(format!(
+                "models[{i}].shadow_versions[{k}]: duplicate version {version:?} (already shadow_versions[{first}])"
+            ));
+        }
     }
 }
 

@@ -839,7 +839,9 @@ fn intern_series(
         return id;
     }
     if !model.versions.contains(version) {
-        if model.versions.len() >= max_versions {
+        // Configured shadow versions are never folded: their predictions
+        // would otherwise meet the champion's as duplicates.
+        if model.versions.len() >= max_versions && model.config.shadow_lane(version) == 0 {
             counters.versions_over_cap += 1;
             version = OVERFLOW_VERSION;
             build_series_key(row, version, key);
@@ -870,11 +872,12 @@ fn intern_series(
             key.truncate(segment_start);
             Some(model.series_keys.intern(key, usize::MAX).expect("no cap"))
         };
-        model.series.push(Series { model_version: version.clone(), segment, whole_model });
+        let lane = model.config.shadow_lane(&version);
+        model.series.push(Series { model_version: version.clone(), segment, whole_model, lane });
         if let Some(parent) = whole_model
             && parent as usize == model.series.len()
         {
-            model.series.push(Series { model_version: version, segment: Arc::from(""), whole_model: None });
+            model.series.push(Series { model_version: version, segment: Arc::from(""), whole_model: None, lane });
         }
     }
     id

@@ -677,6 +677,34 @@ pub fn performance_rows(
     id: &WindowIdentity<'_>,
     out: &mut Vec<WindowMetricRow>,
 ) {
+    performance_rows_with_baseline(performance, events, id, out);
+    paired_rows(performance, id, out);
+}
+
+/// A shadow version's window: `accuracy_vs_champion`, its accuracy minus
+/// the champion's on the events both predicted and a label joined (value),
+/// the champion's accuracy on them (`baseline`), how many (`sample_count`)
+/// and the exact one-sided McNemar p-value of "the shadow is less
+/// accurate" (`p_value`).
+fn paired_rows(performance: &PerformanceState, id: &WindowIdentity<'_>, out: &mut Vec<WindowMetricRow>) {
+    let paired = &performance.paired;
+    if paired.events == 0 {
+        return;
+    }
+    let events = paired.events as f64;
+    let difference = (paired.shadow_only as f64 - paired.champion_only as f64) / events;
+    let mut row = id.row(None, "accuracy_vs_champion", difference, paired.events);
+    row.baseline = Some(paired.champion_correct as f64 / events);
+    row.p_value = Some(crate::stats::mcnemar_worse_p_value(paired.champion_only, paired.shadow_only));
+    out.push(row);
+}
+
+fn performance_rows_with_baseline(
+    performance: &PerformanceState,
+    events: u64,
+    id: &WindowIdentity<'_>,
+    out: &mut Vec<WindowMetricRow>,
+) {
     let first_row = out.len();
     performance_rows_without_baseline(performance, events, id, out);
     let Some(reference) = &id.model.reference else { return };

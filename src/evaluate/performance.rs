@@ -176,6 +176,41 @@ pub struct PerformanceState {
     pub actual_m2: f64,
     /// Scores of classification pairs that had one.
     pub scores: ScoreState,
+    /// A shadow version's window: its pairs whose event the champion also
+    /// paired (absent in older checkpoints).
+    #[serde(default)]
+    pub paired: PairedCounts,
+}
+
+/// A shadow's and its champion's outcomes on the same labelled events,
+/// counted in the shadow's windows (`accuracy_vs_champion`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PairedCounts {
+    /// Events both predicted and a label joined.
+    pub events: u64,
+    /// Of those, the ones the champion got right.
+    pub champion_correct: u64,
+    /// The champion right and the shadow wrong.
+    pub champion_only: u64,
+    /// The shadow right and the champion wrong.
+    pub shadow_only: u64,
+}
+
+impl PairedCounts {
+    /// Counts one event both versions predicted.
+    pub fn add(&mut self, shadow_correct: bool, champion_correct: bool) {
+        self.events += 1;
+        self.champion_correct += u64::from(champion_correct);
+        self.champion_only += u64::from(champion_correct && !shadow_correct);
+        self.shadow_only += u64::from(shadow_correct && !champion_correct);
+    }
+
+    fn merge(&mut self, other: &PairedCounts) {
+        self.events += other.events;
+        self.champion_correct += other.champion_correct;
+        self.champion_only += other.champion_only;
+        self.shadow_only += other.shadow_only;
+    }
 }
 
 impl PerformanceState {
@@ -204,6 +239,7 @@ impl PerformanceState {
     }
 
     pub fn merge(&mut self, other: &PerformanceState) {
+        self.paired.merge(&other.paired);
         if other.labeled == 0 {
             return;
         }

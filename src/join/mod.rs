@@ -65,6 +65,19 @@ pub struct PendingPrediction {
     pub score: f64,
 }
 
+/// The outcome of a pair, kept beside the pair while it is remembered when
+/// the model has shadow versions, so the other lane's pair of the same
+/// event can be compared with it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairOutcome {
+    /// Whether the predicted class was the label.
+    pub correct: bool,
+    /// The prediction's series and event time (whose windows a paired
+    /// comparison is credited to).
+    pub series: SeriesId,
+    pub event_time_ms: i64,
+}
+
 /// A label waiting for its prediction.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PendingLabel {
@@ -108,6 +121,10 @@ pub struct ModelJoin {
     /// second pair. Counts against `max_pending`.
     #[serde(default)]
     completed: KeyMap<i64>,
+    /// Outcomes of remembered pairs ([`Self::record_outcome`]); kept only
+    /// for models with shadow versions, forgotten with the pair.
+    #[serde(default)]
+    outcomes: KeyMap<PairOutcome>,
     /// Arrival order with expiry time: (expire_at, key, side).
     queue: VecDeque<(i64, JoinKey, Side)>,
     horizon_ms: i64,
@@ -121,6 +138,7 @@ impl ModelJoin {
             predictions: KeyMap::default(),
             labels: KeyMap::default(),
             completed: KeyMap::default(),
+            outcomes: KeyMap::default(),
             queue: VecDeque::new(),
             horizon_ms,
             max_pending: max_pending.max(1),
@@ -134,6 +152,7 @@ impl ModelJoin {
         self.predictions = other.predictions;
         self.labels = other.labels;
         self.completed = other.completed;
+        self.outcomes = other.outcomes;
         self.queue = other.queue;
         self.counters = other.counters;
     }
@@ -151,6 +170,7 @@ impl ModelJoin {
                 // Forgetting a pair early only weakens duplicate detection.
                 Side::Completed => {
                     self.completed.remove(&key);
+                    self.forget_outcome(key);
                     false
                 }
             };
@@ -200,6 +220,26 @@ impl ModelJoin {
         self.labels.insert(key, label);
         self.queue.push_back((label.label_time_ms.saturating_add(self.horizon_ms), key, Side::Label));
         None
+    }
+
+    /// Keeps the outcome of the pair just made for `key` as long as the pair
+    /// is remembered (a pair evicted or expired takes it along).
+    pub fn record_outcome(&mut self, key: JoinKey, outcome: PairOutcome) {
+        if self.completed.contains_key(&key) {
+            self.outcomes.insert(key, outcome);
+        }
+    }
+
+    /// The outcome of the remembered pair of `key`, if recorded.
+    pub fn outcome(&self, key: JoinKey) -> Option<PairOutcome> {
+        self.outcomes.get(&key).copied()
+    }
+
+    #[inline]
+    fn forget_outcome(&mut self, key: JoinKey) {
+        if !self.outcomes.is_empty() {
+            self.outcomes.remove(&key);
+        }
     }
 
     /// Whether a label at `label_time_ms` is within the horizon of a
@@ -254,6 +294,7 @@ impl ModelJoin {
                 Side::Completed => {
                     if self.completed.get(&key) == Some(&expire_at) {
                         self.completed.remove(&key);
+                        self.forget_outcome(key);
                     }
                 }
             }

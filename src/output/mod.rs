@@ -73,6 +73,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "r2",
     "labeled_count",
     "label_coverage",
+    "accuracy_vs_champion",
     "latency_p50",
     "latency_p95",
     "latency_p99",

@@ -19,6 +19,7 @@
 //! | performance `p_value`        | [`two_proportion_z_test`]                                     |
 //! | `roc_auc`, `log_loss`, `brier` | [`roc_auc`], [`log_loss`], [`brier`]                        |
 //! | per-feature correction       | [`holm_bonferroni`]                                           |
+//! | `accuracy_vs_champion` `p_value` | [`mcnemar_worse_p_value`] (exact McNemar, one-sided)      |
 //!
 //! KS p-values come in two conventions: [`ks_pvalue_asymptotic`] (Numerical
 //! Recipes, limiting Kolmogorov law with Stephens' correction; used by
@@ -39,6 +40,7 @@ mod divergence;
 mod ks;
 mod kstwo;
 mod multiple_testing;
+mod paired;
 mod performance;
 mod proportion;
 mod wasserstein;
@@ -62,6 +64,7 @@ pub use ks::{
 };
 pub use kstwo::{kolmogorov_smirnov_survival, ks_pvalue_scipy_asymp};
 pub use multiple_testing::holm_bonferroni;
+pub use paired::mcnemar_worse_p_value;
 pub use performance::{LOG_LOSS_EPS, brier, log_loss, roc_auc};
 pub use proportion::{auc_lower_p_value, mean_higher_p_value, two_proportion_z_test};
 pub use wasserstein::{wasserstein_1, wasserstein_from_cdfs, wasserstein_from_quantiles};

@@ -398,3 +398,100 @@ fn values_spanning_the_double_range_keep_a_replay_small() {
         assert!((value / 1e300 - 1.0).abs() <= 0.004, "{row}");
     }
 }
+
+/// A shadow version (`models[].shadow_versions`) scores the champion's
+/// events under the same event ids, from a file of its own: replay pairs
+/// every label with both predictions, credits each to its own version's
+/// rows, and compares the two on the events both scored
+/// (`accuracy_vs_champion`). Expected values are counted from the
+/// generated events.
+#[test]
+fn a_shadow_is_paired_with_its_champion_on_the_same_event_ids() {
+    let seed: u64 = 0x5eed_0017;
+    println!("seed {seed}");
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("c.yaml");
+    std::fs::write(
+        &config_path,
+        "windows: {size: 1h, label_horizon: 1h}\npipeline: {batch_size: 64}\n\
+         models: [{name: fraud, shadow_versions: ['4']}]\n",
+    )
+    .unwrap();
+    let t0 = 1_795_687_200_000i64;
+    let (mut champion, mut shadow, mut labels) = (String::new(), String::new(), String::new());
+    let (mut champion_correct, mut shadow_correct, mut shadow_events) = (0u64, 0u64, 0u64);
+    let (mut paired, mut paired_champion_correct, mut champion_only, mut shadow_only) = (0u64, 0u64, 0u64, 0u64);
+    for i in 0..500i64 {
+        let label = i64::from(next() < 0.4);
+        let champion_right = next() < 0.9;
+        let shadow_right = next() < 0.8;
+        let shadow_scores = next() < 0.9;
+        let time = t0 + i * 5_000;
+        let predicted = |right: bool| if right { label } else { 1 - label };
+        champion.push_str(&format!(
+            "{{\"event_id\":\"e{i}\",\"model\":\"fraud\",\"model_version\":\"3\",\"timestamp\":{time},\"prediction\":{}}}\n",
+            predicted(champion_right)
+        ));
+        if shadow_scores {
+            shadow.push_str(&format!(
+                "{{\"event_id\":\"e{i}\",\"model\":\"fraud\",\"model_version\":\"4\",\"timestamp\":{},\"prediction\":{}}}\n",
+                time + 40,
+                predicted(shadow_right)
+            ));
+            shadow_events += 1;
+            shadow_correct += u64::from(shadow_right);
+            paired += 1;
+            paired_champion_correct += u64::from(champion_right);
+            champion_only += u64::from(champion_right && !shadow_right);
+            shadow_only += u64::from(shadow_right && !champion_right);
+        }
+        champion_correct += u64::from(champion_right);
+        labels.push_str(&format!(
+            "{{\"event_id\":\"e{i}\",\"model\":\"fraud\",\"timestamp\":{},\"label\":{label}}}\n",
+            time + 60_000
+        ));
+    }
+    for (name, text) in [("champion.ndjson", &champion), ("shadow.ndjson", &shadow), ("labels.ndjson", &labels)] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let config = Config::load(&config_path).unwrap();
+    let mut sink = MemorySink::default();
+    let telemetry = Arc::new(Telemetry::default());
+    replay(
+        &config,
+        &[dir.path().join("champion.ndjson"), dir.path().join("shadow.ndjson")],
+        &[dir.path().join("labels.ndjson")],
+        &mut sink,
+        telemetry.clone(),
+    )
+    .unwrap();
+    let sum = |version: &str, metric: &str| -> f64 {
+        sink.rows.iter().filter(|r| &*r.model_version == version && r.metric == metric).map(|r| r.value).sum()
+    };
+    assert_eq!(sum("3", "labeled_count"), 500.0);
+    assert_eq!(sum("4", "labeled_count"), shadow_events as f64);
+    // Accuracy per version, over the windows' labelled counts.
+    let accuracy = |version: &str| -> f64 {
+        let windows: Vec<&WindowMetricRow> =
+            sink.rows.iter().filter(|r| &*r.model_version == version && r.metric == "accuracy").collect();
+        windows.iter().map(|r| r.value * r.sample_count as f64).sum::<f64>()
+            / windows.iter().map(|r| r.sample_count as f64).sum::<f64>()
+    };
+    close(accuracy("3"), champion_correct as f64 / 500.0, 1e-12, "champion accuracy");
+    close(accuracy("4"), shadow_correct as f64 / shadow_events as f64, 1e-12, "shadow accuracy");
+    let comparisons: Vec<&WindowMetricRow> = sink.rows.iter().filter(|r| r.metric == "accuracy_vs_champion").collect();
+    assert!(comparisons.iter().all(|r| &*r.model_version == "4"), "only the shadow compares with its champion");
+    assert_eq!(comparisons.iter().map(|r| r.sample_count as u64).sum::<u64>(), paired);
+    let difference: f64 = comparisons.iter().map(|r| r.value * r.sample_count as f64).sum();
+    close(difference, shadow_only as f64 - champion_only as f64, 1e-9, "paired accuracy difference × n");
+    let champion_on_paired: f64 = comparisons.iter().map(|r| r.baseline.unwrap() * r.sample_count as f64).sum();
+    close(champion_on_paired, paired_champion_correct as f64, 1e-9, "champion accuracy on the paired events");
+    assert!(comparisons.iter().all(|r| r.p_value.is_some_and(|p| (0.0..=1.0).contains(&p))));
+    let join = telemetry.duplicate_predictions.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(join, 0, "a shadow's prediction is no duplicate of its champion's");
+}

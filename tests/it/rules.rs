@@ -27,7 +27,7 @@ fn shipped_rules_pass_check_and_their_unit_tests() {
     let config = repo("examples/driftwatch.yaml");
     let output = driftwatch(&["rules", "check", repo("rules").to_str().unwrap(), "--config", config.to_str().unwrap()]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("12 rules in 4 files: OK"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("13 rules in 4 files: OK"));
     let tests: Vec<PathBuf> = std::fs::read_dir(repo("rules/tests"))
         .unwrap()
         .map(|e| e.unwrap().path())
