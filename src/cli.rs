@@ -1,5 +1,6 @@
 //! The command line (docs/REFERENCE.md). Exit codes: 0 success, 1 a check failed or
-//! bad input, 2 usage error.
+//! bad input, 2 usage error; `gate`: 0 pass, 1 fail, 2 bad input or usage
+//! error (docs/GATE.md).
 
 use std::fs::File;
 use std::io::{self, BufWriter};

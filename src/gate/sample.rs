@@ -358,4 +358,32 @@ mod tests {
         assert_eq!(metrics.get(Metric::LatencyP95), None);
         assert_eq!(metrics.get(Metric::Mae), None);
     }
+
+    #[test]
+    fn multiclass_macro_averages_agree_with_the_daemons_window_rows() {
+        let seed = 11;
+        println!("seed {seed}");
+        let mut rng = crate::simulate::Rng::new(seed);
+        let mut state = crate::evaluate::PerformanceState::default();
+        let (mut predicted, mut actual) = (Vec::new(), Vec::new());
+        for _ in 0..500 {
+            let a = (rng.next_u64() % 4) as u32;
+            // Class 3 is never predicted, so its precision is undefined.
+            let p = if rng.uniform() < 0.6 { a.min(2) } else { (rng.next_u64() % 3) as u32 };
+            state.add(crate::evaluate::Outcome::Class { predicted: p, actual: a, score: f64::NAN });
+            predicted.push(p);
+            actual.push(a);
+        }
+        let sample = EvaluationSample::new(
+            Outcomes::Classes { predicted, actual, classes: 4, positive: None, scores: None },
+            None,
+        );
+        let metrics = sample.metrics();
+        let (precision, recall, f1) = state.macro_scores().unwrap();
+        assert!((metrics.get(Metric::Precision).unwrap() - precision).abs() < 1e-12);
+        assert!((metrics.get(Metric::Recall).unwrap() - recall).abs() < 1e-12);
+        assert!((metrics.get(Metric::F1).unwrap() - f1).abs() < 1e-12);
+        assert!((metrics.get(Metric::Accuracy).unwrap() - state.accuracy().unwrap()).abs() < 1e-12);
+        assert_eq!(metrics.get(Metric::RocAuc), None, "no ROC AUC for multiclass models");
+    }
 }

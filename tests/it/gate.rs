@@ -54,6 +54,17 @@ fn gate_json(old: &[&str], new: &str, requirements: &[&str]) -> (i32, Value) {
     (output.status.code().unwrap(), report)
 }
 
+/// Writes a CSV file as Parquet with DataFusion.
+fn csv_to_parquet(csv: &str, parquet: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let frame = ctx.read_csv(csv, datafusion::prelude::CsvReadOptions::new()).await.unwrap();
+        let options = datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true);
+        frame.write_parquet(parquet.to_str().unwrap(), options, None).await.unwrap();
+    });
+}
+
 fn close(actual: f64, expected: f64, tolerance: f64, what: &str) {
     assert!(
         (actual - expected).abs() <= tolerance * expected.abs().max(1e-300),
@@ -126,6 +137,17 @@ fn unpaired_regression_and_baseline_gates_match_numpy() {
     check_metrics(&report, case);
     check_intervals(&report, case, false);
 
+    // The same rows as Parquet give the same numbers as CSV.
+    let dir = tempfile::tempdir().unwrap();
+    let parquet = dir.path().join("new_better.parquet");
+    csv_to_parquet(&fixture("new_better.csv"), &parquet);
+    let case = &expected["cases"]["better"];
+    let (code, report) =
+        gate_json(&["--old", &fixture("old.csv")], parquet.to_str().unwrap(), &["accuracy >= 0", "roc_auc >= 0"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["pairing"], "paired on 1000 event ids");
+    check_metrics(&report, case);
+
     // Regression, with renamed columns.
     let case = &expected["cases"]["regression"];
     let (code, report) = gate_json(
@@ -138,7 +160,6 @@ fn unpaired_regression_and_baseline_gates_match_numpy() {
     check_intervals(&report, case, true);
 
     // The old side from a baseline profile of old.csv.
-    let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("old.json");
     let built = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
         .args(["baseline", "build", "--input", &fixture("old.csv"), "--model", "fraud", "--quiet"])
