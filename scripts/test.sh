@@ -24,7 +24,8 @@ log "tansu: $(command -v tansu)"
 # (dashboard queries), Chromium (the status page), all Debian packages; and
 # an SMTP server (aiosmtpd, from PyPI). The CI examples (examples/ci/) are
 # checked with shellcheck (Debian) and check-jsonschema (PyPI, pinned: its
-# vendored GitHub and GitLab schemas change with its version).
+# vendored GitHub and GitLab schemas change with its version); junitparser
+# and markdown (PyPI) read `driftwatch gate`'s reports.
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 [ -x /usr/bin/prometheus-alertmanager ] || command -v alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
@@ -45,6 +46,11 @@ check_jsonschema_version=0.39.0
 if [ "$(python3 -m check_jsonschema --version 2>/dev/null | awk '{print $NF}')" != "$check_jsonschema_version" ]; then
   log "installing check-jsonschema $check_jsonschema_version"
   python3 -m pip install -q "check-jsonschema==$check_jsonschema_version"
+fi
+# The consumers `driftwatch gate`'s reports are read with (JUnit XML, Markdown).
+if ! python3 -c 'import junitparser, markdown' >/dev/null 2>&1; then
+  log "installing junitparser and markdown"
+  python3 -m pip install -q junitparser markdown
 fi
 
 log "cargo test (unit, integration, benches as smoke tests)"

@@ -1,5 +1,6 @@
 //! The command line (docs/REFERENCE.md). Exit codes: 0 success, 1 a check failed or
-//! bad input, 2 usage error.
+//! bad input, 2 usage error; `gate`: 0 pass, 1 fail, 2 bad input or usage
+//! error (docs/GATE.md).
 
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -87,6 +88,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// A CI performance gate: the old and the new model's metrics against
+    /// requirements (docs/GATE.md). Exit 0 when every requirement holds, 1
+    /// when one fails, 2 on bad input.
+    Gate(GateArgs),
     /// Generate realistic prediction and label traffic.
     Simulate {
         /// Produce to these Kafka brokers in real time.
@@ -117,6 +122,64 @@ pub enum Command {
         #[arg(long, default_value = "labels")]
         labels_topic: String,
     },
+}
+
+/// `driftwatch gate` (offline: `--old FILE` or `--old-baseline FILE`, and `--new FILE`).
+#[derive(Debug, clap::Args)]
+pub struct GateArgs {
+    /// Labelled evaluation rows with the old model's predictions (Parquet,
+    /// CSV or NDJSON, by extension).
+    #[arg(long, required_unless_present = "old_baseline", conflicts_with = "old_baseline")]
+    pub old: Option<PathBuf>,
+    /// A baseline profile (`baseline build`) whose recorded performance
+    /// stands for the old model, instead of --old.
+    #[arg(long)]
+    pub old_baseline: Option<PathBuf>,
+    /// Labelled evaluation rows with the new model's predictions.
+    #[arg(long, required = true)]
+    pub new: Option<PathBuf>,
+    /// A requirement on the new model, e.g. 'accuracy >= 0.90',
+    /// 'latency_p95 < 150ms', 'f1 >= old - 0.01' (repeatable).
+    #[arg(long = "require", required = true, value_name = "EXPR")]
+    pub requirements: Vec<String>,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value_t = crate::gate::format::Format::Table)]
+    pub format: crate::gate::format::Format,
+    /// Write the report to this file instead of stdout (the verdict still
+    /// goes to stderr).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The column holding the true label or target value (default `label`).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// The column holding the model's prediction (default `prediction`).
+    #[arg(long)]
+    pub prediction_column: Option<String>,
+    /// The column holding the score, the probability of the positive class
+    /// (default `score`, optional).
+    #[arg(long)]
+    pub score_column: Option<String>,
+    /// The column holding the serving latency in milliseconds (default
+    /// `latency_ms`, optional).
+    #[arg(long)]
+    pub latency_column: Option<String>,
+    /// The column pairing the two files' rows (default `event_id`; rows
+    /// are paired when both files have it).
+    #[arg(long)]
+    pub event_id_column: Option<String>,
+    /// binary_classification, multiclass_classification or regression
+    /// (default: the baseline's, else inferred from the column types).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// A binary model's positive class (default `1`).
+    #[arg(long)]
+    pub positive_class: Option<String>,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = crate::gate::significance::DEFAULT_RESAMPLES)]
+    pub bootstrap_resamples: usize,
+    /// Seed of the bootstrap resampling (the same seed gives the same intervals).
+    #[arg(long, default_value_t = crate::gate::significance::DEFAULT_SEED)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -552,9 +615,94 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             Ok(())
         }
         Command::Baseline { command } => baseline_command(command),
+        Command::Gate(args) => gate_command(args),
         Command::Rules { command: RulesCommand::Check { paths, config } } => rules_check(&paths, config.as_deref()),
         Command::Rules { command: RulesCommand::Test { files } } => rules_test(&files),
     }
+}
+
+/// `driftwatch gate`: exit 0 pass, 1 fail, 2 bad input.
+fn gate_command(args: GateArgs) -> Result<(), ExitCode> {
+    use crate::gate::{EXIT_BAD_INPUT, Requirement, offline};
+    let bad_input = |message: String| {
+        eprintln!("driftwatch gate: {message}");
+        ExitCode::from(EXIT_BAD_INPUT)
+    };
+    let requirements = args
+        .requirements
+        .iter()
+        .map(|text| Requirement::parse(text))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_input(e.to_string()))?;
+    let task = match args.task.as_deref() {
+        None => None,
+        Some("binary_classification") => Some(crate::config::Task::BinaryClassification),
+        Some("multiclass_classification") => Some(crate::config::Task::MulticlassClassification),
+        Some("regression") => Some(crate::config::Task::Regression),
+        Some(other) => {
+            return Err(bad_input(format!(
+                "--task {other}: use binary_classification, multiclass_classification or regression"
+            )));
+        }
+    };
+    if args.bootstrap_resamples == 0 {
+        return Err(bad_input("--bootstrap-resamples must be at least 1".to_string()));
+    }
+    let defaults = offline::ColumnNames::default();
+    let required = [
+        ("--label-column", &args.label_column),
+        ("--prediction-column", &args.prediction_column),
+        ("--score-column", &args.score_column),
+        ("--latency-column", &args.latency_column),
+        ("--event-id-column", &args.event_id_column),
+    ]
+    .into_iter()
+    .filter_map(|(flag, column)| column.clone().map(|column| (flag.to_string(), column)))
+    .collect();
+    let columns = offline::ColumnNames {
+        label: args.label_column.unwrap_or(defaults.label),
+        prediction: args.prediction_column.unwrap_or(defaults.prediction),
+        score: args.score_column.unwrap_or(defaults.score),
+        latency: args.latency_column.unwrap_or(defaults.latency),
+        event_id: args.event_id_column.unwrap_or(defaults.event_id),
+        required,
+    };
+    let old = match (args.old, args.old_baseline) {
+        (_, Some(path)) => offline::OldSide::Baseline(path),
+        (Some(path), None) => offline::OldSide::Rows(path),
+        (None, None) => return Err(bad_input("--old FILE or --old-baseline FILE is required".to_string())),
+    };
+    let new = args.new.ok_or_else(|| bad_input("--new FILE is required".to_string()))?;
+    let options = offline::OfflineOptions {
+        old,
+        new,
+        requirements,
+        columns,
+        task,
+        positive_class: args.positive_class,
+        bootstrap: crate::gate::significance::BootstrapOptions { resamples: args.bootstrap_resamples, seed: args.seed },
+    };
+    let report = offline::run_offline(&options).map_err(|e| bad_input(e.to_string()))?;
+    let text = crate::gate::format::render(&report, args.format);
+    match &args.out {
+        Some(path) => std::fs::write(path, &text).map_err(|e| bad_input(format!("--out {}: {e}", path.display())))?,
+        None => {
+            use std::io::Write as _;
+            let mut stdout = io::stdout().lock();
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+    }
+    if args.out.is_some() || args.format != crate::gate::format::Format::Table {
+        let failed = report.failed_count();
+        let total = report.requirements.len();
+        if report.passed {
+            eprintln!("driftwatch gate: PASS ({total} of {total} requirements hold)");
+        } else {
+            eprintln!("driftwatch gate: FAIL ({failed} of {total} requirements failed)");
+        }
+    }
+    if report.passed { Ok(()) } else { Err(ExitCode::from(report.exit_code())) }
 }
 
 fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {

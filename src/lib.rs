@@ -13,6 +13,7 @@ pub mod decode;
 pub mod drivers;
 pub mod engine;
 pub mod evaluate;
+pub mod gate;
 pub mod http;
 pub mod join;
 pub mod metrics;

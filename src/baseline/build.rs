@@ -218,7 +218,7 @@ pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>, BaselineError> {
     Ok(files)
 }
 
-fn as_f64(array: &ArrayRef) -> Float64Array {
+pub(crate) fn as_f64(array: &ArrayRef) -> Float64Array {
     let floats = cast(array, &DataType::Float64).expect("numeric columns cast to Float64");
     let floats = floats.as_any().downcast_ref::<Float64Array>().expect("Float64").clone();
     if floats.values().iter().all(|v| v.is_finite()) {
@@ -255,7 +255,7 @@ fn as_strings(array: &ArrayRef, role: Role) -> StringArray {
     strings.as_any().downcast_ref::<StringArray>().expect("Utf8").clone()
 }
 
-async fn read(ctx: &SessionContext, path: &Path) -> Result<datafusion::prelude::DataFrame, BaselineError> {
+pub(crate) async fn read(ctx: &SessionContext, path: &Path) -> Result<datafusion::prelude::DataFrame, BaselineError> {
     let name = path.display().to_string();
     let fail = |e: datafusion::error::DataFusionError| BaselineError::Build(format!("{name}: {e}"));
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();

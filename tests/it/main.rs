@@ -14,6 +14,7 @@ mod demo;
 mod docs;
 mod drift;
 mod durability;
+mod gate;
 mod hostile;
 mod http;
 mod kafka;
