@@ -124,20 +124,41 @@ pub enum Command {
     },
 }
 
-/// `driftwatch gate` (offline: `--old FILE` or `--old-baseline FILE`, and `--new FILE`).
+/// `driftwatch gate` (offline: `--old FILE` or `--old-baseline FILE`, and
+/// `--new FILE`; online: `--from URL --model M --champion V --candidate V`).
 #[derive(Debug, clap::Args)]
 pub struct GateArgs {
     /// Labelled evaluation rows with the old model's predictions (Parquet,
     /// CSV or NDJSON, by extension).
-    #[arg(long, required_unless_present = "old_baseline", conflicts_with = "old_baseline")]
+    #[arg(long, required_unless_present_any = ["old_baseline", "from"], conflicts_with = "old_baseline")]
     pub old: Option<PathBuf>,
     /// A baseline profile (`baseline build`) whose recorded performance
     /// stands for the old model, instead of --old.
     #[arg(long)]
     pub old_baseline: Option<PathBuf>,
     /// Labelled evaluation rows with the new model's predictions.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "from")]
     pub new: Option<PathBuf>,
+    /// Online: a running daemon's HTTP API (e.g. http://127.0.0.1:9464);
+    /// the champion is the old side, the candidate the new one.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["old", "old_baseline", "new"], requires_all = ["model", "champion", "candidate"])]
+    pub from: Option<String>,
+    /// Online: the model whose versions are compared.
+    #[arg(long, requires = "from")]
+    pub model: Option<String>,
+    /// Online: the version in service (the old side).
+    #[arg(long, requires = "from")]
+    pub champion: Option<String>,
+    /// Online: the canary or shadow version (the new side).
+    #[arg(long, requires = "from")]
+    pub candidate: Option<String>,
+    /// Online: windows that started within this time before now.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "from")]
+    pub since: Duration,
+    /// Online: the fewest labelled predictions each version needs; with
+    /// fewer the gate does not pass, and says so.
+    #[arg(long, default_value_t = 100, requires = "from")]
+    pub min_labels: u64,
     /// A requirement on the new model, e.g. 'accuracy >= 0.90',
     /// 'latency_p95 < 150ms', 'f1 >= old - 0.01' (repeatable).
     #[arg(long = "require", required = true, value_name = "EXPR")]
@@ -648,6 +669,20 @@ fn gate_command(args: GateArgs) -> Result<(), ExitCode> {
     if args.bootstrap_resamples == 0 {
         return Err(bad_input("--bootstrap-resamples must be at least 1".to_string()));
     }
+    if let Some(from) = &args.from {
+        let since = chrono::Duration::from_std(args.since).unwrap_or(chrono::Duration::MAX);
+        let query = crate::gate::online::OnlineQuery {
+            from: from.clone(),
+            model: args.model.clone().unwrap_or_default(),
+            champion: args.champion.clone().unwrap_or_default(),
+            candidate: args.candidate.clone().unwrap_or_default(),
+            since_ms: (chrono::Utc::now() - since).timestamp_millis(),
+            min_labels: args.min_labels,
+        };
+        let rows = crate::gate::online::fetch_rows(&query).map_err(|e| bad_input(e.to_string()))?;
+        let report = crate::gate::online::gate(&query, &requirements, &rows);
+        return print_gate_report(&report, args.format, args.out.as_deref());
+    }
     let defaults = offline::ColumnNames::default();
     let required = [
         ("--label-column", &args.label_column),
@@ -683,9 +718,22 @@ fn gate_command(args: GateArgs) -> Result<(), ExitCode> {
         bootstrap: crate::gate::significance::BootstrapOptions { resamples: args.bootstrap_resamples, seed: args.seed },
     };
     let report = offline::run_offline(&options).map_err(|e| bad_input(e.to_string()))?;
-    let text = crate::gate::format::render(&report, args.format);
-    match &args.out {
-        Some(path) => std::fs::write(path, &text).map_err(|e| bad_input(format!("--out {}: {e}", path.display())))?,
+    print_gate_report(&report, args.format, args.out.as_deref())
+}
+
+/// Prints (or writes to `out`) a gate report; the verdict goes to stderr
+/// unless the table already shows it. Exit 0 pass, 1 fail.
+fn print_gate_report(
+    report: &crate::gate::GateReport,
+    format: crate::gate::format::Format,
+    out: Option<&std::path::Path>,
+) -> Result<(), ExitCode> {
+    let text = crate::gate::format::render(report, format);
+    match out {
+        Some(path) => std::fs::write(path, &text).map_err(|e| {
+            eprintln!("driftwatch gate: --out {}: {e}", path.display());
+            ExitCode::from(crate::gate::EXIT_BAD_INPUT)
+        })?,
         None => {
             use std::io::Write as _;
             let mut stdout = io::stdout().lock();
@@ -693,11 +741,13 @@ fn gate_command(args: GateArgs) -> Result<(), ExitCode> {
             let _ = stdout.flush();
         }
     }
-    if args.out.is_some() || args.format != crate::gate::format::Format::Table {
+    if out.is_some() || format != crate::gate::format::Format::Table {
         let failed = report.failed_count();
         let total = report.requirements.len();
         if report.passed {
             eprintln!("driftwatch gate: PASS ({total} of {total} requirements hold)");
+        } else if failed == 0 {
+            eprintln!("driftwatch gate: FAIL (too little evidence; see the report's notes)");
         } else {
             eprintln!("driftwatch gate: FAIL ({failed} of {total} requirements failed)");
         }

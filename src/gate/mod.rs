@@ -9,12 +9,14 @@
 //! [`GateMetrics`] (one per side) and returns a [`GateReport`], and
 //! [`format`] renders a report as a table, JSON, JUnit XML or Markdown.
 //! [`offline`] fills the metrics from labelled files (or a baseline
-//! profile for the old side), [`sample`] computes them from rows in memory
+//! profile for the old side), [`online`] from a running daemon's windows
+//! of two versions, [`sample`] computes them from rows in memory
 //! and [`significance`] holds McNemar's test and the bootstrap interval.
 //! Everything but [`offline`] is pure computation.
 
 pub mod format;
 pub mod offline;
+pub mod online;
 pub mod sample;
 pub mod significance;
 

@@ -531,7 +531,7 @@ fn host_and_port(url: &str) -> Option<String> {
 /// the error itself, joined by `: ` — the cause ("Connection refused", "dns
 /// error: failed to lookup address") is at the end of the chain, not in
 /// the outermost message ("error sending request").
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut messages: Vec<String> = Vec::new();
     let mut next = Some(error);
     while let Some(current) = next {

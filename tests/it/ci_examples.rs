@@ -20,23 +20,22 @@ use crate::support::repo;
 const GITHUB_WORKFLOW: &str = "examples/ci/github-actions.yml";
 const GITLAB_PIPELINE: &str = "examples/ci/gitlab-ci.yml";
 
-/// The flags of `driftwatch gate` the examples may use (docs/REFERENCE.md).
-const GATE_FLAGS: &[&str] = &[
-    "--old",
-    "--new",
-    "--old-baseline",
-    "--require",
-    "--format",
-    "--label-column",
-    "--prediction-column",
-    "--score-column",
-    "--from",
-    "--model",
-    "--champion",
-    "--candidate",
-    "--since",
-    "--min-labels",
-];
+/// The flags `driftwatch gate --help` lists: the examples may use only these.
+fn gate_flags() -> Vec<String> {
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["gate", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout).to_string();
+    let flags: Vec<String> = help
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|word| word.starts_with("--") && word.len() > 2)
+        .map(str::to_string)
+        .collect();
+    for flag in ["--old", "--new", "--require", "--from", "--candidate", "--min-labels"] {
+        assert!(flags.iter().any(|f| f == flag), "driftwatch gate --help lists {flag}: {help}");
+    }
+    flags
+}
 const GATE_FORMATS: &[&str] = &["table", "json", "junit", "markdown"];
 const REQUIREMENT_OPERATORS: &[&str] = &[">=", "<=", ">", "<", "=="];
 
@@ -229,7 +228,7 @@ fn check_gate_call(place: &str, call: &[String]) -> (String, Option<String>) {
     let mut words = call.iter();
     while let Some(word) = words.next() {
         if word.starts_with("--") {
-            assert!(GATE_FLAGS.contains(&word.as_str()), "{place}: driftwatch gate has no flag {word}: {call:?}");
+            assert!(gate_flags().contains(word), "{place}: driftwatch gate has no flag {word}: {call:?}");
             let value = words.next().unwrap_or_else(|| panic!("{place}: {word} has no value: {call:?}"));
             if word == "--require" {
                 let parts: Vec<&str> = value.split_whitespace().collect();

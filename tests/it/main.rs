@@ -15,6 +15,7 @@ mod docs;
 mod drift;
 mod durability;
 mod gate;
+mod gate_online;
 mod hostile;
 mod http;
 mod kafka;
