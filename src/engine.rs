@@ -22,7 +22,7 @@ use crate::evaluate::{self, GroupColumns, Outcome, WindowIdentity, WindowState};
 use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
 use crate::output::WindowMetricRow;
-use crate::window::{AwaitingLabels, ModelWindows, WindowSpec};
+use crate::window::{AwaitingLabels, ModelWindows, PartitionId, WindowSpec, min_active};
 
 /// Counters the engine keeps (exported as metrics by the drivers).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -79,6 +79,12 @@ pub struct Engine {
     /// Per model: whether its labels hold the performance watermark (set by
     /// the driver, which knows whether the labels input is live).
     labels_hold: Vec<bool>,
+    /// The host clock as the driver last gave it ([`Self::advance_clock`];
+    /// `run` only): event times beyond it do not move a partition's clock
+    /// further.
+    clock_limit_ms: Option<i64>,
+    /// `windows.idle_timeout` in milliseconds (0: partitions never idle).
+    idle_timeout_ms: i64,
 }
 
 fn take_f64(array: &Float64Array, indices: &UInt32Array) -> Float64Array {
@@ -144,7 +150,109 @@ impl Engine {
             arrival_watermark: Vec::new(),
             late_in_batch: Vec::new(),
             labels_hold: vec![false; registry.models.len()],
+            clock_limit_ms: None,
+            idle_timeout_ms: i64::try_from(config.windows.idle_timeout.as_millis()).unwrap_or(i64::MAX),
         }
+    }
+
+    /// Declares predictions partitions before any of their events is read
+    /// (`replay`: every input file): each holds every model's watermark
+    /// until its first event, so events of a file read later are not late
+    /// because an earlier file moved the watermark.
+    pub fn declare_partitions(&mut self, partitions: &[PartitionId]) {
+        for windows in &mut self.windows {
+            for &partition in partitions {
+                windows.partitions.entry(partition).or_default();
+            }
+        }
+    }
+
+    /// A predictions partition (`labels`: a labels partition) has ended
+    /// (`replay`: its file is read): it stops holding every model's
+    /// watermarks back. Rows of windows that close as a result go to `out`.
+    pub fn partition_idle(
+        &mut self,
+        registry: &ModelRegistry,
+        partition: PartitionId,
+        labels: bool,
+        out: &mut Vec<WindowMetricRow>,
+    ) {
+        for model in 0..self.windows.len() {
+            let windows = &mut self.windows[model];
+            let clocks = if labels { &mut windows.label_partitions } else { &mut windows.partitions };
+            let Some(clock) = clocks.get_mut(&partition) else { continue };
+            clock.idle = true;
+            if windows.advance_frontiers() {
+                self.close(registry.get(model as u32), model, false, out);
+            }
+        }
+    }
+
+    /// The driver's wall clock (`run` only; the engine itself never reads
+    /// one), each tick:
+    ///
+    /// - events later than `now_ms` no longer move a partition's clock
+    ///   past it (so the watermark stays at or below the host clock minus
+    ///   `allowed_lateness`);
+    /// - a model's partition (predictions or labels) with no event of the
+    ///   model for `windows.idle_timeout` goes idle and stops holding the
+    ///   others back, until its next event;
+    /// - a model all of whose predictions partitions are idle closes its
+    ///   windows once `now_ms` passes their end + `allowed_lateness` +
+    ///   `idle_timeout`.
+    ///
+    /// While `reading` is false (consumption paused by backpressure)
+    /// nothing goes idle: not reading is not silence. Rows of windows that
+    /// close go to `out`.
+    pub fn advance_clock(
+        &mut self,
+        registry: &ModelRegistry,
+        now_ms: i64,
+        reading: bool,
+        out: &mut Vec<WindowMetricRow>,
+    ) {
+        self.clock_limit_ms = Some(now_ms);
+        let idle_ms = self.idle_timeout_ms;
+        for model in 0..self.windows.len() {
+            let windows = &mut self.windows[model];
+            let mut went_idle = false;
+            for clock in windows.partitions.values_mut().chain(windows.label_partitions.values_mut()) {
+                let Some(active_at) = clock.active_at_ms.filter(|_| reading && !clock.touched) else {
+                    clock.touched = false;
+                    clock.active_at_ms = Some(now_ms);
+                    continue;
+                };
+                if !clock.idle && idle_ms > 0 && now_ms.saturating_sub(active_at) >= idle_ms {
+                    clock.idle = true;
+                    went_idle = true;
+                }
+            }
+            let mut moved = went_idle && windows.advance_frontiers();
+            let quiet = !windows.partitions.is_empty() && windows.partitions.values().all(|c| c.idle);
+            if quiet && windows.max_event_time_ms.is_some() {
+                moved |= windows.raise_frontier(now_ms.saturating_sub(idle_ms));
+            }
+            if moved {
+                self.close(registry.get(model as u32), model, false, out);
+            }
+        }
+    }
+
+    /// A model's watermark per predictions partition that carried it (its
+    /// largest event time minus `allowed_lateness`), for
+    /// `driftwatch_watermark_seconds{model,partition}`.
+    pub fn partition_watermarks(&self, model: usize) -> impl Iterator<Item = (PartitionId, i64)> + '_ {
+        let lateness = self.spec.allowed_lateness_ms;
+        self.windows[model]
+            .partitions
+            .iter()
+            .filter_map(move |(id, c)| c.max_event_time_ms.map(|t| (*id, t.saturating_sub(lateness))))
+    }
+
+    /// An event time as it may move a partition's clock.
+    #[inline]
+    fn clock_time(&self, time_ms: i64) -> i64 {
+        self.clock_limit_ms.map_or(time_ms, |limit| time_ms.min(limit))
     }
 
     /// Whether a model's labels hold its performance rows and pending
@@ -260,14 +368,16 @@ impl Engine {
     }
 
     /// Judges each row of the batch against the watermark as it stood when
-    /// the row arrived (the largest event time of the rows before it, in
-    /// this batch and earlier ones): `closed_windows[row]` is how many of
+    /// the row arrived (the frontier as the rows before it, in this batch
+    /// and earlier ones, left it): `closed_windows[row]` is how many of
     /// the row's windows, oldest first, had closed by then. So whether an
     /// event is late does not depend on how the stream was cut into
     /// micro-batches: one batch of n events gives the rows that n batches
     /// of one event give. (Windows themselves close after the batch; a row
-    /// judged late is kept out of its closed windows until then.)
-    fn mark_closed_windows(&mut self, batch: &PredictionBatch, model_index: usize) {
+    /// judged late is kept out of its closed windows until then.) The batch
+    /// comes from `partition`: the other partitions' clocks stay as they
+    /// are while it is added.
+    fn mark_closed_windows(&mut self, batch: &PredictionBatch, model_index: usize, partition: PartitionId) {
         let spec = self.spec;
         let count = spec.windows_per_event();
         let times = batch.event_time_ms.values();
@@ -275,11 +385,14 @@ impl Engine {
         self.closed_windows.reserve(batch.len());
         self.arrival_watermark.clear();
         self.arrival_watermark.reserve(batch.len());
-        let mut max_seen = self.windows[model_index].max_event_time_ms;
+        let windows = &self.windows[model_index];
+        let others = min_active(&windows.partitions, Some(partition));
+        let mut own = windows.partitions.get(&partition).and_then(|c| c.max_event_time_ms);
+        let mut frontier = windows.max_event_time_ms;
         for &time in times.iter() {
-            let watermark = max_seen.map_or(i64::MIN, |max| max.saturating_sub(spec.allowed_lateness_ms));
+            let watermark = frontier.map_or(i64::MIN, |f| f.saturating_sub(spec.allowed_lateness_ms));
             self.arrival_watermark.push(watermark);
-            let closed = match max_seen {
+            let closed = match frontier {
                 None => 0,
                 Some(_) => {
                     let last_start = spec.last_start(time);
@@ -290,7 +403,12 @@ impl Engine {
                 }
             };
             self.closed_windows.push(closed);
-            max_seen = Some(max_seen.map_or(time, |m| m.max(time)));
+            let clock = self.clock_limit_ms.map_or(time, |limit| time.min(limit));
+            own = Some(own.map_or(clock, |m| m.max(clock)));
+            let min = others.min(own.unwrap_or(clock));
+            if min != i64::MIN && frontier.is_none_or(|f| f < min) {
+                frontier = Some(min);
+            }
         }
     }
 
@@ -397,12 +515,14 @@ impl Engine {
         self.groups = groups;
     }
 
-    /// Adds a micro-batch of predictions; rows of windows that close as a
-    /// result are appended to `out`.
+    /// Adds a micro-batch of predictions read from predictions partition
+    /// `partition`; rows of windows that close as a result are appended to
+    /// `out`.
     pub fn push_predictions(
         &mut self,
         registry: &ModelRegistry,
         batch: &PredictionBatch,
+        partition: PartitionId,
         out: &mut Vec<WindowMetricRow>,
     ) {
         if batch.is_empty() {
@@ -413,7 +533,7 @@ impl Engine {
         self.counters.predictions += batch.len() as u64;
         // Rows whose every window had closed are neither counted nor joined.
         let mut accepted = vec![true; batch.len()];
-        self.mark_closed_windows(batch, model_index);
+        self.mark_closed_windows(batch, model_index, partition);
         // Whole-model series first (usually one group: no copying), then the
         // segments, which each event also counts in.
         self.group_rows(batch, model, true);
@@ -444,7 +564,8 @@ impl Engine {
                 continue;
             }
             self.expire_joins(model_index);
-            self.windows[model_index].observe_event_time(times[row]);
+            let clock = self.clock_time(times[row]);
+            self.windows[model_index].observe_event_time(partition, clock);
             let predicted = match &batch.prediction {
                 PredictionArray::Class(a) => Target::Class(a.value(row)),
                 PredictionArray::Value(a) => Target::Value(a.value(row)),
@@ -462,12 +583,21 @@ impl Engine {
             }
         }
         let max_time = datafusion::arrow::compute::max(&batch.event_time_ms).expect("batch is not empty");
-        self.windows[model_index].observe_event_time(max_time);
+        let clock = self.clock_time(max_time);
+        self.windows[model_index].observe_event_time(partition, clock);
         self.close(model, model_index, false, out);
     }
 
-    /// Adds a micro-batch of labels.
-    pub fn push_labels(&mut self, registry: &ModelRegistry, batch: &LabelBatch, out: &mut Vec<WindowMetricRow>) {
+    /// Adds a micro-batch of labels read from labels partition `partition`
+    /// (the labels' watermark is the minimum over the labels partitions
+    /// carrying the model, as for predictions).
+    pub fn push_labels(
+        &mut self,
+        registry: &ModelRegistry,
+        batch: &LabelBatch,
+        partition: PartitionId,
+        out: &mut Vec<WindowMetricRow>,
+    ) {
         let model_index = batch.model as usize;
         let model = registry.get(batch.model);
         self.counters.labels += batch.len() as u64;
@@ -480,7 +610,8 @@ impl Engine {
             // As for predictions: each label meets the join as the
             // watermarks stood when it arrived.
             self.expire_joins(model_index);
-            self.windows[model_index].observe_label_time(label.label_time_ms);
+            let clock = self.clock_time(label.label_time_ms);
+            self.windows[model_index].observe_label_time(partition, clock);
             let key = join_key(batch.event_id.value(row));
             if let Some(prediction) = self.joins[model_index].on_label(key, label) {
                 self.on_pair(model, model_index, (0, key), &prediction, &label);
@@ -493,7 +624,8 @@ impl Engine {
             }
         }
         if let Some(max_time) = datafusion::arrow::compute::max(&batch.event_time_ms) {
-            self.windows[model_index].observe_label_time(max_time);
+            let clock = self.clock_time(max_time);
+            self.windows[model_index].observe_label_time(partition, clock);
         }
         self.close(model, model_index, false, out);
     }
@@ -691,8 +823,25 @@ mod tests {
             );
             self.decoder.push_prediction(&mut self.registry, event.as_bytes()).unwrap();
             for batch in self.decoder.finish_predictions() {
-                self.engine.push_predictions(&self.registry, &batch, &mut self.rows);
+                self.engine.push_predictions(&self.registry, &batch, 0, &mut self.rows);
             }
+        }
+
+        /// A prediction read from predictions partition `partition`.
+        fn predict_on(&mut self, partition: PartitionId, id: &str, seconds: i64) {
+            let event = format!(
+                r#"{{"event_id":"{id}","model":"m","timestamp":{},"prediction":1,"features":{{"x":{seconds}}}}}"#,
+                T0 + seconds * 1000
+            );
+            self.decoder.push_prediction(&mut self.registry, event.as_bytes()).unwrap();
+            for batch in self.decoder.finish_predictions() {
+                self.engine.push_predictions(&self.registry, &batch, partition, &mut self.rows);
+            }
+        }
+
+        /// The driver's wall clock at `seconds` after T0.
+        fn tick(&mut self, seconds: i64, reading: bool) {
+            self.engine.advance_clock(&self.registry, T0 + seconds * 1000, reading, &mut self.rows);
         }
 
         fn predict_version(&mut self, id: &str, seconds: i64, prediction: u8, version: &str) {
@@ -719,14 +868,14 @@ mod tests {
                 format!(r#"{{"event_id":"{id}","model":"m","timestamp":{},"label":{label}}}"#, T0 + seconds * 1000);
             self.decoder.push_label(&mut self.registry, event.as_bytes()).unwrap();
             for batch in self.decoder.finish_labels() {
-                self.engine.push_labels(&self.registry, &batch, &mut self.rows);
+                self.engine.push_labels(&self.registry, &batch, 0, &mut self.rows);
             }
         }
 
         fn raw(&mut self, event: &str) {
             self.decoder.push_prediction(&mut self.registry, event.as_bytes()).unwrap();
             for batch in self.decoder.finish_predictions() {
-                self.engine.push_predictions(&self.registry, &batch, &mut self.rows);
+                self.engine.push_predictions(&self.registry, &batch, 0, &mut self.rows);
             }
         }
 
@@ -874,11 +1023,11 @@ mod tests {
             let flush = |h: &mut Harness, predictions: bool| {
                 if predictions {
                     for batch in h.decoder.finish_predictions() {
-                        h.engine.push_predictions(&h.registry, &batch, &mut h.rows);
+                        h.engine.push_predictions(&h.registry, &batch, 0, &mut h.rows);
                     }
                 } else {
                     for batch in h.decoder.finish_labels() {
-                        h.engine.push_labels(&h.registry, &batch, &mut h.rows);
+                        h.engine.push_labels(&h.registry, &batch, 0, &mut h.rows);
                     }
                 }
             };
@@ -992,6 +1141,167 @@ mod tests {
         h.engine.set_labels_holding(&h.registry, 0, false, &mut h.rows);
         assert_eq!(h.model_rows("label_coverage"), vec![(0, 0.0)]);
         assert_eq!(h.engine.join_counters().predictions_expired, 1);
+    }
+
+    /// Ten minutes of events on three partitions, 80% on partition 0, read
+    /// the way a consumer from the beginning reads a backlog: round-robin
+    /// by count, so the sparse partitions run ahead in event time. The
+    /// windows wait for the slowest partition: no event is late and the
+    /// rows equal those of the same events in time order on one partition.
+    /// (With one watermark for all partitions, as before, most are late.)
+    #[test]
+    fn a_partition_read_ahead_does_not_make_the_others_late() {
+        let seed = std::env::var("DRIFTWATCH_ENGINE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+        println!("seed {seed} (DRIFTWATCH_ENGINE_SEED reruns it)");
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state >> 33
+        };
+        // (partition, second) per event, each partition in time order.
+        let mut partitions: Vec<Vec<i64>> = vec![Vec::new(); 3];
+        for second in 0..600 {
+            for _ in 0..2 {
+                let partition = if next() % 10 < 8 { 0 } else { 1 + (next() % 2) as usize };
+                partitions[partition].push(second);
+            }
+        }
+        let run = |split: bool| {
+            let mut h = Harness::new("{size: 1m, allowed_lateness: 5s, label_horizon: 0s}");
+            let mut cursors = [0usize; 3];
+            let mut n = 0;
+            // Ten events of each partition in turn.
+            while cursors.iter().zip(&partitions).any(|(c, p)| *c < p.len()) {
+                for (partition, events) in partitions.iter().enumerate() {
+                    for &second in events.iter().skip(cursors[partition]).take(10) {
+                        let id = if split { partition as PartitionId } else { 0 };
+                        h.predict_on(id, &format!("e{n}"), second);
+                        n += 1;
+                    }
+                    cursors[partition] = (cursors[partition] + 10).min(events.len());
+                }
+            }
+            h.finish();
+            h
+        };
+        let per_partition = run(true);
+        assert_eq!(per_partition.engine.counters.events_late, 0);
+        let mut in_order = Harness::new("{size: 1m, allowed_lateness: 5s, label_horizon: 0s}");
+        let mut all: Vec<i64> = partitions.concat();
+        all.sort();
+        for (n, second) in all.iter().enumerate() {
+            in_order.predict_on(0, &format!("e{n}"), *second);
+        }
+        in_order.finish();
+        assert_eq!(per_partition.model_rows("count"), in_order.model_rows("count"));
+        assert_eq!(per_partition.model_rows("count").len(), 10);
+        let one_watermark = run(false);
+        assert!(one_watermark.engine.counters.events_late > 100, "{}", one_watermark.engine.counters.events_late);
+    }
+
+    /// A partition silent for `idle_timeout` (wall clock) stops holding the
+    /// others back; when it has events again it holds again (from the
+    /// watermark reached meanwhile: its events behind it are late).
+    #[test]
+    fn an_idle_partition_stops_holding_the_others_back_and_rejoins() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 0s, idle_timeout: 30s}");
+        // The wall clock runs an hour after the events' time (a backlog).
+        h.tick(3_600, true);
+        h.predict_on(0, "a", 10);
+        h.predict_on(1, "b", 20);
+        h.predict_on(0, "c", 200);
+        assert!(h.model_rows("count").is_empty(), "partition 1 holds the watermark at 20 s");
+        h.tick(3_610, true);
+        h.predict_on(0, "d", 210);
+        h.tick(3_639, true);
+        assert!(h.model_rows("count").is_empty(), "29 s of silence is not idle yet");
+        h.tick(3_640, true);
+        assert_eq!(h.model_rows("count"), vec![(0, 2.0)], "partition 1 idle: partition 0's 210 s rules");
+        assert_eq!(h.engine.watermark(0), Some(T0 + 210_000));
+        h.predict_on(1, "e", 150); // behind the watermark: late
+        h.predict_on(0, "f", 400);
+        assert_eq!(h.engine.watermark(0), Some(T0 + 210_000), "partition 1 (at 150 s) holds again");
+        h.predict_on(1, "g", 390);
+        assert_eq!(h.engine.watermark(0), Some(T0 + 390_000));
+        assert_eq!(h.engine.counters.events_late, 1);
+    }
+
+    /// Not reading (backpressure) is not silence: nothing goes idle.
+    #[test]
+    fn a_paused_consumer_does_not_make_partitions_idle() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 0s, idle_timeout: 30s}");
+        h.tick(3_600, true);
+        h.predict_on(0, "a", 10);
+        h.predict_on(1, "b", 20);
+        h.predict_on(0, "c", 200);
+        for second in (3_600..=4_200).step_by(10) {
+            h.tick(second, false);
+        }
+        assert!(h.model_rows("count").is_empty());
+        h.tick(4_229, true);
+        assert!(h.model_rows("count").is_empty(), "silence counts from the resume");
+        h.tick(4_230, true);
+        // Both partitions idle: the model is quiet, and its windows (long
+        // past on this clock) close.
+        assert_eq!(h.model_rows("count"), vec![(0, 2.0), (180, 1.0)]);
+    }
+
+    /// A model whose traffic stops closes its last window once the wall
+    /// clock passes its end + allowed_lateness + idle_timeout (before, it
+    /// stayed open until shutdown).
+    #[test]
+    fn a_quiet_model_closes_its_last_window_on_the_wall_clock() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 5s, label_horizon: 0s, idle_timeout: 30s}");
+        h.predict_on(0, "a", 1);
+        h.predict_on(1, "b", 2);
+        h.predict_on(0, "c", 50);
+        // Last seen active at the 60 s tick; idle from 90 s. The window
+        // [0, 60 s) closes at 60 + 5 + 30 = 95 s.
+        h.tick(60, true);
+        h.tick(90, true);
+        h.tick(94, true);
+        assert!(h.model_rows("count").is_empty());
+        h.tick(95, true);
+        assert_eq!(h.model_rows("count"), vec![(0, 3.0)]);
+        assert_eq!(h.engine.open_windows(), 0);
+        h.predict_on(0, "late", 59);
+        assert_eq!(h.engine.counters.events_late, 1, "the window is final");
+    }
+
+    /// In `run` an event from the future cannot carry the watermark past the
+    /// host clock (minus allowed_lateness): the windows of events on time
+    /// stay open.
+    #[test]
+    fn an_event_from_the_future_does_not_move_the_watermark_past_the_host_clock() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 5s, label_horizon: 0s}");
+        h.tick(100, true);
+        h.predict_on(0, "a", 90);
+        h.predict_on(0, "future", 3_600);
+        assert_eq!(h.engine.watermark(0), Some(T0 + 95_000));
+        h.predict_on(0, "b", 96);
+        h.finish();
+        assert_eq!(h.model_rows("count"), vec![(60, 2.0), (3_600, 1.0)]);
+        assert_eq!(h.engine.counters.events_late, 0);
+    }
+
+    /// Replay: declared partitions (files still to read) hold the watermark
+    /// until their first event; an ended one stops holding.
+    #[test]
+    fn declared_partitions_hold_until_read_and_ended_ones_release() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 0s}");
+        h.engine.declare_partitions(&[0, 1]);
+        h.predict_on(0, "a", 10);
+        h.predict_on(0, "b", 300);
+        assert!(h.model_rows("count").is_empty(), "file 1 is not read yet");
+        h.engine.partition_idle(&h.registry, 0, false, &mut h.rows);
+        assert!(h.model_rows("count").is_empty(), "file 1 still holds");
+        h.predict_on(1, "c", 20);
+        h.predict_on(1, "d", 200);
+        assert_eq!(h.model_rows("count"), vec![(0, 2.0)]);
+        assert_eq!(h.engine.counters.events_late, 0);
+        h.engine.partition_idle(&h.registry, 1, false, &mut h.rows);
+        h.finish();
+        assert_eq!(h.model_rows("count"), vec![(0, 2.0), (180, 1.0), (300, 1.0)]);
     }
 
     #[test]

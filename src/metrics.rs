@@ -339,6 +339,19 @@ impl Metrics {
             .build();
         let t = telemetry.clone();
         meter
+            .f64_observable_gauge("driftwatch_watermark_seconds")
+            .with_description("Watermark (Unix seconds) per model and predictions partition: the partition's largest event time minus allowed_lateness.")
+            .with_callback(move |o| {
+                for ((model, partition), watermark) in t.watermarks() {
+                    o.observe(
+                        watermark as f64 / 1000.0,
+                        &[KeyValue::new("model", model), KeyValue::new("partition", partition.to_string())],
+                    );
+                }
+            })
+            .build();
+        let t = telemetry.clone();
+        meter
             .u64_observable_counter("driftwatch_notifications")
             .with_description("Notification attempts' outcomes, by notifier.")
             .with_callback(move |o| {

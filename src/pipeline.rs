@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::model::ModelRegistry;
 use crate::output::{WindowMetricRow, WindowSink};
 use crate::telemetry::Telemetry;
+use crate::window::PartitionId;
 
 /// Topic names used for counting when events come from files.
 pub const PREDICTIONS: &str = "predictions";
@@ -229,35 +230,56 @@ impl Pipeline {
             .inspect_err(|invalid| self.telemetry.invalid_event(&self.labels_topic, &location.to_string(), invalid))
     }
 
-    /// Runs the buffered predictions through the engine.
-    pub fn process_predictions(&mut self) {
+    /// Runs the buffered predictions, read from predictions partition
+    /// `partition`, through the engine.
+    pub fn process_predictions(&mut self, partition: PartitionId) {
         let batches = self.decoder.finish_predictions();
-        self.push_prediction_batches(&batches);
+        self.push_prediction_batches(&batches, partition);
     }
 
-    /// Runs the buffered labels through the engine.
-    pub fn process_labels(&mut self) {
+    /// Runs the buffered labels, read from labels partition `partition`,
+    /// through the engine.
+    pub fn process_labels(&mut self, partition: PartitionId) {
         let batches = self.decoder.finish_labels();
-        self.push_label_batches(&batches);
+        self.push_label_batches(&batches, partition);
     }
 
-    /// Runs decoded prediction batches through the engine.
-    pub fn push_prediction_batches(&mut self, batches: &[PredictionBatch]) {
+    /// Runs decoded prediction batches of one partition through the engine.
+    pub fn push_prediction_batches(&mut self, batches: &[PredictionBatch], partition: PartitionId) {
         for batch in batches {
             let model = &self.registry.get(batch.model).name;
             self.telemetry.add_events(&self.predictions_topic, model, batch.len() as u64);
-            self.engine.push_predictions(&self.registry, batch, &mut self.rows);
+            self.engine.push_predictions(&self.registry, batch, partition, &mut self.rows);
         }
     }
 
-    /// Runs decoded label batches through the engine.
-    pub fn push_label_batches(&mut self, batches: &[LabelBatch]) {
+    /// Runs decoded label batches of one partition through the engine.
+    pub fn push_label_batches(&mut self, batches: &[LabelBatch], partition: PartitionId) {
         for batch in batches {
             let model = &self.registry.get(batch.model).name;
             self.telemetry.add_events(&self.labels_topic, model, batch.len() as u64);
             self.labels_seen[batch.model as usize] += batch.len() as u64;
-            self.engine.push_labels(&self.registry, batch, &mut self.rows);
+            self.engine.push_labels(&self.registry, batch, partition, &mut self.rows);
         }
+    }
+
+    /// The driver's wall clock tick (see [`Engine::advance_clock`]); rows of
+    /// windows that close (idle partitions, quiet models) are written.
+    pub fn advance_clock(&mut self, now_ms: i64, reading: bool, sink: &mut dyn WindowSink) -> io::Result<usize> {
+        self.engine.advance_clock(&self.registry, now_ms, reading, &mut self.rows);
+        self.emit(sink)
+    }
+
+    /// A partition has ended (see [`Engine::partition_idle`]); rows of
+    /// windows that close are written.
+    pub fn partition_ended(
+        &mut self,
+        partition: PartitionId,
+        labels: bool,
+        sink: &mut dyn WindowSink,
+    ) -> io::Result<usize> {
+        self.engine.partition_idle(&self.registry, partition, labels, &mut self.rows);
+        self.emit(sink)
     }
 
     /// Labels run through the engine so far, per model (in this process).
@@ -272,17 +294,19 @@ impl Pipeline {
         self.emit(sink)
     }
 
-    /// Processes everything buffered and writes the rows of closed windows.
+    /// Processes everything buffered, as read from partition 0 of each
+    /// stream, and writes the rows of closed windows.
     pub fn process(&mut self, sink: &mut dyn WindowSink) -> io::Result<usize> {
-        self.process_predictions();
-        self.process_labels();
+        self.process_predictions(0);
+        self.process_labels(0);
         self.emit(sink)
     }
 
-    /// End of input: closes every window.
+    /// End of input: closes every window (anything still buffered counts
+    /// as partition 0's).
     pub fn finish(&mut self, sink: &mut dyn WindowSink) -> io::Result<usize> {
-        self.process_predictions();
-        self.process_labels();
+        self.process_predictions(0);
+        self.process_labels(0);
         self.engine.finish(&self.registry, &mut self.rows);
         self.emit(sink)
     }
@@ -317,6 +341,13 @@ impl Pipeline {
         t.duplicate_labels.fetch_add(join.duplicate_labels - self.reported_join.duplicate_labels, Ordering::Relaxed);
         self.reported_join = join;
         t.join_pending.store(self.engine.pending_joins() as i64, Ordering::Relaxed);
+        let mut watermarks = std::collections::BTreeMap::new();
+        for (id, model) in self.registry.models.iter().enumerate() {
+            for (partition, watermark) in self.engine.partition_watermarks(id) {
+                watermarks.insert((model.name.to_string(), partition), watermark);
+            }
+        }
+        t.set_watermarks(watermarks);
         let decode = self.decoder.counters.clone();
         t.features_over_cap
             .fetch_add(decode.features_over_cap - self.reported_decode.features_over_cap, Ordering::Relaxed);

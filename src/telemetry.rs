@@ -56,6 +56,9 @@ pub struct Telemetry {
     pub assigned_partitions: AtomicI64,
     /// `driftwatch_consumer_lag{topic,partition}`.
     consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// `driftwatch_watermark_seconds{model,partition}`: per model and
+    /// predictions partition, its watermark (ms since the epoch).
+    watermarks: Mutex<BTreeMap<(String, i32), i64>>,
     /// `driftwatch_notifications_total{notifier,outcome}`.
     notifications: Mutex<BTreeMap<(String, String), u64>>,
     /// Last time each invalid reason was logged, and how many were not.
@@ -222,6 +225,15 @@ impl Telemetry {
 
     pub fn remove_consumer_lag(&self, topic: &str, partition: i32) {
         self.consumer_lag.lock().expect("telemetry lock").remove(&(topic.to_string(), partition));
+    }
+
+    pub fn set_watermarks(&self, watermarks: BTreeMap<(String, i32), i64>) {
+        *self.watermarks.lock().expect("telemetry lock") = watermarks;
+    }
+
+    /// Per (model, predictions partition): its watermark in ms.
+    pub fn watermarks(&self) -> BTreeMap<(String, i32), i64> {
+        self.watermarks.lock().expect("telemetry lock").clone()
     }
 
     pub fn consumer_lag(&self) -> BTreeMap<(String, i32), i64> {

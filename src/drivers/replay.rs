@@ -28,6 +28,7 @@ use crate::output::WindowSink;
 use crate::pipeline::Pipeline;
 use crate::sources::files::{FileSourceError, LineSource};
 use crate::telemetry::Telemetry;
+use crate::window::PartitionId;
 
 /// Errors that stop a replay (bad events never do).
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +81,7 @@ pub fn replay(
     let mut label_lines = LineSource::new(labels)?;
     let batch_size = config.pipeline.batch_size.max(1);
     let mut line = Vec::with_capacity(4096);
-    let mut queued_labels: VecDeque<(i64, Vec<LabelBatch>)> = VecDeque::new();
+    let mut queued_labels = QueuedLabels::new();
     let mut labels_exhausted = labels.is_empty();
     let mut max_prediction_time = i64::MIN;
     let mut rows = 0u64;
@@ -92,26 +93,46 @@ pub fn replay(
             rows += pipeline.set_labels_holding(model, true, sink)? as u64;
         }
     }
+    // Each predictions file is a partition, declared before reading so a
+    // file read later holds the watermark until its first event.
+    let files: Vec<PartitionId> = (0..predictions.len()).map(partition_of).collect();
+    pipeline.engine.declare_partitions(&files);
+    let mut prediction_file = 0usize;
+    let mut label_file = 0usize;
     while !predictions_done {
         for _ in 0..batch_size {
             if !prediction_lines.next_line(&mut line)? {
                 predictions_done = true;
                 break;
             }
+            let index = prediction_lines.file_index();
+            if index != prediction_file {
+                // The earlier file's lines so far go in as its own batch;
+                // then it (and any empty file between) has ended.
+                let earlier = pipeline.decoder.finish_predictions();
+                max_prediction_time = max_prediction_time.max(max_time(&earlier));
+                pipeline.push_prediction_batches(&earlier, partition_of(prediction_file));
+                for ended in prediction_file..index {
+                    rows += pipeline.partition_ended(partition_of(ended), false, sink)? as u64;
+                }
+                prediction_file = index;
+            }
             let location = prediction_lines.location();
             let _ = pipeline.decode_prediction(&line, &location);
         }
         let batches = pipeline.decoder.finish_predictions();
-        for batch in &batches {
-            if let Some(max) = datafusion::arrow::compute::max(&batch.event_time_ms) {
-                max_prediction_time = max_prediction_time.max(max);
+        max_prediction_time = max_prediction_time.max(max_time(&batches));
+        pipeline.push_prediction_batches(&batches, partition_of(prediction_file));
+        if predictions_done {
+            for ended in prediction_file..predictions.len() {
+                rows += pipeline.partition_ended(partition_of(ended), false, sink)? as u64;
             }
+            prediction_file = predictions.len();
         }
-        pipeline.push_prediction_batches(&batches);
         // Read label batches until one starts after the predictions so far.
         // (At the end of the predictions, every remaining label.)
         while !labels_exhausted
-            && (predictions_done || queued_labels.back().is_none_or(|(min, _)| *min <= max_prediction_time))
+            && (predictions_done || queued_labels.back().is_none_or(|(min, ..)| *min <= max_prediction_time))
         {
             let mut read = 0;
             while read < batch_size {
@@ -119,26 +140,36 @@ pub fn replay(
                     labels_exhausted = true;
                     break;
                 }
+                let index = label_lines.file_index();
+                if index != label_file {
+                    // As for predictions: the earlier file's labels so far
+                    // are its own batch, then it has ended.
+                    queue_labels(&mut pipeline, &mut queued_labels, label_file);
+                    for ended in label_file..index {
+                        queued_labels.push_back((i64::MIN, partition_of(ended), None));
+                    }
+                    label_file = index;
+                }
                 read += 1;
                 let location = label_lines.location();
                 let _ = pipeline.decode_label(&line, &location);
             }
-            let batches = pipeline.decoder.finish_labels();
-            let min = batches
-                .iter()
-                .filter_map(|b| datafusion::arrow::compute::min(&b.event_time_ms))
-                .min()
-                .unwrap_or(i64::MIN);
-            if !batches.is_empty() {
-                queued_labels.push_back((min, batches));
+            queue_labels(&mut pipeline, &mut queued_labels, label_file);
+            if labels_exhausted {
+                for ended in label_file..labels.len() {
+                    queued_labels.push_back((i64::MIN, partition_of(ended), None));
+                }
             }
         }
-        while let Some((min, _)) = queued_labels.front() {
+        while let Some((min, ..)) = queued_labels.front() {
             if *min > max_prediction_time && !predictions_done {
                 break;
             }
-            let (_, batches) = queued_labels.pop_front().expect("front exists");
-            pipeline.push_label_batches(&batches);
+            let (_, file, batches) = queued_labels.pop_front().expect("front exists");
+            match batches {
+                Some(batches) => pipeline.push_label_batches(&batches, file),
+                None => rows += pipeline.partition_ended(file, true, sink)? as u64,
+            }
         }
         if labels_holding && labels_exhausted && queued_labels.is_empty() {
             labels_holding = false;
@@ -168,6 +199,31 @@ pub fn replay(
         windows_closed: counters.windows_closed,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Queued label batches: (earliest time, file, batches), or (`i64::MIN`,
+/// file, `None`) once that file has ended.
+type QueuedLabels = VecDeque<(i64, PartitionId, Option<Vec<LabelBatch>>)>;
+
+/// Queues the labels decoded so far, read from label file `file`.
+fn queue_labels(pipeline: &mut Pipeline, queued: &mut QueuedLabels, file: usize) {
+    let batches = pipeline.decoder.finish_labels();
+    if batches.is_empty() {
+        return;
+    }
+    let min =
+        batches.iter().filter_map(|b| datafusion::arrow::compute::min(&b.event_time_ms)).min().unwrap_or(i64::MIN);
+    queued.push_back((min, partition_of(file), Some(batches)));
+}
+
+/// The partition of the input file at `index`.
+fn partition_of(index: usize) -> PartitionId {
+    PartitionId::try_from(index).unwrap_or(PartitionId::MAX)
+}
+
+/// The largest event time of some batches (`i64::MIN` for none).
+fn max_time(batches: &[crate::decode::PredictionBatch]) -> i64 {
+    batches.iter().filter_map(|b| datafusion::arrow::compute::max(&b.event_time_ms)).max().unwrap_or(i64::MIN)
 }
 
 impl ReplaySummary {

@@ -86,6 +86,12 @@ impl LineSource {
         Ok(LineSource { files: files.to_vec(), next_file: 0, current: None, line_number: 0 })
     }
 
+    /// The index (in the list given to [`Self::new`]) of the file of the
+    /// line last returned; 0 before the first line.
+    pub fn file_index(&self) -> usize {
+        self.next_file.saturating_sub(1)
+    }
+
     /// The location of the line last returned.
     pub fn location(&self) -> LineLocation<'_> {
         let path = self.current.as_ref().map(|(p, _)| p.as_path()).unwrap_or(Path::new("-"));

@@ -484,6 +484,34 @@ impl LabelActivity {
     }
 }
 
+/// Gives the engine the wall clock at most every 100 ms (see
+/// [`crate::engine::Engine::advance_clock`]): partitions silent for
+/// `windows.idle_timeout` stop holding the others' watermark, models whose
+/// traffic stopped close their windows, and event times beyond the host
+/// clock no longer move a watermark.
+#[derive(Default)]
+struct WallClock {
+    ticked: Option<Instant>,
+}
+
+impl WallClock {
+    /// Ticks when due; returns whether rows were written.
+    fn tick(
+        &mut self,
+        pipeline: &mut Pipeline,
+        sink: &mut dyn WindowSink,
+        paused: bool,
+    ) -> Result<bool, KafkaSourceError> {
+        let now = Instant::now();
+        if self.ticked.is_some_and(|t| now.duration_since(t) < LabelActivity::EVERY) {
+            return Ok(false);
+        }
+        self.ticked = Some(now);
+        let written = pipeline.advance_clock(chrono::Utc::now().timestamp_millis(), !paused, sink)?;
+        Ok(written > 0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Stream {
     Predictions,
@@ -641,6 +669,8 @@ pub fn run_kafka(
     // message delivered.
     let mut expected: HashMap<(Stream, i32), i64> = HashMap::new();
     label_activity.update(pipeline, sink, false)?;
+    let mut clock = WallClock::default();
+    clock.tick(pipeline, sink, false)?;
     loop {
         if shutdown.is_triggered() {
             break;
@@ -649,7 +679,8 @@ pub fn run_kafka(
         // silence, rules reloaded) is checkpointed like events are, and so
         // are rows a released labels hold closes.
         let alerts_changed = sink.tick();
-        if (label_activity.update(pipeline, sink, paused)? || alerts_changed)
+        let clock_closed = clock.tick(pipeline, sink, paused)?;
+        if (label_activity.update(pipeline, sink, paused)? || alerts_changed || clock_closed)
             && let Some(durability) = durability.as_deref_mut()
         {
             durability.dirty = true;
@@ -925,6 +956,15 @@ fn drop_revoked(
     summary.dropped_on_revoke += (before - buffered.len()) as u64;
 }
 
+/// Runs the messages decoded so far, all from one partition, through the
+/// engine.
+fn process_partition(pipeline: &mut Pipeline, stream: Stream, partition: i32) {
+    match stream {
+        Stream::Predictions => pipeline.process_predictions(partition),
+        Stream::Labels => pipeline.process_labels(partition),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn process_batch(
     consumer: &BaseConsumer<SourceContext>,
@@ -943,7 +983,18 @@ fn process_batch(
     let mut dead_letters = 0u64;
     let skew_ms = i64::try_from(pipeline.max_future_skew.as_millis()).unwrap_or(i64::MAX);
     pipeline.decoder.accept_times_before(chrono::Utc::now().timestamp_millis().saturating_add(skew_ms));
-    for message in buffered {
+    // Each partition's messages go through the engine as their own batches
+    // (predictions first, as before), so each keeps its own watermark.
+    let mut order: Vec<&Buffered> = buffered.iter().collect();
+    order.sort_by_key(|m| (m.stream, m.partition));
+    let mut current: Option<(Stream, i32)> = None;
+    for message in order {
+        if let Some((stream, partition)) = current
+            && (stream, partition) != (message.stream, message.partition)
+        {
+            process_partition(pipeline, stream, partition);
+        }
+        current = Some((message.stream, message.partition));
         let bytes = &arena[message.start..message.end];
         let topic = match message.stream {
             Stream::Predictions => kafka.predictions_topic.as_str(),
@@ -961,7 +1012,10 @@ fn process_batch(
         let next = next_offsets.entry((message.stream, message.partition)).or_insert(0);
         *next = (*next).max(message.offset + 1);
     }
-    pipeline.process(sink)?;
+    if let Some((stream, partition)) = current {
+        process_partition(pipeline, stream, partition);
+    }
+    pipeline.emit(sink)?;
     if let Some(producer) = producer
         && dead_letters > 0
     {

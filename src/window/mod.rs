@@ -3,9 +3,14 @@
 //! Windows are aligned to the Unix epoch: a window of `size` sliding by
 //! `slide` (size a whole multiple of slide) covers `[start, start + size)`
 //! for every `start` that is a multiple of `slide`. Tumbling windows are the
-//! case `slide == size`. Each model has one watermark, the largest event time
-//! seen minus `allowed_lateness`; a window closes when the watermark reaches
-//! its end. An event whose window has already closed is *late*: it is
+//! case `slide == size`. Every source partition (a Kafka partition; in
+//! `replay`, an input file) keeps its own clock per model, the largest event
+//! time it delivered; a model's *frontier* is the minimum over the
+//! partitions that carry it and are not idle (never going back), and its
+//! watermark is the frontier minus `allowed_lateness`. A window closes when
+//! the watermark reaches its end, so a partition read ahead of the others
+//! does not make their events late. An event whose window has already
+//! closed is *late*: it is
 //! counted (`events_late`, `driftwatch_events_late_total`) and not merged
 //! into any closed window.
 //!
@@ -16,6 +21,72 @@ use std::collections::{BTreeMap, HashMap};
 use crate::config::WindowsConfig;
 use crate::evaluate::{PerformanceState, WindowState};
 use crate::model::SeriesId;
+
+/// A source partition: a Kafka partition number, or in `replay` the index
+/// of an input file.
+pub type PartitionId = i32;
+
+/// One partition's clock for one model.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionClock {
+    /// Largest event time the partition delivered for the model (capped by
+    /// the host clock in `run`); `None` for a partition declared but not
+    /// read yet (a `replay` file still to come), which holds the model's
+    /// frontier where it is.
+    pub max_event_time_ms: Option<i64>,
+    /// Idle partitions do not hold the others back: in the daemon, no event
+    /// of the model for `windows.idle_timeout` of wall-clock time; in
+    /// `replay`, the file has ended. An event makes it active again.
+    pub idle: bool,
+    /// Whether an event came since the driver's last clock tick.
+    #[serde(skip)]
+    pub touched: bool,
+    /// The driver's wall clock when the partition was last seen active.
+    #[serde(skip)]
+    pub active_at_ms: Option<i64>,
+}
+
+/// The smallest clock over the partitions that are not idle, leaving out
+/// `except`: `i64::MAX` when there is none, `i64::MIN` when one of them has
+/// no event yet (it holds the frontier).
+pub fn min_active(clocks: &BTreeMap<PartitionId, PartitionClock>, except: Option<PartitionId>) -> i64 {
+    clocks
+        .iter()
+        .filter(|(id, clock)| !clock.idle && Some(**id) != except)
+        .map(|(_, clock)| clock.max_event_time_ms.unwrap_or(i64::MIN))
+        .min()
+        .unwrap_or(i64::MAX)
+}
+
+/// Moves `frontier` to the minimum over the active partitions, never back
+/// (and not at all while a partition without events holds it, or when none
+/// is active). Returns whether it moved.
+fn advance_frontier(frontier: &mut Option<i64>, clocks: &BTreeMap<PartitionId, PartitionClock>) -> bool {
+    let min = min_active(clocks, None);
+    if min == i64::MAX || min == i64::MIN || frontier.is_some_and(|f| f >= min) {
+        return false;
+    }
+    *frontier = Some(min);
+    true
+}
+
+/// Records an event time on a partition's clock (making it active) and
+/// advances the frontier.
+fn observe(
+    frontier: &mut Option<i64>,
+    clocks: &mut BTreeMap<PartitionId, PartitionClock>,
+    partition: PartitionId,
+    time_ms: i64,
+) {
+    let clock = clocks.entry(partition).or_default();
+    clock.idle = false;
+    clock.touched = true;
+    let before = clock.max_event_time_ms;
+    clock.max_event_time_ms = Some(before.map_or(time_ms, |t| t.max(time_ms)));
+    if before != clock.max_event_time_ms || frontier.is_none() {
+        advance_frontier(frontier, clocks);
+    }
+}
 
 /// Window geometry and time limits in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -72,13 +143,23 @@ pub struct AwaitingLabels {
 /// The windows of one model.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModelWindows {
-    /// Largest event time seen so far.
+    /// The frontier: the largest minimum, over the partitions carrying the
+    /// model that were not idle, of their largest event time (checkpoints
+    /// written before per-partition watermarks hold the largest event time
+    /// seen, which then serves as every partition's).
     pub max_event_time_ms: Option<i64>,
-    /// Largest event time of a label seen so far: while the model's labels
-    /// hold (see [`crate::engine::Engine::set_labels_holding`]), the
-    /// performance watermark does not pass it.
+    /// The labels' frontier, likewise over the labels' partitions: while
+    /// the model's labels hold (see
+    /// [`crate::engine::Engine::set_labels_holding`]), the performance
+    /// watermark does not pass it.
     #[serde(default)]
     pub max_label_time_ms: Option<i64>,
+    /// Per predictions partition carrying the model: its clock.
+    #[serde(default)]
+    pub partitions: BTreeMap<PartitionId, PartitionClock>,
+    /// Per labels partition carrying the model: its clock.
+    #[serde(default)]
+    pub label_partitions: BTreeMap<PartitionId, PartitionClock>,
     /// Open windows by (start, series).
     pub open: BTreeMap<(i64, SeriesId), WindowState>,
     /// Closed windows waiting for labels, by (start, series).
@@ -98,9 +179,28 @@ impl ModelWindows {
         self.watermark(spec).is_some_and(|w| start + spec.size_ms <= w)
     }
 
-    /// Moves the watermark forward (never back).
-    pub fn observe_event_time(&mut self, time_ms: i64) {
-        self.max_event_time_ms = Some(self.max_event_time_ms.map_or(time_ms, |t| t.max(time_ms)));
+    /// Records an event time of `partition`, moving the watermark forward
+    /// when that partition held it (never back).
+    pub fn observe_event_time(&mut self, partition: PartitionId, time_ms: i64) {
+        observe(&mut self.max_event_time_ms, &mut self.partitions, partition, time_ms);
+    }
+
+    /// Re-reads the frontiers after partitions went idle; returns whether
+    /// one moved.
+    pub fn advance_frontiers(&mut self) -> bool {
+        let events = advance_frontier(&mut self.max_event_time_ms, &self.partitions);
+        let labels = advance_frontier(&mut self.max_label_time_ms, &self.label_partitions);
+        events || labels
+    }
+
+    /// Moves the frontier to at least `floor` (a model whose traffic
+    /// stopped); returns whether it moved.
+    pub fn raise_frontier(&mut self, floor: i64) -> bool {
+        if self.max_event_time_ms.is_some_and(|f| f >= floor) {
+            return false;
+        }
+        self.max_event_time_ms = Some(floor);
+        true
     }
 
     /// Removes and returns the open windows whose end the watermark has
@@ -110,9 +210,10 @@ impl ModelWindows {
         drain_ended(&mut self.open, limit, spec.size_ms)
     }
 
-    /// Moves the label watermark forward (never back).
-    pub fn observe_label_time(&mut self, time_ms: i64) {
-        self.max_label_time_ms = Some(self.max_label_time_ms.map_or(time_ms, |t| t.max(time_ms)));
+    /// Records a label time of labels partition `partition`, moving the
+    /// label watermark forward when that partition held it (never back).
+    pub fn observe_label_time(&mut self, partition: PartitionId, time_ms: i64) {
+        observe(&mut self.max_label_time_ms, &mut self.label_partitions, partition, time_ms);
     }
 
     /// The watermark that closes performance and expires pending joins:
@@ -183,12 +284,36 @@ mod tests {
         let s = spec(60_000, 60_000, 10_000);
         let mut w = ModelWindows::default();
         assert_eq!(w.watermark(&s), None);
-        w.observe_event_time(100_000);
-        w.observe_event_time(50_000);
+        w.observe_event_time(0, 100_000);
+        w.observe_event_time(0, 50_000);
         assert_eq!(w.watermark(&s), Some(90_000));
         assert!(w.is_closed(&s, 0));
         assert!(!w.is_closed(&s, 60_000));
-        w.observe_event_time(130_000);
+        w.observe_event_time(0, 130_000);
         assert!(w.is_closed(&s, 60_000));
+    }
+
+    /// The watermark is the minimum over the active partitions: one read
+    /// ahead does not move it; an idle one stops holding; one rejoining
+    /// below the watermark does not move it back.
+    #[test]
+    fn watermark_is_the_minimum_over_active_partitions_and_never_goes_back() {
+        let s = spec(60_000, 60_000, 0);
+        let mut w = ModelWindows::default();
+        w.observe_event_time(0, 100_000);
+        assert_eq!(w.watermark(&s), Some(100_000));
+        w.observe_event_time(1, 40_000);
+        assert_eq!(w.watermark(&s), Some(100_000), "a partition joining behind does not move it back");
+        w.observe_event_time(0, 300_000);
+        assert_eq!(w.watermark(&s), Some(100_000), "partition 1 holds it");
+        w.observe_event_time(1, 200_000);
+        assert_eq!(w.watermark(&s), Some(200_000));
+        w.partitions.get_mut(&1).unwrap().idle = true;
+        assert!(w.advance_frontiers());
+        assert_eq!(w.watermark(&s), Some(300_000), "idle: partition 1 no longer holds");
+        w.observe_event_time(1, 250_000);
+        assert_eq!(w.watermark(&s), Some(300_000), "rejoining behind does not move it back");
+        w.observe_event_time(0, 400_000);
+        assert_eq!(w.watermark(&s), Some(300_000), "but it holds again");
     }
 }
