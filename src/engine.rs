@@ -155,14 +155,19 @@ impl Engine {
         }
     }
 
-    /// Declares predictions partitions before any of their events is read
-    /// (`replay`: every input file): each holds every model's watermark
-    /// until its first event, so events of a file read later are not late
-    /// because an earlier file moved the watermark.
+    /// Declares predictions partitions before their events are read
+    /// (`replay`: every input file; `run`: the partitions assigned to the
+    /// consumer): each holds every model's watermark until its first event
+    /// (or, in `run`, until it has been idle for `windows.idle_timeout`),
+    /// so events of a partition read later are not late because another
+    /// moved the watermark. A declared partition that had gone idle holds
+    /// again, from where its clock stood.
     pub fn declare_partitions(&mut self, partitions: &[PartitionId]) {
         for windows in &mut self.windows {
             for &partition in partitions {
-                windows.partitions.entry(partition).or_default();
+                let clock = windows.partitions.entry(partition).or_default();
+                clock.idle = false;
+                clock.touched = true;
             }
         }
     }

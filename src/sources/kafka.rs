@@ -14,7 +14,7 @@
 //! Architecture invariant: this module and `notify` are the only ones that
 //! talk to the network; it never interprets payloads itself.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -670,6 +670,8 @@ pub fn run_kafka(
     let mut expected: HashMap<(Stream, i32), i64> = HashMap::new();
     label_activity.update(pipeline, sink, false)?;
     let mut clock = WallClock::default();
+    // The predictions partitions declared to the engine (the assignment).
+    let mut declared: BTreeSet<i32> = BTreeSet::new();
     clock.tick(pipeline, sink, false)?;
     loop {
         if shutdown.is_triggered() {
@@ -739,6 +741,7 @@ pub fn run_kafka(
         // lost it when the same poll revoked and re-assigned its partition,
         // while later messages moved the position past it.)
         drop_revoked(&consumer, kafka, &mut buffered, &mut expected, &mut summary);
+        sync_partitions(&consumer, kafka, pipeline, &mut declared, sink)?;
         match polled {
             Some(Ok(message)) => {
                 let stream =
@@ -954,6 +957,32 @@ fn drop_revoked(
         !revoked.iter().any(|(t, p)| t == topic && *p == b.partition)
     });
     summary.dropped_on_revoke += (before - buffered.len()) as u64;
+}
+
+/// Keeps the engine's predictions partitions those assigned: a newly
+/// assigned partition is declared (it holds the watermark until its first
+/// event or until idle), a revoked one stops holding it.
+fn sync_partitions(
+    consumer: &BaseConsumer<SourceContext>,
+    kafka: &KafkaConfig,
+    pipeline: &mut Pipeline,
+    declared: &mut BTreeSet<i32>,
+    sink: &mut dyn WindowSink,
+) -> Result<(), KafkaSourceError> {
+    let assigned: BTreeSet<i32> = {
+        let assigned = consumer.context().assigned.lock().expect("context lock");
+        assigned.iter().filter(|(topic, _)| *topic == kafka.predictions_topic).map(|(_, p)| *p).collect()
+    };
+    if assigned == *declared {
+        return Ok(());
+    }
+    let new: Vec<i32> = assigned.difference(declared).copied().collect();
+    pipeline.engine.declare_partitions(&new);
+    for revoked in declared.difference(&assigned) {
+        pipeline.partition_ended(*revoked, false, sink)?;
+    }
+    *declared = assigned;
+    Ok(())
 }
 
 /// Runs the messages decoded so far, all from one partition, through the

@@ -30,3 +30,4 @@ mod rules;
 mod secrets;
 mod shutdown;
 mod support;
+mod watermarks;
