@@ -410,3 +410,50 @@ fn shadow_joins_round_trip_through_a_checkpoint() {
     let run = run_events(&config, Some(12), Some(&unshadowed), false, shadowed_events());
     assert!(!run.rows.is_empty());
 }
+
+/// A prediction of model `shop` at `seconds` after 2026-11-26T10:00:00Z.
+fn shop_prediction(id: usize, seconds: i64) -> String {
+    format!(
+        r#"{{"event_id":"w{id}","model":"shop","timestamp":{},"prediction":1,"score":0.5}}"#,
+        1_795_687_200_000 + seconds * 1000
+    )
+}
+
+/// Per-partition watermarks survive a checkpoint: partition 0 read ten
+/// minutes ahead of partition 1 before the stop, partition 1's next events
+/// are still not late after the restore. A checkpoint written before
+/// per-partition watermarks (no partition clocks: its single watermark was
+/// the largest event time seen) loads, and that watermark holds for every
+/// partition: the same events are then late, as they were before.
+#[test]
+fn partition_watermarks_round_trip_through_a_checkpoint() {
+    for legacy in [false, true] {
+        let config = config_with("1m", None, "binary_classification");
+        let telemetry = Arc::new(Telemetry::default());
+        let mut pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
+        let mut sink = MemorySink::default();
+        let mut push = |pipeline: &mut Pipeline, partition: i32, ids: std::ops::Range<usize>, start: i64| {
+            for (n, id) in ids.enumerate() {
+                pipeline.decode_prediction(shop_prediction(id, start + n as i64).as_bytes(), &"p").unwrap();
+            }
+            pipeline.process_predictions(partition);
+            pipeline.emit(&mut sink).unwrap();
+        };
+        push(&mut pipeline, 1, 0..10, 0);
+        push(&mut pipeline, 0, 10..20, 600);
+        let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new()).unwrap();
+        let mut checkpoint = decode(Path::new("test"), &bytes).unwrap();
+        let windows = &mut checkpoint.models[0].windows;
+        assert_eq!(windows.partitions.len(), 2);
+        if legacy {
+            windows.partitions.clear();
+            windows.label_partitions.clear();
+            windows.max_event_time_ms = Some(1_795_687_200_000 + 609_000);
+        }
+        let mut pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
+        assert_eq!(pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters), 1);
+        push(&mut pipeline, 1, 20..30, 100);
+        let late = pipeline.engine.counters.events_late;
+        assert_eq!(late, if legacy { 10 } else { 0 }, "legacy: {legacy}");
+    }
+}

@@ -147,6 +147,8 @@ fn a_backlog_read_faster_on_some_partitions_counts_nothing_late_and_matches_repl
     let windows = "{size: 1m, allowed_lateness: 5s, label_horizon: 0s}";
     let daemon = Daemon::start(&broker, windows);
     wait_until(TIMEOUT, "the backlog consumed", || daemon.telemetry.events_on("predictions") >= EVENTS as u64);
+    let late = daemon.telemetry.events_late.load(Ordering::Relaxed);
+    println!("late events: {late} of {EVENTS}");
     let address = daemon.telemetry.http_address.lock().unwrap().clone().expect("HTTP address");
     let (status, metrics) = http_text(&address, "GET", "/metrics", None);
     assert_eq!(status, 200);
@@ -157,9 +159,7 @@ fn a_backlog_read_faster_on_some_partitions_counts_nothing_late_and_matches_repl
             "no watermark of partition {partition} in\n{metrics}"
         );
     }
-    let late = daemon.telemetry.events_late.load(Ordering::Relaxed);
     let (summary, rows) = daemon.stop();
-    println!("late events: {late} of {EVENTS}");
     assert_eq!(summary.messages, EVENTS as u64);
     assert_eq!(late, 0, "no event is late");
 
@@ -211,6 +211,10 @@ fn a_quiet_partition_stops_holding_the_watermark_after_idle_timeout() {
         daemon.closed(T0)
     });
     flush(&producer);
+    // Partition 1's own watermark stays where its last event left it.
+    let watermarks = daemon.telemetry.watermarks();
+    assert_eq!(watermarks.get(&("fraud".to_string(), 1)), Some(&(T0 + 1_000)), "{watermarks:?}");
+    assert!(watermarks.get(&("fraud".to_string(), 0)).is_some_and(|w| *w >= T0 + 60_000), "{watermarks:?}");
     let (_, rows) = daemon.stop();
     assert_eq!(
         rows.iter()
