@@ -206,14 +206,16 @@ impl Engine {
     ///   windows once `now_ms` passes their end + `allowed_lateness` +
     ///   `idle_timeout`.
     ///
-    /// While `reading` is false (consumption paused by backpressure)
-    /// nothing goes idle: not reading is not silence. Rows of windows that
-    /// close go to `out`.
+    /// Silence counts only up to `read_until_ms`, the time up to which the
+    /// source is known to have been read (the driver's: when a broker last
+    /// answered); `None` while consumption is paused (backpressure), when
+    /// nothing goes idle and silence counts again from the resume: not
+    /// reading is not silence. Rows of windows that close go to `out`.
     pub fn advance_clock(
         &mut self,
         registry: &ModelRegistry,
         now_ms: i64,
-        reading: bool,
+        read_until_ms: Option<i64>,
         out: &mut Vec<WindowMetricRow>,
     ) {
         self.clock_limit_ms = Some(now_ms);
@@ -222,12 +224,13 @@ impl Engine {
             let windows = &mut self.windows[model];
             let mut went_idle = false;
             for clock in windows.partitions.values_mut().chain(windows.label_partitions.values_mut()) {
-                let Some(active_at) = clock.active_at_ms.filter(|_| reading && !clock.touched) else {
+                let (Some(active_at), Some(read_until), false) = (clock.active_at_ms, read_until_ms, clock.touched)
+                else {
                     clock.touched = false;
                     clock.active_at_ms = Some(now_ms);
                     continue;
                 };
-                if !clock.idle && idle_ms > 0 && now_ms.saturating_sub(active_at) >= idle_ms {
+                if !clock.idle && idle_ms > 0 && read_until.saturating_sub(active_at) >= idle_ms {
                     clock.idle = true;
                     went_idle = true;
                 }
@@ -846,7 +849,8 @@ mod tests {
 
         /// The driver's wall clock at `seconds` after T0.
         fn tick(&mut self, seconds: i64, reading: bool) {
-            self.engine.advance_clock(&self.registry, T0 + seconds * 1000, reading, &mut self.rows);
+            let now = T0 + seconds * 1000;
+            self.engine.advance_clock(&self.registry, now, reading.then_some(now), &mut self.rows);
         }
 
         fn predict_version(&mut self, id: &str, seconds: i64, prediction: u8, version: &str) {
@@ -1249,6 +1253,25 @@ mod tests {
         // Both partitions idle: the model is quiet, and its windows (long
         // past on this clock) close.
         assert_eq!(h.model_rows("count"), vec![(0, 2.0), (180, 1.0)]);
+    }
+
+    /// Silence counts only up to when the source was last read (the
+    /// driver's: when a broker last answered), so an outage is not silence.
+    #[test]
+    fn silence_counts_only_up_to_when_the_source_was_last_read() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 0s, idle_timeout: 30s}");
+        h.tick(3_600, true);
+        h.predict_on(0, "a", 10);
+        h.predict_on(1, "b", 20);
+        h.predict_on(0, "c", 200);
+        h.tick(3_610, true); // both last seen active at 3,610 s
+        // The broker last answered at 3,620 s while the clock runs on.
+        for now in [3_650, 3_700] {
+            h.engine.advance_clock(&h.registry, T0 + now * 1000, Some(T0 + 3_620_000), &mut h.rows);
+        }
+        assert!(h.model_rows("count").is_empty(), "an outage is not silence");
+        h.engine.advance_clock(&h.registry, T0 + 3_710_000, Some(T0 + 3_640_000), &mut h.rows);
+        assert_eq!(h.model_rows("count"), vec![(0, 2.0), (180, 1.0)], "30 s of answered silence");
     }
 
     /// A model whose traffic stops closes its last window once the wall

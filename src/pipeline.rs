@@ -265,8 +265,13 @@ impl Pipeline {
 
     /// The driver's wall clock tick (see [`Engine::advance_clock`]); rows of
     /// windows that close (idle partitions, quiet models) are written.
-    pub fn advance_clock(&mut self, now_ms: i64, reading: bool, sink: &mut dyn WindowSink) -> io::Result<usize> {
-        self.engine.advance_clock(&self.registry, now_ms, reading, &mut self.rows);
+    pub fn advance_clock(
+        &mut self,
+        now_ms: i64,
+        read_until_ms: Option<i64>,
+        sink: &mut dyn WindowSink,
+    ) -> io::Result<usize> {
+        self.engine.advance_clock(&self.registry, now_ms, read_until_ms, &mut self.rows);
         self.emit(sink)
     }
 

@@ -145,6 +145,10 @@ pub struct SourceContext {
     /// `auto.offset.reset` is latest (`kafka.options`): where a partition
     /// with no committed offset starts (when the state was not restored).
     reset_to_latest: bool,
+    /// When a broker last answered (from the statistics' `rxidle`; `None`
+    /// before the first statistics): silence counts as idleness only up to
+    /// then, so a broker outage does not make partitions idle.
+    last_answer: Mutex<Option<Instant>>,
 }
 
 /// How long resolving a newly assigned partition's start may take.
@@ -166,6 +170,21 @@ impl ClientContext for SourceContext {
             .values()
             .any(|b| !b.name.ends_with("/internal") && b.state == "UP" && (0..silence_us).contains(&b.rxidle));
         self.set_reachable(any_up);
+        let freshest = statistics
+            .brokers
+            .values()
+            .filter(|b| !b.name.ends_with("/internal") && b.state == "UP" && b.rxidle >= 0)
+            .map(|b| b.rxidle)
+            .min();
+        if let Some(rxidle) = freshest {
+            let answered = Instant::now().checked_sub(Duration::from_micros(rxidle as u64));
+            let mut last = self.last_answer.lock().expect("context lock");
+            if let Some(answered) = answered
+                && last.is_none_or(|l| l < answered)
+            {
+                *last = Some(answered);
+            }
+        }
         let assigned = self.assigned.lock().expect("context lock");
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
@@ -488,7 +507,10 @@ impl LabelActivity {
 /// [`crate::engine::Engine::advance_clock`]): partitions silent for
 /// `windows.idle_timeout` stop holding the others' watermark, models whose
 /// traffic stopped close their windows, and event times beyond the host
-/// clock no longer move a watermark.
+/// clock no longer move a watermark. Silence counts only while reading:
+/// not while consumption is paused (backpressure), and only up to when a
+/// broker last answered (an outage is not silence; with statistics turned
+/// off, `statistics.interval.ms: 0`, up to now).
 #[derive(Default)]
 struct WallClock {
     ticked: Option<Instant>,
@@ -498,6 +520,7 @@ impl WallClock {
     /// Ticks when due; returns whether rows were written.
     fn tick(
         &mut self,
+        consumer: &BaseConsumer<SourceContext>,
         pipeline: &mut Pipeline,
         sink: &mut dyn WindowSink,
         paused: bool,
@@ -507,7 +530,16 @@ impl WallClock {
             return Ok(false);
         }
         self.ticked = Some(now);
-        let written = pipeline.advance_clock(chrono::Utc::now().timestamp_millis(), !paused, sink)?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let last_answer = *consumer.context().last_answer.lock().expect("context lock");
+        let read_until_ms = match (paused, last_answer) {
+            (true, _) => None,
+            (false, Some(answered)) => {
+                Some(now_ms.saturating_sub(now.saturating_duration_since(answered).as_millis() as i64))
+            }
+            (false, None) => Some(now_ms),
+        };
+        let written = pipeline.advance_clock(now_ms, read_until_ms, sink)?;
         Ok(written > 0)
     }
 }
@@ -635,6 +667,7 @@ pub fn run_kafka(
             .options
             .get("auto.offset.reset")
             .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end")),
+        last_answer: Mutex::new(None),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka, durability.is_some())
         .create_with_context(context)
@@ -672,7 +705,7 @@ pub fn run_kafka(
     let mut clock = WallClock::default();
     // The predictions partitions declared to the engine (the assignment).
     let mut declared: BTreeSet<i32> = BTreeSet::new();
-    clock.tick(pipeline, sink, false)?;
+    clock.tick(&consumer, pipeline, sink, false)?;
     loop {
         if shutdown.is_triggered() {
             break;
@@ -681,7 +714,7 @@ pub fn run_kafka(
         // silence, rules reloaded) is checkpointed like events are, and so
         // are rows a released labels hold closes.
         let alerts_changed = sink.tick();
-        let clock_closed = clock.tick(pipeline, sink, paused)?;
+        let clock_closed = clock.tick(&consumer, pipeline, sink, paused)?;
         if (label_activity.update(pipeline, sink, paused)? || alerts_changed || clock_closed)
             && let Some(durability) = durability.as_deref_mut()
         {
