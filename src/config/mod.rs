@@ -499,6 +499,13 @@ pub struct PipelineConfig {
     /// the rest are pooled. Default [`DEFAULT_MAX_CATEGORIES_PER_FEATURE`]
     /// (1000). At least 1.
     pub max_categories_per_feature: usize,
+    /// How many times faster than the host clock event time runs: the
+    /// daemon's clock (as the engine sees it: idleness, quiet models, the
+    /// cap on the watermark) runs this many times faster from the daemon's
+    /// start. Not a config key: 1, except in `driftwatch demo`, which
+    /// streams event time 30× faster than the clock.
+    #[serde(skip)]
+    pub clock_speedup: u32,
     /// Largest accepted event message in bytes; bigger ones are invalid
     /// (`reason="too_large"`). Default [`DEFAULT_MAX_MESSAGE_BYTES`] (1 MiB).
     /// At least 1.
@@ -533,6 +540,7 @@ impl Default for PipelineConfig {
             max_segments_per_model: DEFAULT_MAX_SEGMENTS_PER_MODEL,
             max_versions_per_model: DEFAULT_MAX_VERSIONS_PER_MODEL,
             max_categories_per_feature: DEFAULT_MAX_CATEGORIES_PER_FEATURE,
+            clock_speedup: 1,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,

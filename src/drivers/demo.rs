@@ -313,7 +313,9 @@ fn run_in(options: &DemoOptions, out: &mut dyn Write, dir: &Path, started: Insta
     let bootstrap = cluster.bootstrap_servers();
     let (webhook_port, webhooks) = start_receiver().map_err(|e| format!("webhook receiver: {e}"))?;
     let listen = options.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
-    let config = demo_config(dir, &bootstrap, &baseline, webhook_port, &listen)?;
+    let mut config = demo_config(dir, &bootstrap, &baseline, webhook_port, &listen)?;
+    // The daemon's clock runs as fast as the stream's event time.
+    config.pipeline.clock_speedup = options.speedup.round().clamp(1.0, f64::from(u32::MAX)) as u32;
 
     let shutdown = Shutdown::new();
     let telemetry = Arc::new(Telemetry::default());

@@ -510,13 +510,31 @@ impl LabelActivity {
 /// clock no longer move a watermark. Silence counts only while reading:
 /// not while consumption is paused (backpressure), and only up to when a
 /// broker last answered (an outage is not silence; with statistics turned
-/// off, `statistics.interval.ms: 0`, up to now).
-#[derive(Default)]
+/// off, `statistics.interval.ms: 0`, up to now). The clock runs
+/// `pipeline.clock_speedup` times faster from the start (the demo's).
 struct WallClock {
     ticked: Option<Instant>,
+    started: Instant,
+    started_ms: i64,
+    speedup: i64,
 }
 
 impl WallClock {
+    fn new(speedup: u32) -> Self {
+        WallClock {
+            ticked: None,
+            started: Instant::now(),
+            started_ms: chrono::Utc::now().timestamp_millis(),
+            speedup: i64::from(speedup.max(1)),
+        }
+    }
+
+    /// The clock at `instant` (not before the start), in ms.
+    fn at(&self, instant: Instant) -> i64 {
+        let elapsed = i64::try_from(instant.saturating_duration_since(self.started).as_millis()).unwrap_or(i64::MAX);
+        self.started_ms.saturating_add(elapsed.saturating_mul(self.speedup))
+    }
+
     /// Ticks when due; returns whether rows were written.
     fn tick(
         &mut self,
@@ -530,13 +548,11 @@ impl WallClock {
             return Ok(false);
         }
         self.ticked = Some(now);
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now_ms = self.at(now);
         let last_answer = *consumer.context().last_answer.lock().expect("context lock");
         let read_until_ms = match (paused, last_answer) {
             (true, _) => None,
-            (false, Some(answered)) => {
-                Some(now_ms.saturating_sub(now.saturating_duration_since(answered).as_millis() as i64))
-            }
+            (false, Some(answered)) => Some(self.at(answered)),
             (false, None) => Some(now_ms),
         };
         let written = pipeline.advance_clock(now_ms, read_until_ms, sink)?;
@@ -702,7 +718,7 @@ pub fn run_kafka(
     // message delivered.
     let mut expected: HashMap<(Stream, i32), i64> = HashMap::new();
     label_activity.update(pipeline, sink, false)?;
-    let mut clock = WallClock::default();
+    let mut clock = WallClock::new(config.pipeline.clock_speedup);
     // The predictions partitions declared to the engine (the assignment).
     let mut declared: BTreeSet<i32> = BTreeSet::new();
     clock.tick(&consumer, pipeline, sink, false)?;
