@@ -16,6 +16,15 @@
 //! not depend on `batch_size` and equal the daemon's for the same events.
 //! When the label files end, the hold is released (the daemon releases it
 //! when labels have been silent for `windows.idle_timeout`).
+//!
+//! Each input file is a source partition, as a Kafka partition is in the
+//! daemon (file k of `--predictions` is partition k, likewise for
+//! `--labels`): files are read one after another, each keeps its own
+//! watermark, and every predictions file is declared before reading, so it
+//! holds the watermark until its first event and stops holding when it
+//! ends. A later file's events are therefore not late because an earlier
+//! file moved the watermark. There is no wall clock: no partition goes idle
+//! but by ending.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

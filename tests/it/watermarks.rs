@@ -2,7 +2,8 @@
 //! a backlog whose partitions are read at different event-time speeds
 //! counts nothing late and gives `replay`'s rows; a partition that goes
 //! quiet stops holding the others back after `windows.idle_timeout`; a
-//! model whose traffic stops gets its last window closed.
+//! model whose traffic stops gets its last window closed; `replay` treats
+//! each input file as a partition.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -243,4 +244,44 @@ fn a_model_that_goes_quiet_gets_its_last_window_closed() {
     let (_, rows) = daemon.stop();
     assert_eq!(late, 0);
     assert_eq!(rows.iter().filter(|r| r.metric == "count" && r.feature.is_none()).map(|r| r.value).sum::<f64>(), 20.0);
+}
+
+/// `replay` with two input files covering the same five minutes (two
+/// producers' logs, say): each file is a partition, so the second file's
+/// events are not late because the first moved the watermark (before, all
+/// of them were), and the rows are those of one file of the same events.
+#[test]
+fn replayed_files_covering_the_same_time_are_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let windows = "{size: 1m, allowed_lateness: 0s, label_horizon: 0s}";
+    let config = Config::from_yaml_str(&config_yaml(None, windows), "replay.yaml").expect("config");
+    let (mut first, mut second, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..600i64 {
+        let line = prediction(&format!("r{i}"), T0 + i * 500, (i % 97) as f64);
+        if i % 3 == 0 { &mut second } else { &mut first }.push(line.clone());
+        all.push(line);
+    }
+    let write = |name: &str, lines: &[String]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    let files = [write("a.ndjson", &first), write("b.ndjson", &second)];
+    let one = [write("all.ndjson", &all)];
+    let run = |files: &[std::path::PathBuf]| {
+        let telemetry = Arc::new(Telemetry::default());
+        let mut sink = MemorySink::default();
+        driftwatch::drivers::replay::replay(&config, files, &[], &mut sink, telemetry.clone()).expect("replay");
+        let rows: BTreeMap<String, f64> = sink.rows.iter().map(|r| (row_key(r), r.value)).collect();
+        (telemetry.events_late.load(Ordering::Relaxed), rows)
+    };
+    let (late, rows) = run(&files);
+    assert_eq!(late, 0, "no event of b.ndjson is late");
+    let (_, expected) = run(&one);
+    assert_eq!(rows.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (key, value) in &rows {
+        let other = expected[key];
+        let same = value == &other || (value - other).abs() <= 1e-9 * value.abs().max(other.abs());
+        assert!(same || (value.is_nan() && other.is_nan()), "{key}: two files {value}, one file {other}");
+    }
 }
