@@ -566,14 +566,17 @@ impl Engine {
         // meets the join as the watermark stood when it arrived (entries
         // expire row by row, not once per batch), so what pairs does not
         // depend on how the stream was cut into micro-batches.
+        // The frontier moves row by row as the partition's clock does (the
+        // map of partition clocks is updated once, after the batch).
         let times = batch.event_time_ms.values();
+        let mut frontier = self.windows[model_index].running_event_frontier(partition);
         for (row, accepted) in accepted.iter().enumerate() {
             if !accepted {
                 continue;
             }
             self.expire_joins(model_index);
             let clock = self.clock_time(times[row]);
-            self.windows[model_index].observe_event_time(partition, clock);
+            self.windows[model_index].max_event_time_ms = frontier.observe(clock);
             let predicted = match &batch.prediction {
                 PredictionArray::Class(a) => Target::Class(a.value(row)),
                 PredictionArray::Value(a) => Target::Value(a.value(row)),
@@ -609,6 +612,7 @@ impl Engine {
         let model_index = batch.model as usize;
         let model = registry.get(batch.model);
         self.counters.labels += batch.len() as u64;
+        let mut frontier = self.windows[model_index].running_label_frontier(partition);
         for row in 0..batch.len() {
             let actual = match &batch.label {
                 PredictionArray::Class(a) => Target::Class(a.value(row)),
@@ -619,7 +623,7 @@ impl Engine {
             // watermarks stood when it arrived.
             self.expire_joins(model_index);
             let clock = self.clock_time(label.label_time_ms);
-            self.windows[model_index].observe_label_time(partition, clock);
+            self.windows[model_index].max_label_time_ms = frontier.observe(clock);
             let key = join_key(batch.event_id.value(row));
             if let Some(prediction) = self.joins[model_index].on_label(key, label) {
                 self.on_pair(model, model_index, (0, key), &prediction, &label);

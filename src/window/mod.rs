@@ -88,6 +88,40 @@ fn observe(
     }
 }
 
+/// A frontier followed event by event within one batch of one partition
+/// (the other partitions' clocks stay as they are meanwhile): what
+/// [`ModelWindows::observe_event_time`] per event would give, without a map
+/// lookup per event.
+#[derive(Debug, Clone, Copy)]
+pub struct RunningFrontier {
+    others: i64,
+    own: Option<i64>,
+    pub frontier: Option<i64>,
+}
+
+impl RunningFrontier {
+    fn new(frontier: Option<i64>, clocks: &BTreeMap<PartitionId, PartitionClock>, partition: PartitionId) -> Self {
+        RunningFrontier {
+            others: min_active(clocks, Some(partition)),
+            own: clocks.get(&partition).and_then(|c| c.max_event_time_ms),
+            frontier,
+        }
+    }
+
+    /// The partition delivered an event at `time_ms`: the frontier moves to
+    /// the minimum over the active partitions, never back. Returns it.
+    #[inline]
+    pub fn observe(&mut self, time_ms: i64) -> Option<i64> {
+        let own = self.own.map_or(time_ms, |m| m.max(time_ms));
+        self.own = Some(own);
+        let min = self.others.min(own);
+        if min != i64::MIN && self.frontier.is_none_or(|f| f < min) {
+            self.frontier = Some(min);
+        }
+        self.frontier
+    }
+}
+
 /// Window geometry and time limits in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowSpec {
@@ -183,6 +217,18 @@ impl ModelWindows {
     /// when that partition held it (never back).
     pub fn observe_event_time(&mut self, partition: PartitionId, time_ms: i64) {
         observe(&mut self.max_event_time_ms, &mut self.partitions, partition, time_ms);
+    }
+
+    /// The events' frontier as a batch of `partition` moves it, event by
+    /// event (see [`RunningFrontier`]).
+    pub fn running_event_frontier(&self, partition: PartitionId) -> RunningFrontier {
+        RunningFrontier::new(self.max_event_time_ms, &self.partitions, partition)
+    }
+
+    /// The labels' frontier as a batch of labels partition `partition`
+    /// moves it, label by label.
+    pub fn running_label_frontier(&self, partition: PartitionId) -> RunningFrontier {
+        RunningFrontier::new(self.max_label_time_ms, &self.label_partitions, partition)
     }
 
     /// Re-reads the frontiers after partitions went idle; returns whether
