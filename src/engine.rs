@@ -22,7 +22,7 @@ use crate::evaluate::{self, GroupColumns, Outcome, WindowIdentity, WindowState};
 use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
 use crate::output::WindowMetricRow;
-use crate::window::{AwaitingLabels, ModelWindows, PartitionId, WindowSpec, min_active};
+use crate::window::{AwaitingLabels, ModelWindows, PartitionId, WindowSpec};
 
 /// Counters the engine keeps (exported as metrics by the drivers).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,9 +69,10 @@ pub struct Engine {
     /// Per row of the batch being added: how many of its windows had closed
     /// when it arrived.
     closed_windows: Vec<u32>,
-    /// Per row of the batch being added: the watermark when it arrived
-    /// (`i64::MIN` before the model's first event).
-    arrival_watermark: Vec<i64>,
+    /// Per row of the batch being added: the model's frontier (largest
+    /// event time the watermark follows) when it arrived, `None` before
+    /// the model's first event.
+    arrival_frontier: Vec<Option<i64>>,
     /// Late rows of the batch being added: (series, watermark on arrival).
     /// The close after the batch reports each in the first window of its
     /// series still open when it arrived, as if events were added one by one.
@@ -147,7 +148,7 @@ impl Engine {
             groups: Vec::new(),
             group_index: HashMap::new(),
             closed_windows: Vec::new(),
-            arrival_watermark: Vec::new(),
+            arrival_frontier: Vec::new(),
             late_in_batch: Vec::new(),
             labels_hold: vec![false; registry.models.len()],
             clock_limit_ms: None,
@@ -391,15 +392,13 @@ impl Engine {
         let times = batch.event_time_ms.values();
         self.closed_windows.clear();
         self.closed_windows.reserve(batch.len());
-        self.arrival_watermark.clear();
-        self.arrival_watermark.reserve(batch.len());
-        let windows = &self.windows[model_index];
-        let others = min_active(&windows.partitions, Some(partition));
-        let mut own = windows.partitions.get(&partition).and_then(|c| c.max_event_time_ms);
-        let mut frontier = windows.max_event_time_ms;
+        self.arrival_frontier.clear();
+        self.arrival_frontier.reserve(batch.len());
+        let mut running = self.windows[model_index].running_event_frontier(partition);
         for &time in times.iter() {
+            let frontier = running.frontier;
             let watermark = frontier.map_or(i64::MIN, |f| f.saturating_sub(spec.allowed_lateness_ms));
-            self.arrival_watermark.push(watermark);
+            self.arrival_frontier.push(frontier);
             let closed = match frontier {
                 None => 0,
                 Some(_) => {
@@ -411,12 +410,7 @@ impl Engine {
                 }
             };
             self.closed_windows.push(closed);
-            let clock = self.clock_limit_ms.map_or(time, |limit| time.min(limit));
-            own = Some(own.map_or(clock, |m| m.max(clock)));
-            let min = others.min(own.unwrap_or(clock));
-            if min != i64::MIN && frontier.is_none_or(|f| f < min) {
-                frontier = Some(min);
-            }
+            running.observe(self.clock_time(time));
         }
     }
 
@@ -508,7 +502,9 @@ impl Engine {
             }
             if late {
                 for &row in &group.rows {
-                    self.late_in_batch.push((group.series, self.arrival_watermark[row as usize]));
+                    let frontier = self.arrival_frontier[row as usize];
+                    let watermark = frontier.map_or(i64::MIN, |f| f.saturating_sub(self.spec.allowed_lateness_ms));
+                    self.late_in_batch.push((group.series, watermark));
                 }
                 if whole_model {
                     self.counters.events_late += group.rows.len() as u64;
@@ -566,17 +562,15 @@ impl Engine {
         // meets the join as the watermark stood when it arrived (entries
         // expire row by row, not once per batch), so what pairs does not
         // depend on how the stream was cut into micro-batches.
-        // The frontier moves row by row as the partition's clock does (the
-        // map of partition clocks is updated once, after the batch).
-        let times = batch.event_time_ms.values();
-        let mut frontier = self.windows[model_index].running_event_frontier(partition);
+        // The frontier as each row arrived was followed once, by
+        // `mark_closed_windows` (rows judged late never moved it); the map
+        // of partition clocks is updated once, after the batch.
         for (row, accepted) in accepted.iter().enumerate() {
             if !accepted {
                 continue;
             }
+            self.windows[model_index].max_event_time_ms = self.arrival_frontier[row];
             self.expire_joins(model_index);
-            let clock = self.clock_time(times[row]);
-            self.windows[model_index].max_event_time_ms = frontier.observe(clock);
             let predicted = match &batch.prediction {
                 PredictionArray::Class(a) => Target::Class(a.value(row)),
                 PredictionArray::Value(a) => Target::Value(a.value(row)),

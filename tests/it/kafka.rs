@@ -2,73 +2,36 @@
 //! resuming from committed offsets, splitting partitions in a group, and
 //! malformed messages counted, dead-lettered and skipped.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use driftwatch::config::Config;
 use driftwatch::decode::InvalidReason;
-use driftwatch::drivers::run::{RunError, run_daemon};
 use driftwatch::output::WindowMetricRow;
-use driftwatch::shutdown::Shutdown;
 use driftwatch::simulate::{Simulator, SimulatorOptions};
-use driftwatch::sources::kafka::{DLQ_REASON_HEADER, KafkaSummary};
-use driftwatch::telemetry::Telemetry;
+use driftwatch::sources::kafka::DLQ_REASON_HEADER;
 use rdkafka::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 
-use crate::support::{Broker, flush, send, wait_until};
+use crate::support::{Broker, InProcessDaemon, flush, send, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-struct Daemon {
-    shutdown: Shutdown,
-    telemetry: Arc<Telemetry>,
-    handle: JoinHandle<Result<KafkaSummary, RunError>>,
-    rows: mpsc::Receiver<Vec<WindowMetricRow>>,
-}
-
-impl Daemon {
-    /// Windows allow 10 minutes of lateness: with several partitions read in
-    /// any interleaving, a shorter one would (rightly) count some events
-    /// late, and these tests are about delivery, not lateness.
-    fn start(broker: &Broker, group: &str, extra: &str) -> Daemon {
-        let yaml = format!(
-            "kafka: {{brokers: \"{}\", group_id: {group}{extra}}}\n\
-             windows: {{size: 1m, allowed_lateness: 10m, label_horizon: 10m}}\n\
-             pipeline: {{batch_size: 256, linger: 50ms}}\n\
-             http: {{listen: \"127.0.0.1:0\"}}\n\
-             models: [{{name: fraud}}]\n",
-            broker.bootstrap()
-        );
-        let config = Config::from_yaml_str(&yaml, "test.yaml").expect("config");
-        let shutdown = Shutdown::new();
-        let telemetry = Arc::new(Telemetry::default());
-        let (sender, rows) = mpsc::channel();
-        let handle = {
-            let shutdown = shutdown.clone();
-            let telemetry = telemetry.clone();
-            std::thread::spawn(move || {
-                run_daemon(&config, telemetry, &shutdown, &Default::default(), Some(Box::new(sender)))
-            })
-        };
-        Daemon { shutdown, telemetry, handle, rows }
-    }
-
-    fn predictions(&self) -> u64 {
-        self.telemetry.events_on("predictions")
-    }
-
-    fn stop(self) -> (KafkaSummary, Vec<WindowMetricRow>) {
-        self.shutdown.trigger();
-        let summary = self.handle.join().expect("daemon thread").expect("daemon ran");
-        let rows = self.rows.try_iter().flatten().collect();
-        (summary, rows)
-    }
+/// Windows allow 10 minutes of lateness: with several partitions read in
+/// any interleaving, a shorter one would (rightly) count some events late,
+/// and these tests are about delivery, not lateness.
+fn start_daemon(broker: &Broker, group: &str, extra: &str) -> InProcessDaemon {
+    let yaml = format!(
+        "kafka: {{brokers: \"{}\", group_id: {group}{extra}}}\n\
+         windows: {{size: 1m, allowed_lateness: 10m, label_horizon: 10m}}\n\
+         pipeline: {{batch_size: 256, linger: 50ms}}\n\
+         http: {{listen: \"127.0.0.1:0\"}}\n\
+         models: [{{name: fraud}}]\n",
+        broker.bootstrap()
+    );
+    InProcessDaemon::start(Config::from_yaml_str(&yaml, "test.yaml").expect("config"))
 }
 
 /// Sum of the whole-model `count` rows: every event counted once.
@@ -101,8 +64,8 @@ fn broker_with_topics() -> Broker {
 fn every_produced_event_is_counted_exactly_once() {
     let broker = broker_with_topics();
     produce(&broker, 2_000, 1_795_687_200_000, 1);
-    let daemon = Daemon::start(&broker, "exact", "");
-    wait_until(TIMEOUT, "2000 predictions consumed", || daemon.predictions() >= 2_000);
+    let daemon = start_daemon(&broker, "exact", "");
+    wait_until(TIMEOUT, "2000 predictions consumed", || daemon.telemetry.events_on("predictions") >= 2_000);
     let (summary, rows) = daemon.stop();
     assert_eq!(summary.messages, 2_000);
     assert_eq!(counted(&rows), 2_000.0);
@@ -114,14 +77,14 @@ fn a_restarted_consumer_resumes_from_committed_offsets() {
     let first_start = 1_795_687_200_000; // 10:00
     let second_start = first_start + 2 * 3_600_000; // 12:00
     produce(&broker, 600, first_start, 2);
-    let first = Daemon::start(&broker, "resume", "");
-    wait_until(TIMEOUT, "first run consumed", || first.predictions() >= 600);
+    let first = start_daemon(&broker, "resume", "");
+    wait_until(TIMEOUT, "first run consumed", || first.telemetry.events_on("predictions") >= 600);
     let (_, first_rows) = first.stop();
     assert_eq!(counted(&first_rows), 600.0);
 
     produce(&broker, 400, second_start, 3);
-    let second = Daemon::start(&broker, "resume", "");
-    wait_until(TIMEOUT, "second run consumed", || second.predictions() >= 400);
+    let second = start_daemon(&broker, "resume", "");
+    wait_until(TIMEOUT, "second run consumed", || second.telemetry.events_on("predictions") >= 400);
     let (summary, second_rows) = second.stop();
     assert_eq!(summary.messages, 400, "the restarted consumer read only new messages");
     assert_eq!(counted(&second_rows), 400.0);
@@ -131,8 +94,8 @@ fn a_restarted_consumer_resumes_from_committed_offsets() {
 #[test]
 fn two_instances_in_one_group_split_the_partitions_and_count_each_event_once() {
     let broker = broker_with_topics();
-    let a = Daemon::start(&broker, "split", "");
-    let b = Daemon::start(&broker, "split", "");
+    let a = start_daemon(&broker, "split", "");
+    let b = start_daemon(&broker, "split", "");
     wait_until(TIMEOUT, "both instances to own partitions", || {
         let (pa, pb) = (
             a.telemetry.assigned_partitions.load(Ordering::Relaxed),
@@ -141,7 +104,9 @@ fn two_instances_in_one_group_split_the_partitions_and_count_each_event_once() {
         pa > 0 && pb > 0 && pa + pb == 6
     });
     produce(&broker, 3_000, 1_795_687_200_000, 4);
-    wait_until(TIMEOUT, "3000 predictions consumed by the group", || a.predictions() + b.predictions() >= 3_000);
+    wait_until(TIMEOUT, "3000 predictions consumed by the group", || {
+        a.telemetry.events_on("predictions") + b.telemetry.events_on("predictions") >= 3_000
+    });
     let (summary_a, rows_a) = a.stop();
     let (summary_b, rows_b) = b.stop();
     assert_eq!(summary_a.messages + summary_b.messages, 3_000);
@@ -174,9 +139,9 @@ fn malformed_messages_are_counted_dead_lettered_and_skipped() {
         }
     }
     flush(&producer);
-    let daemon = Daemon::start(&broker, "malformed", ", dead_letter_topic: driftwatch-dlq");
+    let daemon = start_daemon(&broker, "malformed", ", dead_letter_topic: driftwatch-dlq");
     wait_until(TIMEOUT, "good and bad messages processed", || {
-        daemon.predictions() >= 100 && daemon.telemetry.invalid_total() >= 5
+        daemon.telemetry.events_on("predictions") >= 100 && daemon.telemetry.invalid_total() >= 5
     });
     let telemetry = daemon.telemetry.clone();
     let (summary, rows) = daemon.stop();
@@ -212,17 +177,19 @@ fn malformed_messages_are_counted_dead_lettered_and_skipped() {
 #[test]
 fn a_rebalance_mid_stream_neither_loses_nor_double_counts() {
     let broker = broker_with_topics();
-    let a = Daemon::start(&broker, "rebalance", "");
+    let a = start_daemon(&broker, "rebalance", "");
     produce(&broker, 1_500, 1_795_687_200_000, 6);
-    wait_until(TIMEOUT, "the first instance to be consuming", || a.predictions() >= 200);
+    wait_until(TIMEOUT, "the first instance to be consuming", || a.telemetry.events_on("predictions") >= 200);
     // A second member joins while events are flowing: partitions move.
-    let b = Daemon::start(&broker, "rebalance", "");
+    let b = start_daemon(&broker, "rebalance", "");
     produce(&broker, 1_500, 1_795_687_200_000 + 60_000, 7);
     wait_until(TIMEOUT, "the second instance to own partitions", || {
         b.telemetry.assigned_partitions.load(Ordering::Relaxed) > 0
     });
     produce(&broker, 1_000, 1_795_687_200_000 + 120_000, 8);
-    wait_until(TIMEOUT, "4000 predictions consumed by the group", || a.predictions() + b.predictions() >= 4_000);
+    wait_until(TIMEOUT, "4000 predictions consumed by the group", || {
+        a.telemetry.events_on("predictions") + b.telemetry.events_on("predictions") >= 4_000
+    });
     let (_, rows_a) = a.stop();
     let (_, rows_b) = b.stop();
     assert_eq!(counted(&rows_a) + counted(&rows_b), 4_000.0);

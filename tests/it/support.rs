@@ -123,10 +123,17 @@ pub fn one_record_per_batch(config: &mut ClientConfig) -> &mut ClientConfig {
     config.set("batch.num.messages", "1")
 }
 
-/// Sends `payload` (to `partition` when given) and waits for delivery of
-/// everything sent so far when `flush`.
+/// Sends `payload` to `topic`, waiting while the producer's queue is full.
 pub fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8]) {
-    let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key).payload(payload);
+    send_record(producer, BaseRecord::to(topic).key(key).payload(payload));
+}
+
+/// [`send`] to one partition of `topic`.
+pub fn send_to_partition(producer: &BaseProducer, topic: &str, partition: i32, key: &str, payload: &[u8]) {
+    send_record(producer, BaseRecord::to(topic).partition(partition).key(key).payload(payload));
+}
+
+fn send_record(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) {
     loop {
         match producer.send(record) {
             Ok(()) => return,
@@ -255,4 +262,52 @@ pub fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
         .collect()
+}
+
+/// `run_daemon` on a thread of this process, its rows sent back as windows
+/// close (the Kafka tests that read the daemon's rows and counters).
+pub struct InProcessDaemon {
+    shutdown: driftwatch::shutdown::Shutdown,
+    pub telemetry: std::sync::Arc<driftwatch::telemetry::Telemetry>,
+    handle:
+        std::thread::JoinHandle<Result<driftwatch::sources::kafka::KafkaSummary, driftwatch::drivers::run::RunError>>,
+    rows: std::sync::mpsc::Receiver<Vec<driftwatch::output::WindowMetricRow>>,
+    /// Rows received so far (see [`Self::received`]).
+    received: Vec<driftwatch::output::WindowMetricRow>,
+}
+
+impl InProcessDaemon {
+    pub fn start(config: driftwatch::config::Config) -> InProcessDaemon {
+        let shutdown = driftwatch::shutdown::Shutdown::new();
+        let telemetry = std::sync::Arc::new(driftwatch::telemetry::Telemetry::default());
+        let (sender, rows) = std::sync::mpsc::channel();
+        let handle = {
+            let shutdown = shutdown.clone();
+            let telemetry = telemetry.clone();
+            std::thread::spawn(move || {
+                driftwatch::drivers::run::run_daemon(
+                    &config,
+                    telemetry,
+                    &shutdown,
+                    &Default::default(),
+                    Some(Box::new(sender)),
+                )
+            })
+        };
+        InProcessDaemon { shutdown, telemetry, handle, rows, received: Vec::new() }
+    }
+
+    /// The rows the daemon has written so far (while it runs).
+    pub fn received(&mut self) -> &[driftwatch::output::WindowMetricRow] {
+        self.received.extend(self.rows.try_iter().flatten());
+        &self.received
+    }
+
+    /// Stops the daemon: its summary and every row it wrote.
+    pub fn stop(mut self) -> (driftwatch::sources::kafka::KafkaSummary, Vec<driftwatch::output::WindowMetricRow>) {
+        self.shutdown.trigger();
+        let summary = self.handle.join().expect("daemon thread").expect("daemon ran");
+        self.received.extend(self.rows.try_iter().flatten());
+        (summary, self.received)
+    }
 }

@@ -8,62 +8,28 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use driftwatch::config::Config;
-use driftwatch::drivers::run::{RunError, run_daemon};
 use driftwatch::output::{MemorySink, WindowMetricRow, row_key};
-use driftwatch::shutdown::Shutdown;
-use driftwatch::sources::kafka::KafkaSummary;
 use driftwatch::telemetry::Telemetry;
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::BaseProducer;
 
-use crate::support::{Broker, flush, http_text, wait_until};
+use crate::support::{Broker, InProcessDaemon, flush, http_text, send_to_partition, wait_until};
 
 /// 2026-11-26T10:00:00Z.
 const T0: i64 = 1_795_687_200_000;
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-struct Daemon {
-    shutdown: Shutdown,
-    telemetry: Arc<Telemetry>,
-    handle: JoinHandle<Result<KafkaSummary, RunError>>,
-    rows: mpsc::Receiver<Vec<WindowMetricRow>>,
-    /// Rows received so far.
-    received: Vec<WindowMetricRow>,
+/// The daemon on this broker with `windows` settings.
+fn start_daemon(broker: &Broker, windows: &str) -> InProcessDaemon {
+    InProcessDaemon::start(Config::from_yaml_str(&config_yaml(Some(broker), windows), "test.yaml").expect("config"))
 }
 
-impl Daemon {
-    fn start(broker: &Broker, windows: &str) -> Daemon {
-        let config = Config::from_yaml_str(&config_yaml(Some(broker), windows), "test.yaml").expect("config");
-        let shutdown = Shutdown::new();
-        let telemetry = Arc::new(Telemetry::default());
-        let (sender, rows) = mpsc::channel();
-        let handle = {
-            let shutdown = shutdown.clone();
-            let telemetry = telemetry.clone();
-            std::thread::spawn(move || {
-                run_daemon(&config, telemetry, &shutdown, &Default::default(), Some(Box::new(sender)))
-            })
-        };
-        Daemon { shutdown, telemetry, handle, rows, received: Vec::new() }
-    }
-
-    /// Whether a whole-model `count` row of the window starting at `start`
-    /// has come (while the daemon runs).
-    fn closed(&mut self, start: i64) -> bool {
-        self.received.extend(self.rows.try_iter().flatten());
-        self.received.iter().any(|r| r.metric == "count" && r.feature.is_none() && r.window_start_ms == start)
-    }
-
-    fn stop(mut self) -> (KafkaSummary, Vec<WindowMetricRow>) {
-        self.shutdown.trigger();
-        let summary = self.handle.join().expect("daemon thread").expect("daemon ran");
-        self.received.extend(self.rows.try_iter().flatten());
-        (summary, self.received)
-    }
+/// Whether a whole-model `count` row of the window starting at `start`
+/// has come (while the daemon runs).
+fn closed(daemon: &mut InProcessDaemon, start: i64) -> bool {
+    daemon.received().iter().any(|r| r.metric == "count" && r.feature.is_none() && r.window_start_ms == start)
 }
 
 fn config_yaml(broker: Option<&Broker>, windows: &str) -> String {
@@ -85,17 +51,7 @@ fn prediction(id: &str, time: i64, amount: f64) -> String {
 }
 
 fn send_to(producer: &BaseProducer, partition: i32, key: &str, payload: &str) {
-    let mut record: BaseRecord<'_, str, str> =
-        BaseRecord::to("predictions").partition(partition).key(key).payload(payload);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-        }
-    }
+    send_to_partition(producer, "predictions", partition, key, payload.as_bytes());
 }
 
 fn broker_with(partitions: u32) -> Broker {
@@ -146,7 +102,7 @@ fn a_backlog_read_faster_on_some_partitions_counts_nothing_late_and_matches_repl
     }
     flush(&producer);
     let windows = "{size: 1m, allowed_lateness: 5s, label_horizon: 0s}";
-    let daemon = Daemon::start(&broker, windows);
+    let daemon = start_daemon(&broker, windows);
     wait_until(TIMEOUT, "the backlog consumed", || daemon.telemetry.events_on("predictions") >= EVENTS as u64);
     let late = daemon.telemetry.events_late.load(Ordering::Relaxed);
     println!("late events: {late} of {EVENTS}");
@@ -199,7 +155,7 @@ fn a_quiet_partition_stops_holding_the_watermark_after_idle_timeout() {
     send_to(&producer, 1, "q0", &prediction("q0", T0 + 1_000, 10.0));
     send_to(&producer, 0, "a0", &prediction("a0", T0 + 2_000, 20.0));
     flush(&producer);
-    let mut daemon = Daemon::start(&broker, "{size: 1m, allowed_lateness: 0s, label_horizon: 0s, idle_timeout: 2s}");
+    let mut daemon = start_daemon(&broker, "{size: 1m, allowed_lateness: 0s, label_horizon: 0s, idle_timeout: 2s}");
     wait_until(TIMEOUT, "the first events consumed", || daemon.telemetry.events_on("predictions") >= 2);
     // Partition 0 keeps going (a new event each poll, 100 ms of event time
     // further); partition 1 stays quiet.
@@ -209,7 +165,7 @@ fn a_quiet_partition_stops_holding_the_watermark_after_idle_timeout() {
         let id = format!("a{next}");
         send_to(&producer, 0, &id, &prediction(&id, T0 + 60_000 + next * 100, 30.0));
         producer.poll(Duration::ZERO);
-        daemon.closed(T0)
+        closed(&mut daemon, T0)
     });
     flush(&producer);
     // Partition 1's own watermark stays where its last event left it.
@@ -238,8 +194,8 @@ fn a_model_that_goes_quiet_gets_its_last_window_closed() {
         send_to(&producer, i % 2, &id, &prediction(&id, T0 + i as i64 * 1_000, 40.0));
     }
     flush(&producer);
-    let mut daemon = Daemon::start(&broker, "{size: 1m, allowed_lateness: 1s, label_horizon: 0s, idle_timeout: 2s}");
-    wait_until(TIMEOUT, "the model's last window to close", || daemon.closed(T0));
+    let mut daemon = start_daemon(&broker, "{size: 1m, allowed_lateness: 1s, label_horizon: 0s, idle_timeout: 2s}");
+    wait_until(TIMEOUT, "the model's last window to close", || closed(&mut daemon, T0));
     let late = daemon.telemetry.events_late.load(Ordering::Relaxed);
     let (_, rows) = daemon.stop();
     assert_eq!(late, 0);
