@@ -41,19 +41,35 @@ impl CategoricalSummary {
         self.missing += count;
     }
 
-    /// Merges another summary; the cap still applies.
+    /// Merges another summary (a partial state of the same window: another
+    /// partition's, or another pane's), then applies the cap
+    /// deterministically: when the union holds more than `max_categories`
+    /// distinct values, the most frequent are kept (ties broken by the
+    /// value) and the rest pooled into `other`. So the result does not
+    /// depend on the order partials are merged in, and equals one pass over
+    /// all the events whenever no partial reached the cap on its own.
     pub fn merge(&mut self, other: &CategoricalSummary, max_categories: usize) {
         self.missing += other.missing;
         self.count += other.count;
         self.other += other.other;
         for (value, n) in &other.frequencies {
-            if let Some(mine) = self.frequencies.get_mut(value) {
-                *mine += n;
-            } else if self.frequencies.len() < max_categories {
-                self.frequencies.insert(value.clone(), *n);
-            } else {
-                self.other += n;
-            }
+            *self.frequencies.entry(value.clone()).or_default() += n;
         }
+        self.apply_cap(max_categories);
+    }
+
+    /// Keeps the `max_categories` most frequent values (ties by value) and
+    /// pools the rest into `other`.
+    pub fn apply_cap(&mut self, max_categories: usize) {
+        if self.frequencies.len() <= max_categories {
+            return;
+        }
+        let mut ranked: Vec<(Arc<str>, u64)> = self.frequencies.drain().collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (value, n) in ranked.drain(max_categories..) {
+            drop(value);
+            self.other += n;
+        }
+        self.frequencies.extend(ranked);
     }
 }

@@ -31,7 +31,7 @@ use crate::output::WindowMetricRow;
 use reference::FeatureReference;
 
 /// The summary of one feature in one window.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum FeatureSummary {
     Numeric(Box<NumericSummary>),
     Categorical(CategoricalSummary),
@@ -48,7 +48,7 @@ impl FeatureSummary {
 
 /// Per-feature summary plus its type-error count and, when the feature has
 /// a baseline, the window's counts in the baseline's bins.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FeatureState {
     pub summary: FeatureSummary,
     /// Values whose JSON type did not match the feature (also counted missing).
@@ -70,7 +70,7 @@ fn is_false(value: &bool) -> bool {
 }
 
 /// The distribution of predictions in a window.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum PredictionSummary {
     /// Count per class id.
     Classes(Vec<u64>),
@@ -88,7 +88,7 @@ pub struct GroupColumns<'a> {
 }
 
 /// Everything kept for one (model, series, window).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WindowState {
     pub events: u64,
     pub features: Vec<Option<FeatureState>>,
@@ -357,6 +357,89 @@ impl WindowState {
 
     pub fn add_type_errors(&mut self, model: &ModelState, feature: usize, count: u64) {
         self.feature_mut(model, feature).type_errors += count;
+    }
+
+    /// Merges another partial state of the same window and series (another
+    /// partition's or another pane's) into this one: counts, missing,
+    /// extremes, bins, category counts, confusion matrices and sketches
+    /// exactly; moments through DataFusion's `state`/`merge_batch`. A
+    /// feature only one side has a state for was absent from the other
+    /// side's events, which count as missing, as in one pass. The category
+    /// cap applies after the merge (see [`CategoricalSummary::merge`]).
+    /// Merging the same partials in the same order gives the same bits.
+    pub fn merge(&mut self, mut other: WindowState, max_categories: usize) {
+        if other.features.len() > self.features.len() {
+            self.features.resize_with(other.features.len(), || None);
+        }
+        let (mine_events, their_events) = (self.events, other.events);
+        other.features.resize_with(self.features.len(), || None);
+        for (feature, theirs) in self.features.iter_mut().zip(other.features.iter_mut()) {
+            match (feature.as_mut(), theirs.take()) {
+                (None, None) => {}
+                (Some(mine), None) => mine.add_missing(their_events),
+                (None, Some(mut theirs)) => {
+                    theirs.add_missing(mine_events);
+                    *feature = Some(theirs);
+                }
+                (Some(mine), Some(mut theirs)) => mine.merge(&mut theirs, max_categories),
+            }
+        }
+        self.events += other.events;
+        match (&mut self.prediction, &mut other.prediction) {
+            (PredictionSummary::Classes(mine), PredictionSummary::Classes(theirs)) => {
+                if mine.len() < theirs.len() {
+                    mine.resize(theirs.len(), 0);
+                }
+                mine.iter_mut().zip(theirs.iter()).for_each(|(a, b)| *a += b);
+            }
+            (PredictionSummary::Values(mine), PredictionSummary::Values(theirs)) => mine.merge(theirs),
+            _ => {}
+        }
+        self.score.merge(&mut other.score);
+        self.latency_ms.merge(&mut other.latency_ms);
+        self.performance.merge(&other.performance);
+        add_bins(&mut self.score_bins, &other.score_bins);
+        add_bins(&mut self.prediction_bins, &other.prediction_bins);
+        self.score_bins_lost |= other.score_bins_lost;
+        self.prediction_bins_lost |= other.prediction_bins_lost;
+    }
+}
+
+/// Adds bin counts (of the same baseline bins; an empty side has none).
+fn add_bins(mine: &mut Vec<u64>, theirs: &[u64]) {
+    if mine.is_empty() {
+        mine.extend_from_slice(theirs);
+    } else if mine.len() == theirs.len() {
+        mine.iter_mut().zip(theirs).for_each(|(a, b)| *a += b);
+    }
+}
+
+impl FeatureState {
+    fn add_missing(&mut self, count: u64) {
+        match &mut self.summary {
+            FeatureSummary::Numeric(s) => s.add_missing(count),
+            FeatureSummary::Categorical(s) => s.add_missing(count),
+        }
+    }
+
+    fn merge(&mut self, other: &mut FeatureState, max_categories: usize) {
+        match (&mut self.summary, &mut other.summary) {
+            (FeatureSummary::Numeric(mine), FeatureSummary::Numeric(theirs)) => mine.merge(theirs),
+            (FeatureSummary::Categorical(mine), FeatureSummary::Categorical(theirs)) => {
+                mine.merge(theirs, max_categories)
+            }
+            // A kind cannot change once set; count the other side as missing.
+            (FeatureSummary::Numeric(mine), FeatureSummary::Categorical(theirs)) => {
+                mine.add_missing(theirs.count + theirs.missing)
+            }
+            (FeatureSummary::Categorical(mine), FeatureSummary::Numeric(theirs)) => {
+                mine.add_missing(theirs.count() + theirs.missing)
+            }
+        }
+        self.type_errors += other.type_errors;
+        self.out_of_range += other.out_of_range;
+        add_bins(&mut self.reference_bins, &other.reference_bins);
+        self.bins_lost |= other.bins_lost;
     }
 }
 

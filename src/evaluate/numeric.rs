@@ -301,8 +301,8 @@ struct NumericSummaryState {
     sketch: QuantileSketch,
 }
 
-impl serde::Serialize for NumericSummary {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl NumericSummary {
+    fn to_state(&self) -> NumericSummaryState {
         NumericSummaryState {
             missing: self.missing,
             count: self.moments.get_count(),
@@ -313,7 +313,20 @@ impl serde::Serialize for NumericSummary {
             exact: self.exact.clone(),
             sketch: self.sketch.clone(),
         }
-        .serialize(serializer)
+    }
+}
+
+impl serde::Serialize for NumericSummary {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_state().serialize(serializer)
+    }
+}
+
+/// A copy that continues bit for bit as the original would (a hopping
+/// window's pane is merged into each window it belongs to).
+impl Clone for NumericSummary {
+    fn clone(&self) -> Self {
+        NumericSummary::from_state(self.to_state()).expect("a summary's own state is valid")
     }
 }
 
@@ -350,8 +363,14 @@ fn moments_states(count: u64, mean: f64, m2: f64) -> Vec<(u64, f64, f64)> {
 
 impl<'de> serde::Deserialize<'de> for NumericSummary {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<NumericSummary, D::Error> {
-        use datafusion::arrow::array::UInt64Array;
         let state = NumericSummaryState::deserialize(deserializer)?;
+        NumericSummary::from_state(state).map_err(serde::de::Error::custom)
+    }
+}
+
+impl NumericSummary {
+    fn from_state(state: NumericSummaryState) -> datafusion::error::Result<NumericSummary> {
+        use datafusion::arrow::array::UInt64Array;
         let mut summary = NumericSummary::new();
         summary.missing = state.missing;
         if state.count > 0 {
@@ -361,7 +380,7 @@ impl<'de> serde::Deserialize<'de> for NumericSummary {
                     Arc::new(Float64Array::from(vec![mean])),
                     Arc::new(Float64Array::from(vec![m2])),
                 ];
-                summary.moments.merge_batch(&moments).map_err(serde::de::Error::custom)?;
+                summary.moments.merge_batch(&moments)?;
             }
         }
         for (accumulator, value) in [
@@ -370,7 +389,7 @@ impl<'de> serde::Deserialize<'de> for NumericSummary {
         ] {
             if let Some(value) = value {
                 let array: ArrayRef = Arc::new(Float64Array::from(vec![value]));
-                accumulator.merge_batch(&[array]).map_err(serde::de::Error::custom)?;
+                accumulator.merge_batch(&[array])?;
             }
         }
         summary.exact = state.exact;
