@@ -149,7 +149,7 @@ impl Pipeline {
         self.engine.counters = counters.clone();
         self.reported = counters;
         let windows_of =
-            |m: &crate::checkpoint::ModelCheckpoint| (m.windows.open.len() + m.windows.awaiting_labels.len()) as u64;
+            |m: &crate::checkpoint::ModelCheckpoint| (m.windows.open_len() + m.windows.awaiting_labels.len()) as u64;
         if spec != *self.engine.spec() {
             let dropped: u64 = models.iter().map(windows_of).sum();
             tracing::warn!(
@@ -175,14 +175,14 @@ impl Pipeline {
             };
             let task = self.registry.get(id).task;
             let classification = self.registry.get(id).is_classification();
-            let task_changed =
-                match &model.stamp {
-                    Some(stamp) => stamp.task != task,
-                    // Older checkpoints: the prediction summaries tell.
-                    None => model.windows.open.values().any(|w| {
-                        matches!(w.prediction, crate::evaluate::PredictionSummary::Classes(_)) != classification
-                    }),
-                };
+            let task_changed = match &model.stamp {
+                Some(stamp) => stamp.task != task,
+                // Older checkpoints: the prediction summaries tell.
+                None => model
+                    .windows
+                    .open_states()
+                    .any(|w| matches!(w.prediction, crate::evaluate::PredictionSummary::Classes(_)) != classification),
+            };
             let dropped = windows_of(&model);
             let state = self.registry.get_mut(id);
             state.restore_dictionaries(model.series_keys, model.series, model.classes, model.features);
@@ -199,6 +199,7 @@ impl Pipeline {
                 continue;
             }
             let mut windows = model.windows;
+            windows.migrate_whole_windows(self.engine.spec());
             retype_features(state, &mut windows);
             let old = model.stamp.as_ref().map(|s| s.baseline.as_ref());
             reattach_windows(state, old, &mut windows, &self.telemetry);
@@ -382,7 +383,7 @@ fn retype_features(model: &mut crate::model::ModelState, windows: &mut crate::wi
     if retyped.is_empty() {
         return;
     }
-    for window in windows.open.values_mut() {
+    for (_, window) in windows.open_states_mut() {
         for &id in &retyped {
             if let Some(state) = window.features.get_mut(id) {
                 *state = None;
@@ -425,7 +426,7 @@ fn rebin(
     let reference = model.reference.as_deref();
     let score_bins = bins(reference.and_then(|r| r.score.as_ref()));
     let prediction_bins = bins(reference.and_then(|r| r.prediction.as_ref()));
-    for window in windows.open.values() {
+    for window in windows.open_states() {
         for (id, state) in window.features.iter().enumerate() {
             if let Some(state) = state
                 && !state.bins_lost
@@ -462,8 +463,8 @@ fn reattach_windows(
         return;
     }
     let (mut recounted, mut unbinned) = (0u64, 0u64);
-    for ((_, series), window) in windows.open.iter_mut() {
-        let whole_model = model.series.get(*series as usize).is_some_and(|s| s.whole_model.is_none());
+    for (series, window) in windows.open_states_mut() {
+        let whole_model = model.series.get(series as usize).is_some_and(|s| s.whole_model.is_none());
         if window.reattach(model, &rebin, whole_model) {
             recounted += 1;
         } else {

@@ -457,3 +457,116 @@ fn partition_watermarks_round_trip_through_a_checkpoint() {
         assert_eq!(late, if legacy { 10 } else { 0 }, "legacy: {legacy}");
     }
 }
+
+/// A model's windows as checkpoints before panes wrote them: whole open
+/// windows (their performance inside) and late events per series.
+#[derive(serde::Serialize)]
+struct PrePaneWindows {
+    max_event_time_ms: Option<i64>,
+    max_label_time_ms: Option<i64>,
+    partitions: BTreeMap<crate::window::PartitionId, crate::window::PartitionClock>,
+    label_partitions: BTreeMap<crate::window::PartitionId, crate::window::PartitionClock>,
+    open: BTreeMap<(i64, u32), crate::evaluate::WindowState>,
+    awaiting_labels: BTreeMap<(i64, u32), crate::window::AwaitingLabels>,
+    late_unreported: std::collections::HashMap<u32, u64>,
+}
+
+/// Rewrites a model's windows the way a checkpoint before panes held them.
+fn to_pre_pane_format(windows: ModelWindows, spec: &WindowSpec) -> ModelWindows {
+    let mut windows = windows;
+    let mut open = BTreeMap::new();
+    let copy: ModelWindows = rmp_serde::from_slice(&rmp_serde::to_vec_named(&windows).unwrap()).unwrap();
+    let mut copy = copy;
+    for (key, mut state) in copy.take_closable(spec, true, 10_000) {
+        if let Some(performance) = windows.performance.remove(&key) {
+            state.performance = performance;
+        }
+        open.insert(key, state);
+    }
+    let mut late_unreported = std::collections::HashMap::new();
+    for ((series, _), late) in &windows.late_pending {
+        *late_unreported.entry(*series).or_default() += late;
+    }
+    let old = PrePaneWindows {
+        max_event_time_ms: windows.max_event_time_ms,
+        max_label_time_ms: windows.max_label_time_ms,
+        partitions: windows.partitions.clone(),
+        label_partitions: windows.label_partitions.clone(),
+        open,
+        awaiting_labels: std::mem::take(&mut windows.awaiting_labels),
+        late_unreported,
+    };
+    let restored: ModelWindows = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+    assert!(restored.panes.is_empty() && restored.open_len() == old.open.len());
+    restored
+}
+
+/// Checkpoints written before windows were kept as panes (whole open
+/// windows under `open`) still restore, for tumbling and for hopping
+/// windows: the rows are those of a run that never stopped (values
+/// within 1e-12: the restored part and the rest of a window are merged
+/// rather than added in one pass).
+#[test]
+fn a_checkpoint_from_before_panes_restores_its_open_windows() {
+    for size in ["5m", "{size: 10m, slide: 5m}"] {
+        let windows = if size.starts_with('{') { size.to_string() } else { format!("{{size: {size}}}") };
+        let yaml = |w: &str| {
+            let w = w.trim_start_matches('{').trim_end_matches('}');
+            Config::from_yaml_str(
+                &format!(
+                    "windows: {{{w}, allowed_lateness: 30s, label_horizon: 10m}}\n\
+                     models: [{{name: shop, task: binary_classification, baseline: {}}}]\n",
+                    fixture_baseline().display()
+                ),
+                "test.yaml",
+            )
+            .unwrap()
+        };
+        let config = yaml(&windows);
+        let uninterrupted = run_events(&config, None, None, false, events()).rows;
+        let (predictions, labels) = events();
+        for stop_at in [5, 12] {
+            let telemetry = Arc::new(Telemetry::default());
+            let mut pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
+            let mut sink = MemorySink::default();
+            let batch = 97;
+            for b in 0..predictions.len().div_ceil(batch) + 2 {
+                if b == stop_at {
+                    let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new()).unwrap();
+                    let mut checkpoint = decode(Path::new("test"), &bytes).unwrap();
+                    for model in &mut checkpoint.models {
+                        let windows = std::mem::take(&mut model.windows);
+                        model.windows = to_pre_pane_format(windows, &checkpoint.window_spec);
+                    }
+                    pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
+                    assert_eq!(pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters), 1);
+                }
+                for line in predictions.iter().skip(b * batch).take(batch) {
+                    pipeline.decode_prediction(line.as_bytes(), &"p").unwrap();
+                }
+                for line in labels.iter().skip((b * batch).saturating_sub(150)).take(if b == 0 { 0 } else { batch }) {
+                    pipeline.decode_label(line.as_bytes(), &"l").unwrap();
+                }
+                pipeline.process(&mut sink).unwrap();
+            }
+            pipeline.finish(&mut sink).unwrap();
+            let what = format!("windows {windows}, stopped after batch {stop_at}");
+            assert_eq!(sink.rows.len(), uninterrupted.len(), "{what}: row count");
+            for (a, b) in sink.rows.iter().zip(&uninterrupted) {
+                let close = |x: f64, y: f64| {
+                    x.to_bits() == y.to_bits() || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0)
+                };
+                assert!(
+                    a.segment == b.segment
+                        && a.window_start_ms == b.window_start_ms
+                        && a.feature == b.feature
+                        && a.metric == b.metric
+                        && close(a.value, b.value)
+                        && a.sample_count == b.sample_count
+                        && a.drifted == b.drifted,
+                    "{what}:\n{a:?}\n{b:?}"
+                );
+            }
+        }
+    }
+}

@@ -75,6 +75,11 @@ impl ScoreState {
     }
 
     fn merge(&mut self, other: &ScoreState) {
+        if self.sums.is_empty() && self.histograms.is_empty() {
+            // Nothing scored yet: the other's state as it is (exact pairs stay exact).
+            *self = other.clone();
+            return;
+        }
         for (class, sums) in &other.sums {
             let mine = self.sums.entry(*class).or_default();
             mine.count += sums.count;
@@ -373,6 +378,23 @@ mod tests {
         }
         left.merge(&right);
         assert!((left.scores.roc_auc(1).unwrap() - binned).abs() < 1e-12);
+    }
+
+    /// Regression (the agreement test, seed 1796092971870255210): merging
+    /// a window's scored pairs into an empty state (a window whose pairs
+    /// joined before it closed) moved them into histograms, and the
+    /// window's exact ROC AUC became a binned one or none.
+    #[test]
+    fn merging_into_an_empty_state_keeps_scores_exact() {
+        let mut pairs = PerformanceState::default();
+        for (score, actual) in [(0.9, 1), (0.2, 0), (0.6, 1), (0.7, 0), (0.1, 0)] {
+            pairs.add(Outcome::Class { predicted: u32::from(score > 0.5), actual, score });
+        }
+        let mut empty = PerformanceState::default();
+        empty.merge(&pairs);
+        assert_eq!(empty.scores.exact, pairs.scores.exact);
+        assert_eq!(empty.scores.roc_auc(1), pairs.scores.roc_auc(1));
+        assert_eq!(empty.scores.roc_auc(1), Some(5.0 / 6.0));
     }
 
     #[test]

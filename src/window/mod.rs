@@ -95,7 +95,8 @@ fn observe(
 #[derive(Debug, Clone, Copy)]
 pub struct RunningFrontier {
     others: i64,
-    own: Option<i64>,
+    /// The partition's own clock (its largest event time so far).
+    pub own: Option<i64>,
     pub frontier: Option<i64>,
 }
 
@@ -160,6 +161,12 @@ impl WindowSpec {
         (0..count).rev().map(move |j| last_start - j * slide)
     }
 
+    /// Start of the oldest window that ends after `watermark_ms` (the
+    /// first still open at that watermark).
+    pub fn first_start_ending_after(&self, watermark_ms: i64) -> i64 {
+        watermark_ms.saturating_sub(self.size_ms).div_euclid(self.slide_ms) * self.slide_ms + self.slide_ms
+    }
+
     /// Starts of all windows containing `time_ms`, oldest first.
     pub fn starts_of(&self, time_ms: i64) -> impl Iterator<Item = i64> + use<> {
         self.starts_from_last(self.last_start(time_ms))
@@ -172,6 +179,84 @@ impl WindowSpec {
 pub struct AwaitingLabels {
     pub events: u64,
     pub performance: PerformanceState,
+}
+
+/// A pane: the partial state of one slide-long stretch of one series, as
+/// one source partition delivered it. Key within its partition's
+/// [`PartitionPanes`]: (pane start, series, windows skipped). A window is
+/// the merge of the panes it covers (one for tumbling windows): first each
+/// partition's panes of the window in pane order (its *contribution*),
+/// then the contributions in partition order, so its rows do not depend on
+/// how the partitions' events interleaved, nor on which lane aggregated
+/// which partition. Rows that arrived after some of their windows had
+/// closed for them (late for the oldest `skipped` of the `size / slide`
+/// windows they belong to) are kept apart, in a pane with that `skipped`,
+/// which only the newer windows take.
+pub type PaneKey = (i64, SeriesId, u32);
+
+/// One source partition's open panes of one model.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PartitionPanes {
+    pub panes: BTreeMap<PaneKey, WindowState>,
+    /// The partition has handed over its contributions to every window
+    /// ending at or before this (see [`crate::engine::lane::LaneAggregator::seal`]).
+    #[serde(default)]
+    pub sealed_through_ms: Option<i64>,
+}
+
+impl PartitionPanes {
+    /// The partition's contributions to the windows that close when the
+    /// watermark moves from `before` to `limit` (`i64::MAX`: every
+    /// window): per (start, series), the merge of its panes of the window
+    /// in (pane, skipped) order, sorted by (start, series). Panes no
+    /// window still open needs are dropped.
+    pub fn take_contributions(
+        &mut self,
+        spec: &WindowSpec,
+        before: i64,
+        limit: i64,
+        max_categories: usize,
+    ) -> BTreeMap<(i64, SeriesId), WindowState> {
+        let closes = |start: i64| {
+            let end = start.saturating_add(spec.size_ms);
+            end > before && end <= limit
+        };
+        let mut contributions: BTreeMap<(i64, SeriesId), WindowState> = BTreeMap::new();
+        let mut add = |key: (i64, SeriesId), state: WindowState| match contributions.entry(key) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(state);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(state, max_categories),
+        };
+        let count = spec.windows_per_event();
+        // The panes an ending window covers start before its end.
+        let relevant: Vec<PaneKey> =
+            self.panes.keys().take_while(|(pane, ..)| pane.saturating_add(spec.slide_ms) <= limit).copied().collect();
+        for key in relevant {
+            let (pane, series, skipped) = key;
+            // The windows holding this pane, oldest first: window j starts
+            // at pane - (count - 1 - j) * slide; the pane counts in j >= skipped.
+            let starts: Vec<i64> = (skipped as i64..count)
+                .map(|j| pane - (count - 1 - j) * spec.slide_ms)
+                .filter(|s| closes(*s))
+                .collect();
+            if closes(pane) {
+                // Its newest window closes: the pane's last use.
+                let state = self.panes.remove(&key).expect("listed");
+                let (last, rest) = starts.split_last().expect("the newest window closes");
+                for &start in rest {
+                    add((start, series), state.clone());
+                }
+                add((*last, series), state);
+            } else {
+                let state = &self.panes[&key];
+                for &start in &starts {
+                    add((start, series), state.clone());
+                }
+            }
+        }
+        contributions
+    }
 }
 
 /// The windows of one model.
@@ -194,13 +279,52 @@ pub struct ModelWindows {
     /// Per labels partition carrying the model: its clock.
     #[serde(default)]
     pub label_partitions: BTreeMap<PartitionId, PartitionClock>,
-    /// Open windows by (start, series).
-    pub open: BTreeMap<(i64, SeriesId), WindowState>,
+    /// The open windows' data, as panes per source partition (see
+    /// [`PaneKey`]).
+    #[serde(default)]
+    pub panes: BTreeMap<PartitionId, PartitionPanes>,
+    /// Partitions' sealed contributions to windows still open, by (start,
+    /// series) and partition: a window closes as their merge in partition
+    /// order.
+    #[serde(default)]
+    pub contributions: BTreeMap<(i64, SeriesId), BTreeMap<PartitionId, WindowState>>,
+    /// Open windows' performance (pairs joined while the window's data was
+    /// still open), by (start, series).
+    #[serde(default)]
+    pub performance: BTreeMap<(i64, SeriesId), PerformanceState>,
+    /// Windows ending at or before this have closed (the watermark of the
+    /// last close; `None` before the first).
+    #[serde(default)]
+    pub closed_through_ms: Option<i64>,
+    /// Whole open windows restored from a checkpoint written before panes
+    /// (hopping windows only; tumbling ones become panes), by (start,
+    /// series): each is merged, before its panes, into its window.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub whole_windows: BTreeMap<(i64, SeriesId), WindowState>,
+    /// Checkpoints written before panes: their open windows (read only, and
+    /// moved by [`ModelWindows::migrate_whole_windows`]).
+    #[serde(default, rename = "open", skip_serializing)]
+    pub legacy_open: BTreeMap<(i64, SeriesId), WindowState>,
     /// Closed windows waiting for labels, by (start, series).
     pub awaiting_labels: BTreeMap<(i64, SeriesId), AwaitingLabels>,
-    /// Late events per series not yet reported in an `events_late` row.
-    pub late_unreported: HashMap<SeriesId, u64>,
+    /// Late events not yet reported in an `events_late` row, by (series,
+    /// start of the first window still open for them when they arrived):
+    /// the first window of the series to close from that start on reports
+    /// them, so where a late event is reported depends only on its own
+    /// partition's progress, not on when the other partitions let windows
+    /// close.
+    #[serde(default)]
+    pub late_pending: BTreeMap<(SeriesId, i64), u64>,
+    /// Checkpoints written before `late_pending`: late events per series,
+    /// reported by the next window of the series to close (moved into
+    /// `late_pending` by [`ModelWindows::migrate_whole_windows`]).
+    #[serde(default, rename = "late_unreported", skip_serializing)]
+    pub legacy_late_unreported: HashMap<SeriesId, u64>,
 }
+
+/// Where a partial state came from in a checkpoint written before panes:
+/// it sorts before every source partition.
+pub const RESTORED_PARTITION: PartitionId = PartitionId::MIN;
 
 impl ModelWindows {
     /// The watermark, or `None` before the first event.
@@ -249,11 +373,145 @@ impl ModelWindows {
         true
     }
 
-    /// Removes and returns the open windows whose end the watermark has
-    /// reached (all of them when `everything`), in (start, series) order.
-    pub fn take_closable(&mut self, spec: &WindowSpec, everything: bool) -> Vec<((i64, SeriesId), WindowState)> {
-        let limit = if everything { Some(i64::MAX) } else { self.watermark(spec) };
-        drain_ended(&mut self.open, limit, spec.size_ms)
+    /// Moves the open windows of a checkpoint written before panes into
+    /// panes (tumbling windows: a window is its one pane) or whole windows
+    /// (hopping), their performance into [`Self::performance`], and marks
+    /// the windows the watermark had passed as closed.
+    pub fn migrate_whole_windows(&mut self, spec: &WindowSpec) {
+        if self.closed_through_ms.is_none() {
+            self.closed_through_ms = self.watermark(spec);
+        }
+        for (series, late) in self.legacy_late_unreported.drain() {
+            *self.late_pending.entry((series, i64::MIN)).or_default() += late;
+        }
+        for ((start, series), mut state) in std::mem::take(&mut self.legacy_open) {
+            let performance = std::mem::take(&mut state.performance);
+            if performance.labeled > 0 || performance.paired.events > 0 {
+                self.performance.entry((start, series)).or_default().merge(&performance);
+            }
+            if spec.windows_per_event() == 1 {
+                self.panes.entry(RESTORED_PARTITION).or_default().panes.insert((start, series, 0), state);
+            } else {
+                self.whole_windows.insert((start, series), state);
+            }
+        }
+    }
+
+    /// Where a pair joined for window (start, series) is credited: the
+    /// open window's performance (created on first use), or that of the
+    /// closed window still waiting for labels; `None` once the window's
+    /// performance rows are out.
+    pub fn performance_of(&mut self, spec: &WindowSpec, key: (i64, SeriesId)) -> Option<&mut PerformanceState> {
+        let open = self.closed_through_ms.is_none_or(|closed| key.0.saturating_add(spec.size_ms) > closed);
+        if open {
+            return Some(self.performance.entry(key).or_default());
+        }
+        self.awaiting_labels.get_mut(&key).map(|awaiting| &mut awaiting.performance)
+    }
+
+    /// Removes and returns the late events the closing window (start,
+    /// series) reports: those of the series first pending at or before
+    /// `start`.
+    pub fn take_late(&mut self, series: SeriesId, start: i64) -> u64 {
+        let keys: Vec<(SeriesId, i64)> =
+            self.late_pending.range((series, i64::MIN)..=(series, start)).map(|(k, _)| *k).collect();
+        keys.iter().map(|key| self.late_pending.remove(key).unwrap_or(0)).sum()
+    }
+
+    /// Every open partial state with its series (panes and whole windows),
+    /// for re-attaching them to a changed baseline.
+    pub fn open_states_mut(&mut self) -> impl Iterator<Item = (SeriesId, &mut WindowState)> {
+        let panes =
+            self.panes.values_mut().flat_map(|p| p.panes.iter_mut()).map(|((_, series, _), state)| (*series, state));
+        let sealed = self
+            .contributions
+            .iter_mut()
+            .flat_map(|((_, series), by_partition)| by_partition.values_mut().map(|state| (*series, state)));
+        panes.chain(sealed).chain(self.whole_windows.iter_mut().map(|((_, series), state)| (*series, state)))
+    }
+
+    /// Every open partial state (panes and whole windows).
+    pub fn open_states(&self) -> impl Iterator<Item = &WindowState> {
+        let panes = self.panes.values().flat_map(|p| p.panes.values());
+        let sealed = self.contributions.values().flat_map(|by_partition| by_partition.values());
+        panes.chain(sealed).chain(self.whole_windows.values()).chain(self.legacy_open.values())
+    }
+
+    /// Open partial states (panes, whole windows), for counting.
+    pub fn open_len(&self) -> usize {
+        self.panes.values().map(|p| p.panes.len()).sum::<usize>()
+            + self.contributions.values().map(BTreeMap::len).sum::<usize>()
+            + self.whole_windows.len()
+            + self.legacy_open.len()
+    }
+
+    /// Removes and returns the windows the watermark has closed since the
+    /// last close (all of them when `everything`), each the merge of its
+    /// panes (see [`PaneKey`]) in (pane, partition, skipped) order, in
+    /// (start, series) order. Panes no open window needs any more are
+    /// dropped; `max_categories` caps each merged window's categories.
+    pub fn take_closable(
+        &mut self,
+        spec: &WindowSpec,
+        everything: bool,
+        max_categories: usize,
+    ) -> Vec<((i64, SeriesId), WindowState)> {
+        let Some(limit) = (if everything { Some(i64::MAX) } else { self.watermark(spec) }) else {
+            return Vec::new();
+        };
+        let before = self.closed_through_ms.unwrap_or(i64::MIN);
+        if limit <= before {
+            return Vec::new();
+        }
+        let closes = |start: i64| {
+            let end = start.saturating_add(spec.size_ms);
+            end > before && end <= limit
+        };
+        let mut closing: BTreeMap<(i64, SeriesId), WindowState> = BTreeMap::new();
+        let mut add = |key: (i64, SeriesId), state: WindowState| match closing.entry(key) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(state);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(state, max_categories),
+        };
+        // Whole windows restored from an older checkpoint go first.
+        let whole: Vec<(i64, SeriesId)> =
+            self.whole_windows.keys().filter(|(start, _)| closes(*start)).copied().collect();
+        for key in whole {
+            let state = self.whole_windows.remove(&key).expect("listed");
+            add(key, state);
+        }
+        // Partitions that have not sealed through the watermark yet (idle
+        // ones; and every one when the engine aggregates in-line) seal now.
+        for (&partition, panes) in self.panes.iter_mut() {
+            let sealed = panes.sealed_through_ms.unwrap_or(i64::MIN);
+            if sealed < limit {
+                panes.sealed_through_ms = Some(limit);
+                for (key, state) in panes.take_contributions(spec, sealed, limit, max_categories) {
+                    self.contributions.entry(key).or_default().insert(partition, state);
+                }
+            }
+        }
+        // Then each partition's contribution, in partition order.
+        let ending: Vec<(i64, SeriesId)> = self
+            .contributions
+            .keys()
+            .take_while(|(start, _)| start.saturating_add(spec.size_ms) <= limit)
+            .copied()
+            .collect();
+        for key in ending {
+            let by_partition = self.contributions.remove(&key).expect("listed");
+            if !closes(key.0) {
+                continue; // a window that closed before (cannot happen; kept out)
+            }
+            for (_, state) in by_partition {
+                add(key, state);
+            }
+        }
+        if !everything {
+            self.closed_through_ms = Some(limit);
+        }
+        closing.into_iter().collect()
     }
 
     /// Records a label time of labels partition `partition`, moving the
