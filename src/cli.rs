@@ -62,6 +62,12 @@ pub enum Command {
         /// Send notifications for alerts.
         #[arg(long)]
         notify: bool,
+        /// Lanes: threads that read, decode and aggregate the predictions
+        /// files in parallel, each a share of the files (default
+        /// `pipeline.lanes`: the number of cores). A single file is read
+        /// by one lane. The output is the same for any number.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        lanes: Option<u16>,
     },
     /// Everything in one process, nothing to install.
     Demo {
@@ -472,7 +478,7 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             })?;
             Ok(())
         }
-        Command::Replay { config, predictions, labels, out, alerts, notify } => {
+        Command::Replay { config, predictions, labels, out, alerts, notify, lanes } => {
             let config = load_config(&config)?;
             let rules = Arc::new(crate::drivers::alerting::load_rules(&config).map_err(|errors| {
                 for error in errors {
@@ -517,7 +523,15 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             if let Some(dispatcher) = &dispatcher {
                 sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
             }
-            let result = crate::drivers::replay::replay(&config, &predictions, &labels, &mut sink, telemetry.clone());
+            let lanes = lanes.map_or_else(|| config.pipeline.lanes(), usize::from);
+            let result = crate::drivers::replay::replay_with_lanes(
+                &config,
+                &predictions,
+                &labels,
+                &mut sink,
+                telemetry.clone(),
+                lanes,
+            );
             let transitions = sink.events.len();
             let firing = sink.events.iter().filter(|e| e.transition.state == "firing").count();
             drop(sink);

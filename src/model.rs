@@ -197,6 +197,54 @@ impl ModelState {
         }
     }
 
+    /// The series (`version`, `segment`), created when new the way the
+    /// decoder creates it (with its whole-model series right after), for
+    /// names another registry (a lane's) interned first. No cap: the lane
+    /// applied the caps when it decoded.
+    pub fn series_named(&mut self, version: &Arc<str>, segment: &Arc<str>) -> SeriesId {
+        let mut key = String::with_capacity(version.len() + 1 + segment.len());
+        key.push_str(version);
+        key.push('\0');
+        key.push_str(segment);
+        if let Some(id) = self.series_keys.get(&key) {
+            return id;
+        }
+        if !self.versions.contains(version) {
+            self.versions.insert(version.clone());
+        }
+        let id = self.series_keys.intern(&key, usize::MAX).expect("no cap");
+        if id as usize == self.series.len() {
+            let whole_model = if segment.is_empty() {
+                None
+            } else {
+                key.truncate(version.len() + 1);
+                Some(self.series_keys.intern(&key, usize::MAX).expect("no cap"))
+            };
+            let lane = self.config.shadow_lane(version);
+            self.series.push(Series { model_version: version.clone(), segment: segment.clone(), whole_model, lane });
+            if let Some(parent) = whole_model
+                && parent as usize == self.series.len()
+            {
+                self.series.push(Series {
+                    model_version: version.clone(),
+                    segment: Arc::from(""),
+                    whole_model: None,
+                    lane,
+                });
+            }
+        }
+        id
+    }
+
+    /// The feature `name`, added with `kind` when new (see
+    /// [`Self::series_named`]).
+    pub fn feature_named(&mut self, name: &str, kind: FeatureKind) -> u32 {
+        match self.feature_ids.get(name) {
+            Some(&id) => id,
+            None => self.add_feature(name, kind),
+        }
+    }
+
     pub fn is_classification(&self) -> bool {
         !matches!(self.task, Task::Regression)
     }

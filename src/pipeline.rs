@@ -254,6 +254,21 @@ impl Pipeline {
         }
     }
 
+    /// Takes in a lane's aggregate of a batch of predictions (see
+    /// [`Engine::apply_lane_output`]); `batch` in this pipeline's ids.
+    pub fn apply_lane_output(&mut self, batch: Option<&PredictionBatch>, output: crate::engine::lane::LaneOutput) {
+        if let Some(batch) = batch {
+            let model = &self.registry.get(batch.model).name;
+            self.telemetry.add_events(&self.predictions_topic, model, batch.len() as u64);
+        }
+        self.engine.apply_lane_output(&self.registry, batch, output, &mut self.rows);
+    }
+
+    /// The predictions topic's name as telemetry counts it.
+    pub fn predictions_topic(&self) -> &str {
+        &self.predictions_topic
+    }
+
     /// Runs decoded label batches of one partition through the engine.
     pub fn push_label_batches(&mut self, batches: &[LabelBatch], partition: PartitionId) {
         for batch in batches {

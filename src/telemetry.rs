@@ -179,6 +179,14 @@ impl Telemetry {
 
     /// Counts an invalid event and logs it, at most once per reason per
     /// [`INVALID_LOG_INTERVAL`] (with the number of suppressed ones).
+    /// Adds a decoder's counters (a `replay` lane's, when it ends).
+    pub fn add_decode_counters(&self, counters: &crate::decode::DecodeCounters) {
+        self.features_over_cap.fetch_add(counters.features_over_cap, Ordering::Relaxed);
+        self.segments_over_cap.fetch_add(counters.segments_over_cap, Ordering::Relaxed);
+        self.versions_over_cap.fetch_add(counters.versions_over_cap, Ordering::Relaxed);
+        self.feature_type_errors.fetch_add(counters.type_errors, Ordering::Relaxed);
+    }
+
     pub fn invalid_event(&self, topic: &str, location: &str, invalid: &Invalid) {
         self.invalid[invalid.reason.index()].fetch_add(1, Ordering::Relaxed);
         let mut log = self.invalid_log.lock().expect("telemetry lock");

@@ -517,11 +517,28 @@ pub struct PipelineConfig {
     /// files' times as they are. Default [`DEFAULT_MAX_FUTURE_SKEW`] (1h).
     #[serde(with = "duration")]
     pub max_future_skew: Duration,
+    /// Lanes: threads that each consume, decode and aggregate a share of
+    /// the source partitions in parallel (`replay`: of the input files;
+    /// see `replay --lanes`). Default: the number of available cores
+    /// ([`PipelineConfig::lanes`] gives it), at most the number of
+    /// partitions. The rows are the same for any number of lanes. At
+    /// least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "lanes")]
+    pub lanes_setting: Option<usize>,
     /// After SIGTERM/SIGINT, the longest the daemon takes to drain its
     /// batch, checkpoint and commit before it exits anyway (code 1).
     /// Default [`DEFAULT_SHUTDOWN_TIMEOUT`] (30s).
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+}
+
+impl PipelineConfig {
+    /// `pipeline.lanes`, or the number of available cores when unset.
+    pub fn lanes(&self) -> usize {
+        self.lanes_setting
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+            .max(1)
+    }
 }
 
 /// Default `pipeline.max_future_skew`.
@@ -541,6 +558,7 @@ impl Default for PipelineConfig {
             max_versions_per_model: DEFAULT_MAX_VERSIONS_PER_MODEL,
             max_categories_per_feature: DEFAULT_MAX_CATEGORIES_PER_FEATURE,
             clock_speedup: 1,
+            lanes_setting: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,

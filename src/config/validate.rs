@@ -182,6 +182,9 @@ impl Config {
             }
         }
         check_range("pipeline.max_versions_per_model", p.max_versions_per_model, super::MAX_VERSIONS_PER_MODEL, errors);
+        if p.lanes_setting == Some(0) {
+            errors.push("pipeline.lanes: must be at least 1".to_string());
+        }
     }
 
     fn check_kafka(&self, errors: &mut Vec<String>) {

@@ -4,6 +4,7 @@
 
 pub mod alerting;
 pub mod demo;
+pub mod lanes;
 pub mod replay;
 pub mod run;
 pub mod simulate;

@@ -33,6 +33,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::decode::LabelBatch;
+use crate::drivers::lanes::LaneSet;
 use crate::output::WindowSink;
 use crate::pipeline::Pipeline;
 use crate::sources::files::{FileSourceError, LineSource};
@@ -76,7 +77,8 @@ pub struct ReplaySummary {
     pub seconds: f64,
 }
 
-/// Replays `predictions` and `labels` files through a fresh pipeline.
+/// Replays `predictions` and `labels` files through a fresh pipeline, with
+/// `pipeline.lanes` lanes.
 pub fn replay(
     config: &Config,
     predictions: &[PathBuf],
@@ -84,20 +86,48 @@ pub fn replay(
     sink: &mut dyn WindowSink,
     telemetry: Arc<Telemetry>,
 ) -> Result<ReplaySummary, ReplayError> {
+    replay_with_lanes(config, predictions, labels, sink, telemetry, config.pipeline.lanes())
+}
+
+/// Where the predictions come from: read and aggregated here (one lane),
+/// or by lane threads ([`LaneSet`]).
+enum Predictions {
+    InLine(Vec<LineSource>),
+    Lanes(LaneSet),
+}
+
+/// Replays with `lanes` lanes (at most one per predictions file; the rows
+/// are byte-identical for any number).
+pub fn replay_with_lanes(
+    config: &Config,
+    predictions: &[PathBuf],
+    labels: &[PathBuf],
+    sink: &mut dyn WindowSink,
+    telemetry: Arc<Telemetry>,
+    lanes: usize,
+) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let mut pipeline = Pipeline::new(config, telemetry.clone()).map_err(ReplayError::Setup)?;
-    let mut prediction_lines = LineSource::new(predictions)?;
-    let mut label_lines = LineSource::new(labels)?;
+    let mut source = if lanes.min(predictions.len()) > 1 {
+        let topic = pipeline.predictions_topic().to_string();
+        Predictions::Lanes(
+            LaneSet::start(config, &pipeline.registry, predictions, lanes, telemetry.clone(), &topic)
+                .map_err(ReplayError::Setup)?,
+        )
+    } else {
+        let mut sources = Vec::with_capacity(predictions.len());
+        for path in predictions {
+            sources.push(LineSource::new(std::slice::from_ref(path))?);
+        }
+        Predictions::InLine(sources)
+    };
+    let mut label_feed = LabelFeed::new(labels, config.pipeline.batch_size.max(1))?;
     let batch_size = config.pipeline.batch_size.max(1);
     let mut line = Vec::with_capacity(4096);
-    let mut queued_labels = QueuedLabels::new();
-    let mut labels_exhausted = labels.is_empty();
     let mut max_prediction_time = i64::MIN;
     let mut rows = 0u64;
-    let mut predictions_done = false;
     let models = config.models.len();
-    let mut labels_holding = !labels_exhausted;
-    if labels_holding {
+    if label_feed.holding {
         for model in 0..models {
             rows += pipeline.set_labels_holding(model, true, sink)? as u64;
         }
@@ -106,91 +136,61 @@ pub fn replay(
     // file read later holds the watermark until its first event.
     let files: Vec<PartitionId> = (0..predictions.len()).map(partition_of).collect();
     pipeline.engine.declare_partitions(&files);
-    let mut prediction_file = 0usize;
-    let mut label_file = 0usize;
-    while !predictions_done {
-        for _ in 0..batch_size {
-            if !prediction_lines.next_line(&mut line)? {
-                predictions_done = true;
-                break;
+    let mut live = vec![true; predictions.len()];
+    // The files are read in turns of batch_size lines, round-robin.
+    loop {
+        for file in 0..predictions.len() {
+            if !live[file] {
+                continue;
             }
-            let index = prediction_lines.file_index();
-            if index != prediction_file {
-                // The earlier file's lines so far go in as its own batch;
-                // then it (and any empty file between) has ended.
-                let earlier = pipeline.decoder.finish_predictions();
-                max_prediction_time = max_prediction_time.max(max_time(&earlier));
-                pipeline.push_prediction_batches(&earlier, partition_of(prediction_file));
-                for ended in prediction_file..index {
-                    rows += pipeline.partition_ended(partition_of(ended), false, sink)? as u64;
-                }
-                prediction_file = index;
-            }
-            let location = prediction_lines.location();
-            let _ = pipeline.decode_prediction(&line, &location);
-        }
-        let batches = pipeline.decoder.finish_predictions();
-        max_prediction_time = max_prediction_time.max(max_time(&batches));
-        pipeline.push_prediction_batches(&batches, partition_of(prediction_file));
-        if predictions_done {
-            for ended in prediction_file..predictions.len() {
-                rows += pipeline.partition_ended(partition_of(ended), false, sink)? as u64;
-            }
-            prediction_file = predictions.len();
-        }
-        // Read label batches until one starts after the predictions so far.
-        // (At the end of the predictions, every remaining label.)
-        while !labels_exhausted
-            && (predictions_done || queued_labels.back().is_none_or(|(min, ..)| *min <= max_prediction_time))
-        {
-            let mut read = 0;
-            while read < batch_size {
-                if !label_lines.next_line(&mut line)? {
-                    labels_exhausted = true;
-                    break;
-                }
-                let index = label_lines.file_index();
-                if index != label_file {
-                    // As for predictions: the earlier file's labels so far
-                    // are its own batch, then it has ended.
-                    queue_labels(&mut pipeline, &mut queued_labels, label_file);
-                    for ended in label_file..index {
-                        queued_labels.push_back((i64::MIN, partition_of(ended), None));
+            let ended = match &mut source {
+                Predictions::InLine(sources) => {
+                    let mut ended = false;
+                    for _ in 0..batch_size {
+                        if !sources[file].next_line(&mut line)? {
+                            ended = true;
+                            break;
+                        }
+                        let location = sources[file].location();
+                        let _ = pipeline.decode_prediction(&line, &location);
                     }
-                    label_file = index;
+                    let batches = pipeline.decoder.finish_predictions();
+                    max_prediction_time = max_prediction_time.max(max_time(batches.iter()));
+                    pipeline.push_prediction_batches(&batches, partition_of(file));
+                    ended
                 }
-                read += 1;
-                let location = label_lines.location();
-                let _ = pipeline.decode_label(&line, &location);
-            }
-            queue_labels(&mut pipeline, &mut queued_labels, label_file);
-            if labels_exhausted {
-                for ended in label_file..labels.len() {
-                    queued_labels.push_back((i64::MIN, partition_of(ended), None));
+                Predictions::Lanes(lanes) => {
+                    let turn = lanes.next(file, &mut pipeline.registry)?;
+                    max_prediction_time = max_prediction_time.max(max_time(turn.batches.iter().map(|(b, _)| b)));
+                    for (batch, output) in turn.batches {
+                        pipeline.apply_lane_output(Some(&batch), output);
+                    }
+                    let ended = turn.ended.is_some();
+                    for output in turn.ended.into_iter().flatten() {
+                        pipeline.apply_lane_output(None, output);
+                    }
+                    ended
                 }
+            };
+            if ended {
+                live[file] = false;
+                rows += pipeline.partition_ended(partition_of(file), false, sink)? as u64;
+            }
+            let predictions_done = !live.iter().any(|l| *l);
+            rows += label_feed.step(&mut pipeline, sink, max_prediction_time, predictions_done, &mut line)?;
+            rows += pipeline.emit(sink)? as u64;
+            if sink.backpressure() {
+                sink.flush().map_err(ReplayError::OutputStalled)?;
             }
         }
-        while let Some((min, ..)) = queued_labels.front() {
-            if *min > max_prediction_time && !predictions_done {
-                break;
-            }
-            let (_, file, batches) = queued_labels.pop_front().expect("front exists");
-            match batches {
-                Some(batches) => pipeline.push_label_batches(&batches, file),
-                None => rows += pipeline.partition_ended(file, true, sink)? as u64,
-            }
-        }
-        if labels_holding && labels_exhausted && queued_labels.is_empty() {
-            labels_holding = false;
-            for model in 0..models {
-                rows += pipeline.set_labels_holding(model, false, sink)? as u64;
-            }
-        }
-        rows += pipeline.emit(sink)? as u64;
-        if sink.backpressure() {
-            sink.flush().map_err(ReplayError::OutputStalled)?;
+        if !live.iter().any(|l| *l) {
+            break;
         }
     }
+    if predictions.is_empty() {
+        rows += label_feed.step(&mut pipeline, sink, max_prediction_time, true, &mut line)?;
+    }
+    drop(source);
     rows += pipeline.finish(sink)? as u64;
     sink.flush()?;
     let counters = &pipeline.engine.counters;
@@ -208,6 +208,96 @@ pub fn replay(
         windows_closed: counters.windows_closed,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The label files, read alongside the predictions: a label micro-batch is
+/// applied once the predictions have reached its earliest timestamp (all
+/// of them once the predictions have ended).
+struct LabelFeed {
+    lines: LineSource,
+    files: usize,
+    batch_size: usize,
+    queued: QueuedLabels,
+    exhausted: bool,
+    file: usize,
+    /// Whether the models' labels still hold their performance watermark.
+    holding: bool,
+}
+
+impl LabelFeed {
+    fn new(labels: &[PathBuf], batch_size: usize) -> Result<LabelFeed, ReplayError> {
+        Ok(LabelFeed {
+            lines: LineSource::new(labels)?,
+            files: labels.len(),
+            batch_size,
+            queued: QueuedLabels::new(),
+            exhausted: labels.is_empty(),
+            file: 0,
+            holding: !labels.is_empty(),
+        })
+    }
+
+    /// Reads and applies the labels the predictions so far have reached;
+    /// returns the rows written.
+    fn step(
+        &mut self,
+        pipeline: &mut Pipeline,
+        sink: &mut dyn WindowSink,
+        max_prediction_time: i64,
+        predictions_done: bool,
+        line: &mut Vec<u8>,
+    ) -> Result<u64, ReplayError> {
+        let mut rows = 0u64;
+        // Read label batches until one starts after the predictions so far.
+        // (At the end of the predictions, every remaining label.)
+        while !self.exhausted
+            && (predictions_done || self.queued.back().is_none_or(|(min, ..)| *min <= max_prediction_time))
+        {
+            let mut read = 0;
+            while read < self.batch_size {
+                if !self.lines.next_line(line)? {
+                    self.exhausted = true;
+                    break;
+                }
+                let index = self.lines.file_index();
+                if index != self.file {
+                    // As for predictions: the earlier file's labels so far
+                    // are its own batch, then it has ended.
+                    queue_labels(pipeline, &mut self.queued, self.file);
+                    for ended in self.file..index {
+                        self.queued.push_back((i64::MIN, partition_of(ended), None));
+                    }
+                    self.file = index;
+                }
+                read += 1;
+                let location = self.lines.location();
+                let _ = pipeline.decode_label(line, &location);
+            }
+            queue_labels(pipeline, &mut self.queued, self.file);
+            if self.exhausted {
+                for ended in self.file..self.files {
+                    self.queued.push_back((i64::MIN, partition_of(ended), None));
+                }
+            }
+        }
+        while let Some((min, ..)) = self.queued.front() {
+            if *min > max_prediction_time && !predictions_done {
+                break;
+            }
+            let (_, file, batches) = self.queued.pop_front().expect("front exists");
+            match batches {
+                Some(batches) => pipeline.push_label_batches(&batches, file),
+                None => rows += pipeline.partition_ended(file, true, sink)? as u64,
+            }
+        }
+        if self.holding && self.exhausted && self.queued.is_empty() {
+            self.holding = false;
+            for model in 0..pipeline.registry.models.len() {
+                rows += pipeline.set_labels_holding(model, false, sink)? as u64;
+            }
+        }
+        Ok(rows)
+    }
 }
 
 /// Queued label batches: (earliest time, file, batches), or (`i64::MIN`,
@@ -231,8 +321,8 @@ fn partition_of(index: usize) -> PartitionId {
 }
 
 /// The largest event time of some batches (`i64::MIN` for none).
-fn max_time(batches: &[crate::decode::PredictionBatch]) -> i64 {
-    batches.iter().filter_map(|b| datafusion::arrow::compute::max(&b.event_time_ms)).max().unwrap_or(i64::MIN)
+fn max_time<'a>(batches: impl Iterator<Item = &'a crate::decode::PredictionBatch>) -> i64 {
+    batches.filter_map(|b| datafusion::arrow::compute::max(&b.event_time_ms)).max().unwrap_or(i64::MIN)
 }
 
 impl ReplaySummary {

@@ -51,6 +51,8 @@ pub struct LaneOutput {
     /// The partition's contributions to the windows its own watermark
     /// passed with this batch, by (start, series).
     pub contributions: Vec<((i64, SeriesId), WindowState)>,
+    /// The partition's own clock after the batch.
+    pub own_clock: Option<i64>,
 }
 
 /// Aggregates prediction batches into panes; reusable scratch space only.
@@ -169,6 +171,7 @@ impl LaneAggregator {
                 }
             }
         }
+        output.own_clock = own_after;
         if let Some(own) = own_after {
             let watermark = own.saturating_sub(self.spec.allowed_lateness_ms);
             output.contributions = self.seal(panes, watermark);

@@ -343,17 +343,18 @@ impl Engine {
         };
         let panes = windows.panes.entry(partition).or_default();
         let output = self.lane.aggregate(model, batch, partition, progress, panes);
-        self.apply_lane_output(registry, batch, output, out);
+        self.apply_lane_output(registry, Some(batch), output, out);
     }
 
     /// Takes in what a lane made of a batch of predictions (`batch`, in
-    /// this engine's ids): counters, late rows, sealed contributions; joins
-    /// the rows that counted, moves the partition's clock and closes what
-    /// the watermark passed (rows to `out`).
+    /// this engine's ids; `None` for a partition's last contributions when
+    /// it ended): counters, late rows, sealed contributions; joins the rows
+    /// that counted, moves the partition's clock and closes what the
+    /// watermark passed (rows to `out`).
     pub fn apply_lane_output(
         &mut self,
         registry: &ModelRegistry,
-        batch: &PredictionBatch,
+        batch: Option<&PredictionBatch>,
         output: LaneOutput,
         out: &mut Vec<WindowMetricRow>,
     ) {
@@ -376,9 +377,7 @@ impl Engine {
             }
             windows.contributions.entry(key).or_default().insert(partition, state);
         }
-        if batch.is_empty() {
-            return;
-        }
+        let Some(batch) = batch.filter(|b| !b.is_empty()) else { return };
         // Join: predictions meet waiting labels or wait for theirs. Each row
         // meets the join as the model's watermark stood when it arrived
         // (entries expire row by row, not once per batch), so what pairs

@@ -327,6 +327,18 @@ impl WindowState {
                 (FeatureSummary::Categorical(s), _) => s.add_missing(columns.len as u64),
             }
         }
+        // A whole-model series profiles every baseline feature from the
+        // start, also those this batch has no column for (the decoder adds
+        // columns up to the highest feature it has met, so whether one is
+        // there depends on what else it has decoded).
+        if whole_model {
+            for feature in columns.features.len()..model.features.len() {
+                let profiled = model.feature_refs.get(feature).is_some_and(Option::is_some);
+                if profiled && self.features.get(feature).is_none_or(Option::is_none) {
+                    self.feature_mut(model, feature);
+                }
+            }
+        }
         // Features this batch does not carry yet were absent from its rows.
         for state in self.features.iter_mut().skip(columns.features.len()).flatten() {
             match &mut state.summary {
@@ -357,6 +369,38 @@ impl WindowState {
 
     pub fn add_type_errors(&mut self, model: &ModelState, feature: usize, count: u64) {
         self.feature_mut(model, feature).type_errors += count;
+    }
+
+    /// Moves the state from another registry's ids (a lane's) to this
+    /// process's: `features[lane id]` and `classes[lane id]` give the ids
+    /// here.
+    pub fn remap(&mut self, features: &[u32], classes: &[u32]) {
+        if !self.features.is_empty() {
+            let mut remapped: Vec<Option<FeatureState>> = Vec::new();
+            for (lane_id, state) in std::mem::take(&mut self.features).into_iter().enumerate() {
+                let Some(state) = state else { continue };
+                let id = features[lane_id] as usize;
+                if remapped.len() <= id {
+                    remapped.resize_with(id + 1, || None);
+                }
+                remapped[id] = Some(state);
+            }
+            self.features = remapped;
+        }
+        if let PredictionSummary::Classes(counts) = &mut self.prediction {
+            let mut remapped: Vec<u64> = Vec::new();
+            for (lane_id, &count) in counts.iter().enumerate() {
+                if count == 0 {
+                    continue;
+                }
+                let id = classes[lane_id] as usize;
+                if remapped.len() <= id {
+                    remapped.resize(id + 1, 0);
+                }
+                remapped[id] += count;
+            }
+            *counts = remapped;
+        }
     }
 
     /// Merges another partial state of the same window and series (another

@@ -177,9 +177,9 @@ proptest! {
 
 /// One generated prediction: time offset, features, class, score, an
 /// optional label (delay, class), and whether it is sent twice.
-type GeneratedEvent = (u32, Option<f64>, u8, u8, u8, f64, Option<(u32, u8)>, bool);
+pub(crate) type GeneratedEvent = (u32, Option<f64>, u8, u8, u8, f64, Option<(u32, u8)>, bool);
 
-fn generated_events() -> impl Strategy<Value = Vec<GeneratedEvent>> {
+pub(crate) fn generated_events() -> impl Strategy<Value = Vec<GeneratedEvent>> {
     prop::collection::vec(
         (
             0u32..900_000,
@@ -197,7 +197,10 @@ fn generated_events() -> impl Strategy<Value = Vec<GeneratedEvent>> {
 
 /// Writes the events as prediction and label NDJSON files (in generated,
 /// not time, order) and returns their paths.
-fn write_stream(dir: &std::path::Path, events: &[GeneratedEvent]) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn write_stream(
+    dir: &std::path::Path,
+    events: &[GeneratedEvent],
+) -> (std::path::PathBuf, std::path::PathBuf) {
     use std::fmt::Write;
     const START: i64 = 1_795_687_200_000;
     let countries = ["DE", "FR", "GB", "US", "IT"];
