@@ -2,6 +2,10 @@
 //! fraud-model events with 25 features (20 numeric, 5 categorical, ~700
 //! bytes of JSON each). Reports events/s (criterion "elements").
 //!
+//! `replay_lanes/lanes_N` replays the same kind of events from four files
+//! (four partitions) with N lanes: the events/s of 1 and 2 lanes give the
+//! scaling per core.
+//!
 //! Run: `cargo bench --bench decode_and_aggregate`
 
 use std::sync::Arc;
@@ -15,9 +19,9 @@ use driftwatch::telemetry::Telemetry;
 
 const EVENTS: usize = 50_000;
 
-fn events() -> Vec<Vec<u8>> {
+fn simulated_events(count: usize) -> Vec<Vec<u8>> {
     let mut simulator = Simulator::new(SimulatorOptions { rate: 1000.0, ..Default::default() });
-    (0..EVENTS)
+    (0..count)
         .map(|_| {
             let mut line = Vec::with_capacity(800);
             let time = simulator.next_time_ms();
@@ -37,7 +41,7 @@ fn config() -> Config {
 }
 
 fn bench(c: &mut Criterion) {
-    let events = events();
+    let events = simulated_events(EVENTS);
     let bytes: usize = events.iter().map(Vec::len).sum();
     eprintln!("{} events, {} bytes each on average", events.len(), bytes / events.len());
     let config = config();
@@ -69,6 +73,37 @@ fn bench(c: &mut Criterion) {
             std::hint::black_box(sink.rows.len())
         })
     });
+    group.finish();
+
+    // 200,000 events dealt over four files, read by 1 or 2 lanes.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut texts = vec![Vec::new(); 4];
+    let all = simulated_events(4 * EVENTS);
+    for (n, event) in all.iter().enumerate() {
+        texts[n % 4].extend_from_slice(event);
+        texts[n % 4].push(b'\n');
+    }
+    let mut files = Vec::new();
+    for (file, text) in texts.iter().enumerate() {
+        let path = dir.path().join(format!("predictions-{file}.ndjson"));
+        std::fs::write(&path, text).expect("write events");
+        files.push(path);
+    }
+    let mut group = c.benchmark_group("replay_lanes");
+    group.throughput(Throughput::Elements(all.len() as u64));
+    group.sample_size(10);
+    for lanes in [1, 2] {
+        group.bench_function(format!("lanes_{lanes}"), |b| {
+            b.iter(|| {
+                let mut sink = MemorySink::default();
+                let telemetry = Arc::new(Telemetry::default());
+                let summary =
+                    driftwatch::drivers::replay::replay_with_lanes(&config, &files, &[], &mut sink, telemetry, lanes)
+                        .expect("replay");
+                std::hint::black_box(summary.rows)
+            })
+        });
+    }
     group.finish();
 }
 

@@ -495,3 +495,42 @@ fn a_shadow_is_paired_with_its_champion_on_the_same_event_ids() {
     let join = telemetry.duplicate_predictions.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(join, 0, "a shadow's prediction is no duplicate of its champion's");
 }
+
+/// A baseline feature that no event carries gets its rows (`count` 0,
+/// `missing_rate` 1) in every whole-model window. (Before, it got them
+/// only in windows whose micro-batches had a column for it, which the
+/// decoder adds only once it has met a feature with a higher id: here
+/// never, so the feature silently had no rows.)
+#[test]
+fn a_baseline_feature_no_event_carries_is_missing_in_every_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(crate::support::repo("tests/fixtures/replay_drift/live.ndjson")).unwrap();
+    let mut without_tenure = String::new();
+    for line in text.lines() {
+        let mut event: serde_json::Value = serde_json::from_str(line).unwrap();
+        event["features"].as_object_mut().unwrap().remove("tenure");
+        without_tenure.push_str(&event.to_string());
+        without_tenure.push('\n');
+    }
+    let predictions = dir.path().join("predictions.ndjson");
+    std::fs::write(&predictions, without_tenure).unwrap();
+    let config = Config::from_yaml_str(
+        &format!(
+            "windows: {{size: 5m}}\npipeline: {{batch_size: 100}}\nmodels: [{{name: shop, baseline: {}}}]\n",
+            crate::support::repo("tests/fixtures/replay_drift/baseline.json").display()
+        ),
+        "t.yaml",
+    )
+    .unwrap();
+    let mut sink = MemorySink::default();
+    replay(&config, &[predictions], &[], &mut sink, Arc::new(Telemetry::default())).unwrap();
+    let windows: std::collections::BTreeSet<i64> =
+        sink.rows.iter().filter(|r| r.metric == "count" && r.feature.is_none()).map(|r| r.window_start_ms).collect();
+    assert!(windows.len() >= 4, "{} windows", windows.len());
+    for window in &windows {
+        let missing = sink.rows.iter().find(|r| {
+            r.window_start_ms == *window && r.feature.as_deref() == Some("tenure") && r.metric == "missing_rate"
+        });
+        assert_eq!(missing.map(|r| r.value), Some(1.0), "window {window}: tenure's missing_rate");
+    }
+}
