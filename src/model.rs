@@ -199,9 +199,17 @@ impl ModelState {
 
     /// The series (`version`, `segment`), created when new the way the
     /// decoder creates it (with its whole-model series right after), for
-    /// names another registry (a lane's) interned first. No cap: the lane
-    /// applied the caps when it decoded.
-    pub fn series_named(&mut self, version: &Arc<str>, segment: &Arc<str>) -> SeriesId {
+    /// names another registry (a lane's) interned first. The caps apply
+    /// again here, over what all lanes met: a version beyond
+    /// `max_versions` is filed under `__other__` (shadow versions never
+    /// are), a series beyond `max_segments` folds into its version's
+    /// segment `__other__`, as the decoder does.
+    pub fn series_named(
+        &mut self,
+        version: &Arc<str>,
+        segment: &Arc<str>,
+        (max_segments, max_versions): (usize, usize),
+    ) -> SeriesId {
         let mut key = String::with_capacity(version.len() + 1 + segment.len());
         key.push_str(version);
         key.push('\0');
@@ -209,10 +217,32 @@ impl ModelState {
         if let Some(id) = self.series_keys.get(&key) {
             return id;
         }
-        if !self.versions.contains(version) {
-            self.versions.insert(version.clone());
+        let mut version = version.clone();
+        if !self.versions.contains(&version) {
+            if self.versions.len() >= max_versions && self.config.shadow_lane(&version) == 0 {
+                version = Arc::from(crate::decode::OVERFLOW_VERSION);
+                key.clear();
+                key.push_str(&version);
+                key.push('\0');
+                key.push_str(segment);
+                if let Some(id) = self.series_keys.get(&key) {
+                    return id;
+                }
+            }
+            if !self.versions.contains(&version) {
+                self.versions.insert(version.clone());
+            }
         }
-        let id = self.series_keys.intern(&key, usize::MAX).expect("no cap");
+        let mut segment = segment.clone();
+        let id = match self.series_keys.intern(&key, max_segments) {
+            Some(id) => id,
+            None => {
+                segment = Arc::from(crate::decode::OVERFLOW_SEGMENT);
+                key.truncate(version.len() + 1);
+                key.push_str(&segment);
+                self.series_keys.intern(&key, usize::MAX).expect("no cap")
+            }
+        };
         if id as usize == self.series.len() {
             let whole_model = if segment.is_empty() {
                 None
@@ -220,28 +250,25 @@ impl ModelState {
                 key.truncate(version.len() + 1);
                 Some(self.series_keys.intern(&key, usize::MAX).expect("no cap"))
             };
-            let lane = self.config.shadow_lane(version);
-            self.series.push(Series { model_version: version.clone(), segment: segment.clone(), whole_model, lane });
+            let lane = self.config.shadow_lane(&version);
+            self.series.push(Series { model_version: version.clone(), segment, whole_model, lane });
             if let Some(parent) = whole_model
                 && parent as usize == self.series.len()
             {
-                self.series.push(Series {
-                    model_version: version.clone(),
-                    segment: Arc::from(""),
-                    whole_model: None,
-                    lane,
-                });
+                self.series.push(Series { model_version: version, segment: Arc::from(""), whole_model: None, lane });
             }
         }
         id
     }
 
-    /// The feature `name`, added with `kind` when new (see
-    /// [`Self::series_named`]).
-    pub fn feature_named(&mut self, name: &str, kind: FeatureKind) -> u32 {
+    /// The feature `name`, added with `kind` when new and the model tracks
+    /// fewer than `max_features` (see [`Self::series_named`]); `None` when
+    /// it is over the cap (its values are left out, as the decoder does).
+    pub fn feature_named(&mut self, name: &str, kind: FeatureKind, max_features: usize) -> Option<u32> {
         match self.feature_ids.get(name) {
-            Some(&id) => id,
-            None => self.add_feature(name, kind),
+            Some(&id) => Some(id),
+            None if self.features.len() >= max_features => None,
+            None => Some(self.add_feature(name, kind)),
         }
     }
 

@@ -33,6 +33,13 @@ use crate::sources::files::{FileSourceError, LineSource};
 use crate::telemetry::Telemetry;
 use crate::window::{PartitionId, PartitionPanes, WindowSpec};
 
+/// How much further than the configured caps (`max_segments_per_model`,
+/// `max_versions_per_model`, `max_features_per_model`) a lane tracks
+/// series and features; the closer applies the caps themselves. The rows
+/// equal one lane's unless a lane meets this many times the cap before a
+/// series or feature one lane would keep.
+pub const LANE_CAP_FACTOR: usize = 4;
+
 /// Messages each file's channel holds before its lane waits.
 const MESSAGES_PER_FILE: usize = 2;
 
@@ -78,6 +85,15 @@ pub struct LaneSet {
     /// Per lane, per model.
     maps: Vec<Vec<IdMaps>>,
     threads: Vec<JoinHandle<()>>,
+    caps: Caps,
+}
+
+/// The registry caps the closer applies again over all lanes' names.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    /// (`max_segments_per_model`, `max_versions_per_model`).
+    series: (usize, usize),
+    features: usize,
 }
 
 /// One file's channel from its lane to the closer.
@@ -116,11 +132,20 @@ impl LaneSet {
             receivers.push(receiver);
             owned[index % lanes].push((PartitionId::try_from(index).unwrap_or(PartitionId::MAX), path.clone(), sender));
         }
+        // A lane meets series and features in its own order: were it to
+        // cap them as the config says, it could fold one that the closer,
+        // which meets them in one lane's order, keeps. So lanes cap at
+        // LANE_CAP_FACTOR times the caps (memory stays bounded) and the
+        // closer applies the configured caps.
+        let mut lane_pipeline = config.pipeline.clone();
+        lane_pipeline.max_segments_per_model = lane_pipeline.max_segments_per_model.saturating_mul(LANE_CAP_FACTOR);
+        lane_pipeline.max_versions_per_model = lane_pipeline.max_versions_per_model.saturating_mul(LANE_CAP_FACTOR);
+        lane_pipeline.max_features_per_model = lane_pipeline.max_features_per_model.saturating_mul(LANE_CAP_FACTOR);
         let mut threads = Vec::with_capacity(lanes);
         for (number, files) in owned.into_iter().enumerate() {
             let lane = Lane {
                 registry: registry.clone(),
-                decoder: Decoder::new(registry, &config.pipeline)?,
+                decoder: Decoder::new(registry, &lane_pipeline)?,
                 aggregator: LaneAggregator::new(spec, config.pipeline.max_categories_per_feature),
                 files,
                 batch_size: config.pipeline.batch_size.max(1),
@@ -151,6 +176,10 @@ impl LaneSet {
             lane_of_file: (0..files.len()).map(|index| index % lanes).collect(),
             maps: vec![initial; lanes],
             threads,
+            caps: Caps {
+                series: (config.pipeline.max_segments_per_model, config.pipeline.max_versions_per_model),
+                features: config.pipeline.max_features_per_model,
+            },
         })
     }
 
@@ -168,13 +197,14 @@ impl LaneSet {
             let state = registry.get_mut(model as u32);
             let map = &mut maps[model];
             for (version, segment) in names.series {
-                map.series.push(state.series_named(&version, &segment));
+                map.series.push(state.series_named(&version, &segment, self.caps.series));
             }
             for class in names.classes {
                 map.classes.push(state.classes.intern(&class, usize::MAX).expect("no cap"));
             }
             for feature in names.features {
-                map.features.push(state.feature_named(&feature.name, feature.kind));
+                let id = state.feature_named(&feature.name, feature.kind, self.caps.features);
+                map.features.push(id.unwrap_or(crate::evaluate::NOT_TRACKED));
             }
         }
         let translate_output = |output: &mut LaneOutput, map: &IdMaps| {

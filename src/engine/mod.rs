@@ -375,7 +375,16 @@ impl Engine {
                 // The window closed without it (a partition idle meanwhile).
                 continue;
             }
-            windows.contributions.entry(key).or_default().insert(partition, state);
+            // Two lane series can map to one here (folded by a cap over
+            // what all lanes met): their contributions add up.
+            match windows.contributions.entry(key).or_default().entry(partition) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(state);
+                }
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    slot.get_mut().merge(state, self.max_categories)
+                }
+            }
         }
         let Some(batch) = batch.filter(|b| !b.is_empty()) else { return };
         // Join: predictions meet waiting labels or wait for theirs. Each row

@@ -109,6 +109,9 @@ pub struct WindowState {
     pub prediction_bins_lost: bool,
 }
 
+/// A feature id meaning "not tracked here" (over `max_features_per_model`).
+pub const NOT_TRACKED: u32 = u32::MAX;
+
 /// Which binned columns of a model's windows a changed baseline
 /// invalidated (what [`WindowState::reattach`] re-counts).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -373,12 +376,15 @@ impl WindowState {
 
     /// Moves the state from another registry's ids (a lane's) to this
     /// process's: `features[lane id]` and `classes[lane id]` give the ids
-    /// here.
+    /// here ([`NOT_TRACKED`] for a feature over the cap here: left out).
     pub fn remap(&mut self, features: &[u32], classes: &[u32]) {
         if !self.features.is_empty() {
             let mut remapped: Vec<Option<FeatureState>> = Vec::new();
             for (lane_id, state) in std::mem::take(&mut self.features).into_iter().enumerate() {
                 let Some(state) = state else { continue };
+                if features[lane_id] == NOT_TRACKED {
+                    continue;
+                }
                 let id = features[lane_id] as usize;
                 if remapped.len() <= id {
                     remapped.resize_with(id + 1, || None);

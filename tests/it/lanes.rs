@@ -194,3 +194,47 @@ proptest! {
         }
     }
 }
+
+/// The caps hold over what all lanes met: each lane caps the series it
+/// sees, and the closer folds again, in the order one lane would have met
+/// them, so the same segments fold into `__other__` and every window
+/// counts the same events per series as with one lane (the folded parts
+/// are merged rather than added in one pass: values may differ in the
+/// last bits).
+#[test]
+fn the_segment_cap_holds_over_all_lanes_and_folds_what_one_lane_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let text = std::fs::read_to_string(repo("tests/fixtures/replay_drift/live.ndjson")).unwrap();
+    let mut parts = vec![String::new(); 3];
+    for (i, line) in text.lines().enumerate() {
+        let mut event: serde_json::Value = serde_json::from_str(line).unwrap();
+        event["segment"] = serde_json::json!({"store": format!("s{}", (i * 7) % 13)});
+        parts[i % 3].push_str(&event.to_string());
+        parts[i % 3].push('\n');
+    }
+    let files: Vec<PathBuf> = (0..3).map(|k| dir.join(format!("p{k}.ndjson"))).collect();
+    for (path, part) in files.iter().zip(&parts) {
+        std::fs::write(path, part).unwrap();
+    }
+    let config = driftwatch::config::Config::from_yaml_str(
+        "windows: {size: 5m}\npipeline: {batch_size: 50, max_segments_per_model: 6}\nmodels: [{name: shop}]\n",
+        "caps.yaml",
+    )
+    .unwrap();
+    let counts = |lanes: usize| {
+        let mut sink = driftwatch::output::MemorySink::default();
+        let telemetry = std::sync::Arc::new(driftwatch::telemetry::Telemetry::default());
+        driftwatch::drivers::replay::replay_with_lanes(&config, &files, &[], &mut sink, telemetry, lanes).unwrap();
+        sink.rows
+            .iter()
+            .filter(|r| r.metric == "count" && r.feature.is_none())
+            .map(|r| format!("{} {} {}", r.window_start_ms, r.segment, r.value))
+            .collect::<Vec<_>>()
+    };
+    let one = counts(1);
+    let segments: std::collections::BTreeSet<&str> = one.iter().map(|r| r.split(' ').nth(1).unwrap()).collect();
+    assert!(segments.contains("__other__"), "{segments:?}");
+    assert!(segments.len() <= 7, "the cap of 6 and __other__: {segments:?}");
+    assert_eq!(counts(3), one);
+}
