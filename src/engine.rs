@@ -21,8 +21,8 @@ use crate::decode::{FeatureArray, LabelBatch, PredictionArray, PredictionBatch};
 use crate::evaluate::{self, GroupColumns, Outcome, WindowIdentity, WindowState};
 use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
-use crate::output::WindowMetricRow;
 use crate::window::{AwaitingLabels, ModelWindows, PartitionId, WindowSpec};
+use crate::window_metrics::WindowMetricRow;
 
 /// Counters the engine keeps (exported as metrics by the drivers).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

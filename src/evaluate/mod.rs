@@ -27,7 +27,7 @@ pub use performance::{Outcome, PerformanceState};
 
 use crate::decode::{FeatureArray, PredictionArray};
 use crate::model::{FeatureKind, ModelState, SeriesId};
-use crate::output::WindowMetricRow;
+use crate::window_metrics::WindowMetricRow;
 use reference::FeatureReference;
 
 /// The summary of one feature in one window.

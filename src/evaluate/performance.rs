@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn large_windows_keep_roc_auc_within_the_histogram_bound_and_sums_exact() {
-        let mut rng = crate::simulate::Rng::new(3);
+        let mut rng = crate::rng::Rng::new(3);
         let mut state = PerformanceState::default();
         let (mut scores, mut labels) = (Vec::new(), Vec::new());
         for _ in 0..20_000 {

@@ -19,6 +19,7 @@ mod gate_online;
 mod hostile;
 mod http;
 mod kafka;
+mod modules;
 pub mod notify;
 mod observability;
 mod properties;

@@ -10,8 +10,8 @@ use datafusion::arrow::array::{Float64Array, StringArray};
 use driftwatch::evaluate::categorical::CategoricalSummary;
 use driftwatch::evaluate::numeric::NumericSummary;
 use driftwatch::evaluate::performance::{Outcome, PerformanceState};
-use driftwatch::evaluate::sketch::{MAX_BUCKETS, QuantileSketch};
 use driftwatch::join::{ModelJoin, PendingLabel, PendingPrediction, Target, join_key};
+use driftwatch::sketch::{MAX_BUCKETS, QuantileSketch};
 use proptest::prelude::*;
 
 fn values() -> impl Strategy<Value = Vec<Option<f64>>> {
@@ -203,7 +203,7 @@ fn write_stream(dir: &std::path::Path, events: &[GeneratedEvent]) -> (std::path:
     let countries = ["DE", "FR", "GB", "US", "IT"];
     let (mut predictions, mut labels) = (String::new(), String::new());
     for (i, &(offset, amount, country, segment, class, score, label, twice)) in events.iter().enumerate() {
-        let time = driftwatch::decode::timestamp::format_rfc3339_ms(START + i64::from(offset));
+        let time = driftwatch::timestamp::format_rfc3339_ms(START + i64::from(offset));
         let amount = amount.map_or("null".to_string(), |a| a.to_string());
         // Index 5 is a number where a string is expected (a type error), 6 absent.
         let country = match country {
@@ -220,7 +220,7 @@ fn write_stream(dir: &std::path::Path, events: &[GeneratedEvent]) -> (std::path:
             predictions.push_str(&line);
         }
         if let Some((delay, value)) = label {
-            let time = driftwatch::decode::timestamp::format_rfc3339_ms(START + i64::from(offset) + i64::from(delay));
+            let time = driftwatch::timestamp::format_rfc3339_ms(START + i64::from(offset) + i64::from(delay));
             writeln!(labels, "{{\"event_id\":\"e{i}\",\"model\":\"shop\",\"timestamp\":\"{time}\",\"label\":{value}}}")
                 .unwrap();
         }
