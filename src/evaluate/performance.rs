@@ -84,12 +84,12 @@ impl ScoreState {
             mine.complement_squared += sums.complement_squared;
         }
         let total: u64 = self.sums.values().map(|s| s.count).sum();
-        if let (Some(mine), Some(theirs)) = (&mut self.exact, &other.exact)
-            && total as usize <= EXACT_SCORES
-            && self.histograms.is_empty()
-            && other.histograms.is_empty()
-        {
-            mine.extend_from_slice(theirs);
+        // A side without scored pairs has neither exact pairs nor
+        // histograms: the other side's exact pairs stay exact.
+        if total as usize <= EXACT_SCORES && self.histograms.is_empty() && other.histograms.is_empty() {
+            if let Some(theirs) = &other.exact {
+                self.exact.get_or_insert_with(Vec::new).extend_from_slice(theirs);
+            }
             return;
         }
         for (s, c) in self.exact.take().into_iter().flatten().chain(other.exact.iter().flatten().copied()) {
