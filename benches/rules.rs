@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use driftwatch::output::{METRIC_NAMES, WindowMetricRow};
 use driftwatch::rules::{AlertEngine, RuleSet};
+use driftwatch::window_metrics::{METRIC_NAMES, WindowMetricRow};
 
 fn window_rows(window: i64) -> Vec<WindowMetricRow> {
     let t0 = 1_795_687_200_000i64 + window * 300_000;

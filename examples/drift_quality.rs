@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
-use driftwatch::baseline::build::{BuildOptions, build_baseline};
 use driftwatch::config::Config;
 use driftwatch::output::MemorySink;
 use driftwatch::pipeline::Pipeline;
-use driftwatch::simulate::Rng;
+use driftwatch::profiling::{BuildOptions, build_baseline};
+use driftwatch::rng::Rng;
 use driftwatch::telemetry::Telemetry;
 
 const NUMERIC: usize = 5;

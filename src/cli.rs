@@ -254,10 +254,10 @@ pub enum BaselineCommand {
         #[arg(long, value_delimiter = ',')]
         categorical: Vec<String>,
         /// Quantile bins per numeric feature.
-        #[arg(long, default_value_t = crate::baseline::build::DEFAULT_BINS)]
+        #[arg(long, default_value_t = crate::profiling::DEFAULT_BINS)]
         bins: usize,
         /// Categories kept per categorical column; the rest count as `other`.
-        #[arg(long, default_value_t = crate::baseline::build::DEFAULT_TOP_CATEGORIES)]
+        #[arg(long, default_value_t = crate::profiling::DEFAULT_TOP_CATEGORIES)]
         top_categories: usize,
         /// binary_classification, multiclass_classification or regression
         /// (inferred from the label/prediction column type when absent).
@@ -386,9 +386,9 @@ fn colours_wanted() -> bool {
     io::stderr().is_terminal() && !no_color
 }
 
-/// `1 error`, `2 errors` (see [`crate::count_of`]).
+/// `1 error`, `2 errors` (see [`crate::text::count_of`]).
 fn count_of(count: usize, singular: &str, plural: &str) -> String {
-    crate::count_of(count as u64, singular, plural)
+    crate::text::count_of(count as u64, singular, plural)
 }
 
 /// Span export for `run` when its config asks for OTLP traces (a config
@@ -803,7 +803,7 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         eprintln!("--bins must be at least 1");
         return Err(ExitCode::from(2));
     }
-    let defaults = crate::baseline::build::BuildOptions::new(input, &model);
+    let defaults = crate::profiling::BuildOptions::new(input, &model);
     let required_columns = [
         ("--label-column", &label_column),
         ("--prediction-column", &prediction_column),
@@ -812,7 +812,7 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
     .into_iter()
     .filter_map(|(flag, column)| column.clone().map(|column| (flag.to_string(), column)))
     .collect();
-    let mut options = crate::baseline::build::BuildOptions {
+    let mut options = crate::profiling::BuildOptions {
         version,
         label_column: label_column.unwrap_or(defaults.label_column.clone()),
         prediction_column: prediction_column.unwrap_or(defaults.prediction_column.clone()),
@@ -840,7 +840,7 @@ fn baseline_command(command: BaselineCommand) -> Result<(), ExitCode> {
         })?;
         options.use_config(config).map_err(fail)?;
     }
-    let baseline = crate::baseline::build::build_baseline(&options).map_err(fail)?;
+    let baseline = crate::profiling::build_baseline(&options).map_err(fail)?;
     baseline.save(&out).map_err(fail)?;
     eprintln!(
         "baseline for {} from {} ({}) written to {}",

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod drivers;
 pub mod engine;
 pub mod evaluate;
+pub mod fsutil;
 pub mod gate;
 pub mod http;
 pub mod join;
@@ -22,16 +23,17 @@ pub mod notify;
 pub mod otlp;
 pub mod output;
 pub mod pipeline;
+pub mod profiling;
+pub mod rng;
 pub mod rules;
 pub mod shutdown;
 pub mod simulate;
+pub mod sketch;
 pub mod sources;
 pub mod stats;
 pub mod telemetry;
+pub mod template;
+pub mod text;
+pub mod timestamp;
 pub mod window;
-
-/// `1 error`, `2 errors`: a count and its noun, singular for one (for
-/// messages people read).
-pub fn count_of(count: u64, singular: &str, plural: &str) -> String {
-    format!("{count} {}", if count == 1 { singular } else { plural })
-}
+pub mod window_metrics;

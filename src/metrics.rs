@@ -20,9 +20,9 @@ use opentelemetry::metrics::{Histogram, MeterProvider};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::decode::InvalidReason;
-use crate::output::WindowMetricRow;
 use crate::rules::Transition;
 use crate::telemetry::Telemetry;
+use crate::window_metrics::WindowMetricRow;
 
 const DRIFT_METRICS: &[&str] =
     &["psi", "ks", "chi2", "jensen_shannon", "wasserstein", "hellinger", "unseen_rate", "out_of_range_rate"];

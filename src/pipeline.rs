@@ -11,9 +11,10 @@ use crate::config::Config;
 use crate::decode::{Decoder, Invalid, LabelBatch, PredictionBatch};
 use crate::engine::Engine;
 use crate::model::ModelRegistry;
-use crate::output::{WindowMetricRow, WindowSink};
+use crate::output::WindowSink;
 use crate::telemetry::Telemetry;
 use crate::window::PartitionId;
+use crate::window_metrics::WindowMetricRow;
 
 /// Topic names used for counting when events come from files.
 pub const PREDICTIONS: &str = "predictions";
@@ -46,7 +47,7 @@ impl Pipeline {
             if baseline.model != model.name {
                 tracing::warn!(model = %model.name, baseline_model = %baseline.model, "baseline was built for another model name");
             }
-            registry.get_mut(id as u32).attach_reference(crate::evaluate::reference::ModelReference::new(baseline));
+            registry.get_mut(id as u32).attach_reference(crate::model::reference::ModelReference::new(baseline));
         }
         let decoder = Decoder::new(&registry, &config.pipeline)?;
         let engine = Engine::new(config, &registry);
@@ -419,11 +420,11 @@ fn retype_features(model: &mut crate::model::ModelState, windows: &mut crate::wi
 /// the shape of the counts.
 fn rebin(
     model: &crate::model::ModelState,
-    old: Option<Option<&crate::evaluate::reference::BaselineStamp>>,
+    old: Option<Option<&crate::model::reference::BaselineStamp>>,
     windows: &crate::window::ModelWindows,
 ) -> crate::evaluate::Rebin {
-    use crate::evaluate::reference::FeatureReference;
     use crate::evaluate::{PredictionSummary, Rebin};
+    use crate::model::reference::FeatureReference;
     let new = model.reference.as_ref().map(|r| &r.stamp);
     let changed = |column: &str| match old {
         Some(old) => old.and_then(|s| s.binning.get(column)) != new.and_then(|s| s.binning.get(column)),
@@ -467,7 +468,7 @@ fn rebin(
 /// counted.
 fn reattach_windows(
     model: &crate::model::ModelState,
-    old: Option<Option<&crate::evaluate::reference::BaselineStamp>>,
+    old: Option<Option<&crate::model::reference::BaselineStamp>>,
     windows: &mut crate::window::ModelWindows,
     telemetry: &Telemetry,
 ) {
@@ -486,7 +487,7 @@ fn reattach_windows(
             unbinned += 1;
         }
     }
-    let name = |stamp: Option<&crate::evaluate::reference::BaselineStamp>| {
+    let name = |stamp: Option<&crate::model::reference::BaselineStamp>| {
         stamp.map_or_else(|| "none".to_string(), |s| s.short().to_string())
     };
     let checkpoint_baseline = match old {

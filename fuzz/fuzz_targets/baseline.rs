@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(baseline) = driftwatch::baseline::Baseline::from_json_str(text, "fuzz.json") else { return };
     let mut pipeline = driftwatch_fuzz::pipeline();
-    let reference = driftwatch::evaluate::reference::ModelReference::new(baseline);
+    let reference = driftwatch::model::reference::ModelReference::new(baseline);
     pipeline.registry.get_mut(0).attach_reference(reference);
     for event in driftwatch_fuzz::sample_events() {
         let _ = pipeline.decode_prediction(event, &"sample");

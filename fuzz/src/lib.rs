@@ -5,10 +5,11 @@
 use std::sync::{Arc, OnceLock};
 
 use driftwatch::config::Config;
-use driftwatch::output::{MemorySink, WindowMetricRow};
+use driftwatch::output::MemorySink;
 use driftwatch::pipeline::Pipeline;
 use driftwatch::rules::RuleSet;
 use driftwatch::telemetry::Telemetry;
+use driftwatch::window_metrics::WindowMetricRow;
 
 /// Two models (classification and regression) with small caps, so fuzzed
 /// events reach the caps quickly.

@@ -1,19 +1,23 @@
 //! Baselines: the reference profile of a model's training (or validation)
-//! data that every window is compared with (docs/REFERENCE.md), and
-//! [`build`], which computes one from files with DataFusion.
+//! data that every window is compared with (docs/REFERENCE.md), the
+//! calibration recorded in it ([`calibration`]) and the sample-size-aware
+//! thresholds drift metrics are judged by ([`thresholds`]).
+//! [`crate::profiling`] computes a profile from files with DataFusion;
+//! [`crate::model::reference`] prepares one for the window stage.
 //!
 //! The profile is a JSON file with `"format_version": 1`. Loading is strict
 //! (unknown keys are errors) so a hand-edited or truncated profile is caught
 //! before it silently changes what counts as drift.
 
-pub mod build;
+pub mod calibration;
+pub mod thresholds;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::sketch::QuantileSketch;
+use crate::sketch::QuantileSketch;
 
 /// The profile format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -209,7 +213,7 @@ impl Baseline {
     /// Reads and checks a profile.
     pub fn load(path: &Path) -> Result<Baseline, BaselineError> {
         let display = path.display().to_string();
-        let text = crate::config::read_text_file_bounded(path, MAX_BASELINE_BYTES)
+        let text = crate::fsutil::read_text_file_bounded(path, MAX_BASELINE_BYTES)
             .map_err(|source| BaselineError::Io { path: display.clone(), source })?;
         Baseline::from_json_str(&text, &display)
     }
@@ -218,7 +222,7 @@ impl Baseline {
     pub fn from_json_str(text: &str, display: &str) -> Result<Baseline, BaselineError> {
         let baseline: Baseline = serde_json::from_str(text).map_err(|e| BaselineError::Format {
             path: display.to_string(),
-            message: crate::config::shorten_long_tokens(&e.to_string()).into_owned(),
+            message: crate::text::shorten_long_tokens(&e.to_string()).into_owned(),
         })?;
         if baseline.format_version != FORMAT_VERSION {
             return Err(BaselineError::Version { path: display.to_string(), found: baseline.format_version });
@@ -241,7 +245,7 @@ impl Baseline {
             .chain(self.score.iter().map(|p| ("score".to_string(), p)))
             .chain(self.label.iter().map(|p| ("label".to_string(), p)));
         for (path, profile) in columns {
-            let path = crate::config::shorten_long_tokens(&path).into_owned();
+            let path = crate::text::shorten_long_tokens(&path).into_owned();
             check_profile(&path, profile)?;
         }
         for (metric, value) in &self.performance {
@@ -252,13 +256,16 @@ impl Baseline {
         Ok(())
     }
 
-    /// Writes the profile as pretty JSON (atomically: temp file, then rename).
+    /// Writes the profile as pretty JSON, atomically and durably
+    /// ([`crate::fsutil::write_atomically`]).
     pub fn save(&self, path: &Path) -> Result<(), BaselineError> {
         let display = path.display().to_string();
         let io = |source| BaselineError::Io { path: display.clone(), source };
         let json = serde_json::to_vec_pretty(self).expect("a baseline always serialises");
-        let temp = path.with_extension("json.tmp");
-        std::fs::write(&temp, json).map_err(io)?;
-        std::fs::rename(&temp, path).map_err(io)
+        let name = path
+            .file_name()
+            .ok_or_else(|| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")))?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        crate::fsutil::write_atomically(dir, &name.to_string_lossy(), &json).map_err(io)
     }
 }

@@ -17,15 +17,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Task;
 use crate::engine::EngineCounters;
-use crate::evaluate::reference::BaselineStamp;
 use crate::join::ModelJoin;
+use crate::model::reference::BaselineStamp;
 use crate::model::{FeatureMeta, Interner, Series};
 use crate::rules::lifecycle::AlertSnapshot;
 use crate::window::{ModelWindows, WindowSpec};
@@ -250,16 +250,7 @@ impl CheckpointStore {
     pub fn write(&mut self, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
         let name = format!("checkpoint-{:020}.ckpt", self.next_sequence);
         let path = self.dir.join(&name);
-        let temp = self.dir.join(format!(".{name}.tmp"));
-        let written = (|| {
-            let mut file = fs::File::create(&temp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
-        })();
-        if let Err(source) = written {
-            let _ = fs::remove_file(&temp);
+        if let Err(source) = crate::fsutil::write_atomically(&self.dir, &name, bytes) {
             return Err(CheckpointError::Io { path: path.display().to_string(), source });
         }
         self.next_sequence += 1;

@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::config::Config;
-use crate::output::{MemorySink, WindowMetricRow};
+use crate::output::MemorySink;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Telemetry;
+use crate::window_metrics::WindowMetricRow;
 
 fn fixture_baseline() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/replay_drift/baseline.json"))

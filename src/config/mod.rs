@@ -15,6 +15,7 @@
 mod duration;
 mod env;
 mod error;
+pub mod notifiers;
 mod pointer;
 pub mod redact;
 pub mod reload;
@@ -35,6 +36,9 @@ use serde::{Deserialize, Serialize, Serializer};
 pub use error::ConfigError;
 pub use pointer::parse_json_pointer;
 pub use redact::{REDACTED, Secret};
+
+use crate::fsutil::{MAX_TEXT_FILE_BYTES, check_text_size, read_text_file_bounded};
+use crate::text::shorten_long_tokens;
 
 // ---------------------------------------------------------------------------
 // Defaults
@@ -60,6 +64,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BATCH_SIZE: usize = 8192;
 /// Default `pipeline.linger`: 200 ms.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(200);
+/// Default `delivery.max_pending`: most notifications pending at once;
+/// beyond it new ones are refused (counted as `dropped`) rather than
+/// growing without bound.
+pub const DEFAULT_MAX_PENDING_NOTIFICATIONS: usize = 10_000;
 /// Default `pipeline.max_pending_joins`.
 pub const DEFAULT_MAX_PENDING_JOINS: usize = 1_000_000;
 /// Default `pipeline.max_features_per_model`.
@@ -261,7 +269,7 @@ impl Default for DeliveryConfig {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             max_attempts: 12,
-            max_pending: crate::notify::outbox::DEFAULT_MAX_PENDING,
+            max_pending: DEFAULT_MAX_PENDING_NOTIFICATIONS,
         }
     }
 }
@@ -842,10 +850,15 @@ pub struct OutputConfig {
 // Loading
 // ---------------------------------------------------------------------------
 
-/// The largest config, rule or rule-test file read (1 MiB). Real ones are a
-/// few kilobytes; a bigger file is refused before it is parsed, so a hostile
-/// or broken file cannot make the loader use unbounded memory.
-pub const MAX_TEXT_FILE_BYTES: usize = 1 << 20;
+/// The longest feature name, segment key or value, model version or class
+/// label an event may carry, in bytes: each is kept in every row, series
+/// and checkpoint it reaches. Longer ones reject the event (`too_long`).
+pub const MAX_EVENT_NAME_BYTES: usize = 256;
+/// The `model_version` events of versions beyond `max_versions_per_model` are filed under.
+pub const OVERFLOW_VERSION: &str = "__other__";
+/// The segment of events beyond `max_segments_per_model` (their
+/// version's series are full).
+pub const OVERFLOW_SEGMENT: &str = "__other__";
 
 /// Most windows one event may fall into (`windows.size / windows.slide`):
 /// each is updated per event.
@@ -858,60 +871,6 @@ pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100
 /// The longest model or alert name accepted: names become metric labels,
 /// file names and map keys.
 pub const MAX_NAME_BYTES: usize = 200;
-
-/// Refuses config, rule or rule-test text longer than
-/// [`MAX_TEXT_FILE_BYTES`]; the caller names the file.
-pub fn check_text_size(text: &str) -> Result<(), String> {
-    if text.len() > MAX_TEXT_FILE_BYTES {
-        return Err(format!("the file is {} bytes; the limit is {MAX_TEXT_FILE_BYTES} bytes", text.len()));
-    }
-    Ok(())
-}
-
-/// Reads a text file of at most `limit` bytes without reading more than
-/// that from the disk; a longer file is an error naming its size.
-pub fn read_text_file_bounded(path: &Path, limit: usize) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?.take(limit as u64 + 1).read_to_string(&mut text)?;
-    if text.len() > limit {
-        let size = std::fs::metadata(path).map(|m| m.len().to_string()).unwrap_or_else(|_| "more than".to_string());
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("the file is {size} bytes; the limit is {limit} bytes"),
-        ));
-    }
-    Ok(text)
-}
-
-/// Shortens every whitespace-separated token of `message` longer than 120
-/// characters to its first 60 and a note of its length, so an error about a
-/// 1 MB key or name stays readable (and never echoes a huge value).
-pub fn shorten_long_tokens(message: &str) -> std::borrow::Cow<'_, str> {
-    const LONG: usize = 120;
-    if !message.split_whitespace().any(|t| t.chars().count() > LONG) {
-        return std::borrow::Cow::Borrowed(message);
-    }
-    let mut out = String::with_capacity(256);
-    let mut rest = message;
-    while !rest.is_empty() {
-        let start = rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len());
-        out.push_str(&rest[..start]);
-        rest = &rest[start..];
-        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        let token = &rest[..end];
-        let chars = token.chars().count();
-        if chars > LONG {
-            let cut = token.char_indices().nth(60).map_or(token.len(), |(i, _)| i);
-            out.push_str(&token[..cut]);
-            out.push_str(&format!("…[{chars} characters]"));
-        } else {
-            out.push_str(token);
-        }
-        rest = &rest[end..];
-    }
-    std::borrow::Cow::Owned(out)
-}
 
 impl Config {
     /// Reads, expands, parses, resolves and validates the config at `path`.

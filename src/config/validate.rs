@@ -232,7 +232,7 @@ impl Config {
                 continue;
             }
             // The per-type settings (required, unknown, templates, values).
-            if let Err(mut problems) = crate::notify::NotifierSpec::from_config(name, notifier) {
+            if let Err(mut problems) = super::notifiers::NotifierSpec::from_config(name, notifier) {
                 errors.append(&mut problems);
             }
         }
@@ -295,14 +295,14 @@ fn check_shadow_versions(i: usize, model: &super::ModelConfig, errors: &mut Vec<
     for (k, version) in versions.iter().enumerate() {
         if version.is_empty() {
             errors.push(format!("models[{i}].shadow_versions[{k}]: must not be empty"));
-        } else if version.len() > crate::decode::MAX_EVENT_NAME_BYTES {
+        } else if version.len() > super::MAX_EVENT_NAME_BYTES {
             errors.push(format!(
                 "models[{i}].shadow_versions[{k}]: {} bytes long; the limit is {} (a longer model_version is \
                  rejected in events)",
                 version.len(),
-                crate::decode::MAX_EVENT_NAME_BYTES
+                super::MAX_EVENT_NAME_BYTES
             ));
-        } else if version == crate::decode::OVERFLOW_VERSION {
+        } else if version == super::OVERFLOW_VERSION {
             errors.push(format!(
                 "models[{i}].shadow_versions[{k}]: {version:?} is where versions beyond \
                  pipeline.max_versions_per_model are filed, not a version"
@@ -346,11 +346,11 @@ fn check_binary_classes(i: usize, model: &super::ModelConfig, errors: &mut Vec<S
     for (key, value) in [("positive_class", positive), ("negative_class", negative)] {
         if value.is_empty() {
             errors.push(format!("models[{i}].{key}: must not be empty"));
-        } else if value.len() > crate::decode::MAX_EVENT_NAME_BYTES {
+        } else if value.len() > super::MAX_EVENT_NAME_BYTES {
             errors.push(format!(
                 "models[{i}].{key}: {} bytes long; the limit is {} (a longer class label is rejected in events)",
                 value.len(),
-                crate::decode::MAX_EVENT_NAME_BYTES
+                super::MAX_EVENT_NAME_BYTES
             ));
         }
     }

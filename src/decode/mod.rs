@@ -12,7 +12,6 @@
 
 pub mod json;
 pub mod pointer;
-pub mod timestamp;
 
 use std::sync::Arc;
 
@@ -20,8 +19,9 @@ use datafusion::arrow::array::{
     Array, ArrayRef, Float64Array, Float64Builder, Int64Array, StringArray, StringBuilder, UInt32Array,
 };
 
-use crate::config::{PipelineConfig, Task};
-use crate::model::{ClassId, FeatureKind, ModelId, ModelRegistry, ModelState, Series};
+use crate::config::{MAX_EVENT_NAME_BYTES, PipelineConfig, Task};
+use crate::model::{ClassId, FeatureKind, ModelId, ModelRegistry, ModelState};
+use crate::timestamp;
 use json::{RowScratch, Scalar};
 use pointer::{Field, Node};
 
@@ -83,10 +83,6 @@ impl InvalidReason {
     }
 }
 
-/// The longest feature name, segment key or value, model version or class
-/// label an event may carry, in bytes: each is kept in every row, series
-/// and checkpoint it reaches. Longer ones reject the event (`too_long`).
-pub const MAX_EVENT_NAME_BYTES: usize = 256;
 /// The longest text value of a feature, in bytes (categories are kept per
 /// window and series, up to `pipeline.max_categories_per_feature`). Longer
 /// ones reject the event (`too_long`).
@@ -819,67 +815,21 @@ fn optional_number(scalar: Option<Scalar>) -> Result<Option<f64>, InvalidReason>
     }
 }
 
-/// Segment key of segments beyond the cap, and version of versions beyond theirs.
-pub const OVERFLOW_SEGMENT: &str = "__other__";
-/// The `model_version` events of versions beyond `max_versions_per_model` are filed under.
-pub const OVERFLOW_VERSION: &str = "__other__";
-
 /// The series of the event in `row`: its (model_version, segment) pair,
-/// interned. `caps`: (`max_segments_per_model`, `max_versions_per_model`).
+/// interned ([`ModelState::intern_series_key`]). `caps`:
+/// (`max_segments_per_model`, `max_versions_per_model`).
 fn intern_series(
     row: &RowScratch,
     model: &mut ModelState,
     key: &mut String,
-    (max_segments, max_versions): (usize, usize),
+    caps: (usize, usize),
     counters: &mut DecodeCounters,
 ) -> u32 {
-    let mut version = row.model_version.map_or("", |span| row.str(span));
+    let version = row.model_version.map_or("", |span| row.str(span));
     build_series_key(row, version, key);
-    if let Some(id) = model.series_keys.get(key) {
-        return id;
-    }
-    if !model.versions.contains(version) {
-        // Configured shadow versions are never folded: their predictions
-        // would otherwise meet the champion's as duplicates.
-        if model.versions.len() >= max_versions && model.config.shadow_lane(version) == 0 {
-            counters.versions_over_cap += 1;
-            version = OVERFLOW_VERSION;
-            build_series_key(row, version, key);
-            if let Some(id) = model.series_keys.get(key) {
-                return id;
-            }
-        }
-        if !model.versions.contains(version) {
-            model.versions.insert(Arc::from(version));
-        }
-    }
-    let segment_start = version.len() + 1;
-    let id = match model.series_keys.intern(key, max_segments) {
-        Some(id) => id,
-        None => {
-            counters.segments_over_cap += 1;
-            key.truncate(segment_start);
-            key.push_str(OVERFLOW_SEGMENT);
-            model.series_keys.intern(key, usize::MAX).expect("no cap")
-        }
-    };
-    if id as usize == model.series.len() {
-        let version: Arc<str> = Arc::from(version);
-        let segment: Arc<str> = Arc::from(&key[segment_start..]);
-        let whole_model = if segment.is_empty() {
-            None
-        } else {
-            key.truncate(segment_start);
-            Some(model.series_keys.intern(key, usize::MAX).expect("no cap"))
-        };
-        let lane = model.config.shadow_lane(&version);
-        model.series.push(Series { model_version: version.clone(), segment, whole_model, lane });
-        if let Some(parent) = whole_model
-            && parent as usize == model.series.len()
-        {
-            model.series.push(Series { model_version: version, segment: Arc::from(""), whole_model: None, lane });
-        }
-    }
+    let (id, over_cap) = model.intern_series_key(key, version.len(), caps);
+    counters.versions_over_cap += u64::from(over_cap.version);
+    counters.segments_over_cap += u64::from(over_cap.segment);
     id
 }
 

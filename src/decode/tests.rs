@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, OVERFLOW_SEGMENT, OVERFLOW_VERSION};
 use crate::model::ModelRegistry;
 
 fn setup(yaml: &str) -> (ModelRegistry, Decoder) {

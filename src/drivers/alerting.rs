@@ -12,9 +12,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::output::WindowSink;
 use crate::output::alerts::{AlertsWriter, AuditLog};
-use crate::output::{WindowMetricRow, WindowSink};
 use crate::rules::{AlertEngine, AlertEvent, RuleSet};
+use crate::window_metrics::WindowMetricRow;
 
 /// Loads the rule files the config names, checking notifier names against
 /// the config's notifiers. Errors are `file:line: message` lines.

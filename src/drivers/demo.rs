@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::decode::timestamp::format_rfc3339_ms;
-use crate::output::WindowMetricRow;
 use crate::shutdown::Shutdown;
 use crate::simulate::{Simulator, SimulatorOptions};
 use crate::telemetry::Telemetry;
+use crate::timestamp::format_rfc3339_ms;
+use crate::window_metrics::WindowMetricRow;
 
 /// Rows of simulated training data the demo's baseline is profiled from.
 pub const TRAINING_ROWS: usize = 10_000;
@@ -98,13 +98,11 @@ pub fn build_baseline(dir: &Path, rows: usize, seed: u64) -> Result<PathBuf, Str
     }
     out.flush().map_err(|e| e.to_string())?;
     drop(out);
-    let mut options = crate::baseline::build::BuildOptions::new(
-        vec![training.display().to_string()],
-        &SimulatorOptions::default().model,
-    );
+    let mut options =
+        crate::profiling::BuildOptions::new(vec![training.display().to_string()], &SimulatorOptions::default().model);
     options.version = Some(SimulatorOptions::default().model_version);
     options.progress = false;
-    let baseline = crate::baseline::build::build_baseline(&options).map_err(|e| e.to_string())?;
+    let baseline = crate::profiling::build_baseline(&options).map_err(|e| e.to_string())?;
     let path = dir.join("baseline.json");
     baseline.save(&path).map_err(|e| e.to_string())?;
     Ok(path)

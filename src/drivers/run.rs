@@ -10,11 +10,12 @@ use std::sync::atomic::AtomicBool;
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::drivers::alerting::{AlertingSink, Live};
-use crate::output::{AppendFileSink, WindowMetricRow, WindowSink};
+use crate::output::{AppendFileSink, WindowSink};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::sources::kafka::{Durability, KafkaSourceError, KafkaSummary, run_kafka};
 use crate::telemetry::Telemetry;
+use crate::window_metrics::WindowMetricRow;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ impl WindowSink for LoggingSink {
                 model = %row.model,
                 model_version = %row.model_version,
                 segment = %row.segment,
-                window_start = %crate::decode::timestamp::format_rfc3339_ms(row.window_start_ms),
+                window_start = %crate::timestamp::format_rfc3339_ms(row.window_start_ms),
                 events = row.value,
                 "window closed"
             );
@@ -232,7 +233,7 @@ fn restore_checkpoint(
         .map_err(|source| RunError::Output { path: "an output file".to_string(), source })?;
     tracing::info!(
         path = %loaded.path.display(),
-        created_at = %crate::decode::timestamp::format_rfc3339_ms(checkpoint.created_at_ms),
+        created_at = %crate::timestamp::format_rfc3339_ms(checkpoint.created_at_ms),
         models,
         offsets = ?checkpoint.offsets,
         unusable_newer = loaded.skipped.len(),

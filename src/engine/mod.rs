@@ -20,8 +20,8 @@ use crate::decode::{LabelBatch, PredictionArray, PredictionBatch};
 use crate::evaluate::{self, Outcome, WindowIdentity};
 use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
-use crate::output::WindowMetricRow;
 use crate::window::{AwaitingLabels, ModelWindows, PartitionId, WindowSpec};
+use crate::window_metrics::WindowMetricRow;
 use lane::{LaneAggregator, LaneOutput, PartitionProgress};
 
 /// Counters the engine keeps (exported as metrics by the drivers).

@@ -45,9 +45,14 @@ impl CategoricalSummary {
     /// partition's, or another pane's), then applies the cap
     /// deterministically: when the union holds more than `max_categories`
     /// distinct values, the most frequent are kept (ties broken by the
-    /// value) and the rest pooled into `other`. So the result does not
-    /// depend on the order partials are merged in, and equals one pass over
-    /// all the events whenever no partial reached the cap on its own.
+    /// value) and the rest pooled into `other`. So merging two summaries
+    /// gives the same whichever is merged into which, and merges equal one
+    /// pass over all the events whenever the union of all the partials'
+    /// values stays within the cap. A value pooled by one merge is not
+    /// recovered by a later one, so once an intermediate union exceeds the
+    /// cap, a chain of three or more merges can depend on its order; merge
+    /// with no cap (`usize::MAX`) and cap once at the end
+    /// ([`Self::apply_cap`]) for a result independent of the order.
     pub fn merge(&mut self, other: &CategoricalSummary, max_categories: usize) {
         self.missing += other.missing;
         self.count += other.count;

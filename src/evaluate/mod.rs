@@ -9,13 +9,9 @@
 //!
 //! Architecture invariant: pure computation; no I/O, no clock.
 
-pub mod calibration;
 pub mod categorical;
 pub mod numeric;
 pub mod performance;
-pub mod reference;
-pub mod sketch;
-pub mod thresholds;
 
 use std::sync::Arc;
 
@@ -25,10 +21,12 @@ pub use categorical::CategoricalSummary;
 pub use numeric::NumericSummary;
 pub use performance::{Outcome, PerformanceState};
 
+use crate::baseline::thresholds;
 use crate::decode::{FeatureArray, PredictionArray};
+use crate::model::reference::{self, FeatureReference};
 use crate::model::{FeatureKind, ModelState, SeriesId};
-use crate::output::WindowMetricRow;
-use reference::FeatureReference;
+use crate::sketch;
+use crate::window_metrics::WindowMetricRow;
 
 /// The summary of one feature in one window.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

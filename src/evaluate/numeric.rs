@@ -258,7 +258,7 @@ mod tests {
     /// (lognormal) data.
     #[test]
     fn large_windows_use_the_sketch_within_its_error_bound() {
-        let mut rng = crate::simulate::Rng::new(7);
+        let mut rng = crate::rng::Rng::new(7);
         let values: Vec<f64> = (0..200_000).map(|_| (1.0 + 0.8 * rng.normal()).exp()).collect();
         let mut s = NumericSummary::new();
         for chunk in values.chunks(8192) {
@@ -287,21 +287,69 @@ mod tests {
     }
 }
 
-/// What a [`NumericSummary`] is made of, for checkpoints: the accumulators'
-/// states (count, mean, M2, min, max), the exact values or the sketch.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct NumericSummaryState {
-    missing: u64,
-    count: u64,
-    mean: f64,
-    m2: f64,
-    min: Option<f64>,
-    max: Option<f64>,
-    exact: Option<Vec<f64>>,
-    sketch: QuantileSketch,
+/// What a [`NumericSummary`] is made of, for checkpoints and partial
+/// windows (`window/partial.rs`): the accumulators' states (count, mean,
+/// M2, min, max), the exact values (while there are at most
+/// [`EXACT_QUANTILE_LIMIT`]; the sketch is then empty) or the sketch.
+/// [`NumericSummary::from_parts`] rebuilds a summary that continues bit
+/// for bit as the original would.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NumericParts {
+    pub missing: u64,
+    pub count: u64,
+    pub mean: f64,
+    pub m2: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub exact: Option<Vec<f64>>,
+    pub sketch: QuantileSketch,
 }
 
+type NumericSummaryState = NumericParts;
+
 impl NumericSummary {
+    /// The summary's parts (see [`NumericParts`]).
+    pub fn to_parts(&self) -> NumericParts {
+        self.to_state()
+    }
+
+    /// A summary from its parts, continuing bit for bit as the one they
+    /// were taken from. Parts read from elsewhere are checked first: the
+    /// exact values number `count` (at most [`EXACT_QUANTILE_LIMIT`]), are
+    /// finite and lie within [min, max], the sketch's buckets are valid,
+    /// and an empty summary has no extremes.
+    pub fn from_parts(parts: NumericParts) -> Result<NumericSummary, String> {
+        parts.sketch.validate()?;
+        if let Some(exact) = &parts.exact {
+            if exact.len() as u64 != parts.count || exact.len() > EXACT_QUANTILE_LIMIT {
+                return Err(format!(
+                    "{} exact values for a count of {} (at most {EXACT_QUANTILE_LIMIT} are kept exactly)",
+                    exact.len(),
+                    parts.count
+                ));
+            }
+            let outside = |v: &f64| parts.min.is_some_and(|m| *v < m) || parts.max.is_some_and(|m| *v > m);
+            if exact.iter().any(|v| !v.is_finite() || outside(v)) {
+                return Err("an exact value is not finite or lies outside [min, max]".to_string());
+            }
+            if parts.sketch.count() > 0 {
+                return Err("both exact values and a sketch".to_string());
+            }
+        } else if parts.sketch.count() != parts.count {
+            return Err(format!("a sketch of {} values for a count of {}", parts.sketch.count(), parts.count));
+        }
+        let finite = [Some(parts.mean), Some(parts.m2), parts.min, parts.max].into_iter().flatten().all(f64::is_finite);
+        if !finite || parts.m2 < 0.0 {
+            return Err("mean, m2, min and max must be finite, m2 not negative".to_string());
+        }
+        if (parts.count == 0) != (parts.min.is_none() && parts.max.is_none())
+            || parts.min.is_none() != parts.max.is_none()
+        {
+            return Err(format!("a count of {} with min {:?} and max {:?}", parts.count, parts.min, parts.max));
+        }
+        NumericSummary::from_state(parts).map_err(|e| e.to_string())
+    }
+
     fn to_state(&self) -> NumericSummaryState {
         NumericSummaryState {
             missing: self.missing,

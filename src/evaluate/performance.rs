@@ -89,12 +89,12 @@ impl ScoreState {
             mine.complement_squared += sums.complement_squared;
         }
         let total: u64 = self.sums.values().map(|s| s.count).sum();
-        if let (Some(mine), Some(theirs)) = (&mut self.exact, &other.exact)
-            && total as usize <= EXACT_SCORES
-            && self.histograms.is_empty()
-            && other.histograms.is_empty()
-        {
-            mine.extend_from_slice(theirs);
+        // A side without scored pairs has neither exact pairs nor
+        // histograms: the other side's exact pairs stay exact.
+        if total as usize <= EXACT_SCORES && self.histograms.is_empty() && other.histograms.is_empty() {
+            if let Some(theirs) = &other.exact {
+                self.exact.get_or_insert_with(Vec::new).extend_from_slice(theirs);
+            }
             return;
         }
         for (s, c) in self.exact.take().into_iter().flatten().chain(other.exact.iter().flatten().copied()) {
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn large_windows_keep_roc_auc_within_the_histogram_bound_and_sums_exact() {
-        let mut rng = crate::simulate::Rng::new(3);
+        let mut rng = crate::rng::Rng::new(3);
         let mut state = PerformanceState::default();
         let (mut scores, mut labels) = (Vec::new(), Vec::new());
         for _ in 0..20_000 {

@@ -80,7 +80,7 @@ fn difference_text(outcome: &RequirementOutcome) -> String {
 fn summary_line(report: &GateReport) -> String {
     let total = report.requirements.len();
     if report.passed {
-        format!("PASS: {}", crate::count_of(total as u64, "requirement holds", "requirements hold"))
+        format!("PASS: {}", crate::text::count_of(total as u64, "requirement holds", "requirements hold"))
     } else {
         let failed: Vec<&str> =
             report.requirements.iter().filter(|r| !r.verdict.passed()).map(|r| r.requirement.as_str()).collect();
@@ -92,9 +92,9 @@ fn sides_line(report: &GateReport) -> String {
     format!(
         "old: {} ({}); new: {} ({}); {}",
         report.old.source,
-        crate::count_of(report.old.labeled_rows, "labelled row", "labelled rows"),
+        crate::text::count_of(report.old.labeled_rows, "labelled row", "labelled rows"),
         report.new.source,
-        crate::count_of(report.new.labeled_rows, "labelled row", "labelled rows"),
+        crate::text::count_of(report.new.labeled_rows, "labelled row", "labelled rows"),
         report.pairing
     )
 }

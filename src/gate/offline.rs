@@ -116,7 +116,7 @@ fn read_file(path: &Path, columns: &ColumnNames, flag: &str) -> Result<RawFile, 
         .map_err(|e| GateError::Input(format!("starting the query runtime: {e}")))?;
     let batches = runtime.block_on(async {
         let ctx = SessionContext::new();
-        let frame = crate::baseline::build::read(&ctx, path).await.map_err(|e| GateError::Input(e.to_string()))?;
+        let frame = crate::profiling::read(&ctx, path).await.map_err(|e| GateError::Input(e.to_string()))?;
         frame.collect().await.map_err(|e| file_error(&name, e.to_string()))
     })?;
     let schema = match batches.first() {
@@ -169,7 +169,7 @@ fn numbers(array: &ArrayRef, path: &str, what: &str) -> Result<Vec<Option<f64>>,
     if !array.data_type().is_numeric() {
         return Err(file_error(path, format!("{what} holds {} values, not numbers", array.data_type())));
     }
-    Ok(crate::baseline::build::as_f64(array).iter().collect())
+    Ok(crate::profiling::as_f64(array).iter().collect())
 }
 
 /// Class names as the daemon names them: booleans `1`/`0`, numbers as in
@@ -295,7 +295,7 @@ fn usable_rows(raw: &RawFile, columns: &ColumnNames, regression: bool) -> Result
             path,
             format!(
                 "no labelled row ({} read, none with both a {} and a {})",
-                crate::count_of(raw.rows as u64, "row", "rows"),
+                crate::text::count_of(raw.rows as u64, "row", "rows"),
                 label_what,
                 prediction_what
             ),
@@ -490,7 +490,7 @@ fn pair_rows(old: &Rows, new: &Rows) -> Result<Option<Pairs>, GateError> {
                     &rows.path,
                     format!(
                         "event id {:?} is on rows {} and {}: each row must have its own",
-                        crate::config::shorten_long_tokens(id),
+                        crate::text::shorten_long_tokens(id),
                         rows.source_rows[first],
                         rows.source_rows[i]
                     ),
@@ -508,7 +508,7 @@ fn pair_rows(old: &Rows, new: &Rows) -> Result<Option<Pairs>, GateError> {
             return Err(GateError::Input(format!(
                 "event id {:?}: the label is {} in {} (row {}) but {} in {} (row {}); both files must hold the same \
                  ground truth",
-                crate::config::shorten_long_tokens(id),
+                crate::text::shorten_long_tokens(id),
                 old.labels.text(i),
                 old.path,
                 old.source_rows[i],
@@ -576,7 +576,7 @@ fn measure(
             notes.push(format!(
                 "{}: {} without a label or a prediction left out",
                 rows.path,
-                crate::count_of(rows.left_out as u64, "row", "rows")
+                crate::text::count_of(rows.left_out as u64, "row", "rows")
             ));
         }
     }
@@ -603,11 +603,12 @@ fn measure(
                             notes.push(format!(
                                 "{}: {} whose event id the other file lacks left out",
                                 rows.path,
-                                crate::count_of(unmatched as u64, "labelled row", "labelled rows")
+                                crate::text::count_of(unmatched as u64, "labelled row", "labelled rows")
                             ));
                         }
                     }
-                    let pairing = format!("paired on {}", crate::count_of(paired as u64, "event id", "event ids"));
+                    let pairing =
+                        format!("paired on {}", crate::text::count_of(paired as u64, "event id", "event ids"));
                     (old_indices, new_indices, pairing)
                 }
                 None => {

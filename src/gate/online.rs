@@ -66,7 +66,7 @@ pub fn fetch_rows(query: &OnlineQuery) -> Result<Vec<Value>, OnlineError> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| unreachable(format!("building the HTTP client: {e}")))?;
-    let since = crate::decode::timestamp::format_rfc3339_ms(query.since_ms);
+    let since = crate::timestamp::format_rfc3339_ms(query.since_ms);
     let mut rows = Vec::new();
     let mut after: Option<String> = None;
     // A bound on pages, so a misbehaving server cannot keep the gate forever.
@@ -231,7 +231,7 @@ fn accuracy_test(champion: &VersionEvidence, candidate: &VersionEvidence) -> Opt
 pub fn gate(query: &OnlineQuery, requirements: &[Requirement], rows: &[Value]) -> GateReport {
     let champion = version_evidence(rows, &query.champion);
     let candidate = version_evidence(rows, &query.candidate);
-    let since = crate::decode::timestamp::format_rfc3339_ms(query.since_ms);
+    let since = crate::timestamp::format_rfc3339_ms(query.since_ms);
     let side = |role: &str, version: &str, evidence: &VersionEvidence| SideSummary {
         role: role.to_string(),
         source: format!(

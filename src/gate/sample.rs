@@ -363,7 +363,7 @@ mod tests {
     fn multiclass_macro_averages_agree_with_the_daemons_window_rows() {
         let seed = 11;
         println!("seed {seed}");
-        let mut rng = crate::simulate::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let mut state = crate::evaluate::PerformanceState::default();
         let (mut predicted, mut actual) = (Vec::new(), Vec::new());
         for _ in 0..500 {

@@ -113,12 +113,12 @@ impl Default for BootstrapOptions {
 }
 
 /// A row index in `0..rows` from one 64-bit draw (multiply-shift).
-fn draw_index(rng: &mut crate::simulate::Rng, rows: usize) -> usize {
+fn draw_index(rng: &mut crate::rng::Rng, rows: usize) -> usize {
     ((u128::from(rng.next_u64()) * rows as u128) >> 64) as usize
 }
 
 /// Resample multiplicities: `rows` draws with replacement.
-fn resample(rng: &mut crate::simulate::Rng, rows: usize, weights: &mut [u32]) {
+fn resample(rng: &mut crate::rng::Rng, rows: usize, weights: &mut [u32]) {
     weights.iter_mut().for_each(|w| *w = 0);
     for _ in 0..rows {
         weights[draw_index(rng, rows)] += 1;
@@ -141,7 +141,7 @@ pub fn bootstrap(
     if paired {
         assert_eq!(old.len(), new.len(), "paired samples hold the same rows");
     }
-    let mut rng = crate::simulate::Rng::new(options.seed);
+    let mut rng = crate::rng::Rng::new(options.seed);
     let mut differences: Vec<Vec<f64>> = vec![Vec::with_capacity(options.resamples); metrics.len()];
     let mut old_weights = vec![0u32; old.len()];
     let mut new_weights = vec![0u32; new.len()];

@@ -30,7 +30,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{ApiState, RECENT_ROWS, RecentRows};
-use crate::output::{METRIC_NAMES, WindowMetricRow, encode_ndjson_row, row_key};
+use crate::output::{encode_ndjson_row, row_key};
+use crate::window_metrics::{METRIC_NAMES, WindowMetricRow};
 
 /// The history's file name in the state dir.
 pub const FILE_NAME: &str = "recent_windows.ndjson";
@@ -57,7 +58,7 @@ fn identity(row: &WindowMetricRow) -> u128 {
 /// A row as [`encode_ndjson_row`] writes it.
 fn row_of_json(value: &Value) -> Option<WindowMetricRow> {
     let text = |key: &str| value.get(key).and_then(Value::as_str);
-    let time = |key: &str| text(key).and_then(crate::decode::timestamp::parse_rfc3339_ms);
+    let time = |key: &str| text(key).and_then(crate::timestamp::parse_rfc3339_ms);
     let number = |key: &str| value.get(key).and_then(Value::as_f64);
     let metric = text("metric")?;
     Some(WindowMetricRow {
@@ -241,7 +242,7 @@ impl History {
         drop(file);
         std::fs::rename(&temporary, &self.path)?;
         if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
+            crate::fsutil::sync_dir(dir)?;
         }
         let file = OpenOptions::new().append(true).open(&self.path)?;
         self.file = Some(BufWriter::with_capacity(64 * 1024, file));

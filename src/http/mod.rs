@@ -109,7 +109,7 @@ impl<T: Clone> Published<T> {
 }
 
 /// The rows `/api/v1/windows` and the status page serve, oldest first.
-pub type RecentRows = std::collections::VecDeque<crate::output::WindowMetricRow>;
+pub type RecentRows = std::collections::VecDeque<crate::window_metrics::WindowMetricRow>;
 
 /// What the API serves, published by the pipeline.
 pub struct ApiState {
@@ -157,7 +157,7 @@ impl ApiState {
     }
 
     /// Appends rows of closed windows, keeping the latest [`RECENT_ROWS`].
-    pub fn push_rows(&self, rows: &[crate::output::WindowMetricRow]) {
+    pub fn push_rows(&self, rows: &[crate::window_metrics::WindowMetricRow]) {
         if rows.is_empty() {
             return;
         }
@@ -338,7 +338,7 @@ async fn windows(
     };
     let since = match query.since.as_deref() {
         None => i64::MIN,
-        Some(text) => match crate::decode::timestamp::parse_rfc3339_ms(text) {
+        Some(text) => match crate::timestamp::parse_rfc3339_ms(text) {
             Some(ms) => ms,
             None => return error(StatusCode::BAD_REQUEST, "bad_since", "since must be an RFC 3339 time", None),
         },
@@ -374,7 +374,7 @@ async fn windows(
     // to copy its rows because a reader still holds them.
     let (rows, first_sequence) = state.windows_with_first_sequence();
     let skip = usize::try_from(after.saturating_sub(first_sequence)).unwrap_or(usize::MAX);
-    let matches = |r: &&crate::output::WindowMetricRow| {
+    let matches = |r: &&crate::window_metrics::WindowMetricRow| {
         query.model.as_deref().is_none_or(|m| *r.model == *m)
             && r.window_start_ms >= since
             && query.metric.as_deref().is_none_or(|m| r.metric == m)
@@ -486,7 +486,7 @@ pub fn serve(listen: &str, state: Arc<ApiState>) -> std::io::Result<Server> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::WindowMetricRow;
+    use crate::window_metrics::WindowMetricRow;
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::decode::InvalidReason;
-use crate::decode::timestamp::format_rfc3339_ms;
-use crate::output::WindowMetricRow;
+use crate::timestamp::format_rfc3339_ms;
+use crate::window_metrics::WindowMetricRow;
 
 use super::ApiState;
 

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::outbox::{Added, Outbox};
-use super::spec::{Notification, NotifierSpec, Outgoing, OutgoingEmail, OutgoingRequest, SmtpSettings};
+use super::spec::{Notification, Outgoing, OutgoingEmail, OutgoingRequest};
+use crate::config::notifiers::{NotifierSpec, SmtpSettings};
 use crate::output::alerts::AuditLog;
 use crate::rules::AlertEvent;
 use crate::telemetry::Telemetry;
@@ -112,7 +113,7 @@ struct Shared {
     client: reqwest::Client,
     retry: RetryPolicy,
     in_flight: AtomicUsize,
-    seed: Mutex<crate::simulate::Rng>,
+    seed: Mutex<crate::rng::Rng>,
     /// Per (notifier, rule, model): the completion of the last delivery
     /// queued, which the next one waits for, so a `resolved` never
     /// overtakes its `firing`. Tagged with a sequence number for cleanup.
@@ -159,7 +160,7 @@ impl Dispatcher {
             order: Mutex::new(HashMap::new()),
             last_resend: Mutex::new(HashMap::new()),
             sequence: AtomicUsize::new(0),
-            seed: Mutex::new(crate::simulate::Rng::new(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64)),
+            seed: Mutex::new(crate::rng::Rng::new(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64)),
         });
         let dispatcher = Dispatcher { shared, runtime: Some(runtime) };
         if !pending.is_empty() {
@@ -238,8 +239,14 @@ impl Dispatcher {
     /// budget of one notification ([`RetryPolicy::budget`]) with the
     /// longest timeout of the notifiers.
     pub fn retry_budget(&self) -> Duration {
-        let timeout =
-            self.shared.notifiers().specs.values().map(|s| s.timeout).max().unwrap_or(super::spec::DEFAULT_TIMEOUT);
+        let timeout = self
+            .shared
+            .notifiers()
+            .specs
+            .values()
+            .map(|s| s.timeout)
+            .max()
+            .unwrap_or(crate::config::notifiers::DEFAULT_TIMEOUT);
         self.shared.retry.budget(timeout)
     }
 

@@ -18,9 +18,10 @@ pub mod outbox;
 pub mod spec;
 
 pub use deliver::{Dispatcher, RetryPolicy};
-pub use spec::{Notification, NotifierSpec};
+pub use spec::Notification;
 
 use crate::config::Config;
+use crate::config::notifiers::NotifierSpec;
 
 /// Every configured notifier, checked; errors name notifier and setting.
 pub fn notifier_specs(config: &Config) -> Result<Vec<NotifierSpec>, Vec<String>> {

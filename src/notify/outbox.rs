@@ -11,10 +11,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::spec::Notification;
-
-/// Default most notifications pending at once; beyond it new ones are
-/// refused (counted as `dropped`) rather than growing without bound.
-pub const DEFAULT_MAX_PENDING: usize = 10_000;
+use crate::fsutil::write_atomically;
 
 pub struct Outbox {
     dir: Option<PathBuf>,
@@ -39,17 +36,6 @@ pub enum Added {
     Duplicate,
     /// The outbox is full.
     Full,
-}
-
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let temp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&temp, dir.join(name))?;
-    fs::File::open(dir)?.sync_all()
 }
 
 impl Outbox {

@@ -161,7 +161,7 @@ pub type ParsedRuleFile = (RuleFileSpec, Vec<Vec<Vec<(u64, String)>>>);
 
 /// Parses a rule file's text; the error names the line and column.
 pub fn parse_rule_file(text: &str) -> Result<ParsedRuleFile, (Option<u64>, String)> {
-    crate::config::check_text_size(text).map_err(|message| (None, message))?;
+    crate::fsutil::check_text_size(text).map_err(|message| (None, message))?;
     if !text.lines().any(|l| {
         let t = l.trim();
         !(t.is_empty() || t.starts_with('#') || t == "---")

@@ -33,8 +33,8 @@ use serde_json::Value;
 
 use super::file::Span;
 use super::ruleset::{Condition, Rule, RuleSet, template_name};
-use crate::decode::timestamp::format_rfc3339_ms;
-use crate::output::{WindowMetricRow, rows_to_record_batch, window_metrics_schema};
+use crate::timestamp::format_rfc3339_ms;
+use crate::window_metrics::{WindowMetricRow, rows_to_record_batch, window_metrics_schema};
 
 /// An alert state change, as written to `--alerts` and served by
 /// `/api/v1/alerts` (docs/RULES.md).
@@ -260,7 +260,7 @@ fn series_of(row: &Value) -> Series {
 }
 
 fn parse_time(row: &Value, key: &str) -> Option<i64> {
-    row.get(key).and_then(Value::as_str).and_then(crate::decode::timestamp::parse_rfc3339_ms)
+    row.get(key).and_then(Value::as_str).and_then(crate::timestamp::parse_rfc3339_ms)
 }
 
 /// The alert engine's state in a checkpoint: instances (with the sha256 of

@@ -14,104 +14,8 @@ use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan, Operator};
 
-use crate::output::METRIC_NAMES;
-
-/// The filters MiniJinja ships, less the one-letter aliases `d` and `e`
-/// (only used to suggest a name: whether a filter exists is asked of the
-/// environment itself).
-const BUILTIN_FILTERS: &[&str] = &[
-    "abs",
-    "attr",
-    "batch",
-    "bool",
-    "capitalize",
-    "chain",
-    "count",
-    "default",
-    "dictsort",
-    "escape",
-    "first",
-    "float",
-    "format",
-    "groupby",
-    "indent",
-    "int",
-    "items",
-    "join",
-    "last",
-    "length",
-    "lines",
-    "list",
-    "lower",
-    "map",
-    "max",
-    "min",
-    "pprint",
-    "reject",
-    "rejectattr",
-    "replace",
-    "reverse",
-    "round",
-    "safe",
-    "select",
-    "selectattr",
-    "slice",
-    "sort",
-    "split",
-    "string",
-    "sum",
-    "title",
-    "tojson",
-    "trim",
-    "unique",
-    "upper",
-    "zip",
-];
-
-/// The edit distance between two names (Levenshtein, on characters).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        previous = current;
-    }
-    previous[b.len()]
-}
-
-/// The candidate closest to `name`, if it is close enough to be a likely
-/// misspelling (same letters in another case, or a few edits away).
-pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let lower = name.to_lowercase();
-    // Among equally distant names, one that contains the letters as typed
-    // (`rnd` in `round`) is the likelier meaning.
-    let contains_letters = |candidate: &str| {
-        let mut letters = candidate.chars();
-        lower.chars().all(|c| letters.any(|l| l == c))
-    };
-    let mut best: Option<((usize, bool), &str)> = None;
-    for candidate in candidates {
-        let score = (edit_distance(&lower, candidate), !contains_letters(candidate));
-        if best.is_none_or(|(best_score, _)| score < best_score) {
-            best = Some((score, candidate));
-        }
-    }
-    let length = name.chars().count();
-    let allowed = if length <= 2 { 1 } else { (length / 3).clamp(2, 3) };
-    best.filter(|((distance, _), _)| *distance <= allowed).map(|(_, candidate)| candidate)
-}
-
-/// ` (did you mean 'x'?)`, or nothing when no name is close.
-fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>, quote: char) -> String {
-    match closest(name, candidates) {
-        Some(candidate) => format!("; did you mean {quote}{candidate}{quote}?"),
-        None => String::new(),
-    }
-}
+use crate::text::suggestion;
+use crate::window_metrics::METRIC_NAMES;
 
 /// The problem with comparing `metric` to `name`, if no window produces it.
 fn unknown_metric(name: &str) -> Option<String> {
@@ -219,120 +123,16 @@ pub fn double_quote_hint(sql: &str, columns: &[&str]) -> Option<String> {
     if hints.is_empty() { None } else { Some(hints.join("; ")) }
 }
 
-/// The filter names a template's source applies (`{{ x | round(2) }}`,
-/// `{% if a | length %}`), read from its tags with string literals
-/// skipped.
-fn filter_names(source: &str) -> BTreeSet<String> {
-    let bytes = source.as_bytes();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    let mut in_tag = false;
-    let mut quote: Option<u8> = None;
-    while i < bytes.len() {
-        let byte = bytes[i];
-        let next = bytes.get(i + 1).copied();
-        if !in_tag {
-            in_tag = byte == b'{' && matches!(next, Some(b'{' | b'%'));
-            i += if in_tag { 2 } else { 1 };
-            continue;
-        }
-        if let Some(q) = quote {
-            if byte == b'\\' {
-                i += 2;
-                continue;
-            }
-            if byte == q {
-                quote = None;
-            }
-            i += 1;
-            continue;
-        }
-        match byte {
-            b'\'' | b'"' => quote = Some(byte),
-            b'}' | b'%' if next == Some(b'}') => {
-                in_tag = false;
-                i += 2;
-                continue;
-            }
-            b'|' => {
-                let start = i + 1 + bytes[i + 1..].iter().take_while(|b| b.is_ascii_whitespace()).count();
-                let length = bytes[start..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_' || **b == b'.')
-                    .count();
-                if length > 0 {
-                    names.insert(source[start..start + length].to_string());
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    names
-}
-
-/// Problems with a compiled template of `environment`: variables that are
-/// neither in `variables` nor globals, and filters the environment does
-/// not have.
-pub fn template_problems(
-    environment: &minijinja::Environment<'_>,
-    template_name: &str,
-    variables: &[&str],
-) -> Vec<String> {
-    let Ok(template) = environment.get_template(template_name) else { return Vec::new() };
-    compiled_template_problems(environment, &template, variables)
-}
-
-/// [`template_problems`] of a template already compiled in `environment`.
-pub fn compiled_template_problems(
-    environment: &minijinja::Environment<'_>,
-    template: &minijinja::Template<'_, '_>,
-    variables: &[&str],
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let globals: Vec<&str> = environment.globals().map(|(name, _)| name).collect();
-    let mut undeclared: Vec<String> = template.undeclared_variables(false).into_iter().collect();
-    undeclared.sort();
-    for name in undeclared {
-        if variables.contains(&name.as_str()) || globals.contains(&name.as_str()) {
-            continue;
-        }
-        problems.push(format!(
-            "unknown variable `{name}`: it would render as nothing{} (the variables are {})",
-            suggestion(&name, variables.iter().copied(), '`'),
-            variables.join(", ")
-        ));
-    }
-    for name in filter_names(template.source()) {
-        // Applying the filter to nothing tells whether it exists: only an
-        // unknown one fails with `UnknownFilter` (others may complain
-        // about their arguments).
-        let probe = environment.render_str(&format!("{{{{ none | {name} }}}}"), ());
-        if probe.is_err_and(|e| e.kind() == minijinja::ErrorKind::UnknownFilter) {
-            problems
-                .push(format!("unknown filter `{name}`{}", suggestion(&name, BUILTIN_FILTERS.iter().copied(), '`')));
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::closest;
 
     #[test]
-    fn the_closest_name_is_suggested_only_when_it_is_close() {
+    fn the_closest_metric_name_is_suggested_only_when_it_is_close() {
         assert_eq!(closest("accuracyy", METRIC_NAMES.iter().copied()), Some("accuracy"));
         assert_eq!(closest("PSI", METRIC_NAMES.iter().copied()), Some("psi"));
-        assert_eq!(closest("featur", ["model", "feature"]), Some("feature"));
-        assert_eq!(closest("rnd", BUILTIN_FILTERS.iter().copied()), Some("round"));
         assert_eq!(closest("throughput", METRIC_NAMES.iter().copied()), None);
-    }
-
-    #[test]
-    fn filters_are_read_from_tags_only_and_outside_strings() {
-        let names = filter_names("a | b {{ x | round(3) }} {% if y|lengthh %}{{ '|not' ~ z |  upper }}{% endif %}");
-        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["lengthh", "round", "upper"]);
     }
 
     #[test]

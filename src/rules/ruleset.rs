@@ -19,7 +19,7 @@ use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use super::file::{RULE_KEYS, RuleSpec, Span, parse_rule_file};
-use crate::output::window_metrics_schema;
+use crate::window_metrics::window_metrics_schema;
 
 /// A problem with a rule file, at a line when one is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +32,8 @@ pub struct RuleError {
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file, line, crate::config::shorten_long_tokens(&self.message)),
-            None => write!(f, "{}: {}", self.file, crate::config::shorten_long_tokens(&self.message)),
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, crate::text::shorten_long_tokens(&self.message)),
+            None => write!(f, "{}: {}", self.file, crate::text::shorten_long_tokens(&self.message)),
         }
     }
 }
@@ -226,7 +226,7 @@ impl RuleSet {
         for path in paths {
             let path = path.as_ref();
             let file = path.display().to_string();
-            match crate::config::read_text_file_bounded(path, crate::config::MAX_TEXT_FILE_BYTES) {
+            match crate::fsutil::read_text_file_bounded(path, crate::fsutil::MAX_TEXT_FILE_BYTES) {
                 Ok(text) => sources.push((file, text)),
                 Err(e) => errors.push(RuleError { file, line: None, message: e.to_string() }),
             }
@@ -399,7 +399,7 @@ impl RuleSet {
                         names.push(key.clone());
                         let Some(variables) = &template_variables else { continue };
                         let variables: Vec<&str> = variables.iter().map(String::as_str).collect();
-                        for problem in super::lint::template_problems(&self.templates, &template_name, &variables) {
+                        for problem in crate::template::template_problems(&self.templates, &template_name, &variables) {
                             errors.push(error(line_of(template), format!("{name}: {kind}.{key}: {problem}")));
                         }
                     }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use super::lifecycle::{AlertEngine, Transition};
 use super::ruleset::RuleSet;
-use crate::decode::timestamp::{format_rfc3339_ms, parse_rfc3339_ms};
-use crate::output::{METRIC_NAMES, WindowMetricRow};
+use crate::timestamp::{format_rfc3339_ms, parse_rfc3339_ms};
+use crate::window_metrics::{METRIC_NAMES, WindowMetricRow};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,7 +233,7 @@ fn matches(e: &Expected, t: &Transition) -> Result<bool, String> {
 /// invalid, or its rules fail to load).
 pub fn run_test_file(path: &Path) -> Result<TestReport, String> {
     let display = path.display().to_string();
-    let text = crate::config::read_text_file_bounded(path, crate::config::MAX_TEXT_FILE_BYTES)
+    let text = crate::fsutil::read_text_file_bounded(path, crate::fsutil::MAX_TEXT_FILE_BYTES)
         .map_err(|e| format!("{display}: {e}"))?;
     run_test_text(&text, &display, path.parent().unwrap_or(Path::new(".")), None)
 }
@@ -247,9 +247,9 @@ pub fn run_test_text(
     base: &Path,
     rules: Option<Arc<RuleSet>>,
 ) -> Result<TestReport, String> {
-    crate::config::check_text_size(text).map_err(|message| format!("{display}: {message}"))?;
+    crate::fsutil::check_text_size(text).map_err(|message| format!("{display}: {message}"))?;
     let file: TestFile = serde_saphyr::from_str(text)
-        .map_err(|e| format!("{display}: {}", crate::config::shorten_long_tokens(&e.without_snippet().to_string())))?;
+        .map_err(|e| format!("{display}: {}", crate::text::shorten_long_tokens(&e.without_snippet().to_string())))?;
     let window = duration(file.window.as_deref(), Duration::from_secs(300), "window")?;
     let history = duration(file.history.as_deref(), Duration::from_secs(3600), "history")?;
     let rules = match rules {

@@ -16,6 +16,8 @@
 //!
 //! Architecture invariant: pure; time only ever comes from event timestamps.
 
+pub mod partial;
+
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::WindowsConfig;

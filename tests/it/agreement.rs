@@ -193,7 +193,7 @@ fn same_row(a: &Value, b: &Value) -> bool {
 }
 
 fn window_start_ms(row: &Value) -> i64 {
-    driftwatch::decode::timestamp::parse_rfc3339_ms(row["window_start"].as_str().unwrap()).unwrap()
+    driftwatch::timestamp::parse_rfc3339_ms(row["window_start"].as_str().unwrap()).unwrap()
 }
 
 #[test]
@@ -301,7 +301,7 @@ fn replay_gives_the_daemons_rows_and_transitions_for_any_batch_size_and_horizon(
                     expected.get(&key).copied().unwrap_or_else(|| panic!("{what}: row only in the daemon's: {row}"));
                 assert!(same_row(row, replayed), "{what}: rows differ:\n daemon {row}\n replay {replayed}");
             }
-            let closer_end = driftwatch::decode::timestamp::format_rfc3339_ms(closer_window + 30 * MINUTE);
+            let closer_end = driftwatch::timestamp::format_rfc3339_ms(closer_window + 30 * MINUTE);
             let mut replayed: Vec<&String> = transitions.iter().filter(|t| !t.ends_with(&closer_end)).collect();
             let mut daemon: Vec<&String> = daemon_transitions.iter().filter(|t| !t.ends_with(&closer_end)).collect();
             replayed.sort();

@@ -224,7 +224,7 @@ fn flag_value<'a>(call: &'a [String], flag: &str) -> Option<&'a str> {
 /// Checks one call against the command's flags, formats and metric names;
 /// returns its format and where its output goes (`> FILE`, `| tee ...`).
 fn check_gate_call(place: &str, call: &[String]) -> (String, Option<String>) {
-    let metric_names: BTreeSet<&str> = driftwatch::output::METRIC_NAMES.iter().copied().collect();
+    let metric_names: BTreeSet<&str> = driftwatch::window_metrics::METRIC_NAMES.iter().copied().collect();
     let mut words = call.iter();
     while let Some(word) = words.next() {
         if word.starts_with("--") {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use driftwatch::config::Config;
 use driftwatch::decode::InvalidReason;
-use driftwatch::output::METRIC_NAMES;
+use driftwatch::window_metrics::METRIC_NAMES;
 
 use crate::support::repo;
 

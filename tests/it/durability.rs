@@ -37,8 +37,8 @@ impl Stream {
     fn event(&self, i: usize) -> (String, String) {
         let mut event = self.template[i % self.template.len()].clone();
         let cycle = (i / self.template.len()) as i64;
-        let time = driftwatch::decode::timestamp::parse_rfc3339_ms(event["timestamp"].as_str().unwrap()).unwrap();
-        let timestamp = driftwatch::decode::timestamp::format_rfc3339_ms(time + cycle * 20 * 60_000);
+        let time = driftwatch::timestamp::parse_rfc3339_ms(event["timestamp"].as_str().unwrap()).unwrap();
+        let timestamp = driftwatch::timestamp::format_rfc3339_ms(time + cycle * 20 * 60_000);
         event["timestamp"] = Value::String(timestamp.clone());
         event["event_id"] = Value::String(format!("e{i}"));
         event["latency_ms"] = serde_json::json!(4.0 + (i % 23) as f64 * 0.7);
@@ -170,16 +170,16 @@ fn finish_stream(broker: &Broker, dir: &Path, daemon: &mut Killed, log: &str, to
     wait_until(timeout, "every event processed and checkpointed", || {
         checkpointed_offsets(dir) == Some((total as i64, total as i64))
     });
-    let last_time = driftwatch::decode::timestamp::parse_rfc3339_ms(last["timestamp"].as_str().unwrap()).unwrap();
+    let last_time = driftwatch::timestamp::parse_rfc3339_ms(last["timestamp"].as_str().unwrap()).unwrap();
     let closer = serde_json::json!({
         "event_id": "closer", "model": "shop", "prediction": 0,
-        "timestamp": driftwatch::decode::timestamp::format_rfc3339_ms(last_time + 2 * 3_600_000),
+        "timestamp": driftwatch::timestamp::format_rfc3339_ms(last_time + 2 * 3_600_000),
         "features": {"amount": 20.0, "tenure": 100, "country": "DE"},
     });
     let producer = broker.producer();
     send(&producer, "predictions", "closer", closer.to_string().as_bytes());
     flush(&producer);
-    let last_window = driftwatch::decode::timestamp::format_rfc3339_ms(last_time - last_time.rem_euclid(300_000));
+    let last_window = driftwatch::timestamp::format_rfc3339_ms(last_time - last_time.rem_euclid(300_000));
     wait_until(timeout, "the last window's accuracy", || {
         std::fs::read_to_string(dir.join("out.ndjson")).unwrap_or_default().lines().any(|l| {
             l.contains(&format!("\"window_start\":\"{last_window}\"")) && l.contains("\"metric\":\"accuracy\"")

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use driftwatch::decode::timestamp::format_rfc3339_ms;
 use driftwatch::sources::kafka::{DLQ_CUT_BYTES, DLQ_ORIGINAL_BYTES_HEADER};
+use driftwatch::timestamp::format_rfc3339_ms;
 use rdkafka::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use driftwatch::http::{ApiState, MAX_BODY_BYTES, serve};
-use driftwatch::output::WindowMetricRow;
+use driftwatch::window_metrics::WindowMetricRow;
 use serde_json::Value;
 
 /// Sends raw request bytes; returns the status and the body as JSON

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use driftwatch::config::Config;
 use driftwatch::decode::InvalidReason;
-use driftwatch::output::WindowMetricRow;
 use driftwatch::simulate::{Simulator, SimulatorOptions};
 use driftwatch::sources::kafka::DLQ_REASON_HEADER;
+use driftwatch::window_metrics::WindowMetricRow;
 use rdkafka::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

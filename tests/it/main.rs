@@ -20,6 +20,7 @@ mod hostile;
 mod http;
 mod kafka;
 mod lanes;
+mod modules;
 pub mod notify;
 mod observability;
 mod properties;

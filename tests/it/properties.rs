@@ -3,15 +3,18 @@
 //! summarising everything at once — counts, sums, min/max and exact
 //! quantiles exactly, moments to rounding, sketches within their bound —
 //! and the label join pairs each event id exactly once when both sides
-//! arrive, whatever the order and however often either is repeated; and
-//! replay is deterministic.
+//! arrive, whatever the order and however often either is repeated;
+//! replay is deterministic; and whole window states, split at random into
+//! partial windows (names instead of ids, as shipped between machines),
+//! merge in any grouping and order into the state of one pass, the same
+//! bytes each time for the same order.
 
 use datafusion::arrow::array::{Float64Array, StringArray};
 use driftwatch::evaluate::categorical::CategoricalSummary;
 use driftwatch::evaluate::numeric::NumericSummary;
 use driftwatch::evaluate::performance::{Outcome, PerformanceState};
-use driftwatch::evaluate::sketch::{MAX_BUCKETS, QuantileSketch};
 use driftwatch::join::{ModelJoin, PendingLabel, PendingPrediction, Target, join_key};
+use driftwatch::sketch::{MAX_BUCKETS, QuantileSketch};
 use proptest::prelude::*;
 
 fn values() -> impl Strategy<Value = Vec<Option<f64>>> {
@@ -206,7 +209,7 @@ pub(crate) fn write_stream(
     let countries = ["DE", "FR", "GB", "US", "IT"];
     let (mut predictions, mut labels) = (String::new(), String::new());
     for (i, &(offset, amount, country, segment, class, score, label, twice)) in events.iter().enumerate() {
-        let time = driftwatch::decode::timestamp::format_rfc3339_ms(START + i64::from(offset));
+        let time = driftwatch::timestamp::format_rfc3339_ms(START + i64::from(offset));
         let amount = amount.map_or("null".to_string(), |a| a.to_string());
         // Index 5 is a number where a string is expected (a type error), 6 absent.
         let country = match country {
@@ -223,7 +226,7 @@ pub(crate) fn write_stream(
             predictions.push_str(&line);
         }
         if let Some((delay, value)) = label {
-            let time = driftwatch::decode::timestamp::format_rfc3339_ms(START + i64::from(offset) + i64::from(delay));
+            let time = driftwatch::timestamp::format_rfc3339_ms(START + i64::from(offset) + i64::from(delay));
             writeln!(labels, "{{\"event_id\":\"e{i}\",\"model\":\"shop\",\"timestamp\":\"{time}\",\"label\":{value}}}")
                 .unwrap();
         }
@@ -265,5 +268,230 @@ proptest! {
         let second = replay_rows(&config, &p, &l);
         prop_assert!(!first.is_empty());
         prop_assert_eq!(first, second);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Partial windows: window states split at random, named, merged.
+
+use datafusion::arrow::array::UInt32Array;
+use driftwatch::decode::{FeatureArray, PredictionArray};
+use driftwatch::evaluate::{FeatureSummary, GroupColumns, PredictionSummary, WindowState};
+use driftwatch::model::reference::ModelReference;
+use driftwatch::model::{FeatureKind, ModelRegistry, ModelState};
+use driftwatch::window::partial::PartialWindow;
+
+const WINDOW: (i64, i64) = (1_700_000_000_000, 1_700_000_300_000);
+
+/// One generated prediction (and label) of the `shop` model.
+#[derive(Debug, Clone)]
+struct ShopEvent {
+    amount: Option<f64>,
+    country: Option<&'static str>,
+    tenure: Option<f64>,
+    extra: Option<f64>,
+    predicted: &'static str,
+    score: Option<f64>,
+    latency_ms: Option<f64>,
+    actual: Option<&'static str>,
+}
+
+fn shop_events(seed: u64, n: usize) -> Vec<ShopEvent> {
+    let mut rng = driftwatch::rng::Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut maybe = |p: f64| rng.uniform() < p;
+            let present = [maybe(0.9), maybe(0.85), maybe(0.95), maybe(0.4), maybe(0.8), maybe(0.7)];
+            ShopEvent {
+                amount: present[0].then(|| (rng.normal() * 0.8 + 3.0).exp()),
+                country: present[1].then(|| rng.pick(&["DE", "FR", "GB", "US", "JP"])),
+                tenure: present[2].then(|| (rng.uniform() * 4000.0).floor()),
+                extra: present[3].then(|| rng.normal()),
+                predicted: rng.pick(&["0", "1"]),
+                score: present[4].then(|| rng.uniform()),
+                latency_ms: Some(rng.uniform() * 50.0),
+                actual: present[5].then(|| rng.pick(&["0", "1"])),
+            }
+        })
+        .collect()
+}
+
+/// `shop` (with its baseline, the feature `extra`, its classes and series
+/// 0) from the replay_drift fixture.
+fn shop_model() -> ModelState {
+    let baseline = crate::support::repo("tests/fixtures/replay_drift/baseline.json");
+    let config = driftwatch::config::Config::from_yaml_str(
+        &format!("models: [{{name: shop, task: binary_classification, baseline: {}}}]\n", baseline.display()),
+        "test.yaml",
+    )
+    .unwrap();
+    let mut registry = ModelRegistry::from_config(&config);
+    let mut model = registry.get_mut(0).clone();
+    model.attach_reference(ModelReference::new(driftwatch::baseline::Baseline::load(&baseline).unwrap()));
+    model.add_feature("extra", FeatureKind::Numeric);
+    model.classes.intern("1", usize::MAX);
+    model.classes.intern("0", usize::MAX);
+    let mut key = "v1\0".to_string();
+    model.intern_series_key(&mut key, 2, (1000, 1000));
+    model
+}
+
+fn aggregate_shop(model: &ModelState, events: &[ShopEvent]) -> WindowState {
+    let mut state = WindowState::new(model);
+    for chunk in events.chunks(29) {
+        let numeric = |f: fn(&ShopEvent) -> Option<f64>| Float64Array::from(chunk.iter().map(f).collect::<Vec<_>>());
+        let features = [
+            FeatureArray::Numeric(numeric(|e| e.amount)),
+            FeatureArray::Categorical(StringArray::from(chunk.iter().map(|e| e.country).collect::<Vec<_>>())),
+            FeatureArray::Numeric(numeric(|e| e.tenure)),
+            FeatureArray::Numeric(numeric(|e| e.extra)),
+        ];
+        // A chunk without any `extra` carries no such column, as a batch
+        // of events that lack the feature.
+        let carried = if chunk.iter().any(|e| e.extra.is_some()) { 4 } else { 3 };
+        let class = |name: &str| model.classes.get(name).unwrap();
+        let prediction =
+            PredictionArray::Class(UInt32Array::from(chunk.iter().map(|e| class(e.predicted)).collect::<Vec<_>>()));
+        let (score, latency_ms) = (numeric(|e| e.score), numeric(|e| e.latency_ms));
+        let columns = GroupColumns {
+            len: chunk.len(),
+            features: &features[..carried],
+            prediction: &prediction,
+            score: &score,
+            latency_ms: &latency_ms,
+        };
+        state.update(model, &columns, 1000, false);
+        for event in chunk.iter().filter(|e| e.actual.is_some()) {
+            let (predicted, actual) = (class(event.predicted), class(event.actual.unwrap()));
+            state.performance.add(Outcome::Class { predicted, actual, score: event.score.unwrap_or(f64::NAN) });
+        }
+    }
+    state
+}
+
+fn relatively_close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1e-300)
+}
+
+/// Exact fields equal; moments within 1e-12 relative; exact values as a
+/// multiset.
+fn numeric_equivalent(merged: &NumericSummary, whole: &NumericSummary, what: &str) -> Result<(), TestCaseError> {
+    let (mut merged, mut whole) = (merged.clone(), whole.clone());
+    prop_assert_eq!(merged.count(), whole.count(), "{}: count", what);
+    // The score's and latency's `missing` count only batches that carry
+    // some value (no row reads them), so they follow the batching.
+    if what != "score" && what != "latency" {
+        prop_assert_eq!(merged.missing, whole.missing, "{}: missing", what);
+    }
+    prop_assert_eq!((merged.min(), merged.max()), (whole.min(), whole.max()), "{}: min, max", what);
+    if whole.count() > 0 {
+        prop_assert!(relatively_close(merged.mean().unwrap(), whole.mean().unwrap()), "{}: mean", what);
+    }
+    if whole.count() > 1 {
+        prop_assert!(relatively_close(merged.std().unwrap(), whole.std().unwrap()), "{}: std", what);
+    }
+    let sorted = |s: &NumericSummary| {
+        let mut values = s.exact_values().map(<[f64]>::to_vec);
+        values.iter_mut().for_each(|v| v.sort_by(f64::total_cmp));
+        values
+    };
+    prop_assert_eq!(sorted(&merged), sorted(&whole), "{}: exact values", what);
+    prop_assert_eq!(merged.to_sketch(), whole.to_sketch(), "{}: sketch", what);
+    Ok(())
+}
+
+fn states_equivalent(merged: &WindowState, whole: &WindowState) -> Result<(), TestCaseError> {
+    prop_assert_eq!(merged.events, whole.events);
+    for id in 0..merged.features.len().max(whole.features.len()) {
+        let mine = merged.features.get(id).and_then(Option::as_ref);
+        let theirs = whole.features.get(id).and_then(Option::as_ref);
+        let (Some(mine), Some(theirs)) = (mine, theirs) else {
+            prop_assert!(mine.is_none() && theirs.is_none(), "feature {}: a state on one side only", id);
+            continue;
+        };
+        match (&mine.summary, &theirs.summary) {
+            (FeatureSummary::Numeric(a), FeatureSummary::Numeric(b)) => numeric_equivalent(a, b, "feature")?,
+            (FeatureSummary::Categorical(a), FeatureSummary::Categorical(b)) => prop_assert_eq!(a, b),
+            _ => prop_assert!(false, "feature {}: kinds differ", id),
+        }
+        prop_assert_eq!(&mine.reference_bins, &theirs.reference_bins, "feature {} bins", id);
+        prop_assert_eq!((mine.type_errors, mine.out_of_range), (theirs.type_errors, theirs.out_of_range));
+    }
+    let (PredictionSummary::Classes(a), PredictionSummary::Classes(b)) = (&merged.prediction, &whole.prediction) else {
+        return Err(TestCaseError::fail("classification predictions"));
+    };
+    let trimmed = |v: &[u64]| v[..v.iter().rposition(|n| *n > 0).map_or(0, |i| i + 1)].to_vec();
+    prop_assert_eq!(trimmed(a), trimmed(b));
+    numeric_equivalent(&merged.score, &whole.score, "score")?;
+    numeric_equivalent(&merged.latency_ms, &whole.latency_ms, "latency")?;
+    prop_assert_eq!(&merged.score_bins, &whole.score_bins);
+    let (a, b) = (&merged.performance, &whole.performance);
+    prop_assert_eq!((a.labeled, &a.confusion), (b.labeled, &b.confusion));
+    for (x, y) in a.scores.sums.values().zip(b.scores.sums.values()) {
+        prop_assert_eq!(x.count, y.count);
+        prop_assert!(relatively_close(x.ln_score, y.ln_score) && relatively_close(x.score_squared, y.score_squared));
+    }
+    prop_assert_eq!(a.scores.sums.len(), b.scores.sums.len());
+    prop_assert_eq!(&a.scores.histograms, &b.scores.histograms);
+    let pairs = |p: &PerformanceState| {
+        let mut pairs = p.scores.exact.clone();
+        pairs.iter_mut().for_each(|v| v.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1))));
+        pairs
+    };
+    prop_assert_eq!(pairs(a), pairs(b));
+    Ok(())
+}
+
+/// Merges `partials` in the order and grouping `choices` picks: each step
+/// merges one partial into its left neighbour, the pair chosen among those
+/// left, so every binary grouping of every order can come up.
+fn merge_partials(mut partials: Vec<PartialWindow>, choices: &[u64]) -> PartialWindow {
+    let mut step = 0;
+    while partials.len() > 1 {
+        let at = (choices[step % choices.len()] % (partials.len() as u64 - 1)) as usize;
+        let right = partials.remove(at + 1);
+        partials[at].merge(right, 1000).unwrap();
+        step += 1;
+    }
+    partials.pop().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn partial_windows_merge_in_any_grouping_and_order_into_the_state_of_one_pass(
+        seed in any::<u64>(),
+        n in 0usize..2500,
+        cuts in prop::collection::vec(0usize..3000, 0..6),
+        shuffle in prop::collection::vec(any::<u64>(), 8),
+        choices in prop::collection::vec(any::<u64>(), 8),
+    ) {
+        let model = shop_model();
+        let events = shop_events(seed, n);
+        let whole = aggregate_shop(&model, &events);
+        let mut parts: Vec<PartialWindow> = chunks(n, &cuts)
+            .into_iter()
+            .map(|r| PartialWindow::from_state(&model, 0, WINDOW.0, WINDOW.1, &aggregate_shop(&model, &events[r])))
+            .collect();
+        if parts.is_empty() {
+            // No events: one partial of nothing.
+            parts.push(PartialWindow::from_state(&model, 0, WINDOW.0, WINDOW.1, &WindowState::new(&model)));
+        }
+        let mut keys: Vec<(u64, usize)> = (0..parts.len()).map(|i| (shuffle[i % shuffle.len()], i)).collect();
+        keys.sort_unstable();
+        let shuffled: Vec<PartialWindow> = keys.iter().map(|(_, i)| parts[*i].clone()).collect();
+        parts = shuffled;
+        let merged = merge_partials(parts.clone(), &choices);
+        // Shipped as bytes and interned on another machine's model.
+        let bytes = merged.to_msgpack();
+        let (series, state) = PartialWindow::from_msgpack(&bytes)
+            .unwrap()
+            .into_state(&mut model.clone(), &driftwatch::config::PipelineConfig::default())
+            .unwrap();
+        prop_assert_eq!(series, 0);
+        states_equivalent(&state, &whole)?;
+        // The same partials in the same order and grouping: the same bytes.
+        prop_assert_eq!(merge_partials(parts, &choices).to_msgpack(), bytes);
     }
 }

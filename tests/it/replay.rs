@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use driftwatch::config::Config;
-use driftwatch::decode::timestamp::format_rfc3339_ms;
 use driftwatch::drivers::replay::replay;
-use driftwatch::output::{MemorySink, NdjsonSink, WindowMetricRow};
+use driftwatch::output::{MemorySink, NdjsonSink};
 use driftwatch::telemetry::Telemetry;
+use driftwatch::timestamp::format_rfc3339_ms;
+use driftwatch::window_metrics::WindowMetricRow;
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {

@@ -271,9 +271,9 @@ pub struct InProcessDaemon {
     pub telemetry: std::sync::Arc<driftwatch::telemetry::Telemetry>,
     handle:
         std::thread::JoinHandle<Result<driftwatch::sources::kafka::KafkaSummary, driftwatch::drivers::run::RunError>>,
-    rows: std::sync::mpsc::Receiver<Vec<driftwatch::output::WindowMetricRow>>,
+    rows: std::sync::mpsc::Receiver<Vec<driftwatch::window_metrics::WindowMetricRow>>,
     /// Rows received so far (see [`Self::received`]).
-    received: Vec<driftwatch::output::WindowMetricRow>,
+    received: Vec<driftwatch::window_metrics::WindowMetricRow>,
 }
 
 impl InProcessDaemon {
@@ -298,13 +298,15 @@ impl InProcessDaemon {
     }
 
     /// The rows the daemon has written so far (while it runs).
-    pub fn received(&mut self) -> &[driftwatch::output::WindowMetricRow] {
+    pub fn received(&mut self) -> &[driftwatch::window_metrics::WindowMetricRow] {
         self.received.extend(self.rows.try_iter().flatten());
         &self.received
     }
 
     /// Stops the daemon: its summary and every row it wrote.
-    pub fn stop(mut self) -> (driftwatch::sources::kafka::KafkaSummary, Vec<driftwatch::output::WindowMetricRow>) {
+    pub fn stop(
+        mut self,
+    ) -> (driftwatch::sources::kafka::KafkaSummary, Vec<driftwatch::window_metrics::WindowMetricRow>) {
         self.shutdown.trigger();
         let summary = self.handle.join().expect("daemon thread").expect("daemon ran");
         self.received.extend(self.rows.try_iter().flatten());

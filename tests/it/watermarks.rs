@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use driftwatch::config::Config;
-use driftwatch::output::{MemorySink, WindowMetricRow, row_key};
+use driftwatch::output::{MemorySink, row_key};
 use driftwatch::telemetry::Telemetry;
+use driftwatch::window_metrics::WindowMetricRow;
 use rdkafka::producer::BaseProducer;
 
 use crate::support::{Broker, InProcessDaemon, flush, http_text, send_to_partition, wait_until};

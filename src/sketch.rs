@@ -346,7 +346,7 @@ mod tests {
 
     #[test]
     fn quantiles_are_within_the_relative_error_bound() {
-        let mut rng = crate::simulate::Rng::new(11);
+        let mut rng = crate::rng::Rng::new(11);
         let mut values: Vec<f64> = (0..100_000).map(|_| (2.0 + 1.5 * rng.normal()).exp() - 3.0).collect();
         let mut sketch = QuantileSketch::default();
         for &v in &values {
@@ -398,7 +398,7 @@ mod tests {
 
     /// Values from ±1e-300 to ±1e300 (and subnormals, zeros) in one sketch.
     fn spanning_the_double_range(n: usize, seed: u64) -> Vec<f64> {
-        let mut rng = crate::simulate::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let mut values = vec![1e-300, -1e-300, 1e300, -1e300, 5e-324, -5e-324, 0.0, -0.0, f64::MAX, -f64::MIN_POSITIVE];
         values.extend((0..n).map(|_| {
             let magnitude = 10f64.powf(rng.uniform() * 600.0 - 300.0);
@@ -462,7 +462,7 @@ mod tests {
         // Values are log-uniform over 600 decades: most quantiles are folded.
         assert!(folded > 500, "{folded} quantiles folded");
         // Upper quantiles of a sketch over the budget keep 0.4% exactly as before.
-        let mut rng = crate::simulate::Rng::new(7);
+        let mut rng = crate::rng::Rng::new(7);
         let mut latencies: Vec<f64> = (0..20_000).map(|_| (3.0 + 2.0 * rng.normal()).exp()).collect();
         latencies.extend([1e-200; 100]);
         let sketch = sketch_of(&latencies);

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::baseline::ChunkSpread;
-use crate::evaluate::sketch::QuantileSketch;
+use crate::sketch::QuantileSketch;
 
 /// Chunks resampled per chunk size.
 pub const CHUNKS_PER_SIZE: usize = 128;
@@ -40,7 +40,7 @@ fn spread(size: u64, values: &[f64]) -> ChunkSpread {
 }
 
 /// Draws `size` indices from cumulative counts into `counts`.
-fn draw(rng: &mut crate::simulate::Rng, cumulative: &[u64], size: u64, counts: &mut [u64]) {
+fn draw(rng: &mut crate::rng::Rng, cumulative: &[u64], size: u64, counts: &mut [u64]) {
     counts.iter_mut().for_each(|c| *c = 0);
     let total = *cumulative.last().unwrap_or(&0);
     if total == 0 {
@@ -73,7 +73,7 @@ pub fn calibrate_numeric(sketch: &QuantileSketch, std: f64, edges: &[f64], propo
     let reference_cdf: Vec<f64> = cumulative.iter().map(|&c| c as f64 / total).collect();
     let gaps: Vec<f64> = points.windows(2).map(|w| w[1].0 - w[0].0).collect();
     let bin_of: Vec<usize> = points.iter().map(|p| edges.partition_point(|&e| e < p.0)).collect();
-    let mut rng = crate::simulate::Rng::new(SEED);
+    let mut rng = crate::rng::Rng::new(SEED);
     let mut counts = vec![0u64; points.len()];
     let mut bins = vec![0u64; proportions.len()];
     let (mut psi, mut ks, mut wasserstein) = (Vec::new(), Vec::new(), Vec::new());
@@ -114,7 +114,7 @@ pub fn calibrate_categorical(proportions: &[f64]) -> Calibration {
     if proportions.iter().filter(|p| **p > 0.0).count() < 2 {
         return Calibration::new();
     }
-    let mut rng = crate::simulate::Rng::new(SEED);
+    let mut rng = crate::rng::Rng::new(SEED);
     let mut counts = vec![0u64; proportions.len()];
     let (mut psi, mut chi2) = (Vec::new(), Vec::new());
     let mut calibration = Calibration::new();
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn chunk_spreads_shrink_with_chunk_size_like_the_analytic_laws() {
-        let mut rng = crate::simulate::Rng::new(5);
+        let mut rng = crate::rng::Rng::new(5);
         let mut sketch = QuantileSketch::default();
         for _ in 0..20_000 {
             sketch.add(rng.normal() + 10.0);

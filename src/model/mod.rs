@@ -6,12 +6,16 @@
 //! interns it to a small integer so the window stage groups rows without
 //! hashing strings. A *class* is one label value of a classification model,
 //! interned the same way so predictions and labels compare as integers.
+//! Each model also holds its baseline as the window stage uses it
+//! ([`reference`]).
+
+pub mod reference;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Config, ModelConfig, Task};
-use crate::evaluate::reference::{FeatureReference, ModelReference};
+use crate::config::{Config, ModelConfig, OVERFLOW_SEGMENT, OVERFLOW_VERSION, Task};
+use reference::{FeatureReference, ModelReference};
 
 /// Index of a model in [`ModelRegistry::models`].
 pub type ModelId = u32;
@@ -197,58 +201,60 @@ impl ModelState {
         }
     }
 
-    /// The series (`version`, `segment`), created when new the way the
-    /// decoder creates it (with its whole-model series right after), for
-    /// names another registry (a lane's) interned first. The caps apply
-    /// again here, over what all lanes met: a version beyond
-    /// `max_versions` is filed under `__other__` (shadow versions never
-    /// are), a series beyond `max_segments` folds into its version's
-    /// segment `__other__`, as the decoder does.
-    pub fn series_named(
+    /// The id of the series whose key (`model_version + '\0' + segment`,
+    /// the segment's `key=value` pairs sorted by key) is in `key`, its
+    /// version `version_len` bytes long; interned when new. A version
+    /// beyond `max_versions_per_model` (a configured shadow version
+    /// excepted) is filed under [`OVERFLOW_VERSION`], a series beyond
+    /// `max_segments_per_model` under the segment [`OVERFLOW_SEGMENT`];
+    /// `key` then holds the key used. A new segment series also interns
+    /// its whole-model series. The decoder and partial windows
+    /// (`window/partial.rs`) intern through here, so both file a series
+    /// alike.
+    pub fn intern_series_key(
         &mut self,
-        version: &Arc<str>,
-        segment: &Arc<str>,
+        key: &mut String,
+        version_len: usize,
         (max_segments, max_versions): (usize, usize),
-    ) -> SeriesId {
-        let mut key = String::with_capacity(version.len() + 1 + segment.len());
-        key.push_str(version);
-        key.push('\0');
-        key.push_str(segment);
-        if let Some(id) = self.series_keys.get(&key) {
-            return id;
+    ) -> (SeriesId, OverCap) {
+        let mut over_cap = OverCap::default();
+        if let Some(id) = self.series_keys.get(key) {
+            return (id, over_cap);
         }
-        let mut version = version.clone();
-        if !self.versions.contains(&version) {
-            if self.versions.len() >= max_versions && self.config.shadow_lane(&version) == 0 {
-                version = Arc::from(crate::decode::OVERFLOW_VERSION);
-                key.clear();
-                key.push_str(&version);
-                key.push('\0');
-                key.push_str(segment);
-                if let Some(id) = self.series_keys.get(&key) {
-                    return id;
+        let mut version_len = version_len;
+        if !self.versions.contains(&key[..version_len]) {
+            // Configured shadow versions are never folded: their predictions
+            // would otherwise meet the champion's as duplicates.
+            if self.versions.len() >= max_versions && self.config.shadow_lane(&key[..version_len]) == 0 {
+                over_cap.version = true;
+                key.replace_range(..version_len, OVERFLOW_VERSION);
+                version_len = OVERFLOW_VERSION.len();
+                if let Some(id) = self.series_keys.get(key) {
+                    return (id, over_cap);
                 }
             }
-            if !self.versions.contains(&version) {
-                self.versions.insert(version.clone());
+            if !self.versions.contains(&key[..version_len]) {
+                self.versions.insert(Arc::from(&key[..version_len]));
             }
         }
-        let mut segment = segment.clone();
-        let id = match self.series_keys.intern(&key, max_segments) {
+        let segment_start = version_len + 1;
+        let id = match self.series_keys.intern(key, max_segments) {
             Some(id) => id,
             None => {
-                segment = Arc::from(crate::decode::OVERFLOW_SEGMENT);
-                key.truncate(version.len() + 1);
-                key.push_str(&segment);
-                self.series_keys.intern(&key, usize::MAX).expect("no cap")
+                over_cap.segment = true;
+                key.truncate(segment_start);
+                key.push_str(OVERFLOW_SEGMENT);
+                self.series_keys.intern(key, usize::MAX).expect("no cap")
             }
         };
         if id as usize == self.series.len() {
+            let version: Arc<str> = Arc::from(&key[..version_len]);
+            let segment: Arc<str> = Arc::from(&key[segment_start..]);
             let whole_model = if segment.is_empty() {
                 None
             } else {
-                key.truncate(version.len() + 1);
-                Some(self.series_keys.intern(&key, usize::MAX).expect("no cap"))
+                key.truncate(segment_start);
+                Some(self.series_keys.intern(key, usize::MAX).expect("no cap"))
             };
             let lane = self.config.shadow_lane(&version);
             self.series.push(Series { model_version: version.clone(), segment, whole_model, lane });
@@ -258,7 +264,18 @@ impl ModelState {
                 self.series.push(Series { model_version: version, segment: Arc::from(""), whole_model: None, lane });
             }
         }
-        id
+        (id, over_cap)
+    }
+
+    /// The series (`version`, `segment`) for names another registry (a
+    /// lane's) interned first, filed as the decoder files them: the caps
+    /// apply again here, over what all lanes met.
+    pub fn series_named(&mut self, version: &str, segment: &str, caps: (usize, usize)) -> SeriesId {
+        let mut key = String::with_capacity(version.len() + 1 + segment.len());
+        key.push_str(version);
+        key.push('\0');
+        key.push_str(segment);
+        self.intern_series_key(&mut key, version.len(), caps).0
     }
 
     /// The feature `name`, added with `kind` when new and the model tracks
@@ -297,6 +314,16 @@ impl ModelState {
         self.feature_order_hint[position] = id;
         Some(id)
     }
+}
+
+/// What [`ModelState::intern_series_key`] filed elsewhere because a cap
+/// was reached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OverCap {
+    /// The version went to [`OVERFLOW_VERSION`].
+    pub version: bool,
+    /// The series went to segment [`OVERFLOW_SEGMENT`].
+    pub segment: bool,
 }
 
 /// All configured models, by id and by name.

@@ -36,7 +36,7 @@
 //!   null law: it depends on the feature's shape. It is calibrated from the
 //!   reference, as the issue asks and as NannyML does with chunks: for
 //!   window sizes 16, 32, …, 4096 the baseline's sketch is resampled
-//!   [`crate::evaluate::calibration::CHUNKS_PER_SIZE`] times (seeded, so deterministic), and a
+//!   [`crate::baseline::calibration::CHUNKS_PER_SIZE`] times (seeded, so deterministic), and a
 //!   log-normal is fitted to the distances; the threshold is its `1 − α`
 //!   quantile, scaled by `√(n_b/n)` from the nearest calibrated size `n_b`
 //!   (`√n·W₁` converges in law) and by `√(1 + n/N)` for the baseline's own
@@ -49,7 +49,7 @@
 use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, Normal, Poisson};
 
 use crate::baseline::ChunkSpread;
-use crate::evaluate::sketch::QuantileSketch;
+use crate::sketch::QuantileSketch;
 
 /// The `1 − alpha` quantile of the chi-square distribution with `df` degrees
 /// of freedom.
@@ -132,7 +132,7 @@ impl WassersteinNull {
     /// Calibrates from the reference sketch (profiles written before the
     /// calibration was recorded). Deterministic: the resampling is seeded.
     pub fn calibrate(reference: &QuantileSketch, std: f64) -> WassersteinNull {
-        let calibration = crate::evaluate::calibration::calibrate_numeric(reference, std, &[], &[1.0]);
+        let calibration = crate::baseline::calibration::calibrate_numeric(reference, std, &[], &[1.0]);
         WassersteinNull::from_spreads(calibration.get("wasserstein").map_or(&[][..], Vec::as_slice))
     }
 
@@ -180,9 +180,9 @@ mod tests {
 
     #[test]
     fn wasserstein_null_is_exceeded_at_about_alpha_by_healthy_windows() {
-        let mut rng = crate::simulate::Rng::new(3);
+        let mut rng = crate::rng::Rng::new(3);
         let mut reference = QuantileSketch::default();
-        let draw = |rng: &mut crate::simulate::Rng| (1.0 + 0.8 * rng.normal()).exp();
+        let draw = |rng: &mut crate::rng::Rng| (1.0 + 0.8 * rng.normal()).exp();
         let mut values = Vec::new();
         for _ in 0..50_000 {
             let v = draw(&mut rng);
@@ -201,7 +201,7 @@ mod tests {
             for _ in 0..300 {
                 window.add(draw(&mut rng));
             }
-            let (grid, f, g) = crate::evaluate::sketch::common_cdfs(&reference, &window);
+            let (grid, f, g) = crate::sketch::common_cdfs(&reference, &window);
             if crate::stats::wasserstein_from_cdfs(&grid, &f, &g) / std > threshold {
                 exceeded += 1;
             }

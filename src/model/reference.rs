@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use super::FeatureKind;
+use crate::baseline::thresholds::WassersteinNull;
 use crate::baseline::{Baseline, ColumnProfile};
-use crate::evaluate::sketch::QuantileSketch;
-use crate::evaluate::thresholds::WassersteinNull;
-use crate::model::FeatureKind;
+use crate::sketch::QuantileSketch;
 
 /// One feature's reference.
 #[derive(Debug, Clone, PartialEq)]

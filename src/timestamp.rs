@@ -1,5 +1,7 @@
 //! Event timestamps: RFC 3339 strings or epoch milliseconds, to epoch
-//! milliseconds (UTC), without allocating.
+//! milliseconds (UTC), without allocating, and back to RFC 3339. A leaf
+//! of the module graph: the decoder, outputs, rules, the HTTP API and the
+//! simulator all use it, and it uses nothing else of the crate.
 
 /// Earliest accepted event time: 2000-01-01T00:00:00Z.
 pub const MIN_EVENT_TIME_MS: i64 = 946_684_800_000;

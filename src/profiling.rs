@@ -30,14 +30,14 @@ use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, S
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{
+use crate::baseline::{
     Baseline, BaselineError, CategoricalProfile, ColumnProfile, FORMAT_VERSION, NumericProfile, Source, SourceFile,
 };
 use crate::config::{Config, Task};
 use crate::decode::{Decoder, FeatureArray, Invalid, InvalidReason, PredictionArray};
-use crate::evaluate::sketch::QuantileSketch;
 use crate::evaluate::{NumericSummary, Outcome, PerformanceState};
 use crate::model::{Interner, ModelRegistry};
+use crate::sketch::QuantileSketch;
 use crate::sources::files::LineSource;
 
 /// Columns never treated as features (event metadata in logged events).
@@ -581,7 +581,7 @@ fn numeric_profile(
     let bin_proportions: Vec<f64> =
         bins.iter().map(|&b| if total == 0 { 0.0 } else { b as f64 / total as f64 }).collect();
     let calibration =
-        crate::evaluate::calibration::calibrate_numeric(sketch, summary.std().unwrap_or(0.0), edges, &bin_proportions);
+        crate::baseline::calibration::calibrate_numeric(sketch, summary.std().unwrap_or(0.0), edges, &bin_proportions);
     NumericProfile {
         count,
         missing,
@@ -619,7 +619,7 @@ fn categorical_profile(
         frequencies,
         other,
         distinct: counts.len() as u64 + u64::from(untracked > 0),
-        calibration: crate::evaluate::calibration::calibrate_categorical(&proportions),
+        calibration: crate::baseline::calibration::calibrate_categorical(&proportions),
     }
 }
 
@@ -762,7 +762,7 @@ pub fn build_baseline(options: &BuildOptions) -> Result<Baseline, BaselineError>
         format_version: FORMAT_VERSION,
         model: options.model.clone(),
         version: options.version.clone(),
-        created_at: crate::decode::timestamp::format_rfc3339_ms(chrono::Utc::now().timestamp_millis()),
+        created_at: crate::timestamp::format_rfc3339_ms(chrono::Utc::now().timestamp_millis()),
         source: Source {
             rows: rows_per_file.iter().sum(),
             files: source_files,
@@ -845,14 +845,17 @@ impl SkippedEvents {
             let reasons: Vec<String> = self.by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
             parts.push(format!(
                 "skipped {} ({}{}; the first: {})",
-                crate::count_of(rejected, "invalid event", "invalid events"),
+                crate::text::count_of(rejected, "invalid event", "invalid events"),
                 reasons.join(", "),
                 if self.labels > 0 { format!(", of which {} labels only", self.labels) } else { String::new() },
                 self.first.as_deref().unwrap_or("")
             ));
         }
         if self.other_models > 0 {
-            parts.push(format!("ignored {} of other models", crate::count_of(self.other_models, "event", "events")));
+            parts.push(format!(
+                "ignored {} of other models",
+                crate::text::count_of(self.other_models, "event", "events")
+            ));
         }
         Some(format!("{} of {} events profiled; {}", self.accepted, self.accepted + rejected, parts.join("; ")))
     }
@@ -865,7 +868,10 @@ impl SkippedEvents {
             message.push_str(&format!(" ({rejected} rejected; the first: {first})"));
         }
         if self.other_models > 0 {
-            message.push_str(&format!(" ({} of other models)", crate::count_of(self.other_models, "event", "events")));
+            message.push_str(&format!(
+                " ({} of other models)",
+                crate::text::count_of(self.other_models, "event", "events")
+            ));
         }
         message
     }
