@@ -20,6 +20,7 @@ use datafusion::arrow::compute::take;
 
 use crate::decode::{FeatureArray, PredictionArray, PredictionBatch};
 use crate::evaluate::{GroupColumns, WindowState};
+use crate::join::{JoinKey, join_key};
 use crate::model::{ModelId, ModelState, SeriesId};
 use crate::window::{PartitionId, PartitionPanes, WindowSpec};
 
@@ -45,6 +46,9 @@ pub struct LaneOutput {
     pub categories_over_cap: u64,
     /// Per row: whether it counted in at least one window (only those join).
     pub accepted: Vec<bool>,
+    /// Per row: the join key of its event id (hashed here, in parallel,
+    /// rather than by the closer).
+    pub keys: Vec<JoinKey>,
     /// Late rows: (series, start of the first window still open for them
     /// when they arrived), once per series they count in.
     pub late: Vec<(SeriesId, i64)>,
@@ -150,6 +154,7 @@ impl LaneAggregator {
             return output;
         }
         let own_after = self.judge_rows(batch, progress);
+        output.keys = (0..batch.len()).map(|row| join_key(batch.event_id.value(row))).collect();
         // Whole-model series first (usually one group: no copying), then
         // the segments, which each event also counts in.
         self.group_rows(batch, model, true);

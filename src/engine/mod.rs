@@ -411,7 +411,7 @@ impl Engine {
                 predicted,
                 score: if batch.score.is_null(row) { f64::NAN } else { batch.score.value(row) },
             };
-            let key = join_key(batch.event_id.value(row));
+            let key = output.keys.get(row).copied().unwrap_or_else(|| join_key(batch.event_id.value(row)));
             let lane = model.series[pending.series as usize].lane;
             if let Some(label) = self.join_of_lane(model_index, lane).on_prediction(key, pending) {
                 self.on_pair(model, model_index, (lane, key), &pending, &label);
