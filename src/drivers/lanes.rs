@@ -40,8 +40,10 @@ use crate::window::{PartitionId, PartitionPanes, WindowSpec};
 /// series or feature one lane would keep.
 pub const LANE_CAP_FACTOR: usize = 4;
 
-/// Messages each file's channel holds before its lane waits.
-const MESSAGES_PER_FILE: usize = 2;
+/// Turns each file's channel holds before its lane waits: enough that a
+/// lane a little slower on one turn does not stall the closer (a turn
+/// holds no feature columns: their summaries are in the panes).
+const MESSAGES_PER_FILE: usize = 4;
 
 /// Dictionary entries a lane added for one model since its last message.
 #[derive(Debug, Default)]
@@ -328,6 +330,10 @@ impl Lane {
                     let output =
                         self.aggregator.aggregate(state, &batch, partition, progress, &mut panes[position][model]);
                     own[position][model] = output.own_clock.or(own[position][model]);
+                    // The closer needs no feature column.
+                    let mut batch = batch;
+                    batch.features = Vec::new();
+                    batch.type_errors = Vec::new();
                     message.batches.push((batch, output));
                 }
                 if ended {
