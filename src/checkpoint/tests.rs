@@ -89,6 +89,23 @@ fn run_events(
     stop_at: Option<usize>,
     after: Option<&Config>,
     unstamped: bool,
+    events: (Vec<String>, Vec<String>),
+) -> Run {
+    let unstamp = |checkpoint: &mut Checkpoint| {
+        if unstamped {
+            checkpoint.models.iter_mut().for_each(|m| m.stamp = None);
+        }
+    };
+    run_events_with(before, stop_at, after, &unstamp, events)
+}
+
+/// [`run_events`], the checkpoint passed through `rewrite` before it is
+/// restored.
+fn run_events_with(
+    before: &Config,
+    stop_at: Option<usize>,
+    after: Option<&Config>,
+    rewrite: &dyn Fn(&mut Checkpoint),
     (predictions, labels): (Vec<String>, Vec<String>),
 ) -> Run {
     let telemetry = Arc::new(Telemetry::default());
@@ -106,9 +123,7 @@ fn run_events(
             let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new()).unwrap();
             checkpoint_size = bytes.len();
             let mut checkpoint = decode(Path::new("test"), &bytes).unwrap();
-            if unstamped {
-                checkpoint.models.iter_mut().for_each(|m| m.stamp = None);
-            }
+            rewrite(&mut checkpoint);
             pipeline = Pipeline::new(config, telemetry.clone()).unwrap();
             assert_eq!(pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters), 1);
         }
@@ -525,35 +540,17 @@ fn a_checkpoint_from_before_panes_restores_its_open_windows() {
         };
         let config = yaml(&windows);
         let uninterrupted = run_events(&config, None, None, false, events()).rows;
-        let (predictions, labels) = events();
-        for stop_at in [5, 12] {
-            let telemetry = Arc::new(Telemetry::default());
-            let mut pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
-            let mut sink = MemorySink::default();
-            let batch = 97;
-            for b in 0..predictions.len().div_ceil(batch) + 2 {
-                if b == stop_at {
-                    let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new()).unwrap();
-                    let mut checkpoint = decode(Path::new("test"), &bytes).unwrap();
-                    for model in &mut checkpoint.models {
-                        let windows = std::mem::take(&mut model.windows);
-                        model.windows = to_pre_pane_format(windows, &checkpoint.window_spec);
-                    }
-                    pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
-                    assert_eq!(pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters), 1);
-                }
-                for line in predictions.iter().skip(b * batch).take(batch) {
-                    pipeline.decode_prediction(line.as_bytes(), &"p").unwrap();
-                }
-                for line in labels.iter().skip((b * batch).saturating_sub(150)).take(if b == 0 { 0 } else { batch }) {
-                    pipeline.decode_label(line.as_bytes(), &"l").unwrap();
-                }
-                pipeline.process(&mut sink).unwrap();
+        let to_pre_panes = |checkpoint: &mut Checkpoint| {
+            for model in &mut checkpoint.models {
+                let windows = std::mem::take(&mut model.windows);
+                model.windows = to_pre_pane_format(windows, &checkpoint.window_spec);
             }
-            pipeline.finish(&mut sink).unwrap();
+        };
+        for stop_at in [5, 12] {
+            let rows = run_events_with(&config, Some(stop_at), Some(&config), &to_pre_panes, events()).rows;
             let what = format!("windows {windows}, stopped after batch {stop_at}");
-            assert_eq!(sink.rows.len(), uninterrupted.len(), "{what}: row count");
-            for (a, b) in sink.rows.iter().zip(&uninterrupted) {
+            assert_eq!(rows.len(), uninterrupted.len(), "{what}: row count");
+            for (a, b) in rows.iter().zip(&uninterrupted) {
                 let close = |x: f64, y: f64| {
                     x.to_bits() == y.to_bits() || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0)
                 };

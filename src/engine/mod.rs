@@ -1,11 +1,18 @@
 //! The engine: decoded micro-batches in, `window_metrics` rows out.
 //!
-//! It routes each prediction batch through the window stage (grouping rows
-//! by series and window, updating the windows' summaries), the join (pairing
-//! predictions and labels and crediting performance to the prediction's
-//! windows), and closes the windows the watermark has passed. Both drivers,
-//! `run` (Kafka) and `replay` (files), feed the same engine, so their output
-//! is the same for the same events in the same batches.
+//! It is split where partitions meet. The per-partition half ([`lane`])
+//! judges each prediction against its partition's watermark, adds it to the
+//! partition's panes and seals the partition's contribution to each window
+//! its watermark passed. The closer ([`Engine`]) takes those outputs in:
+//! it keeps every partition's clock and the model's watermark (the minimum
+//! over them), runs the join (pairing predictions and labels and crediting
+//! performance to the prediction's windows), and closes each window the
+//! watermark has passed as the merge of its partitions' contributions in
+//! partition order. [`Engine::push_predictions`] does both halves in-line
+//! (one lane); `replay --lanes N` runs the lane half on N threads
+//! ([`crate::drivers::lanes`]) with the same rows. Both drivers, `run`
+//! (Kafka) and `replay` (files), feed the same engine, so their output is
+//! the same for the same events.
 //!
 //! Architecture invariant: no I/O and no wall clock; the engine is a pure
 //! function of the batches it is given, which makes replay deterministic and
@@ -377,14 +384,12 @@ impl Engine {
             }
             // Two lane series can map to one here (folded by a cap over
             // what all lanes met): their contributions add up.
-            match windows.contributions.entry(key).or_default().entry(partition) {
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(state);
-                }
-                std::collections::btree_map::Entry::Occupied(mut slot) => {
-                    slot.get_mut().merge(state, self.max_categories)
-                }
-            }
+            crate::window::merge_into(
+                windows.contributions.entry(key).or_default(),
+                partition,
+                state,
+                self.max_categories,
+            );
         }
         let Some(batch) = batch.filter(|b| !b.is_empty()) else { return };
         // Join: predictions meet waiting labels or wait for theirs. Each row

@@ -163,6 +163,14 @@ impl WindowSpec {
         (0..count).rev().map(move |j| last_start - j * slide)
     }
 
+    /// Whether the window starting at `start` ends after `before` and at or
+    /// before `limit` (it closes when the watermark moves from one to the
+    /// other).
+    pub fn ends_within(&self, start: i64, before: i64, limit: i64) -> bool {
+        let end = start.saturating_add(self.size_ms);
+        end > before && end <= limit
+    }
+
     /// Start of the oldest window that ends after `watermark_ms` (the
     /// first still open at that watermark).
     pub fn first_start_ending_after(&self, watermark_ms: i64) -> i64 {
@@ -219,17 +227,10 @@ impl PartitionPanes {
         limit: i64,
         max_categories: usize,
     ) -> BTreeMap<(i64, SeriesId), WindowState> {
-        let closes = |start: i64| {
-            let end = start.saturating_add(spec.size_ms);
-            end > before && end <= limit
-        };
+        let closes = |start: i64| spec.ends_within(start, before, limit);
         let mut contributions: BTreeMap<(i64, SeriesId), WindowState> = BTreeMap::new();
-        let mut add = |key: (i64, SeriesId), state: WindowState| match contributions.entry(key) {
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(state);
-            }
-            std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(state, max_categories),
-        };
+        let mut add =
+            |key: (i64, SeriesId), state: WindowState| merge_into(&mut contributions, key, state, max_categories);
         let count = spec.windows_per_event();
         // The panes an ending window covers start before its end.
         let relevant: Vec<PaneKey> =
@@ -465,17 +466,9 @@ impl ModelWindows {
         if limit <= before {
             return Vec::new();
         }
-        let closes = |start: i64| {
-            let end = start.saturating_add(spec.size_ms);
-            end > before && end <= limit
-        };
+        let closes = |start: i64| spec.ends_within(start, before, limit);
         let mut closing: BTreeMap<(i64, SeriesId), WindowState> = BTreeMap::new();
-        let mut add = |key: (i64, SeriesId), state: WindowState| match closing.entry(key) {
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(state);
-            }
-            std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(state, max_categories),
-        };
+        let mut add = |key: (i64, SeriesId), state: WindowState| merge_into(&mut closing, key, state, max_categories);
         // Whole windows restored from an older checkpoint go first.
         let whole: Vec<(i64, SeriesId)> =
             self.whole_windows.keys().filter(|(start, _)| closes(*start)).copied().collect();
@@ -539,6 +532,17 @@ impl ModelWindows {
     /// `limit` (all of them when `limit` is `i64::MAX`).
     pub fn take_labelled(&mut self, spec: &WindowSpec, limit: Option<i64>) -> Vec<((i64, SeriesId), AwaitingLabels)> {
         drain_ended(&mut self.awaiting_labels, limit, spec.size_ms.saturating_add(spec.label_horizon_ms))
+    }
+}
+
+/// Puts `state` under `key`, merged into what is there already (a later
+/// part of the same window: parts merge in the order they come).
+pub fn merge_into<K: Ord>(map: &mut BTreeMap<K, WindowState>, key: K, state: WindowState, max_categories: usize) {
+    match map.entry(key) {
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(state);
+        }
+        std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(state, max_categories),
     }
 }
 
