@@ -162,10 +162,18 @@ fn count_into_bins(bins: &mut [u64], reference: Option<&FeatureReference>, value
 
 impl WindowState {
     pub fn new(model: &ModelState) -> Self {
+        let mut state = WindowState::empty(model.is_classification());
+        state.score_bins = numeric_bins(model.reference.as_ref().and_then(|r| r.score.as_ref()));
+        state.prediction_bins = numeric_bins(model.reference.as_ref().and_then(|r| r.prediction.as_ref()));
+        state
+    }
+
+    /// A state without events nor baseline bins.
+    pub fn empty(classification: bool) -> Self {
         WindowState {
             events: 0,
             features: Vec::new(),
-            prediction: if model.is_classification() {
+            prediction: if classification {
                 PredictionSummary::Classes(Vec::new())
             } else {
                 PredictionSummary::Values(Box::default())
@@ -173,8 +181,8 @@ impl WindowState {
             score: NumericSummary::new(),
             latency_ms: NumericSummary::new(),
             performance: PerformanceState::default(),
-            score_bins: numeric_bins(model.reference.as_ref().and_then(|r| r.score.as_ref())),
-            prediction_bins: numeric_bins(model.reference.as_ref().and_then(|r| r.prediction.as_ref())),
+            score_bins: Vec::new(),
+            prediction_bins: Vec::new(),
             score_bins_lost: false,
             prediction_bins_lost: false,
         }

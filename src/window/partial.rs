@@ -343,22 +343,7 @@ impl<'a> Names<'a> {
 
 /// A state with nothing counted yet (the task decides the prediction).
 fn empty_state(classification: bool) -> WindowState {
-    WindowState {
-        events: 0,
-        features: Vec::new(),
-        prediction: if classification {
-            PredictionSummary::Classes(Vec::new())
-        } else {
-            PredictionSummary::Values(Box::default())
-        },
-        score: NumericSummary::new(),
-        latency_ms: NumericSummary::new(),
-        performance: PerformanceState::default(),
-        score_bins: Vec::new(),
-        prediction_bins: Vec::new(),
-        score_bins_lost: false,
-        prediction_bins_lost: false,
-    }
+    WindowState::empty(classification)
 }
 
 impl PartialWindow {
