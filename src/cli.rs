@@ -481,7 +481,7 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                 ExitCode::from(1)
             })?);
             let telemetry = Arc::new(Telemetry::default());
-            let mut rows_sink: Box<dyn WindowSink> = match &out {
+            let mut rows_sink: Box<dyn WindowSink + Send> = match &out {
                 Some(path) => {
                     let file = File::create(path).map_err(|e| {
                         eprintln!("{}: {e}", path.display());

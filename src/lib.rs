@@ -9,6 +9,7 @@ pub mod baseline;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod drivers;
 pub mod engine;
