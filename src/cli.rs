@@ -480,14 +480,14 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
         }
         Command::Replay { config, predictions, labels, out, alerts, notify, lanes } => {
             let config = load_config(&config)?;
-            let rules = Arc::new(crate::drivers::alerting::load_rules(&config).map_err(|errors| {
+            let rules = Arc::new(crate::alerting::load_rules(&config).map_err(|errors| {
                 for error in errors {
                     eprintln!("{error}");
                 }
                 ExitCode::from(1)
             })?);
             let telemetry = Arc::new(Telemetry::default());
-            let mut rows_sink: Box<dyn WindowSink> = match &out {
+            let mut rows_sink: Box<dyn WindowSink + Send> = match &out {
                 Some(path) => {
                     let file = File::create(path).map_err(|e| {
                         eprintln!("{}: {e}", path.display());
@@ -497,7 +497,7 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                 }
                 None => Box::new(NdjsonSink::new(BufWriter::new(io::stdout()))),
             };
-            let audit = crate::drivers::alerting::open_audit(&config).map_err(|e| {
+            let audit = crate::alerting::open_audit(&config).map_err(|e| {
                 eprintln!("driftwatch replay: audit log: {e}");
                 ExitCode::from(1)
             })?;
@@ -509,17 +509,12 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             } else {
                 None
             };
-            let mut sink = crate::drivers::alerting::AlertingSink::new(
-                rows_sink.as_mut(),
-                &config,
-                rules,
-                alerts.as_deref(),
-                audit,
-            )
-            .map_err(|e| {
-                eprintln!("driftwatch replay: alerts file: {e}");
-                ExitCode::from(1)
-            })?;
+            let mut sink =
+                crate::alerting::AlertingSink::new(rows_sink.as_mut(), &config, rules, alerts.as_deref(), audit)
+                    .map_err(|e| {
+                        eprintln!("driftwatch replay: alerts file: {e}");
+                        ExitCode::from(1)
+                    })?;
             if let Some(dispatcher) = &dispatcher {
                 sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
             }

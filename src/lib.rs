@@ -5,10 +5,12 @@
 //! [`rules`] → [`notify`], wired by [`engine`] and [`pipeline`] and driven by
 //! [`drivers`] (`run` over Kafka, `replay` over files).
 
+pub mod alerting;
 pub mod baseline;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod drivers;
 pub mod engine;

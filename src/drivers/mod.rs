@@ -2,7 +2,6 @@
 //! rows somewhere. [`run`] is the daemon over Kafka, [`replay`] the same
 //! engine over files, [`demo`] everything in one process.
 
-pub mod alerting;
 pub mod demo;
 pub mod lanes;
 pub mod replay;

@@ -1,19 +1,22 @@
-//! The `run` driver: the daemon. Builds the pipeline from the config,
-//! consumes Kafka until SIGINT/SIGTERM, and appends closed windows to the
-//! configured output file (and logs each batch of closed windows).
+//! The `run` driver: the daemon's wiring. Builds the pipeline from the
+//! config, the sinks (the output file, the log of closed windows, rules and
+//! notifications), the HTTP API and the checkpoint store, restores the
+//! last checkpoint, and hands them to the daemon's loop (`crate::daemon`),
+//! which consumes Kafka until SIGINT/SIGTERM.
 
 use std::io;
 use std::sync::Arc;
 
 use std::sync::atomic::AtomicBool;
 
+use crate::alerting::{AlertingSink, Live};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
-use crate::drivers::alerting::{AlertingSink, Live};
+use crate::daemon::Durability;
 use crate::output::{AppendFileSink, WindowSink};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::sources::kafka::{Durability, KafkaSourceError, KafkaSummary, run_kafka};
+use crate::sources::kafka::{KafkaSourceError, KafkaSummary};
 use crate::telemetry::Telemetry;
 use crate::window_metrics::WindowMetricRow;
 
@@ -32,7 +35,7 @@ pub enum RunError {
 
 /// Logs closed windows and forwards them to an optional inner sink.
 struct LoggingSink {
-    inner: Option<Box<dyn WindowSink>>,
+    inner: Option<Box<dyn WindowSink + Send>>,
 }
 
 impl WindowSink for LoggingSink {
@@ -99,7 +102,7 @@ pub fn run_daemon(
     telemetry: Arc<Telemetry>,
     shutdown: &Shutdown,
     reload: &Arc<AtomicBool>,
-    extra_sink: Option<Box<dyn WindowSink>>,
+    extra_sink: Option<Box<dyn WindowSink + Send>>,
 ) -> Result<KafkaSummary, RunError> {
     run_daemon_with_config_file(config, None, telemetry, shutdown, reload, extra_sink)
 }
@@ -113,23 +116,23 @@ pub fn run_daemon_with_config_file(
     telemetry: Arc<Telemetry>,
     shutdown: &Shutdown,
     reload: &Arc<AtomicBool>,
-    extra_sink: Option<Box<dyn WindowSink>>,
+    extra_sink: Option<Box<dyn WindowSink + Send>>,
 ) -> Result<KafkaSummary, RunError> {
     let mut pipeline = Pipeline::new(config, telemetry).map_err(RunError::Setup)?;
-    let file_sink: Option<Box<dyn WindowSink>> = match &config.output.window_metrics {
+    let file_sink: Option<Box<dyn WindowSink + Send>> = match &config.output.window_metrics {
         Some(path) => Some(Box::new(
             AppendFileSink::open(path)
                 .map_err(|source| RunError::Output { path: path.display().to_string(), source })?,
         )),
         None => None,
     };
-    let inner: Option<Box<dyn WindowSink>> = match (file_sink, extra_sink) {
+    let inner: Option<Box<dyn WindowSink + Send>> = match (file_sink, extra_sink) {
         (Some(a), Some(b)) => Some(Box::new(Tee(a, b))),
         (a, b) => a.or(b),
     };
     let mut logging = LoggingSink { inner };
-    let rules = crate::drivers::alerting::load_rules(config).map_err(|errors| RunError::Setup(errors.join("\n")))?;
-    let audit = crate::drivers::alerting::open_audit(config)
+    let rules = crate::alerting::load_rules(config).map_err(|errors| RunError::Setup(errors.join("\n")))?;
+    let audit = crate::alerting::open_audit(config)
         .map_err(|source| RunError::Output { path: "the audit log".to_string(), source })?;
     // Started even without notifiers, so that a reload can add some.
     let dispatcher =
@@ -175,9 +178,8 @@ pub fn run_daemon_with_config_file(
         config: config.clone(),
         config_path: config_path.map(std::path::Path::to_path_buf),
         dispatcher: Some(dispatcher.clone()),
-        reload_requested: reload.clone(),
         last_evaluation: std::time::Instant::now(),
-        api: Some((api.clone(), reload_requests)),
+        api: Some(api.clone()),
         history,
     });
     api.models.set(
@@ -193,14 +195,14 @@ pub fn run_daemon_with_config_file(
             })
             .collect(),
     );
-    let mut durability = restore_checkpoint(config, &mut pipeline, &mut sink)?;
+    let durability = restore_checkpoint(config, &mut pipeline, &mut sink)?;
     sink.publish();
     let readiness = &pipeline.telemetry.readiness;
     readiness.pipeline_running.store(true, std::sync::atomic::Ordering::Relaxed);
     let telemetry = pipeline.telemetry.clone();
-    let summary = run_kafka(config, &mut pipeline, &mut sink, shutdown, durability.as_mut());
+    let reloads = crate::daemon::Reloads { signal: reload, http: Some(reload_requests) };
+    let summary = crate::daemon::run(config, &mut pipeline, sink, reloads, shutdown, durability);
     telemetry.readiness.pipeline_running.store(false, std::sync::atomic::Ordering::Relaxed);
-    drop(sink);
     if !dispatcher.wait_idle(std::time::Duration::from_secs(5)) {
         tracing::warn!(pending = dispatcher.pending(), "notifications still pending at shutdown; kept in the outbox");
     }
@@ -209,7 +211,7 @@ pub fn run_daemon_with_config_file(
 
 /// Durable mode (a state dir): restores the newest usable checkpoint into
 /// the pipeline and the alerting sink, prepares the output files, and
-/// returns what `run_kafka` needs to checkpoint on.
+/// returns what the daemon's loop needs to checkpoint on.
 fn restore_checkpoint(
     config: &Config,
     pipeline: &mut Pipeline,
@@ -242,7 +244,7 @@ fn restore_checkpoint(
     Ok(Some(Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets).restored()))
 }
 
-struct Tee(Box<dyn WindowSink>, Box<dyn WindowSink>);
+struct Tee(Box<dyn WindowSink + Send>, Box<dyn WindowSink + Send>);
 
 impl WindowSink for Tee {
     fn write_rows(&mut self, rows: &[WindowMetricRow]) -> io::Result<()> {

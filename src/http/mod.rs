@@ -1,7 +1,8 @@
 //! The HTTP API (docs/OBSERVABILITY.md), served by axum on its own small runtime so the
-//! pipeline thread never waits on a socket. Handlers read snapshots the
+//! daemon's loop never waits on a socket. Handlers read snapshots the
 //! pipeline publishes into [`ApiState`] and send requests (rule reload)
-//! over a channel the pipeline answers on its next turn.
+//! over a channel the loop takes on its next turn (the alerting stage
+//! applies the reload and answers).
 //!
 //! No handler blocks the pipeline: each snapshot is an immutable `Arc`
 //! behind a [`Published`] cell whose lock is held only to clone or swap

@@ -77,12 +77,12 @@ pub trait WindowSink {
     }
     /// Whether this sink can take no more rows now: a file it appends to
     /// holds [`appender::MAX_PENDING_BYTES`] for a failing disk. Retries
-    /// those writes first. The Kafka source stops consuming while it holds
+    /// those writes first. The daemon pauses consumption while it holds
     /// (rows already in hand are still taken: nothing is dropped).
     fn backpressure(&mut self) -> bool {
         false
     }
-    /// Called on every turn of the daemon's loop (at least every 100 ms),
+    /// Called on every tick of the daemon's alerting stage (every 100 ms),
     /// for work driven by the wall clock. Must be cheap when idle. Returns
     /// whether that work changed state a checkpoint keeps (alert
     /// instances, cooldowns, notifications queued), so the daemon

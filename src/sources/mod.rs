@@ -4,5 +4,6 @@
 //! Architecture invariant: sources do I/O and hand raw payloads to the
 //! pipeline; they never interpret an event's contents.
 
+pub mod dead_letters;
 pub mod files;
 pub mod kafka;

@@ -96,7 +96,7 @@ fn the_compose_stack_is_complete_and_consistent() {
         let baseline = model.baseline.as_ref().expect("a baseline");
         driftwatch::baseline::Baseline::load(baseline).unwrap_or_else(|e| panic!("{}: {e}", baseline.display()));
     }
-    let rules = driftwatch::drivers::alerting::load_rules(&config).unwrap_or_else(|e| panic!("{e:#?}"));
+    let rules = driftwatch::alerting::load_rules(&config).unwrap_or_else(|e| panic!("{e:#?}"));
     assert!(!rules.rules.is_empty());
     let kafka = config.kafka.as_ref().expect("kafka");
     for broker in kafka.brokers.split(',') {

@@ -232,3 +232,76 @@ fn a_consumer_assigned_at_any_offset_reads_from_exactly_there() {
         assert_eq!(read, expected, "assigned at offset {start}");
     }
 }
+
+/// A sink that holds the alerting stage on its first rows until released,
+/// as a slow `query:` rule or a slow disk would.
+struct Gate {
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: std::sync::mpsc::Receiver<()>,
+    rows: std::sync::mpsc::Sender<Vec<WindowMetricRow>>,
+}
+
+impl driftwatch::output::WindowSink for Gate {
+    fn write_rows(&mut self, rows: &[WindowMetricRow]) -> std::io::Result<()> {
+        if !self.held.swap(true, Ordering::SeqCst) {
+            let _ = self.release.recv();
+        }
+        let _ = self.rows.send(rows.to_vec());
+        Ok(())
+    }
+}
+
+/// The alerting stage runs beside the loop: while it is stuck on a batch of
+/// rows, batches keep flowing from Kafka into the engine; released, it
+/// writes every row, and every event is counted once.
+#[test]
+fn a_stalled_alerting_stage_does_not_stop_consumption() {
+    let broker = Broker::start();
+    broker.create_topic("predictions", 1);
+    broker.create_topic("labels", 1);
+    let yaml = format!(
+        "kafka: {{brokers: \"{}\", group_id: stalled}}\n\
+         windows: {{size: 1m, allowed_lateness: 0s, label_horizon: 0s}}\n\
+         pipeline: {{batch_size: 64, linger: 20ms}}\n\
+         http: {{listen: \"127.0.0.1:0\"}}\n\
+         models: [{{name: fraud}}]\n",
+        broker.bootstrap()
+    );
+    let config = Config::from_yaml_str(&yaml, "test.yaml").expect("config");
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (release, released) = std::sync::mpsc::channel();
+    let (rows_sender, rows) = std::sync::mpsc::channel();
+    let gate = Gate { held: held.clone(), release: released, rows: rows_sender };
+    let shutdown = driftwatch::shutdown::Shutdown::new();
+    let telemetry = std::sync::Arc::new(driftwatch::telemetry::Telemetry::default());
+    let daemon = {
+        let (shutdown, telemetry) = (shutdown.clone(), telemetry.clone());
+        std::thread::spawn(move || {
+            driftwatch::drivers::run::run_daemon(
+                &config,
+                telemetry,
+                &shutdown,
+                &Default::default(),
+                Some(Box::new(gate)),
+            )
+        })
+    };
+    // 10:00:00-10:00:30 fills the first window; an event at 10:01:30 closes
+    // it, and its rows reach the gate, which holds the stage.
+    let start_ms = 1_795_687_200_000;
+    produce(&broker, 100, start_ms, 11);
+    produce(&broker, 1, start_ms + 90_000, 12);
+    wait_until(TIMEOUT, "the stage to be held by the first rows", || held.load(Ordering::SeqCst));
+    // Consumption goes on while the stage is held: 500 more events of the
+    // second window reach the engine.
+    produce(&broker, 500, start_ms + 91_000, 13);
+    wait_until(TIMEOUT, "601 predictions in the engine while the stage is held", || {
+        telemetry.events_on("predictions") >= 601
+    });
+    assert!(rows.try_recv().is_err(), "the stage wrote rows while held");
+    release.send(()).unwrap();
+    shutdown.trigger();
+    daemon.join().expect("daemon thread").expect("daemon ran");
+    let written: Vec<WindowMetricRow> = rows.try_iter().flatten().collect();
+    assert_eq!(counted(&written), 601.0);
+}

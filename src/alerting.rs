@@ -1,7 +1,9 @@
 //! The glue between closed windows and alerts: a [`WindowSink`] that passes
 //! rows on, evaluates the rules on them, and writes the transitions to the
 //! alerts file and the audit log. `replay` and `run` both wrap their row
-//! sink in it.
+//! sink in it: `replay` calls it inline, the daemon runs it on the
+//! alerting stage's thread (`crate::daemon::stage`), where it also
+//! evaluates `query:` rules on the wall clock and applies reloads.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -62,7 +64,7 @@ pub type ActiveHandler<'a> = Box<dyn FnMut(&[crate::rules::Transition]) + Send +
 
 /// Rows in, rows out plus alert transitions.
 pub struct AlertingSink<'a> {
-    inner: &'a mut dyn WindowSink,
+    inner: &'a mut (dyn WindowSink + Send),
     pub engine: AlertEngine,
     alerts: Option<AlertsWriter<BufWriter<File>>>,
     audit: Option<Arc<std::sync::Mutex<AuditLog>>>,
@@ -79,8 +81,9 @@ pub struct AlertingSink<'a> {
     pub metrics: Option<Arc<crate::metrics::LatestRows>>,
 }
 
-/// What the daemon adds: query rules evaluated on the wall clock, and
-/// config reloads requested by SIGHUP (or the HTTP API).
+/// What the daemon adds: query rules evaluated on the wall clock, config
+/// reloads (asked for by SIGHUP or the HTTP API, passed on by the daemon's
+/// loop), and the HTTP API's snapshots.
 pub struct Live {
     /// The config in force: the one the daemon started with, with the
     /// reloadable settings of the latest successful reload.
@@ -90,10 +93,9 @@ pub struct Live {
     pub config_path: Option<std::path::PathBuf>,
     /// The notification stage, whose notifiers a reload replaces.
     pub dispatcher: Option<Arc<crate::notify::Dispatcher>>,
-    pub reload_requested: Arc<std::sync::atomic::AtomicBool>,
     pub last_evaluation: std::time::Instant,
-    /// The HTTP API's state (published snapshots) and its reload requests.
-    pub api: Option<(Arc<crate::http::ApiState>, std::sync::mpsc::Receiver<crate::http::ReloadRequest>)>,
+    /// The HTTP API's state (published snapshots).
+    pub api: Option<Arc<crate::http::ApiState>>,
     /// The API's rows kept across restarts (durable mode).
     pub history: Option<crate::http::history::History>,
 }
@@ -126,7 +128,7 @@ pub fn rules_json(rules: &RuleSet) -> Vec<Value> {
 
 impl<'a> AlertingSink<'a> {
     pub fn new(
-        inner: &'a mut dyn WindowSink,
+        inner: &'a mut (dyn WindowSink + Send),
         config: &Config,
         rules: Arc<RuleSet>,
         alerts_path: Option<&Path>,
@@ -155,7 +157,7 @@ impl<'a> AlertingSink<'a> {
         if let Some(metrics) = &self.metrics {
             metrics.set_active(&self.engine.active());
         }
-        if let Some(Live { api: Some((api, _)), .. }) = &self.live {
+        if let Some(Live { api: Some(api), .. }) = &self.live {
             api.alerts.set(self.engine.active());
             api.rules.set(rules_json(self.engine.rules()));
         }
@@ -256,6 +258,21 @@ impl AlertingSink<'_> {
         }
         Ok(crate::http::ReloadReport { rules: count, notifiers, restart_required })
     }
+
+    /// Reloads (see [`AlertingSink::reload`]), publishes the rules, and
+    /// answers the HTTP request that asked, if one did. Returns whether the
+    /// reload was applied (alert state may have changed: instances of
+    /// edited or removed rules start over).
+    pub fn reload_and_reply(&mut self, request: Option<crate::http::ReloadRequest>) -> bool {
+        let outcome = self.reload();
+        // Publish first: a client told "reloaded" must then see the new rules.
+        self.publish();
+        let applied = outcome.is_ok();
+        if let Some(request) = request {
+            let _ = request.reply.send(outcome);
+        }
+        applied
+    }
 }
 
 /// A config error as lines, each naming the file (and the setting).
@@ -269,45 +286,28 @@ fn config_error_lines(error: &crate::config::ConfigError) -> Vec<String> {
 }
 
 impl WindowSink for AlertingSink<'_> {
-    /// Reloads rules when asked and evaluates the query rules when due;
-    /// either can change alert state between batches (a silence rule
-    /// firing, a reload dropping instances), which the daemon must then
+    /// Evaluates the query rules when due, which can change alert state
+    /// between batches (a silence rule firing) that the daemon must then
     /// checkpoint: such a transition is not made again by replayed events
     /// after a crash, but anew, at another time and with another key.
     fn tick(&mut self) -> bool {
         let mut changed = self.inner.tick();
         let Some(live) = &mut self.live else { return changed };
-        let reload = live.reload_requested.swap(false, std::sync::atomic::Ordering::SeqCst);
-        let due = live.last_evaluation.elapsed() >= live.config.alerting.evaluation_interval;
-        if due {
-            live.last_evaluation = std::time::Instant::now();
+        if live.last_evaluation.elapsed() < live.config.alerting.evaluation_interval {
+            return changed;
         }
-        let requests: Vec<crate::http::ReloadRequest> = match &live.api {
-            Some((_, receiver)) => receiver.try_iter().collect(),
-            None => Vec::new(),
-        };
-        if reload || !requests.is_empty() {
-            let outcome = self.reload();
-            changed |= outcome.is_ok();
-            // Publish first: a client told "reloaded" must then see the new rules.
-            self.publish();
-            for request in requests {
-                let _ = request.reply.send(outcome.clone());
+        live.last_evaluation = std::time::Instant::now();
+        let now = chrono::Utc::now().timestamp_millis();
+        match self.tick_rules(now) {
+            Ok(transitions) => changed |= transitions,
+            Err(error) => {
+                // The engine's state changed even if writing failed.
+                changed = true;
+                tracing::warn!(%error, "writing alert transitions failed");
             }
         }
-        if due {
-            let now = chrono::Utc::now().timestamp_millis();
-            match self.tick_rules(now) {
-                Ok(transitions) => changed |= transitions,
-                Err(error) => {
-                    // The engine's state changed even if writing failed.
-                    changed = true;
-                    tracing::warn!(%error, "writing alert transitions failed");
-                }
-            }
-            if let Some(on_active) = &mut self.on_active {
-                on_active(&self.engine.active());
-            }
+        if let Some(on_active) = &mut self.on_active {
+            on_active(&self.engine.active());
         }
         changed
     }
@@ -322,7 +322,7 @@ impl WindowSink for AlertingSink<'_> {
         if let Some(metrics) = &self.metrics {
             metrics.update(rows);
         }
-        if let Some(Live { api: Some((api, _)), history, .. }) = &mut self.live {
+        if let Some(Live { api: Some(api), history, .. }) = &mut self.live {
             match history {
                 Some(history) => history.record(rows, api),
                 None => api.push_rows(rows),
