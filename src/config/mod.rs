@@ -525,12 +525,12 @@ pub struct PipelineConfig {
     /// files' times as they are. Default [`DEFAULT_MAX_FUTURE_SKEW`] (1h).
     #[serde(with = "duration")]
     pub max_future_skew: Duration,
-    /// Lanes: threads that each consume, decode and aggregate a share of
-    /// the source partitions in parallel (`replay`: of the input files;
-    /// see `replay --lanes`). Default: the number of available cores
-    /// ([`PipelineConfig::lanes`] gives it), at most the number of
-    /// partitions. The rows are the same for any number of lanes. At
-    /// least 1.
+    /// Lanes: threads that each read, decode and aggregate a share of the
+    /// source partitions in parallel (`replay`: of the predictions files;
+    /// see `replay --lanes`; the daemon reads with one lane for now).
+    /// Default: the number of available cores ([`PipelineConfig::lanes`]
+    /// gives it), at most the number of partitions. The rows are the same
+    /// for any number of lanes. At least 1.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "lanes")]
     pub lanes_setting: Option<usize>,
     /// After SIGTERM/SIGINT, the longest the daemon takes to drain its

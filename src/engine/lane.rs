@@ -196,6 +196,16 @@ impl LaneAggregator {
         panes.take_contributions(&self.spec, before, watermark, self.max_categories).into_iter().collect()
     }
 
+    /// Hands over everything `panes` holds: its contributions to every
+    /// window it has not sealed yet (they merge with whatever the partition
+    /// contributes later), leaving it empty but as far sealed as it was.
+    /// What a lane does when its partition is revoked, or when a
+    /// checkpoint wants the whole state in one place.
+    pub fn hand_over(&self, panes: &mut PartitionPanes) -> Vec<((i64, SeriesId), WindowState)> {
+        let before = panes.sealed_through_ms.unwrap_or(i64::MIN);
+        panes.take_contributions(&self.spec, before, i64::MAX, self.max_categories).into_iter().collect()
+    }
+
     /// Judges each row of the batch against the watermark as it stood when
     /// the row arrived: `closed_windows[row]` is how many of the row's
     /// windows, oldest first, had closed for it by then. A window has

@@ -483,7 +483,7 @@ impl ModelWindows {
             if sealed < limit {
                 panes.sealed_through_ms = Some(limit);
                 for (key, state) in panes.take_contributions(spec, sealed, limit, max_categories) {
-                    self.contributions.entry(key).or_default().insert(partition, state);
+                    merge_into(self.contributions.entry(key).or_default(), partition, state, max_categories);
                 }
             }
         }
