@@ -19,12 +19,12 @@
 //!
 //! Each input file is a source partition, as a Kafka partition is in the
 //! daemon (file k of `--predictions` is partition k, likewise for
-//! `--labels`): files are read one after another, each keeps its own
+//! `--labels`): predictions files are read in turns of `batch_size` lines,
+//! round-robin, by one lane or by `--lanes N` threads
+//! ([`crate::drivers::lanes`]) with the same rows; each keeps its own
 //! watermark, and every predictions file is declared before reading, so it
 //! holds the watermark until its first event and stops holding when it
-//! ends. A later file's events are therefore not late because an earlier
-//! file moved the watermark. There is no wall clock: no partition goes idle
-//! but by ending.
+//! ends. There is no wall clock: no partition goes idle but by ending.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

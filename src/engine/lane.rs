@@ -128,10 +128,6 @@ impl LaneAggregator {
         }
     }
 
-    pub fn spec(&self) -> &WindowSpec {
-        &self.spec
-    }
-
     /// Adds a batch of `partition` (of `model`, in the ids of `model`'s
     /// dictionaries) to the partition's panes, then seals the partition's
     /// contributions to the windows its own watermark has passed.
@@ -186,24 +182,16 @@ impl LaneAggregator {
 
     /// Seals `panes`' contributions to the windows ending at or before
     /// `watermark` (`i64::MAX`: all of them, the partition has ended) that
-    /// it has not sealed yet.
+    /// it has not sealed yet (see [`PartitionPanes::seal_through`]).
     pub fn seal(&self, panes: &mut PartitionPanes, watermark: i64) -> Vec<((i64, SeriesId), WindowState)> {
-        let before = panes.sealed_through_ms.unwrap_or(i64::MIN);
-        if watermark <= before {
-            return Vec::new();
-        }
-        panes.sealed_through_ms = Some(watermark);
-        panes.take_contributions(&self.spec, before, watermark, self.max_categories).into_iter().collect()
+        panes.seal_through(&self.spec, watermark, self.max_categories).into_iter().collect()
     }
 
-    /// Hands over everything `panes` holds: its contributions to every
-    /// window it has not sealed yet (they merge with whatever the partition
-    /// contributes later), leaving it empty but as far sealed as it was.
-    /// What a lane does when its partition is revoked, or when a
-    /// checkpoint wants the whole state in one place.
+    /// Hands over everything `panes` holds (see [`PartitionPanes::hand_over`]):
+    /// what a lane does when its partition is revoked, or when a checkpoint
+    /// wants the whole state in one place.
     pub fn hand_over(&self, panes: &mut PartitionPanes) -> Vec<((i64, SeriesId), WindowState)> {
-        let before = panes.sealed_through_ms.unwrap_or(i64::MIN);
-        panes.take_contributions(&self.spec, before, i64::MAX, self.max_categories).into_iter().collect()
+        panes.hand_over(&self.spec, self.max_categories).into_iter().collect()
     }
 
     /// Judges each row of the batch against the watermark as it stood when

@@ -363,12 +363,7 @@ impl Engine {
             for partition in partitions {
                 let panes = windows.panes.get_mut(&partition).expect("listed");
                 for (key, state) in self.lane.hand_over(panes) {
-                    crate::window::merge_into(
-                        windows.contributions.entry(key).or_default(),
-                        partition,
-                        state,
-                        self.max_categories,
-                    );
+                    windows.add_contribution(&self.spec, key, partition, state, self.max_categories);
                 }
             }
         }
@@ -397,20 +392,8 @@ impl Engine {
         for late in output.late {
             *windows.late_pending.entry(late).or_default() += 1;
         }
-        let closed_through = windows.closed_through_ms.unwrap_or(i64::MIN);
         for (key, state) in output.contributions {
-            if key.0.saturating_add(spec.size_ms) <= closed_through {
-                // The window closed without it (a partition idle meanwhile).
-                continue;
-            }
-            // Two lane series can map to one here (folded by a cap over
-            // what all lanes met): their contributions add up.
-            crate::window::merge_into(
-                windows.contributions.entry(key).or_default(),
-                partition,
-                state,
-                self.max_categories,
-            );
+            windows.add_contribution(&spec, key, partition, state, self.max_categories);
         }
         let Some(batch) = batch.filter(|b| !b.is_empty()) else { return };
         // Join: predictions meet waiting labels or wait for theirs. Each row
@@ -437,7 +420,7 @@ impl Engine {
                 predicted,
                 score: if batch.score.is_null(row) { f64::NAN } else { batch.score.value(row) },
             };
-            let key = output.keys.get(row).copied().unwrap_or_else(|| join_key(batch.event_id.value(row)));
+            let key = output.keys[row];
             let lane = model.series[pending.series as usize].lane;
             if let Some(label) = self.join_of_lane(model_index, lane).on_prediction(key, pending) {
                 self.on_pair(model, model_index, (lane, key), &pending, &label);
@@ -546,15 +529,9 @@ impl Engine {
     /// Credits a shadow's and its champion's outcomes on one event to the
     /// windows of the shadow's prediction.
     fn credit_paired(&mut self, model: &ModelState, model_index: usize, shadow: &PairOutcome, champion_correct: bool) {
-        let spec = self.spec;
-        let windows = &mut self.windows[model_index];
-        for start in spec.starts_of(shadow.event_time_ms) {
-            for s in [Some(shadow.series), model.series[shadow.series as usize].whole_model].into_iter().flatten() {
-                if let Some(performance) = windows.performance_of(&spec, (start, s)) {
-                    performance.paired.add(shadow.correct, champion_correct);
-                }
-            }
-        }
+        self.credit_windows(model, model_index, shadow.series, shadow.event_time_ms, |performance| {
+            performance.paired.add(shadow.correct, champion_correct)
+        });
     }
 
     /// Credits a joined pair to every window of the prediction's event time.
@@ -566,21 +543,36 @@ impl Engine {
             (Target::Value(predicted), Target::Value(actual)) => Outcome::Value { predicted, actual },
             _ => return,
         };
+        let credited =
+            self.credit_windows(model, model_index, prediction.series, prediction.event_time_ms, |p| p.add(outcome));
+        if !credited {
+            self.counters.labels_late += 1;
+        }
+    }
+
+    /// Applies `credit` to the performance of every window (of `series` and
+    /// of its whole-model series) holding `event_time_ms` whose performance
+    /// rows are not out yet; returns whether there was one.
+    fn credit_windows(
+        &mut self,
+        model: &ModelState,
+        model_index: usize,
+        series: SeriesId,
+        event_time_ms: i64,
+        mut credit: impl FnMut(&mut crate::evaluate::PerformanceState),
+    ) -> bool {
         let spec = self.spec;
         let windows = &mut self.windows[model_index];
-        let series = prediction.series;
         let mut credited = false;
-        for start in spec.starts_of(prediction.event_time_ms) {
+        for start in spec.starts_of(event_time_ms) {
             for s in [Some(series), model.series[series as usize].whole_model].into_iter().flatten() {
                 if let Some(performance) = windows.performance_of(&spec, (start, s)) {
-                    performance.add(outcome);
+                    credit(performance);
                     credited = true;
                 }
             }
         }
-        if !credited {
-            self.counters.labels_late += 1;
-        }
+        credited
     }
 
     fn close(&mut self, model: &ModelState, model_index: usize, everything: bool, out: &mut Vec<WindowMetricRow>) {

@@ -97,8 +97,7 @@ fn observe(
 #[derive(Debug, Clone, Copy)]
 pub struct RunningFrontier {
     others: i64,
-    /// The partition's own clock (its largest event time so far).
-    pub own: Option<i64>,
+    own: Option<i64>,
     pub frontier: Option<i64>,
 }
 
@@ -215,6 +214,31 @@ pub struct PartitionPanes {
 }
 
 impl PartitionPanes {
+    /// Seals the partition's contributions to the windows ending after what
+    /// it sealed before and at or before `watermark` (`i64::MAX`: all of
+    /// them, the partition has ended), and notes how far it has sealed.
+    pub fn seal_through(
+        &mut self,
+        spec: &WindowSpec,
+        watermark: i64,
+        max_categories: usize,
+    ) -> BTreeMap<(i64, SeriesId), WindowState> {
+        let before = self.sealed_through_ms.unwrap_or(i64::MIN);
+        if watermark <= before {
+            return BTreeMap::new();
+        }
+        self.sealed_through_ms = Some(watermark);
+        self.take_contributions(spec, before, watermark, max_categories)
+    }
+
+    /// Hands over everything the partition holds: its contributions to
+    /// every window it has not sealed yet (they merge with whatever it
+    /// contributes later), leaving it empty but as far sealed as it was.
+    pub fn hand_over(&mut self, spec: &WindowSpec, max_categories: usize) -> BTreeMap<(i64, SeriesId), WindowState> {
+        let before = self.sealed_through_ms.unwrap_or(i64::MIN);
+        self.take_contributions(spec, before, i64::MAX, max_categories)
+    }
+
     /// The partition's contributions to the windows that close when the
     /// watermark moves from `before` to `limit` (`i64::MAX`: every
     /// window): per (start, series), the merge of its panes of the window
@@ -400,6 +424,24 @@ impl ModelWindows {
         }
     }
 
+    /// Takes a partition's sealed contribution to window (start, series) in,
+    /// merged with what it contributed before (a part handed over earlier;
+    /// two lane series folded into one). A contribution to a window that
+    /// has closed already (its partition idle meanwhile) is left out.
+    pub fn add_contribution(
+        &mut self,
+        spec: &WindowSpec,
+        key: (i64, SeriesId),
+        partition: PartitionId,
+        state: WindowState,
+        max_categories: usize,
+    ) {
+        if self.closed_through_ms.is_some_and(|closed| key.0.saturating_add(spec.size_ms) <= closed) {
+            return;
+        }
+        merge_into(self.contributions.entry(key).or_default(), partition, state, max_categories);
+    }
+
     /// Where a pair joined for window (start, series) is credited: the
     /// open window's performance (created on first use), or that of the
     /// closed window still waiting for labels; `None` once the window's
@@ -450,7 +492,7 @@ impl ModelWindows {
 
     /// Removes and returns the windows the watermark has closed since the
     /// last close (all of them when `everything`), each the merge of its
-    /// panes (see [`PaneKey`]) in (pane, partition, skipped) order, in
+    /// partitions' contributions in partition order (see [`PaneKey`]), in
     /// (start, series) order. Panes no open window needs any more are
     /// dropped; `max_categories` caps each merged window's categories.
     pub fn take_closable(
@@ -478,13 +520,11 @@ impl ModelWindows {
         }
         // Partitions that have not sealed through the watermark yet (idle
         // ones; and every one when the engine aggregates in-line) seal now.
-        for (&partition, panes) in self.panes.iter_mut() {
-            let sealed = panes.sealed_through_ms.unwrap_or(i64::MIN);
-            if sealed < limit {
-                panes.sealed_through_ms = Some(limit);
-                for (key, state) in panes.take_contributions(spec, sealed, limit, max_categories) {
-                    merge_into(self.contributions.entry(key).or_default(), partition, state, max_categories);
-                }
+        let partitions: Vec<PartitionId> = self.panes.keys().copied().collect();
+        for partition in partitions {
+            let panes = self.panes.get_mut(&partition).expect("listed");
+            for (key, state) in panes.seal_through(spec, limit, max_categories) {
+                self.add_contribution(spec, key, partition, state, max_categories);
             }
         }
         // Then each partition's contribution, in partition order.
@@ -496,9 +536,6 @@ impl ModelWindows {
             .collect();
         for key in ending {
             let by_partition = self.contributions.remove(&key).expect("listed");
-            if !closes(key.0) {
-                continue; // a window that closed before (cannot happen; kept out)
-            }
             for (_, state) in by_partition {
                 add(key, state);
             }
