@@ -270,22 +270,9 @@ fn a_stalled_alerting_stage_does_not_stop_consumption() {
     let config = Config::from_yaml_str(&yaml, "test.yaml").expect("config");
     let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (release, released) = std::sync::mpsc::channel();
-    let (rows_sender, rows) = std::sync::mpsc::channel();
-    let gate = Gate { held: held.clone(), release: released, rows: rows_sender };
-    let shutdown = driftwatch::shutdown::Shutdown::new();
-    let telemetry = std::sync::Arc::new(driftwatch::telemetry::Telemetry::default());
-    let daemon = {
-        let (shutdown, telemetry) = (shutdown.clone(), telemetry.clone());
-        std::thread::spawn(move || {
-            driftwatch::drivers::run::run_daemon(
-                &config,
-                telemetry,
-                &shutdown,
-                &Default::default(),
-                Some(Box::new(gate)),
-            )
-        })
-    };
+    let mut daemon = crate::support::InProcessDaemon::start_with(config, |rows| {
+        Box::new(Gate { held: held.clone(), release: released, rows })
+    });
     // 10:00:00-10:00:30 fills the first window; an event at 10:01:30 closes
     // it, and its rows reach the gate, which holds the stage.
     let start_ms = 1_795_687_200_000;
@@ -296,12 +283,10 @@ fn a_stalled_alerting_stage_does_not_stop_consumption() {
     // second window reach the engine.
     produce(&broker, 500, start_ms + 91_000, 13);
     wait_until(TIMEOUT, "601 predictions in the engine while the stage is held", || {
-        telemetry.events_on("predictions") >= 601
+        daemon.telemetry.events_on("predictions") >= 601
     });
-    assert!(rows.try_recv().is_err(), "the stage wrote rows while held");
+    assert!(daemon.received().is_empty(), "the stage wrote rows while held");
     release.send(()).unwrap();
-    shutdown.trigger();
-    daemon.join().expect("daemon thread").expect("daemon ran");
-    let written: Vec<WindowMetricRow> = rows.try_iter().flatten().collect();
+    let (_, written) = daemon.stop();
     assert_eq!(counted(&written), 601.0);
 }

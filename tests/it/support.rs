@@ -278,20 +278,26 @@ pub struct InProcessDaemon {
 
 impl InProcessDaemon {
     pub fn start(config: driftwatch::config::Config) -> InProcessDaemon {
+        Self::start_with(config, |rows| Box::new(rows))
+    }
+
+    /// [`Self::start`] with the daemon's extra sink made by `sink` from the
+    /// sender of the rows [`Self::received`] and [`Self::stop`] return.
+    pub fn start_with(
+        config: driftwatch::config::Config,
+        sink: impl FnOnce(
+            std::sync::mpsc::Sender<Vec<driftwatch::window_metrics::WindowMetricRow>>,
+        ) -> Box<dyn driftwatch::output::WindowSink + Send>,
+    ) -> InProcessDaemon {
         let shutdown = driftwatch::shutdown::Shutdown::new();
         let telemetry = std::sync::Arc::new(driftwatch::telemetry::Telemetry::default());
         let (sender, rows) = std::sync::mpsc::channel();
+        let sink = sink(sender);
         let handle = {
             let shutdown = shutdown.clone();
             let telemetry = telemetry.clone();
             std::thread::spawn(move || {
-                driftwatch::drivers::run::run_daemon(
-                    &config,
-                    telemetry,
-                    &shutdown,
-                    &Default::default(),
-                    Some(Box::new(sender)),
-                )
+                driftwatch::drivers::run::run_daemon(&config, telemetry, &shutdown, &Default::default(), Some(sink))
             })
         };
         InProcessDaemon { shutdown, telemetry, handle, rows, received: Vec::new() }
