@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod gate;
 pub mod http;
 pub mod join;
+pub mod lanes;
 pub mod metrics;
 pub mod model;
 pub mod notify;

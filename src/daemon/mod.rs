@@ -31,12 +31,14 @@
 
 pub mod checkpointer;
 pub mod clock;
+pub mod lanes;
 pub mod stage;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel, sync_channel};
 use std::time::{Duration, Instant};
 
 use crate::alerting::AlertingSink;
@@ -51,6 +53,7 @@ use crate::sources::kafka::{
 };
 use checkpointer::{CheckpointJob, CheckpointOutcome, CheckpointWriter};
 use clock::{LabelActivity, WallClock};
+use lanes::{IN_FLIGHT_BATCHES, LaneDone, Lanes};
 use stage::AlertingStage;
 
 /// How often the loop ticks: the engine's wall clock, labels activity,
@@ -69,6 +72,8 @@ pub const STATS_LOG_INTERVAL: Duration = Duration::from_secs(30);
 pub enum LoopEvent {
     /// Messages a lane read (an empty batch tells how far it has read).
     Batch(SourceBatch),
+    /// A lane's answer to the oldest predictions run in flight.
+    Aggregated(usize, LaneDone),
     /// A lane's partitions changed; the lane waits for the reply the event
     /// carries, if any.
     Rebalance(RebalanceEvent),
@@ -179,6 +184,16 @@ pub fn run(
             .name("driftwatch-consumer".into())
             .spawn_scoped(scope, move || lane.run())
             .map_err(thread)?;
+        // Lanes start from the restored dictionaries: the panes a
+        // checkpoint restored go to them as they are (see Lanes::dispatch).
+        let (lanes, lane_threads) = Lanes::spawn(
+            scope,
+            config,
+            &pipeline.registry,
+            config.pipeline.lanes(),
+            pipeline.telemetry.clone(),
+            &kafka.predictions_topic,
+        )?;
         let (stage, stage_thread) = AlertingStage::spawn(scope, sink).map_err(thread)?;
         let (dead_letters, dead_letters_thread) = match (producer, &kafka.dead_letter_topic) {
             (Some(producer), Some(topic)) => {
@@ -215,6 +230,8 @@ pub fn run(
             pipeline,
             events,
             lanes_running: 1,
+            lanes,
+            pending: VecDeque::new(),
             lane_commands,
             stage,
             dead_letters,
@@ -237,6 +254,9 @@ pub fn run(
         drop(main_loop);
         let mut summary = join(lane);
         summary.batches = batches;
+        for lane in lane_threads {
+            join(lane);
+        }
         if let Some(joined) = dead_letters_thread {
             summary.dead_lettered = join(joined);
         }
@@ -277,6 +297,11 @@ struct MainLoop<'a, 'env> {
     pipeline: &'a mut Pipeline,
     events: Receiver<LaneEvent>,
     lanes_running: usize,
+    /// The threads that decode and aggregate the predictions.
+    lanes: Lanes,
+    /// Micro-batches taken from the consumer and not yet applied, oldest
+    /// first: their runs are applied in this order as the lanes answer.
+    pending: VecDeque<PendingBatch>,
     lane_commands: Sender<SourceCommand>,
     stage: AlertingStage,
     dead_letters: Option<DeadLetters>,
@@ -308,17 +333,24 @@ impl MainLoop<'_, '_> {
     /// written (or every window closed) and the final commit asked for.
     fn run(&mut self) -> Result<(), KafkaSourceError> {
         loop {
-            match self.next_event() {
-                LoopEvent::Batch(batch) => self.process_batch(batch)?,
-                LoopEvent::Rebalance(RebalanceEvent::Assigned { lane: _, partitions, reply }) => {
-                    let _ = reply.send(self.assigned(&partitions));
-                }
-                LoopEvent::Rebalance(RebalanceEvent::Started { lane: _, starts }) => self.positions.extend(starts),
-                LoopEvent::Rebalance(RebalanceEvent::Revoked { lane: _, partitions, reply }) => {
-                    let _ = reply.send(self.revoked(&partitions));
-                }
-                LoopEvent::Rebalance(RebalanceEvent::Partitions { lane: _, predictions }) => {
-                    self.partitions_changed(predictions)?;
+            match self.next_event()? {
+                LoopEvent::Batch(batch) => self.dispatch(batch)?,
+                LoopEvent::Aggregated(lane, done) => self.advance(Some((lane, done)))?,
+                LoopEvent::Rebalance(rebalance) => {
+                    // A rebalance concerns what was read before it.
+                    self.drain()?;
+                    match rebalance {
+                        RebalanceEvent::Assigned { lane: _, partitions, reply } => {
+                            let _ = reply.send(self.assigned(&partitions));
+                        }
+                        RebalanceEvent::Started { lane: _, starts } => self.positions.extend(starts),
+                        RebalanceEvent::Revoked { lane: _, partitions, reply } => {
+                            let _ = reply.send(self.revoked(&partitions));
+                        }
+                        RebalanceEvent::Partitions { lane: _, predictions } => {
+                            self.partitions_changed(predictions)?;
+                        }
+                    }
                 }
                 LoopEvent::Tick => self.tick()?,
                 LoopEvent::Reload(request) => self.stage.reload(request)?,
@@ -331,87 +363,215 @@ impl MainLoop<'_, '_> {
     }
 
     /// The next event: a reload asked for, a checkpoint written, the tick
-    /// when due, else the lanes' next event (waiting at most until the
-    /// tick).
-    fn next_event(&mut self) -> LoopEvent {
+    /// when due, a lane's answer to the oldest run in flight, else the
+    /// consumer's next event (waiting at most until the tick). With
+    /// [`IN_FLIGHT_BATCHES`] batches in flight, the consumer waits.
+    fn next_event(&mut self) -> Result<LoopEvent, KafkaSourceError> {
         loop {
             if self.reloads.signal.swap(false, Ordering::SeqCst) {
-                return LoopEvent::Reload(None);
+                return Ok(LoopEvent::Reload(None));
             }
             if let Some(request) = self.reloads.http.as_ref().and_then(|http| http.try_recv().ok()) {
-                return LoopEvent::Reload(Some(request));
+                return Ok(LoopEvent::Reload(Some(request)));
             }
             if let Some(outcome) = self.checkpoints.as_mut().and_then(|c| c.writer.try_outcome()) {
-                return LoopEvent::CheckpointWritten(outcome);
+                return Ok(LoopEvent::CheckpointWritten(outcome));
             }
             let now = Instant::now();
             if now >= self.next_tick {
                 self.next_tick = now + TICK;
-                return LoopEvent::Tick;
+                return Ok(LoopEvent::Tick);
             }
-            match self.events.recv_timeout(self.next_tick - now) {
-                Ok(LaneEvent::Batch(batch)) => return LoopEvent::Batch(batch),
-                Ok(LaneEvent::Rebalance(rebalance)) => return LoopEvent::Rebalance(rebalance),
-                Ok(LaneEvent::Stopped { lane: _ }) => {
-                    self.lanes_running -= 1;
-                    if self.lanes_running == 0 {
-                        return LoopEvent::Shutdown;
+            let wait = self.next_tick - now;
+            if let Some(lane) = self.awaited_lane() {
+                if let Some(done) = self.lanes.try_done(lane)? {
+                    return Ok(LoopEvent::Aggregated(lane, done));
+                }
+                // The consumer's next batch goes to the lanes at once
+                // (while they have room); otherwise the loop waits for
+                // the oldest answer, which is what it needs next.
+                if self.pending.len() < IN_FLIGHT_BATCHES {
+                    match self.events.try_recv() {
+                        Ok(event) => match self.source_event(event) {
+                            Some(event) => return Ok(event),
+                            None => continue,
+                        },
+                        Err(TryRecvError::Empty) => {}
+                        Err(TryRecvError::Disconnected) => return Ok(LoopEvent::Shutdown),
+                    }
+                }
+                if let Some(done) = self.lanes.wait_done(lane, wait)? {
+                    return Ok(LoopEvent::Aggregated(lane, done));
+                }
+                continue;
+            }
+            match self.events.recv_timeout(wait) {
+                Ok(event) => {
+                    if let Some(event) = self.source_event(event) {
+                        return Ok(event);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 // Every lane gone without a word (a panic, passed on when
                 // it is joined).
-                Err(RecvTimeoutError::Disconnected) => return LoopEvent::Shutdown,
+                Err(RecvTimeoutError::Disconnected) => return Ok(LoopEvent::Shutdown),
             }
         }
     }
 
-    /// Runs a batch through the pipeline, partition by partition, and hands
-    /// its rows to the alerting stage and its invalid events to the
-    /// dead-letter stage; then its offsets are the state's (stored for
-    /// auto-commit without a state dir, once its dead letters are out).
-    fn process_batch(&mut self, batch: SourceBatch) -> Result<(), KafkaSourceError> {
-        self.read_until = Some(batch.read_until);
-        if batch.is_empty() {
-            return Ok(());
+    /// What the consumer's event is to the loop (`None`: nothing yet).
+    fn source_event(&mut self, event: LaneEvent) -> Option<LoopEvent> {
+        match event {
+            LaneEvent::Batch(batch) => Some(LoopEvent::Batch(batch)),
+            LaneEvent::Rebalance(rebalance) => Some(LoopEvent::Rebalance(rebalance)),
+            LaneEvent::Stopped { lane: _ } => {
+                self.lanes_running -= 1;
+                (self.lanes_running == 0).then_some(LoopEvent::Shutdown)
+            }
         }
-        let pipeline = &mut *self.pipeline;
-        let skew_ms = i64::try_from(pipeline.max_future_skew.as_millis()).unwrap_or(i64::MAX);
-        pipeline.decoder.accept_times_before(chrono::Utc::now().timestamp_millis().saturating_add(skew_ms));
-        let mut letters = Vec::new();
-        let mut processed = Positions::new();
+    }
+
+    /// The lane whose answer the oldest pending batch waits for.
+    fn awaited_lane(&self) -> Option<usize> {
+        match self.pending.front()?.parts.front()? {
+            Part::Predictions { lane, .. } => Some(*lane),
+            Part::Labels { .. } => None,
+        }
+    }
+
+    /// Takes a batch from the consumer: each predictions partition's run
+    /// goes to its lane; the batch waits in `pending` until its runs are
+    /// applied, in order (labels runs, by the loop itself, in between).
+    fn dispatch(&mut self, batch: SourceBatch) -> Result<(), KafkaSourceError> {
+        let batch = Arc::new(batch);
+        let skew_ms = i64::try_from(self.pipeline.max_future_skew.as_millis()).unwrap_or(i64::MAX);
+        let accept_before_ms = chrono::Utc::now().timestamp_millis().saturating_add(skew_ms);
+        let mut parts = VecDeque::new();
+        let mut start = 0;
         for messages in batch.partitions() {
             let (stream, partition) = (messages[0].stream, messages[0].partition);
-            let topic = stream.topic(self.kafka);
-            for message in messages {
-                let bytes = batch.payload(message);
-                let location = Location { topic, partition, offset: message.offset };
-                let decoded = match stream {
-                    Stream::Predictions => pipeline.decode_prediction(bytes, &location),
-                    Stream::Labels => pipeline.decode_label(bytes, &location),
-                };
-                if let (Err(invalid), Some(_)) = (decoded, &self.dead_letters) {
-                    letters.push(DeadLetter {
-                        payload: bytes.to_vec(),
-                        reason: invalid.reason.label(),
-                        detail: invalid.detail,
-                        source: location.to_string(),
-                    });
-                }
-            }
-            // Each partition's messages go through the engine as a batch of
-            // their own, so each keeps its own watermark.
-            match stream {
-                Stream::Predictions => pipeline.process_predictions(partition),
-                Stream::Labels => pipeline.process_labels(partition),
-            }
+            let run = start..start + messages.len();
+            start = run.end;
             let next = messages.last().map_or(0, |m| m.offset + 1);
-            processed.insert((topic.to_string(), partition), next);
+            parts.push_back(match stream {
+                Stream::Predictions => {
+                    let lane =
+                        self.lanes.dispatch(&batch, run, partition, accept_before_ms, &mut self.pipeline.engine)?;
+                    Part::Predictions { lane, partition, next }
+                }
+                Stream::Labels => Part::Labels { messages: run, partition, next },
+            });
         }
-        pipeline.emit(&mut self.stage)?;
+        self.pending.push_back(PendingBatch {
+            batch,
+            parts,
+            accept_before_ms,
+            letters: Vec::new(),
+            processed: Positions::new(),
+        });
+        self.advance(None)
+    }
+
+    /// Applies the pending batches' runs in order while their answers are
+    /// there (`answer`: the one just taken, for the oldest run), and
+    /// finishes each batch whose runs are all applied.
+    fn advance(&mut self, mut answer: Option<(usize, LaneDone)>) -> Result<(), KafkaSourceError> {
+        while let Some(mut pending) = self.pending.pop_front() {
+            while let Some(part) = pending.parts.front() {
+                match part {
+                    Part::Predictions { lane, partition, next } => {
+                        let (lane, partition, next) = (*lane, *partition, *next);
+                        let done = match answer.take() {
+                            Some((answered, done)) => {
+                                debug_assert_eq!(answered, lane, "answers come for the oldest run");
+                                done
+                            }
+                            None => match self.lanes.try_done(lane)? {
+                                Some(done) => done,
+                                None => {
+                                    self.pending.push_front(pending);
+                                    return Ok(());
+                                }
+                            },
+                        };
+                        self.apply_predictions(&mut pending, lane, partition, done);
+                        let topic = self.kafka.predictions_topic.clone();
+                        pending.processed.insert((topic, partition), next);
+                    }
+                    Part::Labels { messages, partition, next } => {
+                        let (messages, partition, next) = (messages.clone(), *partition, *next);
+                        self.apply_labels(&mut pending, messages, partition);
+                        let topic = self.kafka.labels_topic.clone();
+                        pending.processed.insert((topic, partition), next);
+                    }
+                }
+                pending.parts.pop_front();
+            }
+            self.finish_batch(pending)?;
+        }
+        Ok(())
+    }
+
+    /// A lane's answer for a predictions run: into the pipeline, in the
+    /// loop's ids; its invalid events become dead letters.
+    fn apply_predictions(&mut self, pending: &mut PendingBatch, lane: usize, partition: i32, done: LaneDone) {
+        let translated = self.lanes.translate(lane, &mut self.pipeline.registry, done.message);
+        for (batch, output) in translated.batches {
+            self.pipeline.apply_lane_output(Some(&batch), output);
+        }
+        for output in translated.handed_over {
+            self.pipeline.apply_lane_output(None, output);
+        }
+        if self.dead_letters.is_some() {
+            let topic = &self.kafka.predictions_topic;
+            for (index, invalid) in done.invalid {
+                let message = &pending.batch.messages()[index];
+                let location = Location { topic, partition, offset: message.offset };
+                pending.letters.push(DeadLetter {
+                    payload: pending.batch.payload(message).to_vec(),
+                    reason: invalid.reason.label(),
+                    detail: invalid.detail,
+                    source: location.to_string(),
+                });
+            }
+        }
+    }
+
+    /// A labels run, decoded and joined here.
+    fn apply_labels(&mut self, pending: &mut PendingBatch, messages: Range<usize>, partition: i32) {
+        let pipeline = &mut *self.pipeline;
+        pipeline.decoder.accept_times_before(pending.accept_before_ms);
+        let topic = &self.kafka.labels_topic;
+        for message in &pending.batch.messages()[messages] {
+            let bytes = pending.batch.payload(message);
+            let location = Location { topic, partition, offset: message.offset };
+            if let (Err(invalid), Some(_)) = (pipeline.decode_label(bytes, &location), &self.dead_letters) {
+                pending.letters.push(DeadLetter {
+                    payload: bytes.to_vec(),
+                    reason: invalid.reason.label(),
+                    detail: invalid.detail,
+                    source: location.to_string(),
+                });
+            }
+        }
+        pipeline.process_labels(partition);
+    }
+
+    /// A batch whose runs are all applied: its rows go to the alerting
+    /// stage and its invalid events to the dead-letter stage; then its
+    /// offsets are the state's (stored for auto-commit without a state
+    /// dir, once its dead letters are out), and everything read up to its
+    /// `read_until` is in the pipeline.
+    fn finish_batch(&mut self, pending: PendingBatch) -> Result<(), KafkaSourceError> {
+        self.read_until = Some(pending.batch.read_until);
+        if pending.batch.is_empty() {
+            return Ok(());
+        }
+        self.pipeline.emit(&mut self.stage)?;
         if let Some(dead_letters) = &mut self.dead_letters {
-            dead_letters.send(letters);
+            dead_letters.send(pending.letters);
         }
+        let processed = pending.processed;
         self.positions.extend(processed.iter().map(|(key, next)| (key.clone(), *next)));
         match &mut self.checkpoints {
             Some(checkpoints) => checkpoints.dirty = true,
@@ -425,6 +585,27 @@ impl MainLoop<'_, '_> {
             },
         }
         self.batches += 1;
+        Ok(())
+    }
+
+    /// Waits for the lanes until every pending batch is applied.
+    fn drain(&mut self) -> Result<(), KafkaSourceError> {
+        while let Some(lane) = self.awaited_lane() {
+            if let Some(done) = self.lanes.wait_done(lane, TICK)? {
+                self.advance(Some((lane, done)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Has the lanes hand `partitions`' panes (`None`: all) over to the
+    /// engine, once every pending batch is applied; `forget` them
+    /// (revoked).
+    fn hand_over(&mut self, partitions: Option<&BTreeSet<i32>>, forget: bool) -> Result<(), KafkaSourceError> {
+        self.drain()?;
+        for output in self.lanes.hand_over(partitions, forget, &mut self.pipeline.registry)? {
+            self.pipeline.apply_lane_output(None, output);
+        }
         Ok(())
     }
 
@@ -463,6 +644,8 @@ impl MainLoop<'_, '_> {
     /// its first event or until idle), a revoked one stops holding it.
     fn partitions_changed(&mut self, assigned: BTreeSet<i32>) -> Result<(), KafkaSourceError> {
         self.assigning = false;
+        let revoked: BTreeSet<i32> = self.declared.difference(&assigned).copied().collect();
+        self.hand_over(Some(&revoked), true)?;
         let new: Vec<i32> = assigned.difference(&self.declared).copied().collect();
         self.pipeline.engine.declare_partitions(&new);
         let mut written = 0;
@@ -479,6 +662,17 @@ impl MainLoop<'_, '_> {
     /// The wall clock: the engine's clock and labels activity, the stats
     /// line, backpressure, and a checkpoint when one is due.
     fn tick(&mut self) -> Result<(), KafkaSourceError> {
+        // Partitions this tick makes idle stop holding the windows, which
+        // then close with their part: the lanes hand it over first.
+        loop {
+            let read_until = if self.paused { None } else { self.read_until };
+            let going = self.pipeline.engine.partitions_going_idle(read_until.map(|i| self.clock.at(i)));
+            let held = self.lanes.holding(&going);
+            if held.is_empty() {
+                break;
+            }
+            self.hand_over(Some(&held), false)?;
+        }
         let read_until = if self.paused { None } else { self.read_until };
         let clock_closed = self.clock.tick(self.pipeline, &mut self.stage, read_until)?;
         let released = self.label_activity.update(self.pipeline, &mut self.stage, self.paused)?;
@@ -500,7 +694,7 @@ impl MainLoop<'_, '_> {
                 .as_ref()
                 .is_some_and(|c| c.dirty && !c.writer.in_flight() && c.last_attempt.elapsed() >= c.interval);
         if due {
-            self.start_checkpoint();
+            self.start_checkpoint()?;
         }
         Ok(())
     }
@@ -533,8 +727,17 @@ impl MainLoop<'_, '_> {
     /// unwritable state dir) is logged, makes the daemon not ready, and is
     /// retried after the interval; the pipeline runs on from memory
     /// meanwhile. Returns whether it was handed to the writer.
-    fn start_checkpoint(&mut self) -> bool {
-        let Some(checkpoints) = &mut self.checkpoints else { return false };
+    fn start_checkpoint(&mut self) -> Result<bool, KafkaSourceError> {
+        if self.checkpoints.is_none() {
+            return Ok(false);
+        }
+        // Everything read so far is applied; a copy of the lanes' panes
+        // goes into the checkpoint as the engine's (restored, they go back
+        // to the lanes as they were: the rows stay those of a run that
+        // never stopped, to the last bit).
+        self.drain()?;
+        let lane_panes = self.lanes.snapshot(&mut self.pipeline.registry)?;
+        let Some(checkpoints) = &mut self.checkpoints else { return Ok(false) };
         let started = Instant::now();
         checkpoints.last_attempt = started;
         if let Some(dead_letters) = &mut self.dead_letters {
@@ -545,24 +748,33 @@ impl MainLoop<'_, '_> {
             for ((topic, partition), next) in &self.positions {
                 offsets.entry(topic.clone()).or_default().insert(*partition, *next);
             }
-            self.pipeline
+            let partitions: Vec<i32> = lane_panes.iter().map(|(partition, _)| *partition).collect();
+            for (partition, panes) in lane_panes {
+                self.pipeline.engine.put_partition_panes(partition, panes);
+            }
+            let encoded = self
+                .pipeline
                 .encode_checkpoint(&offsets, snapshot.alerts.as_ref(), &snapshot.outputs)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            for partition in partitions {
+                self.pipeline.engine.take_partition_panes(partition);
+            }
+            encoded
         });
         let bytes = match encoded {
             Ok(bytes) => bytes,
             Err(error) => {
                 checkpoint_failed(&self.pipeline.telemetry, &error);
-                return false;
+                return Ok(false);
             }
         };
         checkpoints.dirty = false;
         let job = CheckpointJob { bytes, positions: self.positions.clone(), started };
         match checkpoints.writer.submit(job) {
-            None => true,
+            None => Ok(true),
             Some(refused) => {
                 self.checkpoint_written(refused);
-                false
+                Ok(false)
             }
         }
     }
@@ -598,11 +810,12 @@ impl MainLoop<'_, '_> {
     /// run), committed. Otherwise: every open window closed and written,
     /// then the final commit of every processed offset.
     fn shut_down(&mut self) -> Result<(), KafkaSourceError> {
+        self.drain()?;
         if self.checkpoints.is_some() {
             if let Some(outcome) = self.checkpoints.as_mut().and_then(|c| c.writer.wait()) {
                 self.checkpoint_written(outcome);
             }
-            let written = self.start_checkpoint()
+            let written = self.start_checkpoint()?
                 && self
                     .checkpoints
                     .as_mut()
@@ -613,6 +826,7 @@ impl MainLoop<'_, '_> {
             }
             return Ok(());
         }
+        self.hand_over(None, false)?;
         self.pipeline.finish(&mut self.stage)?;
         self.stage.wait_written()?;
         if let Some(dead_letters) = &mut self.dead_letters {
@@ -621,6 +835,29 @@ impl MainLoop<'_, '_> {
         let _ = self.lane_commands.send(SourceCommand::FinalCommit(self.positions.clone()));
         Ok(())
     }
+}
+
+/// A micro-batch taken from the consumer whose runs are being applied.
+struct PendingBatch {
+    batch: Arc<SourceBatch>,
+    /// Its runs still to apply, in order.
+    parts: VecDeque<Part>,
+    /// Event times from this instant on are rejected (`max_future_skew`,
+    /// as of when the batch arrived).
+    accept_before_ms: i64,
+    /// Its invalid events so far, for the dead-letter topic.
+    letters: Vec<DeadLetter>,
+    /// The offsets after its runs applied so far.
+    processed: Positions,
+}
+
+/// One (stream, partition) run of a pending batch; `next` is the offset
+/// after it.
+enum Part {
+    /// Decoded and aggregated by `lane`, whose answer it waits for.
+    Predictions { lane: usize, partition: i32, next: i64 },
+    /// Decoded and joined by the loop when its turn comes.
+    Labels { messages: Range<usize>, partition: i32, next: i64 },
 }
 
 /// A checkpoint that could not be taken or written: counted, logged (once

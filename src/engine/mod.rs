@@ -27,7 +27,7 @@ use crate::decode::{LabelBatch, PredictionArray, PredictionBatch};
 use crate::evaluate::{self, Outcome, WindowIdentity};
 use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
-use crate::window::{AwaitingLabels, ModelWindows, PartitionId, WindowSpec};
+use crate::window::{AwaitingLabels, ModelWindows, PartitionId, PartitionPanes, WindowSpec};
 use crate::window_metrics::WindowMetricRow;
 use lane::{LaneAggregator, LaneOutput, PartitionProgress};
 
@@ -176,13 +176,12 @@ impl Engine {
             let windows = &mut self.windows[model];
             let mut went_idle = false;
             for clock in windows.partitions.values_mut().chain(windows.label_partitions.values_mut()) {
-                let (Some(active_at), Some(read_until), false) = (clock.active_at_ms, read_until_ms, clock.touched)
-                else {
+                if clock.active_at_ms.is_none() || read_until_ms.is_none() || clock.touched {
                     clock.touched = false;
                     clock.active_at_ms = Some(now_ms);
                     continue;
-                };
-                if !clock.idle && idle_ms > 0 && read_until.saturating_sub(active_at) >= idle_ms {
+                }
+                if clock.goes_idle(read_until_ms, idle_ms) {
                     clock.idle = true;
                     went_idle = true;
                 }
@@ -196,6 +195,53 @@ impl Engine {
                 self.close(registry.get(model as u32), model, false, out);
             }
         }
+    }
+
+    /// Per model, its frontier as it stands (the largest event time the
+    /// watermark allows, before `allowed_lateness`): what lanes judge a
+    /// partition that was idle by.
+    pub fn model_frontiers(&self) -> Vec<Option<i64>> {
+        self.windows.iter().map(|w| w.max_event_time_ms).collect()
+    }
+
+    /// The host clock event times are capped at (`run`; set each tick).
+    pub fn clock_limit(&self) -> Option<i64> {
+        self.clock_limit_ms
+    }
+
+    /// Per model, predictions partition `partition`'s own clock (its
+    /// largest event time), where a lane taking it over starts.
+    pub fn partition_clocks(&self, partition: PartitionId) -> Vec<Option<i64>> {
+        self.windows.iter().map(|w| w.partitions.get(&partition).and_then(|c| c.max_event_time_ms)).collect()
+    }
+
+    /// Takes predictions partition `partition`'s panes out of the engine,
+    /// per model (empty where it has none): what a lane taking the
+    /// partition over goes on from.
+    pub fn take_partition_panes(&mut self, partition: PartitionId) -> Vec<PartitionPanes> {
+        self.windows.iter_mut().map(|w| w.panes.remove(&partition).unwrap_or_default()).collect()
+    }
+
+    /// Puts panes of predictions partition `partition` into the engine,
+    /// per model (a lane's, for a checkpoint to keep).
+    pub fn put_partition_panes(&mut self, partition: PartitionId, panes: Vec<PartitionPanes>) {
+        for (windows, panes) in self.windows.iter_mut().zip(panes) {
+            if !panes.panes.is_empty() || panes.sealed_through_ms.is_some() {
+                windows.panes.insert(partition, panes);
+            }
+        }
+    }
+
+    /// The predictions partitions (of any model) that
+    /// [`Self::advance_clock`] with this `read_until_ms` makes idle: a
+    /// driver whose lanes hold panes has them handed over first.
+    pub fn partitions_going_idle(&self, read_until_ms: Option<i64>) -> std::collections::BTreeSet<PartitionId> {
+        self.windows
+            .iter()
+            .flat_map(|w| w.partitions.iter())
+            .filter(|(_, clock)| clock.goes_idle(read_until_ms, self.idle_timeout_ms))
+            .map(|(partition, _)| *partition)
+            .collect()
     }
 
     /// A model's watermark per predictions partition that carried it (its
@@ -363,7 +409,7 @@ impl Engine {
             for partition in partitions {
                 let panes = windows.panes.get_mut(&partition).expect("listed");
                 for (key, state) in self.lane.hand_over(panes) {
-                    windows.add_contribution(&self.spec, key, partition, state, self.max_categories);
+                    let _ = windows.add_contribution(&self.spec, key, partition, state, self.max_categories);
                 }
             }
         }
@@ -393,7 +439,21 @@ impl Engine {
             *windows.late_pending.entry(late).or_default() += 1;
         }
         for (key, state) in output.contributions {
-            windows.add_contribution(&spec, key, partition, state, self.max_categories);
+            // A lane judged lateness by the model's frontier as it last
+            // knew it: the part of a partition that had been idle can come
+            // after its window closed. Its events count late, as they would
+            // have, judged here.
+            if let Some(dropped) = windows.add_contribution(&spec, key, partition, state, self.max_categories)
+                && model.series[key.1 as usize].whole_model.is_none()
+            {
+                self.counters.events_late += dropped.events;
+                tracing::debug!(
+                    partition,
+                    window_start_ms = key.0,
+                    events = dropped.events,
+                    "part of a closed window: late"
+                );
+            }
         }
         let Some(batch) = batch.filter(|b| !b.is_empty()) else { return };
         // Join: predictions meet waiting labels or wait for theirs. Each row

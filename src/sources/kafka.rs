@@ -77,6 +77,12 @@ pub enum KafkaSourceError {
     NotConfigured,
     #[error("starting a thread: {0}")]
     Thread(std::io::Error),
+    #[error("starting the lanes: {0}")]
+    Lanes(String),
+    /// A lane thread ended without being asked to (it panicked: its join
+    /// says why).
+    #[error("lane {0} stopped")]
+    LaneStopped(usize),
 }
 
 /// A partition: (topic, partition).
@@ -148,6 +154,11 @@ impl SourceBatch {
     /// The payload of `message` (one of this batch's).
     pub fn payload(&self, message: &RawMessage) -> &[u8] {
         &self.arena[message.start..message.end]
+    }
+
+    /// Every message of the batch, in order.
+    pub fn messages(&self) -> &[RawMessage] {
+        &self.messages
     }
 
     /// The batch's messages, one run per (stream, partition), in order.

@@ -48,6 +48,20 @@ pub struct PartitionClock {
     pub active_at_ms: Option<i64>,
 }
 
+impl PartitionClock {
+    /// Whether the driver's tick with silence counted up to `read_until_ms`
+    /// makes this partition idle: active, untouched since the last tick,
+    /// and silent for `idle_ms` (0: never idle).
+    pub fn goes_idle(&self, read_until_ms: Option<i64>, idle_ms: i64) -> bool {
+        match (self.active_at_ms, read_until_ms) {
+            (Some(active_at), Some(read_until)) => {
+                !self.touched && !self.idle && idle_ms > 0 && read_until.saturating_sub(active_at) >= idle_ms
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The smallest clock over the partitions that are not idle, leaving out
 /// `except`: `i64::MAX` when there is none, `i64::MIN` when one of them has
 /// no event yet (it holds the frontier).
@@ -427,7 +441,8 @@ impl ModelWindows {
     /// Takes a partition's sealed contribution to window (start, series) in,
     /// merged with what it contributed before (a part handed over earlier;
     /// two lane series folded into one). A contribution to a window that
-    /// has closed already (its partition idle meanwhile) is left out.
+    /// has closed already (its partition idle meanwhile) is left out, and
+    /// given back.
     pub fn add_contribution(
         &mut self,
         spec: &WindowSpec,
@@ -435,11 +450,12 @@ impl ModelWindows {
         partition: PartitionId,
         state: WindowState,
         max_categories: usize,
-    ) {
+    ) -> Option<WindowState> {
         if self.closed_through_ms.is_some_and(|closed| key.0.saturating_add(spec.size_ms) <= closed) {
-            return;
+            return Some(state);
         }
         merge_into(self.contributions.entry(key).or_default(), partition, state, max_categories);
+        None
     }
 
     /// Where a pair joined for window (start, series) is credited: the
