@@ -4,7 +4,8 @@
 //! 30 s mid-stream. Afterwards the `window_metrics` rows, the audit log's
 //! transitions and the webhooks must be exactly those of one uninterrupted
 //! `driftwatch replay` over the same events: nothing lost, nothing counted
-//! or written twice.
+//! or written twice. The daemon runs with two lanes; the crash test's
+//! predictions come on two partitions, one lane each.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    Broker, Killed, flush, http_address, http_text, log_text, one_record_per_batch, records, repo, send, start_daemon,
-    wait_until, write_amount_drift_rule,
+    Broker, Killed, flush, http_address, http_text, log_text, one_record_per_batch, records, repo, send,
+    send_to_partition, start_daemon, wait_until, write_amount_drift_rule,
 };
 
 /// The fixture's 20 minutes of traffic (drift from 10:10 on), repeated:
@@ -52,14 +53,19 @@ impl Stream {
     }
 }
 
+/// The file prediction partition `partition`'s events are written to.
+fn predictions_file(partition: i32) -> String {
+    format!("predictions-{partition}.ndjson")
+}
+
 /// Produces the stream at about `rate` predictions (and as many labels)
 /// per second until `stop` is set and at least `minimum` were sent, writing
-/// each event to `predictions`/`labels` files as it is produced.
+/// each event to `predictions-P`/`labels` files as it is produced
+/// (prediction `i` goes to partition `i mod partitions`).
 fn produce(
     broker: String,
     dir: PathBuf,
-    rate: usize,
-    minimum: usize,
+    (rate, minimum, partitions): (usize, usize, i32),
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<()> {
@@ -79,15 +85,17 @@ fn produce(
             .create()
             .unwrap();
         let stream = Stream::new();
-        let mut predictions = std::fs::File::create(dir.join("predictions.ndjson")).unwrap();
+        let mut predictions: Vec<std::fs::File> =
+            (0..partitions).map(|p| std::fs::File::create(dir.join(predictions_file(p))).unwrap()).collect();
         let mut labels = std::fs::File::create(dir.join("labels.ndjson")).unwrap();
         let started = Instant::now();
         let mut i = 0;
         while i < minimum || !stop.load(Ordering::SeqCst) {
             let (prediction, label) = stream.event(i);
-            send(&producer, "predictions", &i.to_string(), prediction.as_bytes());
+            let partition = (i % partitions as usize) as i32;
+            send_to_partition(&producer, "predictions", partition, &i.to_string(), prediction.as_bytes());
             send(&producer, "labels", &i.to_string(), label.as_bytes());
-            writeln!(predictions, "{prediction}").unwrap();
+            writeln!(predictions[partition as usize], "{prediction}").unwrap();
             writeln!(labels, "{label}").unwrap();
             i += 1;
             sent.store(i, Ordering::SeqCst);
@@ -119,7 +127,7 @@ fn write_config(dir: &Path, kafka: Option<(&str, &str)>, receiver_port: u16) -> 
         &path,
         format!(
             "{kafka}windows: {{size: 5m, allowed_lateness: 0s, label_horizon: 1h, idle_timeout: 10s}}\n\
-             pipeline: {{batch_size: 200, linger: 20ms}}\n\
+             pipeline: {{batch_size: 200, linger: 20ms, lanes: 2}}\n\
              models: [{{name: shop, baseline: {}}}]\n\
              rules: [rules.yaml]\n",
             repo("tests/fixtures/replay_drift/baseline.json").display()
@@ -154,30 +162,41 @@ fn next_offset(checkpoint: &driftwatch::checkpoint::Checkpoint, topic: &str) -> 
     checkpoint.offsets.get(topic)?.get(&0).copied()
 }
 
-/// The next offsets of partition 0 of (predictions, labels) in the newest
-/// checkpoint: what the daemon has processed for sure.
+/// The predictions processed for sure (the next offsets of every
+/// predictions partition, summed) and the next offset of partition 0 of
+/// the labels, in the newest checkpoint.
 fn checkpointed_offsets(dir: &Path) -> Option<(i64, i64)> {
     let (_, _, checkpoint) = newest_checkpoint(dir)?;
-    Some((next_offset(&checkpoint, "predictions")?, next_offset(&checkpoint, "labels")?))
+    Some((checkpoint.offsets.get("predictions")?.values().sum(), next_offset(&checkpoint, "labels")?))
 }
 
 /// Once the daemon has processed all `total` predictions and labels (its
-/// checkpoint says so), sends an event two hours after the last one, which
-/// closes every window and label horizon before it; waits for the last
-/// real window's accuracy row, then stops the daemon.
-fn finish_stream(broker: &Broker, dir: &Path, daemon: &mut Killed, log: &str, total: usize, last: &Value) {
+/// checkpoint says so), sends an event two hours after the last one to
+/// each of the `partitions` predictions partitions, which closes every
+/// window and label horizon before it; waits for the last real window's
+/// accuracy row, then stops the daemon.
+fn finish_stream(
+    broker: &Broker,
+    dir: &Path,
+    daemon: &mut Killed,
+    log: &str,
+    (total, partitions): (usize, i32),
+    last: &Value,
+) {
     let timeout = Duration::from_secs(120);
     wait_until(timeout, "every event processed and checkpointed", || {
         checkpointed_offsets(dir) == Some((total as i64, total as i64))
     });
     let last_time = driftwatch::timestamp::parse_rfc3339_ms(last["timestamp"].as_str().unwrap()).unwrap();
-    let closer = serde_json::json!({
-        "event_id": "closer", "model": "shop", "prediction": 0,
-        "timestamp": driftwatch::timestamp::format_rfc3339_ms(last_time + 2 * 3_600_000),
-        "features": {"amount": 20.0, "tenure": 100, "country": "DE"},
-    });
     let producer = broker.producer();
-    send(&producer, "predictions", "closer", closer.to_string().as_bytes());
+    for partition in 0..partitions {
+        let closer = serde_json::json!({
+            "event_id": format!("closer{partition}"), "model": "shop", "prediction": 0,
+            "timestamp": driftwatch::timestamp::format_rfc3339_ms(last_time + 2 * 3_600_000),
+            "features": {"amount": 20.0, "tenure": 100, "country": "DE"},
+        });
+        send_to_partition(&producer, "predictions", partition, "closer", closer.to_string().as_bytes());
+    }
     flush(&producer);
     let last_window = driftwatch::timestamp::format_rfc3339_ms(last_time - last_time.rem_euclid(300_000));
     wait_until(timeout, "the last window's accuracy", || {
@@ -194,9 +213,9 @@ fn row_key(row: &Value) -> String {
     driftwatch::output::row_key_of_json(row).expect("a window_metrics row")
 }
 
-/// Reads partition 0 of `topic` from the start up to `count` messages, in
+/// Reads `partition` of `topic` from the start up to `count` messages, in
 /// offset order, and returns the payloads (what the daemon could read).
-fn read_topic(broker: &Broker, topic: &str, count: usize) -> Vec<String> {
+fn read_topic(broker: &Broker, topic: &str, partition: i32, count: usize) -> Vec<String> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
@@ -206,7 +225,7 @@ fn read_topic(broker: &Broker, topic: &str, count: usize) -> Vec<String> {
         .create()
         .unwrap();
     let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning).unwrap();
     consumer.assign(&assignment).unwrap();
     let mut payloads = Vec::with_capacity(count);
     wait_until(Duration::from_secs(60), &format!("{count} messages read back from {topic}"), || {
@@ -225,11 +244,13 @@ fn read_topic(broker: &Broker, topic: &str, count: usize) -> Vec<String> {
 /// Replaces the produced files by what the topics hold (the daemon's input),
 /// saying where the two differ: the uninterrupted run must read the same
 /// events as the daemon, whatever the producer or broker did.
-fn files_from_topics(broker: &Broker, dir: &Path, total: usize) {
-    for (topic, file) in [("predictions", "predictions.ndjson"), ("labels", "labels.ndjson")] {
-        let held = read_topic(broker, topic, total);
-        let produced = std::fs::read_to_string(dir.join(file)).unwrap();
+fn files_from_topics(broker: &Broker, dir: &Path, partitions: i32) {
+    let files = (0..partitions).map(|p| ("predictions", p, predictions_file(p)));
+    for (topic, partition, file) in files.chain([("labels", 0, "labels.ndjson".to_string())]) {
+        let produced = std::fs::read_to_string(dir.join(&file)).unwrap();
         let produced: Vec<&str> = produced.lines().collect();
+        let total = produced.len();
+        let held = read_topic(broker, topic, partition, total);
         let differing: Vec<usize> =
             (0..total).filter(|&i| produced.get(i).copied() != held.get(i).map(String::as_str)).collect();
         if !differing.is_empty() {
@@ -240,16 +261,20 @@ fn files_from_topics(broker: &Broker, dir: &Path, total: usize) {
             );
         }
         std::fs::write(dir.join(format!("produced-{file}")), produced.join("\n") + "\n").unwrap();
-        std::fs::write(dir.join(file), held.join("\n") + "\n").unwrap();
+        std::fs::write(dir.join(&file), held.join("\n") + "\n").unwrap();
     }
 }
 
-/// `driftwatch replay` over the produced files: the uninterrupted run.
-fn reference(dir: &Path) -> (BTreeMap<String, Value>, Vec<Value>) {
+/// `driftwatch replay` over the produced files (one per predictions
+/// partition): the uninterrupted run.
+fn reference(dir: &Path, partitions: i32) -> (BTreeMap<String, Value>, Vec<Value>) {
     let config = write_config(dir, None, 0);
+    let predictions: Vec<String> =
+        (0..partitions).map(|p| dir.join(predictions_file(p)).to_str().unwrap().to_string()).collect();
     let status = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
         .args(["replay", "--config", config.to_str().unwrap()])
-        .args(["--predictions", dir.join("predictions.ndjson").to_str().unwrap()])
+        .arg("--predictions")
+        .args(&predictions)
         .args(["--labels", dir.join("labels.ndjson").to_str().unwrap()])
         .args(["--out", dir.join("reference.ndjson").to_str().unwrap()])
         .args(["--alerts", dir.join("reference-alerts.ndjson").to_str().unwrap()])
@@ -263,8 +288,13 @@ fn reference(dir: &Path) -> (BTreeMap<String, Value>, Vec<Value>) {
 
 /// The daemon's rows equal the reference's, each written exactly once;
 /// the reference's rows of windows the daemon left open (the closer's, and
-/// performance rows past it) are the only ones it may lack.
-fn assert_rows_match(dir: &Path, reference: &BTreeMap<String, Value>) -> usize {
+/// performance rows past it) are the only ones it may lack. With one
+/// predictions partition they are equal to the last bit. With several,
+/// the daemon and the replay interleave the partitions' predictions with
+/// the labels differently, so pairs form in another order and sums over
+/// them (`brier`, `mae`, ...) may differ in the last bits; every other
+/// field, and the number of every count, is still equal.
+fn assert_rows_match(dir: &Path, reference: &BTreeMap<String, Value>, partitions: i32) -> usize {
     let mut written: BTreeMap<String, Value> = BTreeMap::new();
     for row in records(&dir.join("out.ndjson")) {
         let key = row_key(&row);
@@ -272,7 +302,20 @@ fn assert_rows_match(dir: &Path, reference: &BTreeMap<String, Value>) -> usize {
     }
     for (key, row) in &written {
         let expected = reference.get(key).unwrap_or_else(|| panic!("row not in the uninterrupted run: {row}"));
-        assert_eq!(row, expected, "row differs from the uninterrupted run");
+        if partitions == 1 {
+            assert_eq!(row, expected, "row differs from the uninterrupted run");
+            continue;
+        }
+        let fields = |row: &Value| row.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(fields(row), fields(expected), "row differs from the uninterrupted run: {row} vs {expected}");
+        for (field, value) in row.as_object().unwrap() {
+            let other = &expected[field];
+            let same = match (value.as_f64(), other.as_f64()) {
+                (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs()),
+                _ => value == other,
+            };
+            assert!(same, "row differs from the uninterrupted run in {field}: {row} vs {expected}");
+        }
     }
     let missing: Vec<&String> = reference.keys().filter(|k| !written.contains_key(*k)).collect();
     assert!(missing.is_empty(), "{} rows of the uninterrupted run missing, e.g. {:?}", missing.len(), missing.first());
@@ -301,10 +344,17 @@ struct Setup {
     config: PathBuf,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicUsize>,
+    /// The predictions topic's partitions.
+    partitions: i32,
 }
 
 impl Setup {
     fn new(kafka_options: &str) -> Setup {
+        Setup::with_partitions(kafka_options, 1)
+    }
+
+    /// With `partitions` predictions partitions (the labels have one).
+    fn with_partitions(kafka_options: &str, partitions: i32) -> Setup {
         let mut dir = tempfile::tempdir().unwrap();
         // DRIFTWATCH_KEEP_TEST_DIRS=1 keeps the logs and state for a look.
         if std::env::var_os("DRIFTWATCH_KEEP_TEST_DIRS").is_some() {
@@ -313,7 +363,7 @@ impl Setup {
         }
         let receiver = crate::notify::Receiver::start(0);
         let broker = Broker::start();
-        broker.create_topic("predictions", 1);
+        broker.create_topic("predictions", partitions as u32);
         broker.create_topic("labels", 1);
         let config = write_config(dir.path(), Some((&broker.bootstrap(), kafka_options)), receiver.port);
         Setup {
@@ -323,6 +373,7 @@ impl Setup {
             config,
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicUsize::new(0)),
+            partitions,
         }
     }
 
@@ -332,7 +383,8 @@ impl Setup {
 
     /// Starts producing at `rate` per second, at least `minimum` events.
     fn produce(&self, rate: usize, minimum: usize) -> std::thread::JoinHandle<()> {
-        produce(self.broker.bootstrap(), self.path().to_path_buf(), rate, minimum, self.stop.clone(), self.sent.clone())
+        let stream = (rate, minimum, self.partitions);
+        produce(self.broker.bootstrap(), self.path().to_path_buf(), stream, self.stop.clone(), self.sent.clone())
     }
 
     /// Starts the daemon logging to `daemon.log`; returns it and its API address.
@@ -357,10 +409,11 @@ impl Setup {
         producer.join().unwrap();
         let total = self.sent.load(Ordering::SeqCst);
         let (_, last_label) = Stream::new().event(total - 1);
-        finish_stream(&self.broker, self.path(), daemon, log, total, &serde_json::from_str(&last_label).unwrap());
-        files_from_topics(&self.broker, self.path(), total);
-        let (reference_rows, reference_alerts) = reference(self.path());
-        let rows = assert_rows_match(self.path(), &reference_rows);
+        let last = serde_json::from_str(&last_label).unwrap();
+        finish_stream(&self.broker, self.path(), daemon, log, (total, self.partitions), &last);
+        files_from_topics(&self.broker, self.path(), self.partitions);
+        let (reference_rows, reference_alerts) = reference(self.path(), self.partitions);
+        let rows = assert_rows_match(self.path(), &reference_rows, self.partitions);
         (total, rows, assert_transitions_match(self.path(), &reference_alerts))
     }
 }
@@ -379,8 +432,9 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
 fn sigkill_at_the_moments_of(mut seed: u64) {
     eprintln!("crash test seed {seed}");
     // A short session, so the restarted consumer gets its partitions back
-    // within a few seconds of the killed one going silent.
-    let setup = Setup::new("session.timeout.ms: \"1000\", heartbeat.interval.ms: \"200\"");
+    // within a few seconds of the killed one going silent. Two predictions
+    // partitions: each of the daemon's two lanes owns one.
+    let setup = Setup::with_partitions("session.timeout.ms: \"1000\", heartbeat.interval.ms: \"200\"", 2);
     let (dir, config, sent) = (&setup.dir, &setup.config, &setup.sent);
     let producer = setup.produce(150, 3000);
     let mut random = move || {
