@@ -1,13 +1,14 @@
 //! The daemon's main loop (`driftwatch run`): one thread that owns the
 //! pipeline (decoder and engine) and handles everything that can happen to
 //! it, one [`LoopEvent`] at a time, in one `match` ([`MainLoop::run`]) — a
-//! batch a consumer lane read, a rebalance, the wall clock's tick, a
+//! batch the consumer read, a lane's answer, a rebalance, the wall clock's tick, a
 //! reload, a checkpoint written, shutdown — in the manner of
 //! rust-analyzer's main loop: [`MainLoop::next_event`] waits on every
 //! source of events and returns the next one.
 //!
 //! Whatever blocks runs on a thread of its own, fed through a bounded
-//! channel: the Kafka lane polls and only emits (`sources::kafka`), the
+//! channel: the Kafka consumer polls and only emits (`sources::kafka`), the
+//! lanes decode and aggregate the predictions ([`lanes`]), the
 //! alerting stage writes rows and evaluates rules ([`stage`]), the
 //! checkpoint writer writes and fsyncs ([`checkpointer`]), the dead-letter
 //! stage waits for the broker (`sources::dead_letters`). The loop decides
@@ -22,11 +23,11 @@
 //! disk, and only then does the loop have its offsets committed.
 //!
 //! Shutdown, in the mini-redis manner: the shutdown flag is the broadcast
-//! (the lane watches it, sends its last batch and [`LaneEvent::Stopped`]);
+//! (the consumer watches it, sends its last batch and [`ConsumerEvent::Stopped`]);
 //! the loop writes the final checkpoint (or closes every window) and has
 //! the final commit made; then it drops its end of every channel, which
 //! ends every thread, and joins them all (they are scoped threads). If the
-//! loop ends early (an output error), a drop guard stops the lane the same
+//! loop ends early (an output error), a drop guard stops the consumer the same
 //! way.
 
 pub mod checkpointer;
@@ -48,8 +49,8 @@ use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::sources::dead_letters::{DeadLetter, DeadLetters};
 use crate::sources::kafka::{
-    FIRST_LANE, KafkaLane, KafkaSourceError, KafkaSummary, LaneEvent, LaneStart, Location, PartitionKey, Positions,
-    RebalanceEvent, SourceBatch, SourceCommand, Stream,
+    ConsumerEvent, ConsumerStart, FIRST_CONSUMER, KafkaConsumer, KafkaSourceError, KafkaSummary, Location,
+    PartitionKey, Positions, RebalanceEvent, SourceBatch, SourceCommand, Stream,
 };
 use checkpointer::{CheckpointJob, CheckpointOutcome, CheckpointWriter};
 use clock::{LabelActivity, WallClock};
@@ -60,8 +61,8 @@ use stage::AlertingStage;
 /// backpressure and checkpoint checks.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Lane events queued for the loop at most. Each may be a micro-batch, so
-/// with the one a lane fills and the one the loop processes, at most this
+/// Consumer events queued for the loop at most. Each may be a micro-batch, so
+/// with the one the consumer fills and the one the loop processes, at most this
 /// many plus two micro-batches are in memory.
 pub const LANE_EVENTS_IN_FLIGHT: usize = 2;
 
@@ -70,11 +71,11 @@ pub const STATS_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Everything that can happen to the daemon's pipeline.
 pub enum LoopEvent {
-    /// Messages a lane read (an empty batch tells how far it has read).
+    /// Messages the consumer read (an empty batch tells how far it has read).
     Batch(SourceBatch),
     /// A lane's answer to the oldest predictions run in flight.
     Aggregated(usize, LaneDone),
-    /// A lane's partitions changed; the lane waits for the reply the event
+    /// The consumer's partitions changed; it waits for the reply the event
     /// carries, if any.
     Rebalance(RebalanceEvent),
     /// The wall clock, every [`TICK`].
@@ -83,7 +84,7 @@ pub enum LoopEvent {
     Reload(Option<crate::http::ReloadRequest>),
     /// The checkpoint writer finished a checkpoint, or failed to.
     CheckpointWritten(CheckpointOutcome),
-    /// Every lane stopped reading (shutdown); all they read came before.
+    /// The consumer stopped reading (shutdown); all it read came before.
     Shutdown,
 }
 
@@ -121,17 +122,17 @@ pub struct Reloads<'a> {
     pub http: Option<Receiver<crate::http::ReloadRequest>>,
 }
 
-/// Sets the lanes' stop flag when dropped: a loop that ends, however it
-/// ends, stops the lanes.
-struct StopLanes(Arc<AtomicBool>);
+/// Sets the consumers' stop flag when dropped: a loop that ends, however it
+/// ends, stops the consumers.
+struct StopConsumers(Arc<AtomicBool>);
 
-impl Drop for StopLanes {
+impl Drop for StopConsumers {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
 }
 
-/// Runs the daemon until `shutdown` is triggered: the Kafka lane, the
+/// Runs the daemon until `shutdown` is triggered: the Kafka consumer, the lanes, the
 /// alerting stage (over `sink`), the dead-letter stage and, in durable mode
 /// (`durability`), the checkpoint writer, each on a thread of its own
 /// around the loop, which runs on the calling thread. Durable mode
@@ -156,7 +157,7 @@ pub fn run(
                 .collect()
         })
         .unwrap_or_default();
-    let start = LaneStart {
+    let start = ConsumerStart {
         durable: durability.is_some(),
         restored: durability.as_ref().is_some_and(|d| d.restored),
         checkpointed: resume.clone(),
@@ -168,11 +169,11 @@ pub fn run(
         // they are dropped, and so every thread ends, before the scope
         // joins them.
         let (lane_events, events) = sync_channel(LANE_EVENTS_IN_FLIGHT);
-        let (lane_commands, commands) = channel();
-        let stop = StopLanes(Arc::new(AtomicBool::new(false)));
-        let lane = KafkaLane::new(
+        let (consumer_commands, commands) = channel();
+        let stop = StopConsumers(Arc::new(AtomicBool::new(false)));
+        let consumer = KafkaConsumer::new(
             config,
-            FIRST_LANE,
+            FIRST_CONSUMER,
             pipeline.telemetry.clone(),
             start,
             lane_events,
@@ -180,9 +181,9 @@ pub fn run(
             shutdown.clone(),
             stop.0.clone(),
         )?;
-        let lane = std::thread::Builder::new()
+        let consumer = std::thread::Builder::new()
             .name("driftwatch-consumer".into())
-            .spawn_scoped(scope, move || lane.run())
+            .spawn_scoped(scope, move || consumer.run())
             .map_err(thread)?;
         // Lanes start from the restored dictionaries: the panes a
         // checkpoint restored go to them as they are (see Lanes::dispatch).
@@ -202,7 +203,7 @@ pub fn run(
                     producer,
                     topic.clone(),
                     pipeline.telemetry.clone(),
-                    lane_commands.clone(),
+                    consumer_commands.clone(),
                 )
                 .map_err(thread)?;
                 (Some(handle), Some(joined))
@@ -229,10 +230,10 @@ pub fn run(
             label_activity: LabelActivity::new(config.windows.idle_timeout, pipeline),
             pipeline,
             events,
-            lanes_running: 1,
+            consumers_running: 1,
             lanes,
             pending: VecDeque::new(),
-            lane_commands,
+            consumer_commands,
             stage,
             dead_letters,
             checkpoints,
@@ -245,14 +246,14 @@ pub fn run(
             paused: false,
             last_log: Instant::now(),
             batches: 0,
-            _stop_lanes: stop,
+            _stop_consumers: stop,
         };
         let outcome = main_loop.run();
         let batches = main_loop.batches;
         // Dropping the loop closes every channel end it holds: each thread
         // finishes what it was given and ends.
         drop(main_loop);
-        let mut summary = join(lane);
+        let mut summary = join(consumer);
         summary.batches = batches;
         for lane in lane_threads {
             join(lane);
@@ -295,14 +296,14 @@ struct Checkpoints {
 struct MainLoop<'a, 'env> {
     kafka: &'a KafkaConfig,
     pipeline: &'a mut Pipeline,
-    events: Receiver<LaneEvent>,
-    lanes_running: usize,
+    events: Receiver<ConsumerEvent>,
+    consumers_running: usize,
     /// The threads that decode and aggregate the predictions.
     lanes: Lanes,
     /// Micro-batches taken from the consumer and not yet applied, oldest
     /// first: their runs are applied in this order as the lanes answer.
     pending: VecDeque<PendingBatch>,
-    lane_commands: Sender<SourceCommand>,
+    consumer_commands: Sender<SourceCommand>,
     stage: AlertingStage,
     dead_letters: Option<DeadLetters>,
     checkpoints: Option<Checkpoints>,
@@ -310,7 +311,7 @@ struct MainLoop<'a, 'env> {
     next_tick: Instant,
     clock: WallClock,
     label_activity: LabelActivity,
-    /// Everything the lane read up to this instant is in the pipeline (the
+    /// Everything the consumer read up to this instant is in the pipeline (the
     /// last batch's `read_until`); `None` before its first batch.
     read_until: Option<Instant>,
     /// The predictions partitions declared to the engine (the assignment).
@@ -318,14 +319,14 @@ struct MainLoop<'a, 'env> {
     /// Per partition, the next offset the pipeline's state covers.
     positions: Positions,
     /// An assignment is under way: its starts may not have reached
-    /// `positions` yet, so no checkpoint begins until the lane's `poll`
+    /// `positions` yet, so no checkpoint begins until the consumer's `poll`
     /// has returned (`RebalanceEvent::Partitions`).
     assigning: bool,
     /// Consumption is paused (backpressure).
     paused: bool,
     last_log: Instant,
     batches: u64,
-    _stop_lanes: StopLanes,
+    _stop_consumers: StopConsumers,
 }
 
 impl MainLoop<'_, '_> {
@@ -340,14 +341,14 @@ impl MainLoop<'_, '_> {
                     // A rebalance concerns what was read before it.
                     self.drain()?;
                     match rebalance {
-                        RebalanceEvent::Assigned { lane: _, partitions, reply } => {
+                        RebalanceEvent::Assigned { consumer: _, partitions, reply } => {
                             let _ = reply.send(self.assigned(&partitions));
                         }
-                        RebalanceEvent::Started { lane: _, starts } => self.positions.extend(starts),
-                        RebalanceEvent::Revoked { lane: _, partitions, reply } => {
+                        RebalanceEvent::Started { consumer: _, starts } => self.positions.extend(starts),
+                        RebalanceEvent::Revoked { consumer: _, partitions, reply } => {
                             let _ = reply.send(self.revoked(&partitions));
                         }
-                        RebalanceEvent::Partitions { lane: _, predictions } => {
+                        RebalanceEvent::Partitions { consumer: _, predictions } => {
                             self.partitions_changed(predictions)?;
                         }
                     }
@@ -412,7 +413,7 @@ impl MainLoop<'_, '_> {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                // Every lane gone without a word (a panic, passed on when
+                // The consumer gone without a word (a panic, passed on when
                 // it is joined).
                 Err(RecvTimeoutError::Disconnected) => return Ok(LoopEvent::Shutdown),
             }
@@ -420,13 +421,13 @@ impl MainLoop<'_, '_> {
     }
 
     /// What the consumer's event is to the loop (`None`: nothing yet).
-    fn source_event(&mut self, event: LaneEvent) -> Option<LoopEvent> {
+    fn source_event(&mut self, event: ConsumerEvent) -> Option<LoopEvent> {
         match event {
-            LaneEvent::Batch(batch) => Some(LoopEvent::Batch(batch)),
-            LaneEvent::Rebalance(rebalance) => Some(LoopEvent::Rebalance(rebalance)),
-            LaneEvent::Stopped { lane: _ } => {
-                self.lanes_running -= 1;
-                (self.lanes_running == 0).then_some(LoopEvent::Shutdown)
+            ConsumerEvent::Batch(batch) => Some(LoopEvent::Batch(batch)),
+            ConsumerEvent::Rebalance(rebalance) => Some(LoopEvent::Rebalance(rebalance)),
+            ConsumerEvent::Stopped { consumer: _ } => {
+                self.consumers_running -= 1;
+                (self.consumers_running == 0).then_some(LoopEvent::Shutdown)
             }
         }
     }
@@ -580,7 +581,7 @@ impl MainLoop<'_, '_> {
                     dead_letters.store_after(processed);
                 }
                 None => {
-                    let _ = self.lane_commands.send(SourceCommand::Store(processed));
+                    let _ = self.consumer_commands.send(SourceCommand::Store(processed));
                 }
             },
         }
@@ -610,7 +611,7 @@ impl MainLoop<'_, '_> {
     }
 
     /// Partitions being assigned: the reply is where the state ends for
-    /// them. The starts the lane resolves for the others arrive before the
+    /// them. The starts the consumer resolves for the others arrive before the
     /// `poll` returns; until then no checkpoint begins (each checkpoint
     /// from the assignment on has every assigned partition's start, as the
     /// single-threaded daemon's did).
@@ -619,7 +620,7 @@ impl MainLoop<'_, '_> {
         partitions.iter().filter_map(|key| self.positions.get(key).map(|next| (key.clone(), *next))).collect()
     }
 
-    /// Partitions being revoked, after every batch the lane sent before:
+    /// Partitions being revoked, after every batch the consumer sent before:
     /// the reply is the offsets to commit for them — the last checkpoint's
     /// in durable mode, otherwise those processed (once their dead letters
     /// are out), which the loop then forgets (a partition coming back
@@ -639,7 +640,7 @@ impl MainLoop<'_, '_> {
         }
     }
 
-    /// The engine's predictions partitions follow the lane's assignment: a
+    /// The engine's predictions partitions follow the consumer's assignment: a
     /// newly assigned partition is declared (it holds the watermark until
     /// its first event or until idle), a revoked one stops holding it.
     fn partitions_changed(&mut self, assigned: BTreeSet<i32>) -> Result<(), KafkaSourceError> {
@@ -700,7 +701,7 @@ impl MainLoop<'_, '_> {
     }
 
     /// Backpressure: an output's retry buffer is full (its disk keeps
-    /// failing). The lane stops fetching — every assigned partition
+    /// failing). The consumer stops fetching — every assigned partition
     /// paused, again after each rebalance — while it goes on serving
     /// rebalances, statistics and group membership, and the loop ticks and
     /// the stage retries the writes. The batches in hand are still
@@ -712,10 +713,10 @@ impl MainLoop<'_, '_> {
         if full && !self.paused {
             self.paused = true;
             tracing::error!("an output's retry buffer is full: consumption paused until the disk takes writes");
-            let _ = self.lane_commands.send(SourceCommand::Pause);
+            let _ = self.consumer_commands.send(SourceCommand::Pause);
         } else if !full && self.paused {
             self.paused = false;
-            let _ = self.lane_commands.send(SourceCommand::Resume);
+            let _ = self.consumer_commands.send(SourceCommand::Resume);
             tracing::info!("outputs written: consumption resumed");
         }
     }
@@ -794,7 +795,7 @@ impl MainLoop<'_, '_> {
                 telemetry.checkpoint_bytes.store(bytes as u64, Ordering::Relaxed);
                 tracing::debug!(path = %path.display(), bytes, elapsed = ?outcome.started.elapsed(), "checkpoint written");
                 checkpoints.checkpointed = outcome.positions.clone();
-                let _ = self.lane_commands.send(SourceCommand::Commit(outcome.positions));
+                let _ = self.consumer_commands.send(SourceCommand::Commit(outcome.positions));
                 true
             }
             Err(error) => {
@@ -805,7 +806,7 @@ impl MainLoop<'_, '_> {
         }
     }
 
-    /// Every lane has stopped and everything it read is processed. Durable
+    /// The consumer has stopped and everything it read is processed. Durable
     /// mode: the final checkpoint (open windows stay open for the next
     /// run), committed. Otherwise: every open window closed and written,
     /// then the final commit of every processed offset.
@@ -832,7 +833,7 @@ impl MainLoop<'_, '_> {
         if let Some(dead_letters) = &mut self.dead_letters {
             dead_letters.barrier();
         }
-        let _ = self.lane_commands.send(SourceCommand::FinalCommit(self.positions.clone()));
+        let _ = self.consumer_commands.send(SourceCommand::FinalCommit(self.positions.clone()));
         Ok(())
     }
 }

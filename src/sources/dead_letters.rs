@@ -166,19 +166,19 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// Starts the stage's thread on `scope`; it returns the number of
-    /// letters delivered when it ends. `lane_commands` is where the offsets
+    /// letters delivered when it ends. `consumer_commands` is where the offsets
     /// of [`DeadLetterInput::ThenStore`] go.
     pub fn spawn<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         producer: DeadLetterProducer,
         topic: String,
         telemetry: std::sync::Arc<Telemetry>,
-        lane_commands: Sender<SourceCommand>,
+        consumer_commands: Sender<SourceCommand>,
     ) -> std::io::Result<(DeadLetters, std::thread::ScopedJoinHandle<'scope, u64>)> {
         let (input, inputs) = sync_channel(INPUTS_IN_FLIGHT);
         let handle =
             std::thread::Builder::new().name("driftwatch-dead-letters".into()).spawn_scoped(scope, move || {
-                let mut stage = Stage { producer, topic, telemetry, lane_commands, queued: 0, delivered: 0 };
+                let mut stage = Stage { producer, topic, telemetry, consumer_commands, queued: 0, delivered: 0 };
                 stage.run(inputs);
                 stage.delivered
             })?;
@@ -220,7 +220,7 @@ struct Stage {
     producer: DeadLetterProducer,
     topic: String,
     telemetry: std::sync::Arc<Telemetry>,
-    lane_commands: Sender<SourceCommand>,
+    consumer_commands: Sender<SourceCommand>,
     /// Letters queued on the producer since the last flush.
     queued: u64,
     /// Letters delivered in all.
@@ -243,7 +243,7 @@ impl Stage {
                 }
                 DeadLetterInput::ThenStore(positions) => {
                     self.flush();
-                    let _ = self.lane_commands.send(SourceCommand::Store(positions));
+                    let _ = self.consumer_commands.send(SourceCommand::Store(positions));
                 }
                 DeadLetterInput::Barrier(reply) => {
                     self.flush();

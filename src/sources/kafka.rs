@@ -1,21 +1,21 @@
 //! The Kafka source: a consumer-group member on a thread of its own (a
-//! *lane*) that polls the predictions and labels topics and emits what it
-//! reads, as [`LaneEvent`]s over a bounded channel, to the daemon's loop
+//! *consumer*) that polls the predictions and labels topics and emits what it
+//! reads, as [`ConsumerEvent`]s over a bounded channel, to the daemon's loop
 //! (`crate::daemon`), which owns the pipeline and decides everything else.
-//! The lane interprets nothing: micro-batches of raw payloads with their
+//! The consumer interprets nothing: micro-batches of raw payloads with their
 //! partitions and offsets go out; offsets to store or commit and pauses
 //! come back as [`SourceCommand`]s, applied between polls.
 //!
-//! Rebalances are served inside `poll`, on the lane's thread, by
+//! Rebalances are served inside `poll`, on the consumer's thread, by
 //! [`SourceContext`]. Each is sent to the loop as a [`RebalanceEvent`] and
 //! the callback waits for the loop's reply before it completes:
 //!
-//! - a revocation reaches the loop after every batch the lane sent before
+//! - a revocation reaches the loop after every batch the consumer sent before
 //!   it (the channel is FIFO), so those batches are in window state; the
 //!   loop ends the revoked predictions partitions in the engine and replies
 //!   with the offsets to commit (durable: the last checkpoint's; otherwise
 //!   those processed), which the callback commits before the partitions
-//!   leave. Messages the lane buffered but had not sent yet are dropped:
+//!   leave. Messages the consumer buffered but had not sent yet are dropped:
 //!   the next owner reads them from the committed offset.
 //! - an assignment is declared to the engine by the loop before any of the
 //!   partitions' batches, and in durable mode the loop's reply says where
@@ -24,8 +24,8 @@
 //!   the others go back to the loop ([`RebalanceEvent::Started`]) ahead of
 //!   their first batch.
 //!
-//! Once the lane stops (shutdown), it detaches from the loop: the
-//! revocation that leaving the group makes commits what the lane was last
+//! Once the consumer stops (shutdown), it detaches from the loop: the
+//! revocation that leaving the group makes commits what the consumer was last
 //! told, without waiting for anyone.
 //!
 //! Delivery: without a state dir, `enable.auto.offset.store=false`; the
@@ -91,13 +91,13 @@ pub type PartitionKey = (String, i32);
 /// Per partition, the next offset to read.
 pub type Positions = BTreeMap<PartitionKey, i64>;
 
-/// Which consumer thread a batch came from. There is one lane today
-/// ([`FIRST_LANE`]); the events carry it so that several, each owning some
+/// Which consumer thread a batch came from. There is one consumer today
+/// ([`FIRST_CONSUMER`]); the events carry it so that several, each owning some
 /// partitions, can feed the same loop.
-pub type LaneId = u32;
+pub type ConsumerId = u32;
 
-/// The daemon's one lane.
-pub const FIRST_LANE: LaneId = 0;
+/// The daemon's one consumer.
+pub const FIRST_CONSUMER: ConsumerId = 0;
 
 /// Which topic a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -127,20 +127,20 @@ pub struct RawMessage {
     end: usize,
 }
 
-/// A micro-batch a lane read, closed at `pipeline.batch_size` messages,
+/// A micro-batch a consumer read, closed at `pipeline.batch_size` messages,
 /// after `pipeline.linger` or at [`MAX_BATCH_BYTES`]: raw payloads back to
 /// back in one arena, and the messages ordered by (stream, partition) with
 /// offsets ascending within each partition — the order the engine takes
 /// them in (predictions before labels, each partition as a batch of its
 /// own, so each keeps its own watermark).
 ///
-/// A lane with nothing to send sends an empty batch every [`POLL_WAIT`]:
+/// A consumer with nothing to send sends an empty batch every [`POLL_WAIT`]:
 /// `read_until` is what the loop's wall clock needs to tell a silent
 /// partition from one whose events are still on their way.
 #[derive(Debug)]
 pub struct SourceBatch {
-    pub lane: LaneId,
-    /// Everything the lane read up to this instant is in this batch or an
+    pub consumer: ConsumerId,
+    /// Everything the consumer read up to this instant is in this batch or an
     /// earlier one, and a broker answered then (the earlier of the two:
     /// silence counts only up to when a broker last answered, so an outage
     /// does not make partitions idle; with statistics turned off,
@@ -175,54 +175,54 @@ impl SourceBatch {
     }
 }
 
-/// A change of a lane's partitions. `Assigned` and `Revoked` are sent from
-/// inside `poll` and the lane waits for their reply (see the module doc);
+/// A change of a consumer's partitions. `Assigned` and `Revoked` are sent from
+/// inside `poll` and the consumer waits for their reply (see the module doc);
 /// `Partitions` follows once the rebalance has settled.
 #[derive(Debug)]
 pub enum RebalanceEvent {
-    /// `partitions` are being assigned to `lane`. Reply: the positions the
+    /// `partitions` are being assigned to `consumer`. Reply: the positions the
     /// state has for them (where durable mode starts them).
-    Assigned { lane: LaneId, partitions: Vec<PartitionKey>, reply: SyncSender<Positions> },
+    Assigned { consumer: ConsumerId, partitions: Vec<PartitionKey>, reply: SyncSender<Positions> },
     /// Durable mode: where the assigned partitions the state had no
-    /// position for start, resolved by the lane after `Assigned`. It comes
+    /// position for start, resolved by the consumer after `Assigned`. It comes
     /// before any of their batches, so every checkpoint from then on has
     /// them.
-    Started { lane: LaneId, starts: Positions },
-    /// `partitions` are being revoked from `lane`. Reply: the offsets to
+    Started { consumer: ConsumerId, starts: Positions },
+    /// `partitions` are being revoked from `consumer`. Reply: the offsets to
     /// commit for them before they leave.
-    Revoked { lane: LaneId, partitions: Vec<PartitionKey>, reply: SyncSender<Positions> },
+    Revoked { consumer: ConsumerId, partitions: Vec<PartitionKey>, reply: SyncSender<Positions> },
     /// A rebalance settled — the `poll` that served an assignment (or a
-    /// cooperative revocation) returned: `lane` now holds these predictions
+    /// cooperative revocation) returned: `consumer` now holds these predictions
     /// partitions, which the engine's watermarks follow. Sent before any
     /// batch read after it. An eager rebalance (every partition revoked,
     /// then the new assignment after the group rejoined) is told once, with
     /// the new assignment: a partition revoked and assigned again never
     /// stops holding the watermark in between, as it did not when the
     /// single-threaded daemon served both in one turn.
-    Partitions { lane: LaneId, predictions: std::collections::BTreeSet<i32> },
+    Partitions { consumer: ConsumerId, predictions: std::collections::BTreeSet<i32> },
 }
 
-/// What a lane sends the loop, in the order it happens.
+/// What a consumer sends the loop, in the order it happens.
 #[derive(Debug)]
-pub enum LaneEvent {
+pub enum ConsumerEvent {
     Batch(SourceBatch),
     Rebalance(RebalanceEvent),
-    /// The lane stopped reading (shutdown): every batch it read was sent
+    /// The consumer stopped reading (shutdown): every batch it read was sent
     /// before this. It then applies the commands still coming and leaves
     /// the group once the loop drops its command sender.
     Stopped {
-        lane: LaneId,
+        consumer: ConsumerId,
     },
 }
 
-/// What the loop has a lane do, between two polls.
+/// What the loop has a consumer do, between two polls.
 #[derive(Debug)]
 pub enum SourceCommand {
     /// No state dir: offsets of processed events, stored for auto-commit.
     Store(Positions),
     /// Durable mode: a checkpoint with these offsets is on disk; they are
     /// committed (asynchronously, for lag tooling) and become what a
-    /// revocation commits once the lane is detached.
+    /// revocation commits once the consumer is detached.
     Commit(Positions),
     /// Stop fetching (an output's retry buffer is full), again after every
     /// rebalance, until [`SourceCommand::Resume`].
@@ -248,7 +248,7 @@ const START_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// 500 ms by default, and every heartbeat).
 pub const BROKER_SILENCE: Duration = Duration::from_secs(10);
 
-/// The longest a lane waits in one `poll`: commands and the shutdown flag
+/// The longest a consumer waits in one `poll`: commands and the shutdown flag
 /// are looked at at least this often, and an empty batch is sent this
 /// often when nothing was read.
 pub const POLL_WAIT: Duration = Duration::from_millis(100);
@@ -257,17 +257,17 @@ pub const POLL_WAIT: Duration = Duration::from_millis(100);
 /// partitions at the checkpoint (durable mode) and exports lag and
 /// reachability.
 pub struct SourceContext {
-    lane: LaneId,
+    id: ConsumerId,
     telemetry: Arc<Telemetry>,
-    /// The loop, while the lane is attached to it (until it stops).
-    events: Mutex<Option<SyncSender<LaneEvent>>>,
-    /// Partitions revoked since the lane last dropped their buffered messages.
+    /// The loop, while the consumer is attached to it (until it stops).
+    events: Mutex<Option<SyncSender<ConsumerEvent>>>,
+    /// Partitions revoked since the consumer last dropped their buffered messages.
     revoked: Mutex<Vec<PartitionKey>>,
     assigned: Mutex<HashSet<PartitionKey>>,
     /// Durable mode: offsets live in checkpoints, not in Kafka.
     durable: bool,
     /// Durable mode: the offsets of the last checkpoint written (what a
-    /// revocation commits once the lane is detached from the loop).
+    /// revocation commits once the consumer is detached from the loop).
     checkpointed: Mutex<Positions>,
     /// Durable mode: the state was restored from a checkpoint (then a
     /// partition the state has no position for starts at its beginning,
@@ -279,7 +279,7 @@ pub struct SourceContext {
     /// When a broker last answered (from the statistics' `rxidle`; `None`
     /// before the first statistics): see [`SourceBatch::read_until`].
     last_answer: Mutex<Option<Instant>>,
-    /// Counts the rebalances settled, so the lane knows when to send
+    /// Counts the rebalances settled, so the consumer knows when to send
     /// [`RebalanceEvent::Partitions`].
     rebalances: std::sync::atomic::AtomicU64,
 }
@@ -339,11 +339,11 @@ impl SourceContext {
     }
 
     /// Sends `event` (made with a reply sender) to the loop and waits for
-    /// its reply; `None` once the lane is detached or the loop is gone.
+    /// its reply; `None` once the consumer is detached or the loop is gone.
     fn ask_loop(&self, event: impl FnOnce(SyncSender<Positions>) -> RebalanceEvent) -> Option<Positions> {
         let events = self.events.lock().expect("context lock").clone()?;
         let (reply, answer) = sync_channel(1);
-        events.send(LaneEvent::Rebalance(event(reply))).ok()?;
+        events.send(ConsumerEvent::Rebalance(event(reply))).ok()?;
         answer.recv().ok()
     }
 
@@ -351,11 +351,11 @@ impl SourceContext {
     fn tell_loop(&self, event: RebalanceEvent) {
         let events = self.events.lock().expect("context lock").clone();
         if let Some(events) = events {
-            let _ = events.send(LaneEvent::Rebalance(event));
+            let _ = events.send(ConsumerEvent::Rebalance(event));
         }
     }
 
-    /// Rebalance callbacks stop waiting for the loop (the lane stopped).
+    /// Rebalance callbacks stop waiting for the loop (the consumer stopped).
     fn detach(&self) {
         self.events.lock().expect("context lock").take();
     }
@@ -474,7 +474,7 @@ impl SourceContext {
         let keys: Vec<PartitionKey> =
             partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let known = self
-            .ask_loop(|reply| RebalanceEvent::Assigned { lane: self.lane, partitions: keys.clone(), reply })
+            .ask_loop(|reply| RebalanceEvent::Assigned { consumer: self.id, partitions: keys.clone(), reply })
             .unwrap_or_default();
         let starts = if self.durable { self.position_assigned(consumer, partitions, &known) } else { Positions::new() };
         let result = if cooperative { consumer.incremental_assign(partitions) } else { consumer.assign(partitions) };
@@ -488,7 +488,7 @@ impl SourceContext {
         }
         tracing::info!(partitions = partitions.count(), "partitions assigned");
         if !starts.is_empty() {
-            self.tell_loop(RebalanceEvent::Started { lane: self.lane, starts });
+            self.tell_loop(RebalanceEvent::Started { consumer: self.id, starts });
         }
         self.rebalances.fetch_add(1, Ordering::SeqCst);
     }
@@ -496,13 +496,13 @@ impl SourceContext {
     /// A revocation: the loop processes what it was sent of these
     /// partitions and replies with the offsets to commit, committed here
     /// (synchronously) before they leave. Detached (leaving the group at
-    /// shutdown), the lane commits what it was last told: the last
+    /// shutdown), the consumer commits what it was last told: the last
     /// checkpoint's offsets, or the offsets stored.
     fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList, cooperative: bool) {
         let keys: Vec<PartitionKey> =
             partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let from_loop =
-            self.ask_loop(|reply| RebalanceEvent::Revoked { lane: self.lane, partitions: keys.clone(), reply });
+            self.ask_loop(|reply| RebalanceEvent::Revoked { consumer: self.id, partitions: keys.clone(), reply });
         let offsets = match from_loop {
             Some(offsets) => Some(offsets),
             None if self.durable => {
@@ -622,8 +622,8 @@ pub struct KafkaSummary {
     pub repeated: u64,
 }
 
-/// How a lane starts: durable or not, and where a restored state ends.
-pub struct LaneStart {
+/// How a consumer starts: durable or not, and where a restored state ends.
+pub struct ConsumerStart {
     /// Durable mode (a state dir).
     pub durable: bool,
     /// The state was restored from a checkpoint.
@@ -634,11 +634,11 @@ pub struct LaneStart {
 }
 
 /// A consumer-group member on a thread of its own: see the module doc.
-pub struct KafkaLane {
-    lane: LaneId,
+pub struct KafkaConsumer {
+    id: ConsumerId,
     consumer: BaseConsumer<SourceContext>,
     batch_size: usize,
-    events: SyncSender<LaneEvent>,
+    events: SyncSender<ConsumerEvent>,
     commands: Receiver<SourceCommand>,
     shutdown: Shutdown,
     /// Set when the loop ends (its drop guard): stop as at shutdown.
@@ -649,7 +649,7 @@ pub struct KafkaLane {
     reading: Reading,
 }
 
-/// What a lane has read and not yet sent, and what it has counted.
+/// What a consumer has read and not yet sent, and what it has counted.
 struct Reading {
     kafka: KafkaConfig,
     linger: Duration,
@@ -666,24 +666,24 @@ struct Reading {
     summary: KafkaSummary,
 }
 
-impl KafkaLane {
+impl KafkaConsumer {
     /// Creates the consumer and subscribes it (errors here stop the daemon
     /// before any thread starts). Events go to `events`; commands come from
     /// `commands`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
-        lane: LaneId,
+        id: ConsumerId,
         telemetry: Arc<Telemetry>,
-        start: LaneStart,
-        events: SyncSender<LaneEvent>,
+        start: ConsumerStart,
+        events: SyncSender<ConsumerEvent>,
         commands: Receiver<SourceCommand>,
         shutdown: Shutdown,
         stop: Arc<AtomicBool>,
-    ) -> Result<KafkaLane, KafkaSourceError> {
+    ) -> Result<KafkaConsumer, KafkaSourceError> {
         let kafka = config.kafka.as_ref().ok_or(KafkaSourceError::NotConfigured)?;
         let context = SourceContext {
-            lane,
+            id,
             telemetry,
             events: Mutex::new(Some(events.clone())),
             revoked: Mutex::new(Vec::new()),
@@ -706,8 +706,8 @@ impl KafkaLane {
             source,
         })?;
         tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, durable = start.durable, "consuming");
-        Ok(KafkaLane {
-            lane,
+        Ok(KafkaConsumer {
+            id,
             consumer,
             batch_size: config.pipeline.batch_size.max(1),
             events,
@@ -731,7 +731,7 @@ impl KafkaLane {
 
     /// Polls until shutdown (or until the loop is gone), sending batches
     /// and rebalances; then sends the batch in hand and
-    /// [`LaneEvent::Stopped`], applies the commands still coming until the
+    /// [`ConsumerEvent::Stopped`], applies the commands still coming until the
     /// loop drops its sender, and leaves the group. Returns what it read.
     pub fn run(mut self) -> KafkaSummary {
         loop {
@@ -763,7 +763,7 @@ impl KafkaLane {
             if rebalances != self.rebalances_told {
                 self.rebalances_told = rebalances;
                 let predictions = context.predictions_partitions(&reading.kafka);
-                let told = LaneEvent::Rebalance(RebalanceEvent::Partitions { lane: self.lane, predictions });
+                let told = ConsumerEvent::Rebalance(RebalanceEvent::Partitions { consumer: self.id, predictions });
                 if self.events.send(told).is_err() {
                     break;
                 }
@@ -784,7 +784,7 @@ impl KafkaLane {
         // (leaving the group) no longer wait for the loop.
         self.reading.drop_revoked(self.consumer.context());
         if self.send() {
-            let _ = self.events.send(LaneEvent::Stopped { lane: self.lane });
+            let _ = self.events.send(ConsumerEvent::Stopped { consumer: self.id });
         }
         self.consumer.context().detach();
         while let Ok(command) = self.commands.recv() {
@@ -815,7 +815,7 @@ impl KafkaLane {
         let answered = *self.consumer.context().last_answer.lock().expect("context lock");
         let read_until = answered.map_or(now, |answered| answered.min(now));
         reading.last_sent = now;
-        self.events.send(LaneEvent::Batch(SourceBatch { lane: self.lane, read_until, arena, messages })).is_ok()
+        self.events.send(ConsumerEvent::Batch(SourceBatch { consumer: self.id, read_until, arena, messages })).is_ok()
     }
 
     fn pause_assignment(&self) {
