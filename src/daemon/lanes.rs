@@ -2,21 +2,22 @@
 //! the predictions partitions in parallel, while the loop (the closer)
 //! joins, watermarks, closes and writes.
 //!
-//! The loop hands each predictions partition's run of a micro-batch to the
-//! lane that owns the partition ([`Lanes::dispatch`]: a partition goes to
-//! the lane with the fewest partitions when first read, and stays there
-//! until it is revoked). A lane decodes the run with its own decoder and
-//! dictionaries, aggregates it into the partition's panes
-//! ([`LaneWorker`]) and answers with one [`LaneDone`]. The loop applies the
-//! answers in the order it dispatched the runs, labels runs in between, so
-//! the pipeline sees exactly the sequence one thread saw: the rows do not
-//! depend on the number of lanes.
+//! The loop's closer (`super::closer`) hands each predictions partition's
+//! run of a micro-batch to the lane that owns the partition
+//! ([`Lanes::dispatch`]: a partition goes to the lane with the fewest
+//! partitions when first read, and stays there until it is revoked). A
+//! lane decodes the run with its own decoder and dictionaries, aggregates
+//! it into the partition's panes ([`LaneWorker`]) and answers with one
+//! [`LaneDone`]; the closer applies the answers in the order it dispatched
+//! the runs, so the rows do not depend on the number of lanes.
 //!
-//! Whatever needs a partition's whole state in the loop asks the lanes to
-//! hand their panes over ([`Lanes::hand_over`]) once everything dispatched
-//! before is applied: a checkpoint (so it holds the loop's state only), a
-//! revocation, a partition going idle (so the windows it stops holding
-//! close with its part), and shutdown.
+//! Once everything dispatched before is applied, the lanes hand a
+//! partition's panes over to the engine ([`Lanes::hand_over`]) when it is
+//! revoked, when it goes idle (so the windows it stops holding close with
+//! its part) and at a shutdown without a state dir; a checkpoint takes a
+//! copy of every lane's panes instead ([`Lanes::snapshot`]), and the panes
+//! a checkpoint restored go to the lane that takes their partition over,
+//! as they were, so a restart changes no row, not even in the last bits.
 //!
 //! Threads: one per lane (`driftwatch-lane-k`), owning its `LaneWorker`.
 //! It takes work from an unbounded channel (the loop bounds what is in

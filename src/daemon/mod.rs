@@ -32,11 +32,11 @@
 
 pub mod checkpointer;
 pub mod clock;
+pub mod closer;
 pub mod lanes;
 pub mod stage;
 
-use std::collections::{BTreeSet, VecDeque};
-use std::ops::Range;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel, sync_channel};
@@ -47,13 +47,14 @@ use crate::checkpoint::{CheckpointStore, Offsets};
 use crate::config::{Config, KafkaConfig};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::sources::dead_letters::{DeadLetter, DeadLetters};
+use crate::sources::dead_letters::DeadLetters;
 use crate::sources::kafka::{
-    ConsumerEvent, ConsumerStart, FIRST_CONSUMER, KafkaConsumer, KafkaSourceError, KafkaSummary, Location,
-    PartitionKey, Positions, RebalanceEvent, SourceBatch, SourceCommand, Stream,
+    ConsumerEvent, ConsumerStart, FIRST_CONSUMER, KafkaConsumer, KafkaSourceError, KafkaSummary, PartitionKey,
+    Positions, RebalanceEvent, SourceBatch, SourceCommand,
 };
 use checkpointer::{CheckpointJob, CheckpointOutcome, CheckpointWriter};
 use clock::{LabelActivity, WallClock};
+use closer::{Closer, Finished};
 use lanes::{IN_FLIGHT_BATCHES, LaneDone, Lanes};
 use stage::AlertingStage;
 
@@ -231,8 +232,12 @@ pub fn run(
             pipeline,
             events,
             consumers_running: 1,
-            lanes,
-            pending: VecDeque::new(),
+            closer: Closer::new(
+                lanes,
+                &kafka.predictions_topic,
+                &kafka.labels_topic,
+                kafka.dead_letter_topic.is_some(),
+            ),
             consumer_commands,
             stage,
             dead_letters,
@@ -298,11 +303,9 @@ struct MainLoop<'a, 'env> {
     pipeline: &'a mut Pipeline,
     events: Receiver<ConsumerEvent>,
     consumers_running: usize,
-    /// The threads that decode and aggregate the predictions.
-    lanes: Lanes,
-    /// Micro-batches taken from the consumer and not yet applied, oldest
-    /// first: their runs are applied in this order as the lanes answer.
-    pending: VecDeque<PendingBatch>,
+    /// The lanes, and the batches taken from the consumer and not yet
+    /// applied.
+    closer: Closer,
     consumer_commands: Sender<SourceCommand>,
     stage: AlertingStage,
     dead_letters: Option<DeadLetters>,
@@ -336,7 +339,7 @@ impl MainLoop<'_, '_> {
         loop {
             match self.next_event()? {
                 LoopEvent::Batch(batch) => self.dispatch(batch)?,
-                LoopEvent::Aggregated(lane, done) => self.advance(Some((lane, done)))?,
+                LoopEvent::Aggregated(lane, done) => self.advance(lane, done)?,
                 LoopEvent::Rebalance(rebalance) => {
                     // A rebalance concerns what was read before it.
                     self.drain()?;
@@ -384,14 +387,14 @@ impl MainLoop<'_, '_> {
                 return Ok(LoopEvent::Tick);
             }
             let wait = self.next_tick - now;
-            if let Some(lane) = self.awaited_lane() {
-                if let Some(done) = self.lanes.try_done(lane)? {
+            if let Some(lane) = self.closer.awaited_lane() {
+                if let Some(done) = self.closer.try_done(lane)? {
                     return Ok(LoopEvent::Aggregated(lane, done));
                 }
                 // The consumer's next batch goes to the lanes at once
                 // (while they have room); otherwise the loop waits for
                 // the oldest answer, which is what it needs next.
-                if self.pending.len() < IN_FLIGHT_BATCHES {
+                if self.closer.in_flight() < IN_FLIGHT_BATCHES {
                     match self.events.try_recv() {
                         Ok(event) => match self.source_event(event) {
                             Some(event) => return Ok(event),
@@ -401,7 +404,7 @@ impl MainLoop<'_, '_> {
                         Err(TryRecvError::Disconnected) => return Ok(LoopEvent::Shutdown),
                     }
                 }
-                if let Some(done) = self.lanes.wait_done(lane, wait)? {
+                if let Some(done) = self.closer.wait_done(lane, wait)? {
                     return Ok(LoopEvent::Aggregated(lane, done));
                 }
                 continue;
@@ -432,180 +435,68 @@ impl MainLoop<'_, '_> {
         }
     }
 
-    /// The lane whose answer the oldest pending batch waits for.
-    fn awaited_lane(&self) -> Option<usize> {
-        match self.pending.front()?.parts.front()? {
-            Part::Predictions { lane, .. } => Some(*lane),
-            Part::Labels { .. } => None,
-        }
-    }
-
-    /// Takes a batch from the consumer: each predictions partition's run
-    /// goes to its lane; the batch waits in `pending` until its runs are
-    /// applied, in order (labels runs, by the loop itself, in between).
+    /// Takes a batch from the consumer (see [`Closer::dispatch`]).
     fn dispatch(&mut self, batch: SourceBatch) -> Result<(), KafkaSourceError> {
-        let batch = Arc::new(batch);
-        let skew_ms = i64::try_from(self.pipeline.max_future_skew.as_millis()).unwrap_or(i64::MAX);
-        let accept_before_ms = chrono::Utc::now().timestamp_millis().saturating_add(skew_ms);
-        let mut parts = VecDeque::new();
-        let mut start = 0;
-        for messages in batch.partitions() {
-            let (stream, partition) = (messages[0].stream, messages[0].partition);
-            let run = start..start + messages.len();
-            start = run.end;
-            let next = messages.last().map_or(0, |m| m.offset + 1);
-            parts.push_back(match stream {
-                Stream::Predictions => {
-                    let lane =
-                        self.lanes.dispatch(&batch, run, partition, accept_before_ms, &mut self.pipeline.engine)?;
-                    Part::Predictions { lane, partition, next }
-                }
-                Stream::Labels => Part::Labels { messages: run, partition, next },
-            });
-        }
-        self.pending.push_back(PendingBatch {
-            batch,
-            parts,
-            accept_before_ms,
-            letters: Vec::new(),
-            processed: Positions::new(),
-        });
-        self.advance(None)
+        let mut finished = Vec::new();
+        let outcome = self.closer.dispatch(self.pipeline, batch, &mut finished);
+        self.finish_batches(finished)?;
+        outcome
     }
 
-    /// Applies the pending batches' runs in order while their answers are
-    /// there (`answer`: the one just taken, for the oldest run), and
-    /// finishes each batch whose runs are all applied.
-    fn advance(&mut self, mut answer: Option<(usize, LaneDone)>) -> Result<(), KafkaSourceError> {
-        while let Some(mut pending) = self.pending.pop_front() {
-            while let Some(part) = pending.parts.front() {
-                match part {
-                    Part::Predictions { lane, partition, next } => {
-                        let (lane, partition, next) = (*lane, *partition, *next);
-                        let done = match answer.take() {
-                            Some((answered, done)) => {
-                                debug_assert_eq!(answered, lane, "answers come for the oldest run");
-                                done
-                            }
-                            None => match self.lanes.try_done(lane)? {
-                                Some(done) => done,
-                                None => {
-                                    self.pending.push_front(pending);
-                                    return Ok(());
-                                }
-                            },
-                        };
-                        self.apply_predictions(&mut pending, lane, partition, done);
-                        let topic = self.kafka.predictions_topic.clone();
-                        pending.processed.insert((topic, partition), next);
-                    }
-                    Part::Labels { messages, partition, next } => {
-                        let (messages, partition, next) = (messages.clone(), *partition, *next);
-                        self.apply_labels(&mut pending, messages, partition);
-                        let topic = self.kafka.labels_topic.clone();
-                        pending.processed.insert((topic, partition), next);
-                    }
-                }
-                pending.parts.pop_front();
-            }
-            self.finish_batch(pending)?;
-        }
-        Ok(())
+    /// Applies a lane's answer and whatever it lets through.
+    fn advance(&mut self, lane: usize, done: LaneDone) -> Result<(), KafkaSourceError> {
+        let mut finished = Vec::new();
+        let outcome = self.closer.advance(self.pipeline, Some((lane, done)), &mut finished);
+        self.finish_batches(finished)?;
+        outcome
     }
 
-    /// A lane's answer for a predictions run: into the pipeline, in the
-    /// loop's ids; its invalid events become dead letters.
-    fn apply_predictions(&mut self, pending: &mut PendingBatch, lane: usize, partition: i32, done: LaneDone) {
-        let translated = self.lanes.translate(lane, &mut self.pipeline.registry, done.message);
-        for (batch, output) in translated.batches {
-            self.pipeline.apply_lane_output(Some(&batch), output);
-        }
-        for output in translated.handed_over {
-            self.pipeline.apply_lane_output(None, output);
-        }
-        if self.dead_letters.is_some() {
-            let topic = &self.kafka.predictions_topic;
-            for (index, invalid) in done.invalid {
-                let message = &pending.batch.messages()[index];
-                let location = Location { topic, partition, offset: message.offset };
-                pending.letters.push(DeadLetter {
-                    payload: pending.batch.payload(message).to_vec(),
-                    reason: invalid.reason.label(),
-                    detail: invalid.detail,
-                    source: location.to_string(),
-                });
-            }
-        }
-    }
-
-    /// A labels run, decoded and joined here.
-    fn apply_labels(&mut self, pending: &mut PendingBatch, messages: Range<usize>, partition: i32) {
-        let pipeline = &mut *self.pipeline;
-        pipeline.decoder.accept_times_before(pending.accept_before_ms);
-        let topic = &self.kafka.labels_topic;
-        for message in &pending.batch.messages()[messages] {
-            let bytes = pending.batch.payload(message);
-            let location = Location { topic, partition, offset: message.offset };
-            if let (Err(invalid), Some(_)) = (pipeline.decode_label(bytes, &location), &self.dead_letters) {
-                pending.letters.push(DeadLetter {
-                    payload: bytes.to_vec(),
-                    reason: invalid.reason.label(),
-                    detail: invalid.detail,
-                    source: location.to_string(),
-                });
-            }
-        }
-        pipeline.process_labels(partition);
-    }
-
-    /// A batch whose runs are all applied: its rows go to the alerting
-    /// stage and its invalid events to the dead-letter stage; then its
-    /// offsets are the state's (stored for auto-commit without a state
-    /// dir, once its dead letters are out), and everything read up to its
-    /// `read_until` is in the pipeline.
-    fn finish_batch(&mut self, pending: PendingBatch) -> Result<(), KafkaSourceError> {
-        self.read_until = Some(pending.batch.read_until);
-        if pending.batch.is_empty() {
-            return Ok(());
-        }
-        self.pipeline.emit(&mut self.stage)?;
-        if let Some(dead_letters) = &mut self.dead_letters {
-            dead_letters.send(pending.letters);
-        }
-        let processed = pending.processed;
-        self.positions.extend(processed.iter().map(|(key, next)| (key.clone(), *next)));
-        match &mut self.checkpoints {
-            Some(checkpoints) => checkpoints.dirty = true,
-            None => match &mut self.dead_letters {
-                Some(dead_letters) => {
-                    dead_letters.store_after(processed);
-                }
-                None => {
-                    let _ = self.consumer_commands.send(SourceCommand::Store(processed));
-                }
-            },
-        }
-        self.batches += 1;
-        Ok(())
-    }
-
-    /// Waits for the lanes until every pending batch is applied.
+    /// Waits for the lanes until every batch taken is applied.
     fn drain(&mut self) -> Result<(), KafkaSourceError> {
-        while let Some(lane) = self.awaited_lane() {
-            if let Some(done) = self.lanes.wait_done(lane, TICK)? {
-                self.advance(Some((lane, done)))?;
-            }
-        }
-        Ok(())
+        let mut finished = Vec::new();
+        let outcome = self.closer.drain(self.pipeline, &mut finished);
+        self.finish_batches(finished)?;
+        outcome
     }
 
     /// Has the lanes hand `partitions`' panes (`None`: all) over to the
-    /// engine, once every pending batch is applied; `forget` them
-    /// (revoked).
+    /// engine, once every batch taken is applied; `forget` them (revoked).
     fn hand_over(&mut self, partitions: Option<&BTreeSet<i32>>, forget: bool) -> Result<(), KafkaSourceError> {
-        self.drain()?;
-        for output in self.lanes.hand_over(partitions, forget, &mut self.pipeline.registry)? {
-            self.pipeline.apply_lane_output(None, output);
+        let mut finished = Vec::new();
+        let outcome = self.closer.hand_over(self.pipeline, partitions, forget, &mut finished);
+        self.finish_batches(finished)?;
+        outcome
+    }
+
+    /// Batches whose runs are all applied: their rows go to the alerting
+    /// stage and their invalid events to the dead-letter stage; then their
+    /// offsets are the state's (stored for auto-commit without a state
+    /// dir, once their dead letters are out), and everything read up to
+    /// their `read_until` is in the pipeline.
+    fn finish_batches(&mut self, finished: Vec<Finished>) -> Result<(), KafkaSourceError> {
+        for batch in finished {
+            self.read_until = Some(batch.read_until);
+            if batch.empty {
+                continue;
+            }
+            self.pipeline.emit(&mut self.stage)?;
+            if let Some(dead_letters) = &mut self.dead_letters {
+                dead_letters.send(batch.letters);
+            }
+            let processed = batch.processed;
+            self.positions.extend(processed.iter().map(|(key, next)| (key.clone(), *next)));
+            match &mut self.checkpoints {
+                Some(checkpoints) => checkpoints.dirty = true,
+                None => match &mut self.dead_letters {
+                    Some(dead_letters) => {
+                        dead_letters.store_after(processed);
+                    }
+                    None => {
+                        let _ = self.consumer_commands.send(SourceCommand::Store(processed));
+                    }
+                },
+            }
+            self.batches += 1;
         }
         Ok(())
     }
@@ -668,7 +559,7 @@ impl MainLoop<'_, '_> {
         loop {
             let read_until = if self.paused { None } else { self.read_until };
             let going = self.pipeline.engine.partitions_going_idle(read_until.map(|i| self.clock.at(i)));
-            let held = self.lanes.holding(&going);
+            let held = self.closer.holding(&going);
             if held.is_empty() {
                 break;
             }
@@ -736,8 +627,10 @@ impl MainLoop<'_, '_> {
         // goes into the checkpoint as the engine's (restored, they go back
         // to the lanes as they were: the rows stay those of a run that
         // never stopped, to the last bit).
-        self.drain()?;
-        let lane_panes = self.lanes.snapshot(&mut self.pipeline.registry)?;
+        let mut finished = Vec::new();
+        let snapshot = self.closer.snapshot(self.pipeline, &mut finished);
+        self.finish_batches(finished)?;
+        let lane_panes = snapshot?;
         let Some(checkpoints) = &mut self.checkpoints else { return Ok(false) };
         let started = Instant::now();
         checkpoints.last_attempt = started;
@@ -836,29 +729,6 @@ impl MainLoop<'_, '_> {
         let _ = self.consumer_commands.send(SourceCommand::FinalCommit(self.positions.clone()));
         Ok(())
     }
-}
-
-/// A micro-batch taken from the consumer whose runs are being applied.
-struct PendingBatch {
-    batch: Arc<SourceBatch>,
-    /// Its runs still to apply, in order.
-    parts: VecDeque<Part>,
-    /// Event times from this instant on are rejected (`max_future_skew`,
-    /// as of when the batch arrived).
-    accept_before_ms: i64,
-    /// Its invalid events so far, for the dead-letter topic.
-    letters: Vec<DeadLetter>,
-    /// The offsets after its runs applied so far.
-    processed: Positions,
-}
-
-/// One (stream, partition) run of a pending batch; `next` is the offset
-/// after it.
-enum Part {
-    /// Decoded and aggregated by `lane`, whose answer it waits for.
-    Predictions { lane: usize, partition: i32, next: i64 },
-    /// Decoded and joined by the loop when its turn comes.
-    Labels { messages: Range<usize>, partition: i32, next: i64 },
 }
 
 /// A checkpoint that could not be taken or written: counted, logged (once

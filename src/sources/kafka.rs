@@ -156,6 +156,29 @@ impl SourceBatch {
         &self.arena[message.start..message.end]
     }
 
+    /// A batch of `messages` (stream, partition, offset, payload) as a
+    /// consumer sends it: ordered by (stream, partition), each partition's
+    /// in the order given. For benches and tests, which drive the loop's
+    /// closer without a broker.
+    pub fn from_messages<'a>(
+        consumer: ConsumerId,
+        read_until: Instant,
+        messages: impl IntoIterator<Item = (Stream, i32, i64, &'a [u8])>,
+    ) -> SourceBatch {
+        let mut messages: Vec<(Stream, i32, i64, &[u8])> = messages.into_iter().collect();
+        messages.sort_by_key(|(stream, partition, ..)| (*stream, *partition));
+        let mut arena = Vec::with_capacity(messages.iter().map(|m| m.3.len()).sum());
+        let messages = messages
+            .into_iter()
+            .map(|(stream, partition, offset, payload)| {
+                let start = arena.len();
+                arena.extend_from_slice(payload);
+                RawMessage { stream, partition, offset, start, end: arena.len() }
+            })
+            .collect();
+        SourceBatch { consumer, read_until, arena, messages }
+    }
+
     /// Every message of the batch, in order.
     pub fn messages(&self) -> &[RawMessage] {
         &self.messages
