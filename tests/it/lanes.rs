@@ -5,7 +5,9 @@
 //! classes and features each lane meets in its own order, duplicates,
 //! type errors). Each lane decodes and aggregates its files with its own
 //! dictionaries; the closer merges the partitions' window states in
-//! partition order, so nothing depends on which lane read what.
+//! partition order, so nothing depends on which lane read what. The
+//! daemon's closer, with one lane or three, gives the rows of the engine
+//! aggregating in-line.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -237,4 +239,140 @@ fn the_segment_cap_holds_over_all_lanes_and_folds_what_one_lane_folds() {
     assert!(segments.contains("__other__"), "{segments:?}");
     assert!(segments.len() <= 7, "the cap of 6 and __other__: {segments:?}");
     assert_eq!(counts(3), one);
+}
+
+/// The daemon's path: the fixture (segments, versions, labels, a few
+/// invalid events) on three predictions partitions and a labels partition,
+/// cut into micro-batches as a consumer hands them over, through the
+/// loop's closer with one and with three lanes, gives the rows of the
+/// engine aggregating in-line (the single-threaded daemon), to the last
+/// bit, on hopping windows; and the same dead letters.
+#[test]
+fn the_daemons_closer_gives_the_in_line_rows_with_any_number_of_lanes() {
+    use driftwatch::config::Config;
+    use driftwatch::daemon::closer::{Closer, Finished};
+    use driftwatch::daemon::lanes::Lanes;
+    use driftwatch::output::MemorySink;
+    use driftwatch::pipeline::Pipeline;
+    use driftwatch::sources::kafka::{SourceBatch, Stream};
+    use driftwatch::telemetry::Telemetry;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (files, labels) = split_fixture(dir.path(), 3);
+    // (stream, partition, offset, payload), in the order a consumer reads
+    // them: 40 messages of each partition a batch.
+    let mut streams: Vec<(Stream, i32, Vec<Vec<u8>>)> = files
+        .iter()
+        .enumerate()
+        .map(|(p, f)| {
+            let mut lines: Vec<Vec<u8>> =
+                std::fs::read(f).unwrap().split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+            lines.retain(|l| !l.is_empty());
+            if p == 1 {
+                lines.insert(3, b"{not json".to_vec());
+                lines.insert(9, br#"{"event_id":"x","model":"shop"}"#.to_vec());
+            }
+            (Stream::Predictions, p as i32, lines)
+        })
+        .collect();
+    let label_lines: Vec<Vec<u8>> =
+        std::fs::read(&labels).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+    streams.push((Stream::Labels, 0, label_lines));
+    type Message = (Stream, i32, i64, Vec<u8>);
+    let mut batches: Vec<Vec<Message>> = Vec::new();
+    let mut taken = vec![0usize; streams.len()];
+    while taken.iter().zip(&streams).any(|(t, s)| *t < s.2.len()) {
+        let mut batch = Vec::new();
+        for (k, (stream, partition, lines)) in streams.iter().enumerate() {
+            let end = (taken[k] + 40).min(lines.len());
+            for (offset, line) in lines.iter().enumerate().take(end).skip(taken[k]) {
+                batch.push((*stream, *partition, offset as i64, line.clone()));
+            }
+            taken[k] = end;
+        }
+        batches.push(batch);
+    }
+    let config = Config::from_yaml_str(
+        &format!(
+            "windows: {{size: 5m, slide: 1m, allowed_lateness: 30s, label_horizon: 10m}}\n\
+             pipeline: {{batch_size: 200}}\n\
+             models: [{{name: shop, baseline: {}}}]\n",
+            repo("tests/fixtures/replay_drift/baseline.json").display()
+        ),
+        "closer.yaml",
+    )
+    .unwrap();
+    let source_batch = |batch: &[Message]| {
+        SourceBatch::from_messages(0, Instant::now(), batch.iter().map(|(s, p, o, b)| (*s, *p, *o, b.as_slice())))
+    };
+
+    // In-line: what the single-threaded daemon did with each batch.
+    let mut pipeline = Pipeline::new(&config, Arc::new(Telemetry::default())).unwrap();
+    pipeline.engine.declare_partitions(&[0, 1, 2]);
+    let mut in_line = MemorySink::default();
+    let mut invalid_in_line = 0;
+    for batch in &batches {
+        let batch = source_batch(batch);
+        for run in batch.partitions() {
+            let (stream, partition) = (run[0].stream, run[0].partition);
+            for message in run {
+                let decoded = match stream {
+                    Stream::Predictions => pipeline.decode_prediction(batch.payload(message), &"test"),
+                    Stream::Labels => pipeline.decode_label(batch.payload(message), &"test"),
+                };
+                invalid_in_line += usize::from(decoded.is_err());
+            }
+            match stream {
+                Stream::Predictions => pipeline.process_predictions(partition),
+                Stream::Labels => pipeline.process_labels(partition),
+            }
+        }
+        pipeline.emit(&mut in_line).unwrap();
+    }
+    pipeline.finish(&mut in_line).unwrap();
+    assert_eq!(invalid_in_line, 2);
+    assert!(in_line.rows.len() > 100, "{} rows", in_line.rows.len());
+
+    for lanes in [1, 3] {
+        let telemetry = Arc::new(Telemetry::default());
+        let mut pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
+        pipeline.engine.declare_partitions(&[0, 1, 2]);
+        let mut sink = MemorySink::default();
+        let mut letters = Vec::new();
+        std::thread::scope(|scope| {
+            let (spawned, threads) =
+                Lanes::spawn(scope, &config, &pipeline.registry, lanes, telemetry, "predictions").unwrap();
+            let mut closer = Closer::new(spawned, "predictions", "labels", true);
+            let mut finished: Vec<Finished> = Vec::new();
+            for (n, batch) in batches.iter().enumerate() {
+                closer.dispatch(&mut pipeline, source_batch(batch), &mut finished).unwrap();
+                // A snapshot now and then, as checkpoints take: it changes nothing.
+                if n % 3 == 1 {
+                    closer.snapshot(&mut pipeline, &mut finished).unwrap();
+                }
+                for batch in finished.drain(..) {
+                    letters.extend(batch.letters);
+                }
+                pipeline.emit(&mut sink).unwrap();
+            }
+            closer.drain(&mut pipeline, &mut finished).unwrap();
+            closer.hand_over(&mut pipeline, None, false, &mut finished).unwrap();
+            for batch in finished.drain(..) {
+                letters.extend(batch.letters);
+            }
+            pipeline.finish(&mut sink).unwrap();
+            drop(closer);
+            for thread in threads {
+                thread.join().unwrap();
+            }
+        });
+        assert_eq!(letters.len(), 2, "{lanes} lanes: the invalid events are dead letters");
+        assert!(letters.iter().all(|l| l.source.starts_with("predictions/1@")), "{:?}", letters[0].source);
+        let encode = |rows: &[driftwatch::window_metrics::WindowMetricRow]| -> Vec<String> {
+            rows.iter().map(|r| format!("{r:?}")).collect()
+        };
+        assert_eq!(encode(&sink.rows), encode(&in_line.rows), "{lanes} lanes: the in-line rows");
+    }
 }

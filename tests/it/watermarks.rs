@@ -3,7 +3,8 @@
 //! counts nothing late and gives `replay`'s rows; a partition that goes
 //! quiet stops holding the others back after `windows.idle_timeout`; a
 //! model whose traffic stops gets its last window closed; `replay` treats
-//! each input file as a partition.
+//! each input file as a partition. The daemon runs three lanes (one per
+//! partition of the backlog).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ fn config_yaml(broker: Option<&Broker>, windows: &str) -> String {
     let kafka = broker.map_or(String::new(), |b| format!("kafka: {{brokers: \"{}\", group_id: wm}}\n", b.bootstrap()));
     format!(
         "{kafka}windows: {windows}\n\
-         pipeline: {{batch_size: 256, linger: 50ms}}\n\
+         pipeline: {{batch_size: 256, linger: 50ms, lanes: 3}}\n\
          http: {{listen: \"127.0.0.1:0\"}}\n\
          models: [{{name: fraud}}]\n"
     )
