@@ -1,14 +1,15 @@
 //! The daemon's main loop (`driftwatch run`): one thread that owns the
 //! pipeline (decoder and engine) and handles everything that can happen to
 //! it, one [`LoopEvent`] at a time, in one `match` ([`MainLoop::run`]) — a
-//! batch the consumer read, a lane's answer, a rebalance, the wall clock's tick, a
-//! reload, a checkpoint written, shutdown — in the manner of
+//! batch the consumer read, a lane's answer, a rebalance, the wall clock's
+//! tick, a reload, a checkpoint written, shutdown — in the manner of
 //! rust-analyzer's main loop: [`MainLoop::next_event`] waits on every
 //! source of events and returns the next one.
 //!
 //! Whatever blocks runs on a thread of its own, fed through a bounded
-//! channel: the Kafka consumer polls and only emits (`sources::kafka`), the
-//! lanes decode and aggregate the predictions ([`lanes`]), the
+//! channel: the Kafka consumer polls and only emits (`sources::kafka`),
+//! the lanes decode and aggregate the predictions ([`lanes`], fed by the
+//! loop's [`closer`]), the
 //! alerting stage writes rows and evaluates rules ([`stage`]), the
 //! checkpoint writer writes and fsyncs ([`checkpointer`]), the dead-letter
 //! stage waits for the broker (`sources::dead_letters`). The loop decides
@@ -23,12 +24,13 @@
 //! disk, and only then does the loop have its offsets committed.
 //!
 //! Shutdown, in the mini-redis manner: the shutdown flag is the broadcast
-//! (the consumer watches it, sends its last batch and [`ConsumerEvent::Stopped`]);
+//! (the consumer watches it, sends its last batch and
+//! [`ConsumerEvent::Stopped`]);
 //! the loop writes the final checkpoint (or closes every window) and has
 //! the final commit made; then it drops its end of every channel, which
 //! ends every thread, and joins them all (they are scoped threads). If the
-//! loop ends early (an output error), a drop guard stops the consumer the same
-//! way.
+//! loop ends early (an output error), a drop guard stops the consumer the
+//! same way.
 
 pub mod checkpointer;
 pub mod clock;
@@ -62,10 +64,10 @@ use stage::AlertingStage;
 /// backpressure and checkpoint checks.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Consumer events queued for the loop at most. Each may be a micro-batch, so
-/// with the one the consumer fills and the one the loop processes, at most this
-/// many plus two micro-batches are in memory.
-pub const LANE_EVENTS_IN_FLIGHT: usize = 2;
+/// Consumer events queued for the loop at most. Each may be a micro-batch
+/// (docs/ARCHITECTURE.md, "Architecture invariants", says how many can be
+/// in memory at once).
+pub const CONSUMER_EVENTS_QUEUED: usize = 2;
 
 /// How often the loop logs a one-line summary of what it has done.
 pub const STATS_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -123,18 +125,18 @@ pub struct Reloads<'a> {
     pub http: Option<Receiver<crate::http::ReloadRequest>>,
 }
 
-/// Sets the consumers' stop flag when dropped: a loop that ends, however it
-/// ends, stops the consumers.
-struct StopConsumers(Arc<AtomicBool>);
+/// Sets the consumer's stop flag when dropped: a loop that ends, however it
+/// ends, stops the consumer.
+struct StopConsumer(Arc<AtomicBool>);
 
-impl Drop for StopConsumers {
+impl Drop for StopConsumer {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
 }
 
-/// Runs the daemon until `shutdown` is triggered: the Kafka consumer, the lanes, the
-/// alerting stage (over `sink`), the dead-letter stage and, in durable mode
+/// Runs the daemon until `shutdown` is triggered: the Kafka consumer, the
+/// lanes, the alerting stage (over `sink`), the dead-letter stage and, in durable mode
 /// (`durability`), the checkpoint writer, each on a thread of its own
 /// around the loop, which runs on the calling thread. Durable mode
 /// checkpoints every interval and once more at shutdown, leaving open
@@ -169,15 +171,15 @@ pub fn run(
         // Every channel end is a local of this closure: however it returns,
         // they are dropped, and so every thread ends, before the scope
         // joins them.
-        let (lane_events, events) = sync_channel(LANE_EVENTS_IN_FLIGHT);
+        let (consumer_events, events) = sync_channel(CONSUMER_EVENTS_QUEUED);
         let (consumer_commands, commands) = channel();
-        let stop = StopConsumers(Arc::new(AtomicBool::new(false)));
+        let stop = StopConsumer(Arc::new(AtomicBool::new(false)));
         let consumer = KafkaConsumer::new(
             config,
             FIRST_CONSUMER,
             pipeline.telemetry.clone(),
             start,
-            lane_events,
+            consumer_events,
             commands,
             shutdown.clone(),
             stop.0.clone(),
@@ -251,7 +253,7 @@ pub fn run(
             paused: false,
             last_log: Instant::now(),
             batches: 0,
-            _stop_consumers: stop,
+            _stop_consumer: stop,
         };
         let outcome = main_loop.run();
         let batches = main_loop.batches;
@@ -314,8 +316,8 @@ struct MainLoop<'a, 'env> {
     next_tick: Instant,
     clock: WallClock,
     label_activity: LabelActivity,
-    /// Everything the consumer read up to this instant is in the pipeline (the
-    /// last batch's `read_until`); `None` before its first batch.
+    /// Everything the consumer read up to this instant is in the pipeline
+    /// (the last batch's `read_until`); `None` before its first batch.
     read_until: Option<Instant>,
     /// The predictions partitions declared to the engine (the assignment).
     declared: BTreeSet<i32>,
@@ -329,7 +331,7 @@ struct MainLoop<'a, 'env> {
     paused: bool,
     last_log: Instant,
     batches: u64,
-    _stop_consumers: StopConsumers,
+    _stop_consumer: StopConsumer,
 }
 
 impl MainLoop<'_, '_> {

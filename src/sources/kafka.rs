@@ -1,5 +1,5 @@
-//! The Kafka source: a consumer-group member on a thread of its own (a
-//! *consumer*) that polls the predictions and labels topics and emits what it
+//! The Kafka source: the consumer, a consumer-group member on a thread of
+//! its own that polls the predictions and labels topics and emits what it
 //! reads, as [`ConsumerEvent`]s over a bounded channel, to the daemon's loop
 //! (`crate::daemon`), which owns the pipeline and decides everything else.
 //! The consumer interprets nothing: micro-batches of raw payloads with their
