@@ -1216,6 +1216,30 @@ mod tests {
         }
     }
 
+    /// A lane judges lateness by the model's frontier as it last knew it,
+    /// so the part of a partition that had been idle can reach the closer
+    /// after its window closed: its events count late (as the closer would
+    /// have judged them), once, by the whole-model series.
+    #[test]
+    fn a_lane_part_of_a_window_closed_meanwhile_counts_late() {
+        let mut h = Harness::new("{size: 1m, allowed_lateness: 0s, label_horizon: 0s}");
+        h.predict_on(0, "a", 10);
+        h.predict_on(0, "b", 130);
+        assert_eq!(h.model_rows("count"), vec![(0, 1.0)], "window [0, 60) closed");
+        let late_before = h.engine.counters.events_late;
+        let model = h.registry.get(0);
+        let whole = (0..model.series.len() as SeriesId).find(|s| model.series[*s as usize].whole_model.is_none());
+        let whole = whole.expect("a whole-model series");
+        let mut part = crate::evaluate::WindowState::new(model);
+        part.events = 3;
+        let output =
+            LaneOutput { model: 0, partition: 1, contributions: vec![((T0, whole), part)], ..LaneOutput::default() };
+        h.engine.apply_lane_output(&h.registry, None, output, &mut h.rows);
+        assert_eq!(h.engine.counters.events_late, late_before + 3);
+        h.finish();
+        assert_eq!(h.model_rows("count"), vec![(0, 1.0), (120, 1.0)], "the closed window is not written again");
+    }
+
     /// Hopping windows by panes: an event late for the older of its two
     /// windows (closed) but not for the newer counts in the newer only,
     /// and every window holds exactly the events in it.
