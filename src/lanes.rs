@@ -127,16 +127,7 @@ impl LaneWorker {
     /// the ids of the registry this lane started from, or none), which
     /// the lane goes on aggregating into as if it had never stopped.
     pub fn seed(&mut self, partition: PartitionId, own_clock: Vec<Option<i64>>, panes: Vec<PartitionPanes>) {
-        let models = self.registry.models.len();
-        let lane = self.partitions.entry(partition).or_insert_with(|| LanePartition::new(models));
-        for (mine, closer) in lane.own_clock.iter_mut().zip(own_clock) {
-            *mine = (*mine).max(closer);
-        }
-        for (mine, restored) in lane.panes.iter_mut().zip(panes) {
-            if mine.panes.is_empty() && mine.sealed_through_ms.is_none() {
-                *mine = restored;
-            }
-        }
+        self.partitions.insert(partition, LanePartition { panes, own_clock });
     }
 
     /// A copy of every partition's panes, per model, into `message` (what

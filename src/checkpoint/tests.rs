@@ -139,6 +139,28 @@ fn run_events_with(
     Run { rows: sink.rows, split, checkpoint_size, telemetry }
 }
 
+/// `rows` are `expected`, row by row: the same window, series, feature,
+/// metric, sample count and verdict, and values equal to the bit or (with
+/// `relative` above 0) within `relative` of the larger, at least 1.
+fn assert_rows_agree(rows: &[WindowMetricRow], expected: &[WindowMetricRow], relative: f64, what: &str) {
+    assert_eq!(rows.len(), expected.len(), "{what}: row count");
+    for (a, b) in rows.iter().zip(expected) {
+        let close = a.value.to_bits() == b.value.to_bits()
+            || (relative > 0.0 && (a.value - b.value).abs() <= relative * a.value.abs().max(b.value.abs()).max(1.0));
+        assert!(
+            a.model == b.model
+                && a.segment == b.segment
+                && a.window_start_ms == b.window_start_ms
+                && a.feature == b.feature
+                && a.metric == b.metric
+                && close
+                && a.sample_count == b.sample_count
+                && a.drifted == b.drifted,
+            "{what}:\n{a:?}\n{b:?}"
+        );
+    }
+}
+
 #[test]
 fn a_restored_pipeline_emits_exactly_the_rows_of_an_uninterrupted_one() {
     let (uninterrupted, _) = run(None);
@@ -147,22 +169,8 @@ fn a_restored_pipeline_emits_exactly_the_rows_of_an_uninterrupted_one() {
     for stop_at in [1, 5, 12, 20, 25] {
         let (restored, size) = run(Some(stop_at));
         assert!(size > 0);
-        assert_eq!(restored.len(), uninterrupted.len(), "stopped after batch {stop_at}");
-        for (a, b) in restored.iter().zip(&uninterrupted) {
-            // Bit for bit, NaN included.
-            let same = |x: f64, y: f64| x.to_bits() == y.to_bits();
-            assert!(
-                a.model == b.model
-                    && a.segment == b.segment
-                    && a.window_start_ms == b.window_start_ms
-                    && a.feature == b.feature
-                    && a.metric == b.metric
-                    && same(a.value, b.value)
-                    && a.sample_count == b.sample_count
-                    && a.drifted == b.drifted,
-                "stopped after batch {stop_at}:\n{a:?}\n{b:?}"
-            );
-        }
+        // Bit for bit, NaN included.
+        assert_rows_agree(&restored, &uninterrupted, 0.0, &format!("stopped after batch {stop_at}"));
     }
 }
 
@@ -549,22 +557,7 @@ fn a_checkpoint_from_before_panes_restores_its_open_windows() {
         for stop_at in [5, 12] {
             let rows = run_events_with(&config, Some(stop_at), Some(&config), &to_pre_panes, events()).rows;
             let what = format!("windows {windows}, stopped after batch {stop_at}");
-            assert_eq!(rows.len(), uninterrupted.len(), "{what}: row count");
-            for (a, b) in rows.iter().zip(&uninterrupted) {
-                let close = |x: f64, y: f64| {
-                    x.to_bits() == y.to_bits() || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0)
-                };
-                assert!(
-                    a.segment == b.segment
-                        && a.window_start_ms == b.window_start_ms
-                        && a.feature == b.feature
-                        && a.metric == b.metric
-                        && close(a.value, b.value)
-                        && a.sample_count == b.sample_count
-                        && a.drifted == b.drifted,
-                    "{what}:\n{a:?}\n{b:?}"
-                );
-            }
+            assert_rows_agree(&rows, &uninterrupted, 1e-12, &what);
         }
     }
 }

@@ -209,12 +209,7 @@ impl Closer {
         for (index, invalid) in done.invalid {
             let message = &pending.batch.messages()[index];
             let location = Location { topic, partition, offset: message.offset };
-            pending.letters.push(DeadLetter {
-                payload: pending.batch.payload(message).to_vec(),
-                reason: invalid.reason.label(),
-                detail: invalid.detail,
-                source: location.to_string(),
-            });
+            pending.letters.push(DeadLetter::new(pending.batch.payload(message), invalid, &location));
         }
     }
 
@@ -232,12 +227,7 @@ impl Closer {
             let bytes = pending.batch.payload(message);
             let location = Location { topic, partition, offset: message.offset };
             if let (Err(invalid), true) = (pipeline.decode_label(bytes, &location), self.keep_letters) {
-                pending.letters.push(DeadLetter {
-                    payload: bytes.to_vec(),
-                    reason: invalid.reason.label(),
-                    detail: invalid.detail,
-                    source: location.to_string(),
-                });
+                pending.letters.push(DeadLetter::new(bytes, invalid, &location));
             }
         }
         pipeline.process_labels(partition);
@@ -246,7 +236,7 @@ impl Closer {
     /// Waits for the lanes until every pending batch is applied.
     pub fn drain(&mut self, pipeline: &mut Pipeline, finished: &mut Vec<Finished>) -> Result<(), KafkaSourceError> {
         while let Some(lane) = self.awaited_lane() {
-            if let Some(done) = self.lanes.wait_done(lane, Duration::from_millis(100))? {
+            if let Some(done) = self.lanes.wait_done(lane, super::TICK)? {
                 self.advance(pipeline, Some((lane, done)), finished)?;
             }
         }

@@ -437,37 +437,37 @@ impl MainLoop<'_, '_> {
         }
     }
 
-    /// Takes a batch from the consumer (see [`Closer::dispatch`]).
-    fn dispatch(&mut self, batch: SourceBatch) -> Result<(), KafkaSourceError> {
+    /// Runs `step` on the closer, then passes on the batches it finished
+    /// (whether or not the step then failed).
+    fn with_closer<T>(
+        &mut self,
+        step: impl FnOnce(&mut Closer, &mut Pipeline, &mut Vec<Finished>) -> Result<T, KafkaSourceError>,
+    ) -> Result<T, KafkaSourceError> {
         let mut finished = Vec::new();
-        let outcome = self.closer.dispatch(self.pipeline, batch, &mut finished);
+        let outcome = step(&mut self.closer, self.pipeline, &mut finished);
         self.finish_batches(finished)?;
         outcome
+    }
+
+    /// Takes a batch from the consumer (see [`Closer::dispatch`]).
+    fn dispatch(&mut self, batch: SourceBatch) -> Result<(), KafkaSourceError> {
+        self.with_closer(|closer, pipeline, finished| closer.dispatch(pipeline, batch, finished))
     }
 
     /// Applies a lane's answer and whatever it lets through.
     fn advance(&mut self, lane: usize, done: LaneDone) -> Result<(), KafkaSourceError> {
-        let mut finished = Vec::new();
-        let outcome = self.closer.advance(self.pipeline, Some((lane, done)), &mut finished);
-        self.finish_batches(finished)?;
-        outcome
+        self.with_closer(|closer, pipeline, finished| closer.advance(pipeline, Some((lane, done)), finished))
     }
 
     /// Waits for the lanes until every batch taken is applied.
     fn drain(&mut self) -> Result<(), KafkaSourceError> {
-        let mut finished = Vec::new();
-        let outcome = self.closer.drain(self.pipeline, &mut finished);
-        self.finish_batches(finished)?;
-        outcome
+        self.with_closer(|closer, pipeline, finished| closer.drain(pipeline, finished))
     }
 
     /// Has the lanes hand `partitions`' panes (`None`: all) over to the
     /// engine, once every batch taken is applied; `forget` them (revoked).
     fn hand_over(&mut self, partitions: Option<&BTreeSet<i32>>, forget: bool) -> Result<(), KafkaSourceError> {
-        let mut finished = Vec::new();
-        let outcome = self.closer.hand_over(self.pipeline, partitions, forget, &mut finished);
-        self.finish_batches(finished)?;
-        outcome
+        self.with_closer(|closer, pipeline, finished| closer.hand_over(pipeline, partitions, forget, finished))
     }
 
     /// Batches whose runs are all applied: their rows go to the alerting
@@ -629,10 +629,7 @@ impl MainLoop<'_, '_> {
         // goes into the checkpoint as the engine's (restored, they go back
         // to the lanes as they were: the rows stay those of a run that
         // never stopped, to the last bit).
-        let mut finished = Vec::new();
-        let snapshot = self.closer.snapshot(self.pipeline, &mut finished);
-        self.finish_batches(finished)?;
-        let lane_panes = snapshot?;
+        let lane_panes = self.with_closer(|closer, pipeline, finished| closer.snapshot(pipeline, finished))?;
         let Some(checkpoints) = &mut self.checkpoints else { return Ok(false) };
         let started = Instant::now();
         checkpoints.last_attempt = started;

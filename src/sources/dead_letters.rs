@@ -146,6 +146,18 @@ pub struct DeadLetter {
     pub source: String,
 }
 
+impl DeadLetter {
+    /// The letter of an event rejected as `invalid`, read at `source`.
+    pub fn new(payload: &[u8], invalid: crate::decode::Invalid, source: &dyn std::fmt::Display) -> Self {
+        DeadLetter {
+            payload: payload.to_vec(),
+            reason: invalid.reason.label(),
+            detail: invalid.detail,
+            source: source.to_string(),
+        }
+    }
+}
+
 /// What the loop hands the stage, in order.
 pub enum DeadLetterInput {
     /// One micro-batch's dead letters.
