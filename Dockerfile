@@ -4,7 +4,7 @@
 
 FROM rust:1.94-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev \
+ && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev libclang-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -44,7 +44,7 @@ fn busy_pipeline() -> Pipeline {
 fn bench(c: &mut Criterion) {
     let pipeline = busy_pipeline();
     let offsets = Offsets::new();
-    let bytes = pipeline.encode_checkpoint(&offsets, None, &BTreeMap::new()).unwrap();
+    let bytes = pipeline.encode_checkpoint(&offsets, None, &BTreeMap::new(), None).unwrap();
     eprintln!(
         "checkpoint of {} open windows and {} pending joins: {} bytes",
         pipeline.engine.open_windows(),
@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("checkpoint");
     group.sample_size(10);
     group.bench_function("encode", |b| {
-        b.iter(|| std::hint::black_box(pipeline.encode_checkpoint(&offsets, None, &BTreeMap::new()).unwrap()))
+        b.iter(|| std::hint::black_box(pipeline.encode_checkpoint(&offsets, None, &BTreeMap::new(), None).unwrap()))
     });
     group.bench_function("decode", |b| b.iter(|| std::hint::black_box(decode(Path::new("bench"), &bytes).unwrap())));
     group.finish();

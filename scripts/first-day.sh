@@ -101,6 +101,9 @@ log "4. config check and rules check"
 "$bin" rules check rules.yaml --config driftwatch.yaml
 
 log "5. the daemon"
+# Created here: the daemon's redirect may not have run yet when the first
+# grep looks (grep exits 2 on a missing file, which ends the wait).
+: >daemon.log
 "$bin" --log-format json run --config driftwatch.yaml 2>daemon.log &
 daemon=$!
 pids+=($daemon)

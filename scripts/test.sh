@@ -32,6 +32,10 @@ missing=()
 [ -x /usr/bin/prometheus ] || command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# The join store (RocksDB, built from source by the rocksdb crate) needs a
+# C++ compiler, and libclang for its bindings.
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

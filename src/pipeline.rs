@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use crate::config::Config;
 use crate::decode::{Decoder, Invalid, LabelBatch, PredictionBatch};
 use crate::engine::Engine;
+use crate::join::JoinCheckpoint;
 use crate::model::ModelRegistry;
 use crate::output::WindowSink;
 use crate::telemetry::Telemetry;
@@ -81,6 +82,7 @@ impl Pipeline {
         offsets: &crate::checkpoint::Offsets,
         alerts: Option<&crate::rules::lifecycle::AlertSnapshot>,
         outputs: &std::collections::BTreeMap<String, crate::output::recovery::OutputPosition>,
+        join_store: Option<&str>,
     ) -> Result<Vec<u8>, crate::checkpoint::CheckpointError> {
         let models = self
             .registry
@@ -97,6 +99,7 @@ impl Pipeline {
                     features: &model.features,
                     windows,
                     join,
+                    disk_join: join.disk_state(),
                     stamp: crate::checkpoint::ModelStamp {
                         task: model.task,
                         baseline: model.reference.as_ref().map(|r| r.stamp.clone()),
@@ -106,7 +109,11 @@ impl Pipeline {
                         .shadow_versions
                         .iter()
                         .zip(self.engine.shadow_joins(id))
-                        .map(|(version, join)| crate::checkpoint::ShadowJoinRef { model_version: version, join })
+                        .map(|(version, join)| crate::checkpoint::ShadowJoinRef {
+                            model_version: version,
+                            join,
+                            disk_join: join.disk_state(),
+                        })
                         .collect(),
                 }
             })
@@ -119,6 +126,7 @@ impl Pipeline {
             offsets,
             alerts,
             outputs,
+            join_store,
         })
     }
 
@@ -149,6 +157,24 @@ impl Pipeline {
     ) -> usize {
         self.engine.counters = counters.clone();
         self.reported = counters;
+        // Joins of the checkpoint on disk: whichever is not restored below
+        // (a dropped model or shadow, changed windows) is deleted from the
+        // store afterwards.
+        let checkpointed_prefixes: Vec<u64> = models
+            .iter()
+            .flat_map(|m| std::iter::once(&m.disk_join).chain(m.shadow_joins.iter().map(|s| &s.disk_join)))
+            .filter_map(|state| state.as_ref().map(|state| state.store_prefix))
+            .collect();
+        let restored = self.restore_models(models, spec);
+        self.engine.delete_unused_joins(&checkpointed_prefixes);
+        restored
+    }
+
+    fn restore_models(
+        &mut self,
+        models: Vec<crate::checkpoint::ModelCheckpoint>,
+        spec: crate::window::WindowSpec,
+    ) -> usize {
         let windows_of =
             |m: &crate::checkpoint::ModelCheckpoint| (m.windows.open_len() + m.windows.awaiting_labels.len()) as u64;
         if spec != *self.engine.spec() {
@@ -204,10 +230,14 @@ impl Pipeline {
             retype_features(state, &mut windows);
             let old = model.stamp.as_ref().map(|s| s.baseline.as_ref());
             reattach_windows(state, old, &mut windows, &self.telemetry);
-            self.engine.restore_model(id as usize, windows, model.join);
+            self.engine.restore_model(id as usize, windows, JoinCheckpoint::new(model.join, model.disk_join));
             for shadow in model.shadow_joins {
                 let lane = self.registry.get(id).config.shadow_lane(&shadow.model_version);
-                if !self.engine.restore_shadow_join(id as usize, lane, shadow.join) {
+                if !self.engine.restore_shadow_join(
+                    id as usize,
+                    lane,
+                    JoinCheckpoint::new(shadow.join, shadow.disk_join),
+                ) {
                     tracing::warn!(
                         model = %model.name,
                         model_version = %shadow.model_version,

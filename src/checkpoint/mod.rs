@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Task;
 use crate::engine::EngineCounters;
-use crate::join::ModelJoin;
+use crate::join::disk::DiskJoinState;
+use crate::join::{Join, ModelJoin};
 use crate::model::reference::BaselineStamp;
 use crate::model::{FeatureMeta, Interner, Series};
 use crate::rules::lifecycle::AlertSnapshot;
@@ -61,7 +62,9 @@ pub struct ModelRef<'a> {
     pub classes: &'a Interner,
     pub features: &'a [FeatureMeta],
     pub windows: &'a ModelWindows,
-    pub join: &'a ModelJoin,
+    pub join: &'a Join,
+    /// The join's counts and times when it is on disk.
+    pub disk_join: Option<DiskJoinState>,
     pub stamp: ModelStamp,
     /// The joins of the model's shadow versions, by version name.
     pub shadow_joins: Vec<ShadowJoinRef<'a>>,
@@ -71,7 +74,8 @@ pub struct ModelRef<'a> {
 #[derive(Serialize)]
 pub struct ShadowJoinRef<'a> {
     pub model_version: &'a str,
-    pub join: &'a ModelJoin,
+    pub join: &'a Join,
+    pub disk_join: Option<DiskJoinState>,
 }
 
 /// A shadow version's join, read back. Restored by version name, so a
@@ -80,6 +84,8 @@ pub struct ShadowJoinRef<'a> {
 pub struct ShadowJoin {
     pub model_version: String,
     pub join: ModelJoin,
+    #[serde(default)]
+    pub disk_join: Option<DiskJoinState>,
 }
 
 /// What a model's windows were built for: its task and baseline. A restore
@@ -100,7 +106,12 @@ pub struct ModelCheckpoint {
     pub classes: Interner,
     pub features: Vec<FeatureMeta>,
     pub windows: ModelWindows,
+    /// Empty when the join is on disk (`disk_join`).
     pub join: ModelJoin,
+    /// The join's counts and times when it was on disk (its entries are in
+    /// the join store's checkpoint). Absent in older checkpoints.
+    #[serde(default)]
+    pub disk_join: Option<DiskJoinState>,
     /// `None` in checkpoints written before it was recorded: the windows
     /// are then checked against the config by their shape alone.
     #[serde(default)]
@@ -124,6 +135,9 @@ pub struct CheckpointRef<'a> {
     pub alerts: Option<&'a AlertSnapshot>,
     /// Output files and their length when the checkpoint was taken.
     pub outputs: &'a BTreeMap<String, crate::output::recovery::OutputPosition>,
+    /// The join store's checkpoint (a directory beside the file), when the
+    /// joins live on disk.
+    pub join_store: Option<&'a str>,
 }
 
 /// A checkpoint, read back.
@@ -136,6 +150,9 @@ pub struct Checkpoint {
     pub offsets: Offsets,
     pub alerts: Option<AlertSnapshot>,
     pub outputs: BTreeMap<String, crate::output::recovery::OutputPosition>,
+    /// Absent when the joins were in memory (they are in the file).
+    #[serde(default)]
+    pub join_store: Option<String>,
 }
 
 /// The bytes of a checkpoint file: header and body.
@@ -176,6 +193,12 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.display().to_string(), source }
 }
 
+/// The directory (in the checkpoint directory) the join store's checkpoint
+/// goes to for checkpoint file `sequence`; removed with the file.
+pub fn join_store_name(sequence: u64) -> String {
+    format!("checkpoint-{sequence:020}.joins")
+}
+
 /// The checkpoint directory.
 pub struct CheckpointStore {
     dir: PathBuf,
@@ -201,6 +224,11 @@ impl CheckpointStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The sequence number the next checkpoint file gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
     }
 
     /// Checkpoint files, newest first.
@@ -245,6 +273,26 @@ impl CheckpointStore {
         Ok(None)
     }
 
+    /// Removes the join-store checkpoints (`*.joins`) of no kept file: of
+    /// deleted checkpoints, and of any whose file was never written.
+    fn remove_unkept_join_stores(&self, kept: &[(u64, PathBuf)]) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(sequence) = name.strip_prefix("checkpoint-").and_then(|r| r.strip_suffix(".joins")) else {
+                continue;
+            };
+            let Ok(sequence) = sequence.parse::<u64>() else { continue };
+            if sequence >= self.next_sequence || kept.iter().any(|(kept, _)| *kept == sequence) {
+                continue;
+            }
+            if let Err(e) = fs::remove_dir_all(&path) {
+                tracing::warn!(error = %e, path = %path.display(), "removing an old join store checkpoint failed");
+            }
+        }
+    }
+
     /// Writes `bytes` (from [`encode`]) as the next checkpoint, atomically,
     /// then deletes all but the newest [`KEEP`]. Returns its path.
     pub fn write(&mut self, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
@@ -254,11 +302,13 @@ impl CheckpointStore {
             return Err(CheckpointError::Io { path: path.display().to_string(), source });
         }
         self.next_sequence += 1;
-        for (_, old) in self.files()?.into_iter().skip(KEEP) {
-            if let Err(e) = fs::remove_file(&old) {
+        let files = self.files()?;
+        for (_, old) in files.iter().skip(KEEP) {
+            if let Err(e) = fs::remove_file(old) {
                 tracing::warn!(error = %e, path = %old.display(), "removing an old checkpoint failed");
             }
         }
+        self.remove_unkept_join_stores(&files[..files.len().min(KEEP)]);
         Ok(path)
     }
 }

@@ -120,7 +120,7 @@ fn run_events_with(
             split = sink.rows.len();
         }
         if let (Some(config), true) = (after, Some(b) == stop_at) {
-            let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new()).unwrap();
+            let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new(), None).unwrap();
             checkpoint_size = bytes.len();
             let mut checkpoint = decode(Path::new("test"), &bytes).unwrap();
             rewrite(&mut checkpoint);
@@ -178,7 +178,7 @@ fn sample_bytes() -> Vec<u8> {
     let pipeline = Pipeline::new(&config(), Arc::new(Telemetry::default())).unwrap();
     let mut offsets = Offsets::new();
     offsets.entry("predictions".to_string()).or_default().insert(0, 42);
-    pipeline.encode_checkpoint(&offsets, None, &BTreeMap::new()).unwrap()
+    pipeline.encode_checkpoint(&offsets, None, &BTreeMap::new(), None).unwrap()
 }
 
 #[test]
@@ -465,7 +465,7 @@ fn partition_watermarks_round_trip_through_a_checkpoint() {
         };
         push(&mut pipeline, 1, 0..10, 0);
         push(&mut pipeline, 0, 10..20, 600);
-        let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new()).unwrap();
+        let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new(), None).unwrap();
         let mut checkpoint = decode(Path::new("test"), &bytes).unwrap();
         let windows = &mut checkpoint.models[0].windows;
         assert_eq!(windows.partitions.len(), 2);
@@ -559,5 +559,68 @@ fn a_checkpoint_from_before_panes_restores_its_open_windows() {
             let what = format!("windows {windows}, stopped after batch {stop_at}");
             assert_rows_agree(&rows, &uninterrupted, 1e-12, &what);
         }
+    }
+}
+
+/// Joins on disk: the join store is checkpointed beside the file (its
+/// memtables flushed, its files linked), the stopped pipeline's store goes
+/// on taking writes after the checkpoint (as a crashed daemon's would have),
+/// and the restored pipeline, over the store restored from the checkpoint,
+/// emits exactly the rows of an uninterrupted run with the joins in memory.
+/// A checkpoint file of a join on disk holds the join's counts, not its
+/// entries.
+#[test]
+fn joins_on_disk_restore_from_the_store_checkpoint_to_the_same_rows() {
+    use crate::join::store::JoinStore;
+    let config = config();
+    let (uninterrupted, _) = run(None);
+    let (predictions, labels) = events();
+    let batch = 97;
+    let batches = predictions.len().div_ceil(batch) + 2;
+    for stop_at in [3, 12, 25] {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("joins");
+        let telemetry = Arc::new(Telemetry::default());
+        let start = |telemetry: &Arc<Telemetry>, store: &Arc<JoinStore>| {
+            let mut pipeline = Pipeline::new(&config, telemetry.clone()).unwrap();
+            pipeline.engine.use_join_store(store, config.pipeline.max_pending_joins);
+            pipeline
+        };
+        let mut pipeline = start(&telemetry, &JoinStore::open_empty(&live, 16 << 20).unwrap());
+        let mut sink = MemorySink::default();
+        let feed = |pipeline: &mut Pipeline, sink: &mut MemorySink, b: usize| {
+            for line in predictions.iter().skip(b * batch).take(batch) {
+                pipeline.decode_prediction(line.as_bytes(), &"p").unwrap();
+            }
+            for line in labels.iter().skip((b * batch).saturating_sub(150)).take(if b == 0 { 0 } else { batch }) {
+                pipeline.decode_label(line.as_bytes(), &"l").unwrap();
+            }
+            pipeline.process(sink).unwrap();
+        };
+        for b in 0..batches {
+            if b == stop_at {
+                let name = join_store_name(7);
+                pipeline.engine.checkpoint_join_store(&dir.path().join(&name)).unwrap();
+                let bytes = pipeline.encode_checkpoint(&Offsets::new(), None, &BTreeMap::new(), Some(&name)).unwrap();
+                let checkpoint = decode(Path::new("test"), &bytes).unwrap();
+                assert_eq!(checkpoint.join_store.as_deref(), Some(name.as_str()));
+                assert!(checkpoint.models[0].disk_join.is_some());
+                assert_eq!(checkpoint.models[0].join.pending(), 0, "the entries are in the store");
+                // The old pipeline reads on after its checkpoint, then stops.
+                let mut lost = MemorySink::default();
+                feed(&mut pipeline, &mut lost, b);
+                feed(&mut pipeline, &mut lost, b + 1);
+                // (Its recent entries reach the live store, which a
+                // restart must not see.)
+                pipeline.engine.checkpoint_join_store(&dir.path().join("later")).unwrap();
+                drop(pipeline);
+                let store = JoinStore::restore(&dir.path().join(&name), &live, 16 << 20).unwrap();
+                pipeline = start(&telemetry, &store);
+                assert_eq!(pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters), 1);
+            }
+            feed(&mut pipeline, &mut sink, b);
+        }
+        pipeline.finish(&mut sink).unwrap();
+        assert_rows_agree(&sink.rows, &uninterrupted, 0.0, &format!("joins on disk, stopped after batch {stop_at}"));
     }
 }

@@ -12,6 +12,7 @@
 //!
 //! This module does no network or Kafka I/O.
 
+mod bytesize;
 mod duration;
 mod env;
 mod error;
@@ -813,6 +814,20 @@ pub struct StateConfig {
     /// Kafka offsets). Default [`DEFAULT_CHECKPOINT_INTERVAL`] (10s).
     #[serde(default = "default_checkpoint_interval", with = "duration")]
     pub checkpoint_interval: Duration,
+    /// Memory for the join store (with a state directory, predictions
+    /// waiting for labels live on disk, in `<dir>/joins`): its block cache
+    /// and memtables together, for every model. A size such as `"256MB"`.
+    /// Default [`DEFAULT_JOIN_MEMORY`] (256 MiB).
+    #[serde(default = "default_join_memory", with = "bytesize")]
+    pub join_memory: u64,
+}
+
+/// Default `state.join_memory`: 256 MiB for the join store's block cache
+/// and memtables, every model's joins together.
+pub const DEFAULT_JOIN_MEMORY: u64 = 256 * 1024 * 1024;
+
+fn default_join_memory() -> u64 {
+    DEFAULT_JOIN_MEMORY
 }
 
 /// Default `state.checkpoint_interval`.
@@ -824,7 +839,7 @@ fn default_checkpoint_interval() -> Duration {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { dir: None, checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL }
+        StateConfig { dir: None, checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL, join_memory: default_join_memory() }
     }
 }
 
@@ -832,6 +847,11 @@ impl StateConfig {
     /// `<dir>/checkpoints`, when there is a state dir.
     pub fn checkpoint_dir(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join("checkpoints"))
+    }
+
+    /// `<dir>/joins`, the join store, when there is a state dir.
+    pub fn join_store_dir(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("joins"))
     }
 }
 

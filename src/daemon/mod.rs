@@ -215,6 +215,8 @@ pub fn run(
         };
         let (checkpoints, writer_thread) = match durability {
             Some(durability) => {
+                let dir = durability.store.dir().to_path_buf();
+                let next_sequence = durability.store.next_sequence();
                 let (writer, joined) = CheckpointWriter::spawn(scope, durability.store).map_err(thread)?;
                 let checkpoints = Checkpoints {
                     writer,
@@ -222,6 +224,8 @@ pub fn run(
                     last_attempt: Instant::now(),
                     dirty: false,
                     checkpointed: resume.clone(),
+                    dir,
+                    next_sequence,
                 };
                 (Some(checkpoints), Some(joined))
             }
@@ -297,6 +301,10 @@ struct Checkpoints {
     /// The offsets of the last checkpoint written (what a revocation
     /// commits).
     checkpointed: Positions,
+    /// The checkpoint directory, and the sequence number of the next
+    /// checkpoint file (whose join store checkpoint goes beside it).
+    dir: std::path::PathBuf,
+    next_sequence: u64,
 }
 
 /// The loop's state: see the module doc.
@@ -636,6 +644,20 @@ impl MainLoop<'_, '_> {
         if let Some(dead_letters) = &mut self.dead_letters {
             dead_letters.barrier();
         }
+        // The join store (joins on disk) is checkpointed beside the file,
+        // at the same point of the stream.
+        let mut join_store = None;
+        if self.pipeline.engine.join_store().is_some() {
+            let name = crate::checkpoint::join_store_name(checkpoints.next_sequence);
+            let target = checkpoints.dir.join(&name);
+            // A leftover of a checkpoint whose file was never written.
+            let _ = std::fs::remove_dir_all(&target);
+            if let Err(error) = self.pipeline.engine.checkpoint_join_store(&target) {
+                checkpoint_failed(&self.pipeline.telemetry, &error.to_string());
+                return Ok(false);
+            }
+            join_store = Some(name);
+        }
         let encoded = self.stage.snapshot().and_then(|snapshot| {
             let mut offsets = Offsets::new();
             for ((topic, partition), next) in &self.positions {
@@ -647,7 +669,7 @@ impl MainLoop<'_, '_> {
             }
             let encoded = self
                 .pipeline
-                .encode_checkpoint(&offsets, snapshot.alerts.as_ref(), &snapshot.outputs)
+                .encode_checkpoint(&offsets, snapshot.alerts.as_ref(), &snapshot.outputs, join_store.as_deref())
                 .map_err(|e| e.to_string());
             for partition in partitions {
                 self.pipeline.engine.take_partition_panes(partition);
@@ -687,6 +709,7 @@ impl MainLoop<'_, '_> {
                 telemetry.checkpoint_bytes.store(bytes as u64, Ordering::Relaxed);
                 tracing::debug!(path = %path.display(), bytes, elapsed = ?outcome.started.elapsed(), "checkpoint written");
                 checkpoints.checkpointed = outcome.positions.clone();
+                checkpoints.next_sequence += 1;
                 let _ = self.consumer_commands.send(SourceCommand::Commit(outcome.positions));
                 true
             }

@@ -107,7 +107,14 @@ pub fn replay_with_lanes(
     lanes: usize,
 ) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
+    // Declared before the pipeline, so it is removed after the store closes.
+    let store_dir = ReplayStoreDir::create(config)?;
     let mut pipeline = Pipeline::new(config, telemetry.clone()).map_err(ReplayError::Setup)?;
+    if let Some(dir) = &store_dir {
+        let store = crate::join::store::JoinStore::open(&dir.0, config.state.join_memory)
+            .map_err(|e| ReplayError::Setup(e.to_string()))?;
+        pipeline.engine.use_join_store(&store, config.pipeline.max_pending_joins);
+    }
     let mut source = if lanes.min(predictions.len()) > 1 {
         let topic = pipeline.predictions_topic().to_string();
         Predictions::Lanes(
@@ -208,6 +215,30 @@ pub fn replay_with_lanes(
         windows_closed: counters.windows_closed,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A replay's join store, when the config has a state dir: a directory of
+/// its own beside the daemon's (`<state.dir>/replay-joins-<pid>`, so a
+/// replay never touches a running daemon's state), removed at the end.
+struct ReplayStoreDir(PathBuf);
+
+impl ReplayStoreDir {
+    fn create(config: &Config) -> Result<Option<ReplayStoreDir>, ReplayError> {
+        let Some(state) = &config.state.dir else { return Ok(None) };
+        let dir = state.join(format!("replay-joins-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Ok(Some(ReplayStoreDir(dir)))
+    }
+}
+
+impl Drop for ReplayStoreDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), %error, "removing the replay's join store failed");
+        }
+    }
 }
 
 /// The label files, read alongside the predictions: a label micro-batch is

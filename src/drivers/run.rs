@@ -13,6 +13,7 @@ use crate::alerting::{AlertingSink, Live};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::daemon::Durability;
+use crate::join::store::JoinStore;
 use crate::output::{AppendFileSink, WindowSink};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
@@ -220,11 +221,24 @@ fn restore_checkpoint(
     let Some(dir) = config.state.checkpoint_dir() else { return Ok(None) };
     let setup = |e: crate::checkpoint::CheckpointError| RunError::Setup(format!("checkpoints: {e}"));
     let mut store = CheckpointStore::open(&dir).map_err(setup)?;
+    let join_store_setup = |e: crate::join::store::JoinStoreError| RunError::Setup(e.to_string());
+    let live_joins = config.state.join_store_dir().expect("a state dir");
     let Some(loaded) = store.load_latest().map_err(setup)? else {
         tracing::info!(dir = %dir.display(), "no checkpoint yet: starting empty");
+        let joins = JoinStore::open_empty(&live_joins, config.state.join_memory).map_err(join_store_setup)?;
+        pipeline.engine.use_join_store(&joins, config.pipeline.max_pending_joins);
         return Ok(Some(Durability::new(store, config.state.checkpoint_interval, Default::default())));
     };
     let checkpoint = loaded.checkpoint;
+    // The joins live on disk: the store as the checkpoint left it (or
+    // empty, for a checkpoint with its joins in the file, which are then
+    // moved into the store).
+    let joins = match &checkpoint.join_store {
+        Some(name) => JoinStore::restore(&dir.join(name), &live_joins, config.state.join_memory),
+        None => JoinStore::open_empty(&live_joins, config.state.join_memory),
+    }
+    .map_err(join_store_setup)?;
+    pipeline.engine.use_join_store(&joins, config.pipeline.max_pending_joins);
     let models = pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters);
     if let Some(alerts) = checkpoint.alerts
         && let Err(error) = sink.restore_alerts(alerts)

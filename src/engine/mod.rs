@@ -25,7 +25,10 @@ use datafusion::arrow::array::Array;
 use crate::config::Config;
 use crate::decode::{LabelBatch, PredictionArray, PredictionBatch};
 use crate::evaluate::{self, Outcome, WindowIdentity};
-use crate::join::{JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target, join_key};
+use crate::join::{
+    Join, JoinCheckpoint, JoinCounters, JoinKey, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Target,
+    join_key,
+};
 use crate::model::{ModelRegistry, ModelState, SeriesId};
 use crate::window::{AwaitingLabels, ModelWindows, PartitionId, PartitionPanes, WindowSpec};
 use crate::window_metrics::WindowMetricRow;
@@ -55,11 +58,11 @@ pub struct Engine {
     max_categories: usize,
     windows: Vec<ModelWindows>,
     /// Per model: the join of its serving versions (lane 0).
-    joins: Vec<ModelJoin>,
+    joins: Vec<Join>,
     /// Per model: one join per shadow version (`models[].shadow_versions`;
     /// lane k at index k - 1). Every label is offered to each, so a shadow
     /// and its champion pair with the same labels. Empty without shadows.
-    shadow_joins: Vec<Vec<ModelJoin>>,
+    shadow_joins: Vec<Vec<Join>>,
     pub counters: EngineCounters,
     /// Aggregates prediction batches in-line (one lane).
     lane: LaneAggregator,
@@ -72,6 +75,8 @@ pub struct Engine {
     clock_limit_ms: Option<i64>,
     /// `windows.idle_timeout` in milliseconds (0: partitions never idle).
     idle_timeout_ms: i64,
+    /// The store the joins live in, if on disk ([`Self::use_join_store`]).
+    join_store: Option<std::sync::Arc<crate::join::store::JoinStore>>,
 }
 
 impl Engine {
@@ -85,7 +90,7 @@ impl Engine {
             joins: registry
                 .models
                 .iter()
-                .map(|_| ModelJoin::new(spec.label_horizon_ms, config.pipeline.max_pending_joins))
+                .map(|_| Join::Memory(ModelJoin::new(spec.label_horizon_ms, config.pipeline.max_pending_joins)))
                 .collect(),
             shadow_joins: registry
                 .models
@@ -95,7 +100,7 @@ impl Engine {
                         .config
                         .shadow_versions
                         .iter()
-                        .map(|_| ModelJoin::new(spec.label_horizon_ms, config.pipeline.max_pending_joins))
+                        .map(|_| Join::Memory(ModelJoin::new(spec.label_horizon_ms, config.pipeline.max_pending_joins)))
                         .collect()
                 })
                 .collect(),
@@ -104,7 +109,74 @@ impl Engine {
             labels_hold: vec![false; registry.models.len()],
             clock_limit_ms: None,
             idle_timeout_ms: i64::try_from(config.windows.idle_timeout.as_millis()).unwrap_or(i64::MAX),
+            join_store: None,
         }
+    }
+
+    /// Moves every model's joins to `store` (before any event): their
+    /// waiting entries live on disk from then on. Each join gets a key
+    /// prefix of its own, fresh for this run.
+    pub fn use_join_store(&mut self, store: &std::sync::Arc<crate::join::store::JoinStore>, max_pending: usize) {
+        let horizon_ms = self.spec.label_horizon_ms;
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        let mut next = 0u64;
+        let mut disk = || {
+            next += 1;
+            let prefix = xxhash_rust::xxh3::xxh3_64_with_seed(&next.to_le_bytes(), run);
+            Join::Disk(crate::join::disk::DiskJoin::new(std::sync::Arc::clone(store), prefix, horizon_ms, max_pending))
+        };
+        for join in self.joins.iter_mut().chain(self.shadow_joins.iter_mut().flatten()) {
+            *join = disk();
+        }
+        self.join_store = Some(std::sync::Arc::clone(store));
+    }
+
+    /// Deletes from the join store the entries of the joins `prefixes` that
+    /// no join of this engine uses (a checkpoint's joins that were not
+    /// restored).
+    pub fn delete_unused_joins(&self, prefixes: &[u64]) {
+        let Some(store) = &self.join_store else { return };
+        let in_use: Vec<u64> = self
+            .joins
+            .iter()
+            .chain(self.shadow_joins.iter().flatten())
+            .filter_map(|join| match join {
+                Join::Disk(join) => Some(join.prefix()),
+                Join::Memory(_) => None,
+            })
+            .collect();
+        for prefix in prefixes.iter().filter(|p| !in_use.contains(p)) {
+            tracing::info!(prefix, "deleting the join store entries of a checkpointed join that was not restored");
+            store.delete_join(*prefix);
+        }
+    }
+
+    /// The join store, when the joins live on disk.
+    pub fn join_store(&self) -> Option<&std::sync::Arc<crate::join::store::JoinStore>> {
+        self.join_store.as_ref()
+    }
+
+    /// Checkpoints the join store into `target` (a directory that must not
+    /// exist), after writing every join's recent entries to it. Nothing to
+    /// do when the joins are in memory (they go into the checkpoint file).
+    pub fn checkpoint_join_store(
+        &mut self,
+        target: &std::path::Path,
+    ) -> Result<(), crate::join::store::JoinStoreError> {
+        let Some(store) = &self.join_store else { return Ok(()) };
+        for join in self.joins.iter_mut().chain(self.shadow_joins.iter_mut().flatten()) {
+            join.flush();
+        }
+        if let Some(failure) = store.failure() {
+            return Err(crate::join::store::JoinStoreError::Failing {
+                path: store.path().display().to_string(),
+                failure,
+            });
+        }
+        store.checkpoint(target)
     }
 
     /// Declares predictions partitions before their events are read
@@ -295,19 +367,19 @@ impl Engine {
 
     /// A model's open windows, windows awaiting labels and pending joins
     /// (what a checkpoint keeps).
-    pub fn model_state(&self, model: usize) -> (&ModelWindows, &ModelJoin) {
+    pub fn model_state(&self, model: usize) -> (&ModelWindows, &Join) {
         (&self.windows[model], &self.joins[model])
     }
 
     /// A model's shadow joins, lane k at index k - 1 (what a checkpoint
     /// keeps beside [`Self::model_state`]).
-    pub fn shadow_joins(&self, model: usize) -> &[ModelJoin] {
+    pub fn shadow_joins(&self, model: usize) -> &[Join] {
         &self.shadow_joins[model]
     }
 
     /// Puts back a model's checkpointed windows and joins; the join keeps
     /// the horizon and cap of the current config.
-    pub fn restore_model(&mut self, model: usize, mut windows: ModelWindows, join: ModelJoin) {
+    pub fn restore_model(&mut self, model: usize, mut windows: ModelWindows, join: JoinCheckpoint) {
         windows.migrate_whole_windows(&self.spec);
         self.windows[model] = windows;
         self.joins[model].restore(join);
@@ -316,7 +388,7 @@ impl Engine {
     /// Puts back the checkpointed join of shadow lane `lane` (1-based, as
     /// in [`crate::model::Series::lane`]); returns false when the model has
     /// no such lane.
-    pub fn restore_shadow_join(&mut self, model: usize, lane: u32, join: ModelJoin) -> bool {
+    pub fn restore_shadow_join(&mut self, model: usize, lane: u32, join: JoinCheckpoint) -> bool {
         let Some(target) = (lane as usize).checked_sub(1).and_then(|k| self.shadow_joins[model].get_mut(k)) else {
             return false;
         };
@@ -327,7 +399,7 @@ impl Engine {
     /// The join of a prediction's lane (a lane the engine does not know,
     /// which a consistent config never gives, falls back to the serving one).
     #[inline]
-    fn join_of_lane(&mut self, model_index: usize, lane: u32) -> &mut ModelJoin {
+    fn join_of_lane(&mut self, model_index: usize, lane: u32) -> &mut Join {
         if lane > 0
             && let Some(join) = self.shadow_joins[model_index].get_mut(lane as usize - 1)
         {
@@ -347,26 +419,26 @@ impl Engine {
     /// unmatched or duplicate labels would count the same label again).
     pub fn join_counters(&self) -> JoinCounters {
         let mut total = JoinCounters::default();
-        for j in &self.joins {
-            total.predictions_expired += j.counters.predictions_expired;
-            total.labels_unmatched += j.counters.labels_unmatched;
-            total.evicted += j.counters.evicted;
-            total.duplicate_predictions += j.counters.duplicate_predictions;
-            total.duplicate_labels += j.counters.duplicate_labels;
-            total.matched += j.counters.matched;
+        for j in self.joins.iter().map(Join::counters) {
+            total.predictions_expired += j.predictions_expired;
+            total.labels_unmatched += j.labels_unmatched;
+            total.evicted += j.evicted;
+            total.duplicate_predictions += j.duplicate_predictions;
+            total.duplicate_labels += j.duplicate_labels;
+            total.matched += j.matched;
         }
-        for j in self.shadow_joins.iter().flatten() {
-            total.predictions_expired += j.counters.predictions_expired;
-            total.evicted += j.counters.evicted;
-            total.duplicate_predictions += j.counters.duplicate_predictions;
-            total.matched += j.counters.matched;
+        for j in self.shadow_joins.iter().flatten().map(Join::counters) {
+            total.predictions_expired += j.predictions_expired;
+            total.evicted += j.evicted;
+            total.duplicate_predictions += j.duplicate_predictions;
+            total.matched += j.matched;
         }
         total
     }
 
     /// Entries waiting in the join, over all models and lanes.
     pub fn pending_joins(&self) -> usize {
-        self.joins.iter().chain(self.shadow_joins.iter().flatten()).map(ModelJoin::pending).sum()
+        self.joins.iter().chain(self.shadow_joins.iter().flatten()).map(Join::pending).sum()
     }
 
     /// Open windows over all models.

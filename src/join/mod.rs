@@ -5,15 +5,25 @@
 //! Pending entries are keyed by a 128-bit xxh3 hash of the event id (no
 //! per-event allocation, collisions practically impossible) and expire when
 //! the model's watermark passes their event time plus the horizon. The
-//! number of pending entries per model is capped; at the cap the oldest
-//! entry is evicted and counted. Every prediction that leaves unlabelled and
+//! number of pending entries per model is capped; at the cap the entry
+//! expiring first is evicted and counted. Every prediction that leaves unlabelled and
 //! every label that never finds its prediction is counted, never dropped
 //! silently.
 //!
-//! Architecture invariant: pure; time only comes from event timestamps.
+//! A join lives in memory ([`ModelJoin`]) or, with a state directory, on
+//! disk ([`disk::DiskJoin`] in the [`store::JoinStore`]); [`Join`] is
+//! either, with the same rule.
+//!
+//! Architecture invariant: time only comes from event timestamps; the
+//! store is the only I/O (local disk).
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+pub mod disk;
+pub mod store;
 
 use crate::model::{ClassId, SeriesId};
 
@@ -85,7 +95,7 @@ pub struct PendingLabel {
     pub actual: Target,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 enum Side {
     Prediction,
     Label,
@@ -125,8 +135,9 @@ pub struct ModelJoin {
     /// for models with shadow versions, forgotten with the pair.
     #[serde(default)]
     outcomes: KeyMap<PairOutcome>,
-    /// Arrival order with expiry time: (expire_at, key, side).
-    queue: VecDeque<(i64, JoinKey, Side)>,
+    /// Entries by expiry time, earliest first: (expire_at, key, side).
+    /// (Checkpoints before the heap held the same tuples in arrival order.)
+    queue: BinaryHeap<Reverse<(i64, JoinKey, Side)>>,
     horizon_ms: i64,
     max_pending: usize,
     pub counters: JoinCounters,
@@ -139,7 +150,7 @@ impl ModelJoin {
             labels: KeyMap::default(),
             completed: KeyMap::default(),
             outcomes: KeyMap::default(),
-            queue: VecDeque::new(),
+            queue: BinaryHeap::new(),
             horizon_ms,
             max_pending: max_pending.max(1),
             counters: JoinCounters::default(),
@@ -163,7 +174,7 @@ impl ModelJoin {
 
     fn make_room(&mut self) {
         while self.pending() + self.completed.len() >= self.max_pending {
-            let Some((_, key, side)) = self.queue.pop_front() else { break };
+            let Some(Reverse((_, key, side))) = self.queue.pop() else { break };
             let removed = match side {
                 Side::Prediction => self.predictions.remove(&key).is_some(),
                 Side::Label => self.labels.remove(&key).is_some(),
@@ -197,7 +208,7 @@ impl ModelJoin {
         }
         self.make_room();
         self.predictions.insert(key, prediction);
-        self.queue.push_back((prediction.event_time_ms.saturating_add(self.horizon_ms), key, Side::Prediction));
+        self.queue.push(Reverse((prediction.event_time_ms.saturating_add(self.horizon_ms), key, Side::Prediction)));
         None
     }
 
@@ -218,7 +229,7 @@ impl ModelJoin {
         }
         self.make_room();
         self.labels.insert(key, label);
-        self.queue.push_back((label.label_time_ms.saturating_add(self.horizon_ms), key, Side::Label));
+        self.queue.push(Reverse((label.label_time_ms.saturating_add(self.horizon_ms), key, Side::Label)));
         None
     }
 
@@ -259,7 +270,7 @@ impl ModelJoin {
         self.make_room();
         let expire_at = time_ms.saturating_add(self.horizon_ms);
         self.completed.insert(key, expire_at);
-        self.queue.push_back((expire_at, key, Side::Completed));
+        self.queue.push(Reverse((expire_at, key, Side::Completed)));
     }
 
     /// Expires entries whose horizon the watermark has passed (all of them
@@ -269,11 +280,11 @@ impl ModelJoin {
     /// prediction's time plus the horizon may still arrive and joins,
     /// however the stream was cut into micro-batches.
     pub fn expire(&mut self, watermark: i64) {
-        while let Some(&(expire_at, key, side)) = self.queue.front() {
+        while let Some(&Reverse((expire_at, key, side))) = self.queue.peek() {
             if expire_at >= watermark && watermark != i64::MAX {
                 break;
             }
-            self.queue.pop_front();
+            self.queue.pop();
             match side {
                 Side::Prediction => {
                     if let Some(p) = self.predictions.get(&key)
@@ -298,6 +309,134 @@ impl ModelJoin {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A model's (or shadow version's) join, in memory or on disk.
+#[derive(Debug)]
+pub enum Join {
+    Memory(ModelJoin),
+    Disk(disk::DiskJoin),
+}
+
+impl Join {
+    pub fn counters(&self) -> &JoinCounters {
+        match self {
+            Join::Memory(join) => &join.counters,
+            Join::Disk(join) => &join.counters,
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        match self {
+            Join::Memory(join) => join.pending(),
+            Join::Disk(join) => join.pending(),
+        }
+    }
+
+    #[inline]
+    pub fn on_prediction(&mut self, key: JoinKey, prediction: PendingPrediction) -> Option<PendingLabel> {
+        match self {
+            Join::Memory(join) => join.on_prediction(key, prediction),
+            Join::Disk(join) => join.on_prediction(key, prediction),
+        }
+    }
+
+    #[inline]
+    pub fn on_label(&mut self, key: JoinKey, label: PendingLabel) -> Option<PendingPrediction> {
+        match self {
+            Join::Memory(join) => join.on_label(key, label),
+            Join::Disk(join) => join.on_label(key, label),
+        }
+    }
+
+    pub fn record_outcome(&mut self, key: JoinKey, outcome: PairOutcome) {
+        match self {
+            Join::Memory(join) => join.record_outcome(key, outcome),
+            Join::Disk(join) => join.record_outcome(key, outcome),
+        }
+    }
+
+    pub fn outcome(&self, key: JoinKey) -> Option<PairOutcome> {
+        match self {
+            Join::Memory(join) => join.outcome(key),
+            Join::Disk(join) => join.outcome(key),
+        }
+    }
+
+    #[inline]
+    pub fn expire(&mut self, watermark: i64) {
+        match self {
+            Join::Memory(join) => join.expire(watermark),
+            Join::Disk(join) => join.expire(watermark),
+        }
+    }
+
+    /// Takes over a checkpointed join: a memory join's entries and
+    /// counters (into the store, for a disk join), or a disk join's state
+    /// (its entries are in the store restored from the same checkpoint).
+    pub fn restore(&mut self, other: JoinCheckpoint) {
+        match (self, other) {
+            (Join::Memory(join), JoinCheckpoint::Memory(other)) => join.restore(other),
+            (Join::Disk(join), JoinCheckpoint::Memory(other)) => join.absorb(other),
+            (this @ Join::Disk(_), JoinCheckpoint::Disk(state)) => {
+                let Join::Disk(join) = this else { unreachable!() };
+                let store = Arc::clone(join.store());
+                let (horizon_ms, max_pending) = join.limits();
+                *this = Join::Disk(disk::DiskJoin::restored(store, state, horizon_ms, max_pending));
+            }
+            (Join::Memory(_), JoinCheckpoint::Disk(state)) => tracing::error!(
+                prefix = state.store_prefix,
+                "the checkpoint's join is in a join store, but this run has none (no state dir): its pending entries are dropped"
+            ),
+        }
+    }
+
+    /// A disk join's counts and times for a checkpoint.
+    pub fn disk_state(&self) -> Option<disk::DiskJoinState> {
+        match self {
+            Join::Memory(_) => None,
+            Join::Disk(join) => Some(join.state()),
+        }
+    }
+
+    /// Writes a disk join's recent entries to its store (before the store
+    /// is checkpointed).
+    pub fn flush(&mut self) {
+        if let Join::Disk(join) = self {
+            join.flush();
+        }
+    }
+}
+
+/// A checkpoint holds a memory join as it is; a disk join as an empty
+/// memory join there, and its counts and times in a field beside it
+/// ([`Join::disk_state`]; its entries are in the store's checkpoint beside
+/// the file). So every checkpoint's `join` reads as a memory join.
+impl serde::Serialize for Join {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Join::Memory(join) => join.serialize(serializer),
+            Join::Disk(join) => ModelJoin::new(join.limits().0, 1).serialize(serializer),
+        }
+    }
+}
+
+/// A join read back from a checkpoint: a disk join's state, or a memory
+/// join (checkpoints without a join store, or written before it).
+#[derive(Debug)]
+pub enum JoinCheckpoint {
+    Disk(disk::DiskJoinState),
+    Memory(ModelJoin),
+}
+
+impl JoinCheckpoint {
+    /// The join a checkpoint holds: its disk state when it has one.
+    pub fn new(memory: ModelJoin, disk: Option<disk::DiskJoinState>) -> Self {
+        match disk {
+            Some(state) => JoinCheckpoint::Disk(state),
+            None => JoinCheckpoint::Memory(memory),
         }
     }
 }

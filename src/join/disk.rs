@@ -1,0 +1,672 @@
+//! The label join of one model (or shadow version) on disk: the same rule
+//! as [`super::ModelJoin`] — pairs by event id in either order, within
+//! `label_horizon` by event times, duplicates counted, expiry at the
+//! watermark, a cap with eviction — with its entries in the
+//! [`JoinStore`] instead of memory.
+//!
+//! In memory stay only counts: per expiry bucket (a 65,536th of the
+//! horizon, at least a millisecond), how many waiting predictions, early
+//! labels and remembered pairs expire in it. Expiry and eviction move one
+//! time, `gone_below`: an entry part whose expiry time is below it is gone
+//! at once (every read checks), and the compaction filter removes it from
+//! disk later. A bucket's waiting predictions and labels are counted as
+//! expired (or evicted) when the whole bucket is gone, so the counters
+//! trail the memory join's by at most a bucket of event time and their
+//! totals are the same. Eviction at the cap evicts the oldest bucket.
+//!
+//! Recent writes wait in an overlay (at most [`OVERLAY_ENTRIES`]) and reach
+//! the store as one batch; reads look at the overlay first. If the store
+//! fails, the overlay keeps the writes and retries (nothing is lost; the
+//! failure shows in readiness).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use rocksdb::WriteBatch;
+
+use super::store::{JoinStore, store_key};
+use super::{JoinCounters, JoinKey, KeyMap, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Side, Target};
+
+/// Most writes kept in memory before they go to the store as one batch.
+pub const OVERLAY_ENTRIES: usize = 32_768;
+/// Expiry buckets per horizon.
+const BUCKETS_PER_HORIZON: i64 = 65_536;
+
+const HAS_PREDICTION: u8 = 1;
+const HAS_LABEL: u8 = 2;
+const HAS_COMPLETED: u8 = 4;
+const HAS_OUTCOME: u8 = 8;
+/// The longest encoded entry.
+const ENTRY_MAX_LEN: usize = 1 + 37 + 25 + 8 + 13;
+
+/// What the join knows of one event id: each part with its expiry time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Entry {
+    prediction: Option<(i64, PendingPrediction)>,
+    label: Option<(i64, PendingLabel)>,
+    /// A pair made for this id, remembered until this time.
+    completed: Option<i64>,
+    /// The remembered pair's outcome (models with shadow versions).
+    outcome: Option<PairOutcome>,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.prediction.is_none() && self.label.is_none() && self.completed.is_none()
+    }
+
+    fn encode(&self, out: &mut [u8; ENTRY_MAX_LEN]) -> usize {
+        let mut writer = Writer { out, at: 1 };
+        let mut flags = 0;
+        if let Some((expire_at, p)) = self.prediction {
+            flags |= HAS_PREDICTION;
+            writer.i64(expire_at);
+            writer.u32(p.series);
+            writer.i64(p.event_time_ms);
+            writer.target(p.predicted);
+            writer.i64(p.score.to_bits() as i64);
+        }
+        if let Some((expire_at, l)) = self.label {
+            flags |= HAS_LABEL;
+            writer.i64(expire_at);
+            writer.i64(l.label_time_ms);
+            writer.target(l.actual);
+        }
+        if let Some(expire_at) = self.completed {
+            flags |= HAS_COMPLETED;
+            writer.i64(expire_at);
+        }
+        if let Some(o) = self.outcome {
+            flags |= HAS_OUTCOME;
+            writer.out[writer.at] = o.correct as u8;
+            writer.at += 1;
+            writer.u32(o.series);
+            writer.i64(o.event_time_ms);
+        }
+        let len = writer.at;
+        out[0] = flags;
+        len
+    }
+
+    /// `None` for bytes this build did not write (read as absent).
+    fn decode(bytes: &[u8]) -> Option<Entry> {
+        let (&flags, rest) = bytes.split_first()?;
+        let mut reader = Reader { bytes: rest };
+        let mut entry = Entry::default();
+        if flags & HAS_PREDICTION != 0 {
+            let expire_at = reader.i64()?;
+            let series = reader.u32()?;
+            let event_time_ms = reader.i64()?;
+            let predicted = reader.target()?;
+            let score = f64::from_bits(reader.i64()? as u64);
+            entry.prediction = Some((expire_at, PendingPrediction { series, event_time_ms, predicted, score }));
+        }
+        if flags & HAS_LABEL != 0 {
+            let expire_at = reader.i64()?;
+            let label_time_ms = reader.i64()?;
+            let actual = reader.target()?;
+            entry.label = Some((expire_at, PendingLabel { label_time_ms, actual }));
+        }
+        if flags & HAS_COMPLETED != 0 {
+            entry.completed = Some(reader.i64()?);
+        }
+        if flags & HAS_OUTCOME != 0 {
+            let (&correct, rest) = reader.bytes.split_first()?;
+            reader.bytes = rest;
+            let series = reader.u32()?;
+            let event_time_ms = reader.i64()?;
+            entry.outcome = Some(PairOutcome { correct: correct != 0, series, event_time_ms });
+        }
+        reader.bytes.is_empty().then_some(entry)
+    }
+
+    /// The latest expiry time of its parts.
+    fn latest_expiry(&self) -> Option<i64> {
+        [self.prediction.map(|(t, _)| t), self.label.map(|(t, _)| t), self.completed].into_iter().flatten().max()
+    }
+}
+
+/// The latest expiry time of a stored entry (the compaction filter's).
+pub(super) fn latest_expiry(bytes: &[u8]) -> Option<i64> {
+    Entry::decode(bytes)?.latest_expiry()
+}
+
+struct Writer<'a> {
+    out: &'a mut [u8; ENTRY_MAX_LEN],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn i64(&mut self, value: i64) {
+        self.out[self.at..self.at + 8].copy_from_slice(&value.to_le_bytes());
+        self.at += 8;
+    }
+    fn u32(&mut self, value: u32) {
+        self.out[self.at..self.at + 4].copy_from_slice(&value.to_le_bytes());
+        self.at += 4;
+    }
+    fn target(&mut self, target: Target) {
+        match target {
+            Target::Class(class) => {
+                self.out[self.at] = 0;
+                self.at += 1;
+                self.i64(i64::from(class));
+            }
+            Target::Value(value) => {
+                self.out[self.at] = 1;
+                self.at += 1;
+                self.i64(value.to_bits() as i64);
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.bytes.split_at_checked(N)?;
+        self.bytes = rest;
+        head.try_into().ok()
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take::<8>().map(i64::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn target(&mut self) -> Option<Target> {
+        let [tag] = self.take::<1>()?;
+        let bits = self.i64()?;
+        match tag {
+            0 => u32::try_from(bits).ok().map(Target::Class),
+            1 => Some(Target::Value(f64::from_bits(bits as u64))),
+            _ => None,
+        }
+    }
+}
+
+/// Entries expiring in one bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BucketCounts {
+    predictions: u64,
+    labels: u64,
+    completed: u64,
+}
+
+impl BucketCounts {
+    fn total(&self) -> u64 {
+        self.predictions + self.labels + self.completed
+    }
+}
+
+/// What a checkpoint keeps of a disk join: its counts and times, not its
+/// entries (those are in the store's checkpoint beside the file).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DiskJoinState {
+    /// The join's key prefix in the store.
+    pub store_prefix: u64,
+    bucket_ms: i64,
+    buckets: Vec<(i64, BucketCounts)>,
+    gone_below: i64,
+    all_gone: bool,
+    horizon_ms: i64,
+    counters: JoinCounters,
+}
+
+/// One join on disk (see the module doc).
+pub struct DiskJoin {
+    store: Arc<JoinStore>,
+    prefix: u64,
+    overlay: KeyMap<Option<Entry>>,
+    /// The overlay's length at which the next batch is written (higher
+    /// than [`OVERLAY_ENTRIES`] after a failed write: retries back off).
+    flush_at: usize,
+    /// Bucket index (expiry time / `bucket_ms`) → what expires in it.
+    buckets: BTreeMap<i64, BucketCounts>,
+    bucket_ms: i64,
+    totals: BucketCounts,
+    /// Entry parts expiring before this time are gone.
+    gone_below: i64,
+    /// `gone_below` as the compaction filter reads it.
+    shared_gone_below: Arc<AtomicI64>,
+    /// Everything is gone (the end of input).
+    all_gone: bool,
+    horizon_ms: i64,
+    max_pending: u64,
+    pub counters: JoinCounters,
+}
+
+impl std::fmt::Debug for DiskJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskJoin")
+            .field("prefix", &self.prefix)
+            .field("totals", &self.totals)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiskJoin {
+    /// An empty join under key prefix `prefix` of `store`.
+    pub fn new(store: Arc<JoinStore>, prefix: u64, horizon_ms: i64, max_pending: usize) -> Self {
+        let shared_gone_below = store.gone_below(prefix);
+        shared_gone_below.store(i64::MIN, Ordering::Relaxed);
+        DiskJoin {
+            store,
+            prefix,
+            overlay: KeyMap::default(),
+            flush_at: OVERLAY_ENTRIES,
+            buckets: BTreeMap::new(),
+            bucket_ms: (horizon_ms / BUCKETS_PER_HORIZON).max(1),
+            totals: BucketCounts::default(),
+            gone_below: i64::MIN,
+            shared_gone_below,
+            all_gone: false,
+            horizon_ms,
+            max_pending: max_pending.max(1) as u64,
+            counters: JoinCounters::default(),
+        }
+    }
+
+    /// The join's state for a checkpoint (after [`Self::flush`], with the
+    /// store checkpointed at the same point).
+    pub fn state(&self) -> DiskJoinState {
+        DiskJoinState {
+            store_prefix: self.prefix,
+            bucket_ms: self.bucket_ms,
+            buckets: self.buckets.iter().map(|(bucket, counts)| (*bucket, *counts)).collect(),
+            gone_below: self.gone_below,
+            all_gone: self.all_gone,
+            horizon_ms: self.horizon_ms,
+            counters: self.counters,
+        }
+    }
+
+    /// The join a checkpoint kept, over the store restored from the same
+    /// checkpoint, with the current cap. Entries keep the expiry times
+    /// they were written with; new ones take `horizon_ms`.
+    pub fn restored(store: Arc<JoinStore>, state: DiskJoinState, horizon_ms: i64, max_pending: usize) -> Self {
+        let mut join = DiskJoin::new(store, state.store_prefix, horizon_ms, max_pending);
+        join.bucket_ms = state.bucket_ms.max(1);
+        for (bucket, counts) in state.buckets {
+            join.totals.predictions += counts.predictions;
+            join.totals.labels += counts.labels;
+            join.totals.completed += counts.completed;
+            join.buckets.insert(bucket, counts);
+        }
+        join.set_gone_below(state.gone_below);
+        join.all_gone = state.all_gone;
+        join.counters = state.counters;
+        join
+    }
+
+    pub fn store(&self) -> &Arc<JoinStore> {
+        &self.store
+    }
+
+    /// Its horizon and cap.
+    pub fn limits(&self) -> (i64, usize) {
+        (self.horizon_ms, self.max_pending as usize)
+    }
+
+    /// The key prefix of its entries in the store.
+    pub fn prefix(&self) -> u64 {
+        self.prefix
+    }
+
+    /// Takes over a memory join's entries and counters (a checkpoint
+    /// written before the store), keeping this one's horizon and cap.
+    pub fn absorb(&mut self, other: ModelJoin) {
+        self.counters = other.counters;
+        for &std::cmp::Reverse((expire_at, key, side)) in other.queue.iter() {
+            let mut entry = self.read(key);
+            match side {
+                Side::Prediction => match other.predictions.get(&key) {
+                    Some(p) if p.event_time_ms.saturating_add(other.horizon_ms) == expire_at => {
+                        entry.prediction = Some((expire_at, *p));
+                        self.count(expire_at, |c| &mut c.predictions, 1);
+                    }
+                    _ => continue,
+                },
+                Side::Label => match other.labels.get(&key) {
+                    Some(l) if l.label_time_ms.saturating_add(other.horizon_ms) == expire_at => {
+                        entry.label = Some((expire_at, *l));
+                        self.count(expire_at, |c| &mut c.labels, 1);
+                    }
+                    _ => continue,
+                },
+                Side::Completed => {
+                    if other.completed.get(&key) != Some(&expire_at) {
+                        continue;
+                    }
+                    entry.completed = Some(expire_at);
+                    entry.outcome = other.outcomes.get(&key).copied();
+                    self.count(expire_at, |c| &mut c.completed, 1);
+                }
+            }
+            self.write(key, entry);
+        }
+    }
+
+    /// Predictions and labels waiting (including those gone but not yet
+    /// counted, in a bucket not wholly passed).
+    pub fn pending(&self) -> usize {
+        (self.totals.predictions + self.totals.labels) as usize
+    }
+
+    #[inline]
+    fn visible(&self, expire_at: i64) -> bool {
+        !self.all_gone && expire_at >= self.gone_below
+    }
+
+    /// What the join knows of `key`, without the parts that are gone.
+    fn read(&self, key: JoinKey) -> Entry {
+        let mut entry = match self.overlay.get(&key) {
+            Some(entry) => entry.unwrap_or_default(),
+            None => {
+                self.store.get(&store_key(self.prefix, key), |bytes| bytes.and_then(Entry::decode).unwrap_or_default())
+            }
+        };
+        if entry.prediction.is_some_and(|(t, _)| !self.visible(t)) {
+            entry.prediction = None;
+        }
+        if entry.label.is_some_and(|(t, _)| !self.visible(t)) {
+            entry.label = None;
+        }
+        if entry.completed.is_some_and(|t| !self.visible(t)) {
+            entry.completed = None;
+            entry.outcome = None;
+        }
+        entry
+    }
+
+    fn write(&mut self, key: JoinKey, entry: Entry) {
+        self.overlay.insert(key, (!entry.is_empty()).then_some(entry));
+        if self.overlay.len() >= self.flush_at {
+            self.flush();
+        }
+    }
+
+    /// Writes the overlay to the store as one batch; on failure keeps it
+    /// and tries again when it has grown by half.
+    pub fn flush(&mut self) {
+        if self.overlay.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        let mut bytes = [0u8; ENTRY_MAX_LEN];
+        for (&key, entry) in &self.overlay {
+            let stored = store_key(self.prefix, key);
+            match entry {
+                Some(entry) => {
+                    let len = entry.encode(&mut bytes);
+                    batch.put(stored, &bytes[..len]);
+                }
+                None => batch.delete(stored),
+            }
+        }
+        match self.store.write(batch) {
+            Ok(()) => {
+                self.overlay.clear();
+                self.flush_at = OVERLAY_ENTRIES;
+            }
+            Err(_) => self.flush_at = self.overlay.len() + self.overlay.len() / 2 + 1,
+        }
+    }
+
+    fn count(&mut self, expire_at: i64, field: impl Fn(&mut BucketCounts) -> &mut u64, delta: i64) {
+        let bucket = expire_at.div_euclid(self.bucket_ms);
+        let counts = self.buckets.entry(bucket).or_default();
+        let value = field(counts);
+        *value = value.saturating_add_signed(delta);
+        let empty = counts.total() == 0;
+        let total = field(&mut self.totals);
+        *total = total.saturating_add_signed(delta);
+        if empty {
+            self.buckets.remove(&bucket);
+        }
+    }
+
+    fn make_room(&mut self) {
+        while self.totals.total() >= self.max_pending {
+            let Some((bucket, counts)) = self.buckets.pop_first() else { break };
+            self.counters.evicted += counts.predictions + counts.labels;
+            self.subtract(counts);
+            self.set_gone_below((bucket + 1).saturating_mul(self.bucket_ms));
+        }
+    }
+
+    fn subtract(&mut self, counts: BucketCounts) {
+        self.totals.predictions -= counts.predictions;
+        self.totals.labels -= counts.labels;
+        self.totals.completed -= counts.completed;
+    }
+
+    fn set_gone_below(&mut self, time: i64) {
+        if time > self.gone_below {
+            self.gone_below = time;
+            self.shared_gone_below.store(time, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    fn within_horizon(&self, prediction_time_ms: i64, label_time_ms: i64) -> bool {
+        label_time_ms.saturating_sub(prediction_time_ms) <= self.horizon_ms
+    }
+
+    /// Remembers the pair just made in `entry` until the horizon has
+    /// passed `time_ms`.
+    fn remember_pair(&mut self, entry: &mut Entry, time_ms: i64) {
+        self.make_room();
+        let expire_at = time_ms.saturating_add(self.horizon_ms);
+        if let Some(old) = entry.completed.replace(expire_at) {
+            self.count(old, |c| &mut c.completed, -1);
+        }
+        entry.outcome = None;
+        self.count(expire_at, |c| &mut c.completed, 1);
+    }
+
+    /// As [`ModelJoin::on_prediction`].
+    pub fn on_prediction(&mut self, key: JoinKey, prediction: PendingPrediction) -> Option<PendingLabel> {
+        let mut entry = self.read(key);
+        if let Some((label_expiry, label)) = entry.label
+            && self.within_horizon(prediction.event_time_ms, label.label_time_ms)
+        {
+            entry.label = None;
+            self.count(label_expiry, |c| &mut c.labels, -1);
+            self.counters.matched += 1;
+            self.remember_pair(&mut entry, prediction.event_time_ms.max(label.label_time_ms));
+            self.write(key, entry);
+            return Some(label);
+        }
+        if entry.prediction.is_some() || entry.completed.is_some() {
+            self.counters.duplicate_predictions += 1;
+            return None;
+        }
+        self.make_room();
+        let expire_at = prediction.event_time_ms.saturating_add(self.horizon_ms);
+        entry.prediction = Some((expire_at, prediction));
+        self.count(expire_at, |c| &mut c.predictions, 1);
+        self.write(key, entry);
+        None
+    }
+
+    /// As [`ModelJoin::on_label`].
+    pub fn on_label(&mut self, key: JoinKey, label: PendingLabel) -> Option<PendingPrediction> {
+        let mut entry = self.read(key);
+        if let Some((prediction_expiry, prediction)) = entry.prediction
+            && self.within_horizon(prediction.event_time_ms, label.label_time_ms)
+        {
+            entry.prediction = None;
+            self.count(prediction_expiry, |c| &mut c.predictions, -1);
+            self.counters.matched += 1;
+            self.remember_pair(&mut entry, prediction.event_time_ms.max(label.label_time_ms));
+            self.write(key, entry);
+            return Some(prediction);
+        }
+        if entry.label.is_some() || entry.completed.is_some() {
+            self.counters.duplicate_labels += 1;
+            return None;
+        }
+        self.make_room();
+        let expire_at = label.label_time_ms.saturating_add(self.horizon_ms);
+        entry.label = Some((expire_at, label));
+        self.count(expire_at, |c| &mut c.labels, 1);
+        self.write(key, entry);
+        None
+    }
+
+    /// As [`ModelJoin::record_outcome`].
+    pub fn record_outcome(&mut self, key: JoinKey, outcome: PairOutcome) {
+        let mut entry = self.read(key);
+        if entry.completed.is_some() {
+            entry.outcome = Some(outcome);
+            self.write(key, entry);
+        }
+    }
+
+    /// As [`ModelJoin::outcome`].
+    pub fn outcome(&self, key: JoinKey) -> Option<PairOutcome> {
+        self.read(key).outcome
+    }
+
+    /// As [`ModelJoin::expire`]: entries expiring before `watermark` are
+    /// gone at once; a bucket's are counted once all of it is.
+    pub fn expire(&mut self, watermark: i64) {
+        if watermark == i64::MAX {
+            self.all_gone = true;
+            self.set_gone_below(i64::MAX);
+            while let Some((_, counts)) = self.buckets.pop_first() {
+                self.count_expired(counts);
+            }
+            return;
+        }
+        if watermark <= self.gone_below {
+            return;
+        }
+        self.set_gone_below(watermark);
+        while let Some(entry) = self.buckets.first_entry() {
+            if (entry.key() + 1).saturating_mul(self.bucket_ms) > watermark {
+                break;
+            }
+            let counts = entry.remove();
+            self.count_expired(counts);
+        }
+    }
+
+    fn count_expired(&mut self, counts: BucketCounts) {
+        self.counters.predictions_expired += counts.predictions;
+        self.counters.labels_unmatched += counts.labels;
+        self.subtract(counts);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::join::join_key;
+
+    fn store() -> (tempfile::TempDir, Arc<JoinStore>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = JoinStore::open(&dir.path().join("joins"), 16 << 20).expect("opens");
+        (dir, store)
+    }
+
+    #[test]
+    fn entries_round_trip_through_their_encoding() {
+        let entry = Entry {
+            prediction: Some((
+                7,
+                PendingPrediction { series: 3, event_time_ms: -5, predicted: Target::Class(9), score: f64::NAN },
+            )),
+            label: Some((8, PendingLabel { label_time_ms: 11, actual: Target::Value(-0.25) })),
+            completed: Some(i64::MAX),
+            outcome: Some(PairOutcome { correct: true, series: 2, event_time_ms: 4 }),
+        };
+        let mut bytes = [0u8; ENTRY_MAX_LEN];
+        let len = entry.encode(&mut bytes);
+        assert_eq!(len, ENTRY_MAX_LEN);
+        let back = Entry::decode(&bytes[..len]).expect("decodes");
+        assert_eq!(format!("{back:?}"), format!("{entry:?}"), "NaN scores compare by their text");
+        assert_eq!(Entry::decode(&bytes[..len - 1]), None, "a truncated entry reads as absent");
+        assert_eq!(latest_expiry(&bytes[..len]), Some(i64::MAX));
+    }
+
+    /// The disk join pairs, expires, counts duplicates and evicts as the
+    /// memory join does, on a random stream (ids drawn from a small set, so
+    /// duplicates, early labels and labels past the horizon all occur),
+    /// with the overlay flushed to the store at random points (under a cap
+    /// the two evict differently, so only the accounting is compared). The
+    /// counters are compared once everything has expired (in between the
+    /// disk join counts a bucket at a time).
+    #[test]
+    fn a_disk_join_pairs_and_counts_as_the_memory_join_does() {
+        for seed in 0..24u64 {
+            let (_dir, store) = store();
+            let mut rng = crate::rng::Rng::new(seed);
+            let horizon = 1_000;
+            let cap = if seed % 3 == 0 { 40 } else { 1_000_000 };
+            let mut memory = ModelJoin::new(horizon, cap);
+            let mut disk = DiskJoin::new(Arc::clone(&store), seed, horizon, cap);
+            let mut time = 0i64;
+            let mut events = 0u64;
+            for step in 0..3_000 {
+                time += (rng.next_u64() % 7) as i64;
+                let id = format!("e{}", rng.next_u64() % 400);
+                let key = join_key(&id);
+                let jitter = (rng.next_u64() % 2_500) as i64 - 1_200;
+                events += 1;
+                if rng.next_u64().is_multiple_of(2) {
+                    let p = PendingPrediction {
+                        series: (rng.next_u64() % 3) as u32,
+                        event_time_ms: time,
+                        predicted: Target::Class((rng.next_u64() % 2) as u32),
+                        score: (rng.next_u64() % 100) as f64 / 100.0,
+                    };
+                    let (d, m) = (disk.on_prediction(key, p), memory.on_prediction(key, p));
+                    assert!(d == m || cap < 1_000, "seed {seed} step {step}: {d:?} != {m:?}");
+                } else {
+                    let l = PendingLabel {
+                        label_time_ms: time + jitter,
+                        actual: Target::Class((rng.next_u64() % 2) as u32),
+                    };
+                    let (d, m) = (disk.on_label(key, l), memory.on_label(key, l));
+                    assert!(d == m || cap < 1_000, "seed {seed} step {step}: {d:?} != {m:?}");
+                }
+                if cap > 1_000 {
+                    let watermark = time - 300;
+                    memory.expire(watermark);
+                    disk.expire(watermark);
+                }
+                if rng.next_u64().is_multiple_of(97) {
+                    disk.flush();
+                }
+            }
+            memory.expire(i64::MAX);
+            disk.expire(i64::MAX);
+            // Every prediction and label was paired, a duplicate, expired
+            // or evicted: counted once.
+            let accounted = |c: JoinCounters| {
+                2 * c.matched
+                    + c.duplicate_predictions
+                    + c.duplicate_labels
+                    + c.predictions_expired
+                    + c.labels_unmatched
+                    + c.evicted
+            };
+            assert_eq!(accounted(disk.counters), events, "seed {seed}");
+            assert_eq!(accounted(memory.counters), events, "seed {seed}");
+            if cap > 1_000 {
+                assert_eq!(disk.counters, memory.counters, "seed {seed}");
+            } else {
+                // At the cap the disk join evicts a bucket at a time.
+                assert!(disk.counters.evicted > 0, "seed {seed}: the cap was reached");
+            }
+            assert_eq!(disk.pending(), 0);
+        }
+    }
+}
