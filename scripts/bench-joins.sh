@@ -29,7 +29,7 @@ pipeline: {batch_size: 8192, max_pending_joins: 100000000}
 models: [{name: fraud, task: binary_classification}]
 YAML
 sed 's/^models/state: {dir: state, join_memory: 256MB}\nmodels/' "$work/memory.yaml" > "$work/disk.yaml"
-echo "events: $n predictions + $n labels ($(du -ch "$work"/*.ndjson | tail -1 | cut -f1)), $(nproc) cores"
+echo "events: $n predictions + $n labels ($(du -chL "$work"/*.ndjson | tail -1 | cut -f1)), $(nproc) cores"
 for mode in memory disk; do
     # The store's size on disk, sampled every second while the replay runs.
     ( peak=0; while sleep 1; do

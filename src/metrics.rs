@@ -329,6 +329,12 @@ impl Metrics {
             .build();
         let t = telemetry.clone();
         meter
+            .u64_observable_gauge("driftwatch_join_store_bytes")
+            .with_description("Bytes the join store's files take on disk (joins on disk, with a state dir).")
+            .with_callback(move |o| o.observe(t.join_store_bytes.load(std::sync::atomic::Ordering::Relaxed), &[]))
+            .build();
+        let t = telemetry.clone();
+        meter
             .i64_observable_gauge("driftwatch_consumer_lag")
             .with_description("Messages behind the partition's end, by topic and partition.")
             .with_callback(move |o| {

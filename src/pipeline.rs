@@ -393,6 +393,9 @@ impl Pipeline {
         t.duplicate_labels.fetch_add(join.duplicate_labels - self.reported_join.duplicate_labels, Ordering::Relaxed);
         self.reported_join = join;
         t.join_pending.store(self.engine.pending_joins() as i64, Ordering::Relaxed);
+        if let Some(store) = self.engine.join_store() {
+            t.join_store_bytes.store(store.disk_bytes(), Ordering::Relaxed);
+        }
         let mut watermarks = std::collections::BTreeMap::new();
         for (id, model) in self.registry.models.iter().enumerate() {
             for (partition, watermark) in self.engine.partition_watermarks(id) {

@@ -33,6 +33,8 @@ pub struct Telemetry {
     pub labels_late: AtomicU64,
     /// Pending join entries now.
     pub join_pending: AtomicI64,
+    /// Bytes the join store's files take on disk (0: the joins are in memory).
+    pub join_store_bytes: AtomicU64,
     /// Invalid events sent to the dead-letter topic.
     pub dead_lettered: AtomicU64,
     /// Dead letters the broker did not take (logged).
@@ -88,6 +90,8 @@ pub enum Storage {
     Outbox = 2,
     AuditLog = 4,
     WindowMetricsOutput = 8,
+    /// The join store (joins on disk).
+    JoinStore = 16,
 }
 
 /// Which [`Storage`] parts are failing (a bit each). Process-wide: the
@@ -114,7 +118,7 @@ pub fn storage_status(part: Storage, failing: bool, detail: &dyn std::fmt::Displ
 /// The storage parts failing now.
 pub fn storage_failing() -> Vec<Storage> {
     let bits = STORAGE_FAILING.load(Ordering::SeqCst);
-    [Storage::Checkpoints, Storage::Outbox, Storage::AuditLog, Storage::WindowMetricsOutput]
+    [Storage::Checkpoints, Storage::Outbox, Storage::AuditLog, Storage::WindowMetricsOutput, Storage::JoinStore]
         .into_iter()
         .filter(|part| bits & *part as u64 != 0)
         .collect()

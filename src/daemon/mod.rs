@@ -589,6 +589,9 @@ impl MainLoop<'_, '_> {
             log_stats(self.pipeline, self.kafka);
             self.last_log = Instant::now();
         }
+        // A failing join store is retried here too: a paused consumer
+        // brings no events whose writes would retry it.
+        self.pipeline.engine.retry_join_store();
         self.apply_backpressure();
         let due = !self.assigning
             && self
@@ -602,23 +605,33 @@ impl MainLoop<'_, '_> {
     }
 
     /// Backpressure: an output's retry buffer is full (its disk keeps
-    /// failing). The consumer stops fetching — every assigned partition
+    /// failing), or a join keeps too many writes in memory (its store
+    /// fails). The consumer stops fetching — every assigned partition
     /// paused, again after each rebalance — while it goes on serving
     /// rebalances, statistics and group membership, and the loop ticks and
-    /// the stage retries the writes. The batches in hand are still
-    /// processed (their rows wait in the buffer beyond the bound): nothing
-    /// is dropped. librdkafka resumes a paused partition at the position
-    /// after the last message `poll` returned, so nothing is skipped either.
+    /// the stage and the join store retry the writes. The batches in hand
+    /// are still processed (their rows and entries wait beyond the bound):
+    /// nothing is dropped. librdkafka resumes a paused partition at the
+    /// position after the last message `poll` returned, so nothing is
+    /// skipped either.
     fn apply_backpressure(&mut self) {
-        let full = self.stage.backpressure();
+        let outputs_full = self.stage.backpressure();
+        let joins_full = self.pipeline.engine.join_store_backed_up();
+        let full = outputs_full || joins_full;
         if full && !self.paused {
             self.paused = true;
-            tracing::error!("an output's retry buffer is full: consumption paused until the disk takes writes");
+            if outputs_full {
+                tracing::error!("an output's retry buffer is full: consumption paused until the disk takes writes");
+            } else {
+                tracing::error!(
+                    "the join store fails and a join holds its most writes in memory: consumption paused until the store takes writes"
+                );
+            }
             let _ = self.consumer_commands.send(SourceCommand::Pause);
         } else if !full && self.paused {
             self.paused = false;
             let _ = self.consumer_commands.send(SourceCommand::Resume);
-            tracing::info!("outputs written: consumption resumed");
+            tracing::info!("outputs and joins written: consumption resumed");
         }
     }
 

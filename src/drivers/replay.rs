@@ -54,6 +54,10 @@ pub enum ReplayError {
     /// silently; rerun once the disk works).
     #[error("stopping the replay: an output's retry buffer is full: {0}")]
     OutputStalled(std::io::Error),
+    /// The join store kept failing until a join held its most writes in
+    /// memory (as the daemon would pause): a replay stops instead.
+    #[error("stopping the replay: the join store fails: {0}")]
+    JoinStoreStalled(String),
 }
 
 /// What a replay did.
@@ -188,6 +192,11 @@ pub fn replay_with_lanes(
             rows += pipeline.emit(sink)? as u64;
             if sink.backpressure() {
                 sink.flush().map_err(ReplayError::OutputStalled)?;
+            }
+            pipeline.engine.retry_join_store();
+            if pipeline.engine.join_store_backed_up() {
+                let failure = pipeline.engine.join_store().and_then(|s| s.failure()).unwrap_or_default();
+                return Err(ReplayError::JoinStoreStalled(failure));
             }
         }
         if !live.iter().any(|l| *l) {

@@ -210,6 +210,15 @@ pub fn run_daemon_with_config_file(
     Ok(summary?)
 }
 
+/// The join store's failures and recovery make the daemon not ready and
+/// ready again (`state_writable`), like the other parts that write to disk.
+fn report_join_store_status(store: &JoinStore) {
+    store.set_status_hook(Box::new(|failure| {
+        use crate::telemetry::{Storage, storage_status};
+        storage_status(Storage::JoinStore, failure.is_some(), &failure.unwrap_or(""));
+    }));
+}
+
 /// Durable mode (a state dir): restores the newest usable checkpoint into
 /// the pipeline and the alerting sink, prepares the output files, and
 /// returns what the daemon's loop needs to checkpoint on.
@@ -226,6 +235,7 @@ fn restore_checkpoint(
     let Some(loaded) = store.load_latest().map_err(setup)? else {
         tracing::info!(dir = %dir.display(), "no checkpoint yet: starting empty");
         let joins = JoinStore::open_empty(&live_joins, config.state.join_memory).map_err(join_store_setup)?;
+        report_join_store_status(&joins);
         pipeline.engine.use_join_store(&joins, config.pipeline.max_pending_joins);
         return Ok(Some(Durability::new(store, config.state.checkpoint_interval, Default::default())));
     };
@@ -238,6 +248,7 @@ fn restore_checkpoint(
         None => JoinStore::open_empty(&live_joins, config.state.join_memory),
     }
     .map_err(join_store_setup)?;
+    report_join_store_status(&joins);
     pipeline.engine.use_join_store(&joins, config.pipeline.max_pending_joins);
     let models = pipeline.restore(checkpoint.models, checkpoint.window_spec, checkpoint.counters);
     if let Some(alerts) = checkpoint.alerts

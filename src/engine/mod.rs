@@ -16,7 +16,9 @@
 //!
 //! Architecture invariant: no I/O and no wall clock; the engine is a pure
 //! function of the batches it is given, which makes replay deterministic and
-//! every behaviour testable with data alone.
+//! every behaviour testable with data alone. The one exception is the join
+//! store (joins on disk, [`crate::join::store`]), which holds what the
+//! memory join would and gives the same answers.
 
 pub mod lane;
 
@@ -33,6 +35,10 @@ use crate::model::{ModelRegistry, ModelState, SeriesId};
 use crate::window::{AwaitingLabels, ModelWindows, PartitionId, PartitionPanes, WindowSpec};
 use crate::window_metrics::WindowMetricRow;
 use lane::{LaneAggregator, LaneOutput, PartitionProgress};
+
+/// Most writes one disk join keeps in memory while its store fails (8
+/// batches' worth, some 40 MB) before the daemon stops consuming.
+pub const JOIN_WRITES_WAITING_LIMIT: usize = 8 * crate::join::disk::OVERLAY_ENTRIES;
 
 /// Counters the engine keeps (exported as metrics by the drivers).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -157,6 +163,29 @@ impl Engine {
     /// The join store, when the joins live on disk.
     pub fn join_store(&self) -> Option<&std::sync::Arc<crate::join::store::JoinStore>> {
         self.join_store.as_ref()
+    }
+
+    /// While the join store fails: tries to recover it (when an attempt is
+    /// due; see [`crate::join::store::JoinStore::recover`]) and, once it
+    /// takes writes, writes what every join kept in memory meanwhile.
+    pub fn retry_join_store(&mut self) {
+        let Some(store) = &self.join_store else { return };
+        if store.failure().is_none() || !store.recover() {
+            return;
+        }
+        for join in self.joins.iter_mut().chain(self.shadow_joins.iter_mut().flatten()) {
+            join.flush();
+        }
+    }
+
+    /// Whether some join keeps more writes in memory than
+    /// [`JOIN_WRITES_WAITING_LIMIT`] (its store fails): the daemon then
+    /// stops consuming until the store takes them.
+    pub fn join_store_backed_up(&self) -> bool {
+        self.joins
+            .iter()
+            .chain(self.shadow_joins.iter().flatten())
+            .any(|join| join.waiting_for_store() > JOIN_WRITES_WAITING_LIMIT)
     }
 
     /// Checkpoints the join store into `target` (a directory that must not

@@ -391,6 +391,11 @@ impl DiskJoin {
         }
     }
 
+    /// Writes waiting in memory for the store.
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.len()
+    }
+
     /// Writes the overlay to the store as one batch; on failure keeps it
     /// and tries again when it has grown by half.
     pub fn flush(&mut self) {
@@ -603,6 +608,50 @@ mod tests {
     /// the two evict differently, so only the accounting is compared). The
     /// counters are compared once everything has expired (in between the
     /// disk join counts a bucket at a time).
+    /// While the store takes no writes, a join's writes wait in memory
+    /// (past the usual batch, retried as it grows), labels find the
+    /// predictions waiting there, and once the store is rebuilt everything
+    /// reaches it.
+    #[test]
+    fn writes_wait_in_memory_while_the_store_fails_and_reach_it_after_the_rebuild() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let live = dir.path().join("joins");
+        let store = JoinStore::open(&live, 16 << 20).expect("opens");
+        let mut join = DiskJoin::new(Arc::clone(&store), 7, 3_600_000, 10_000_000);
+        let prediction = |i: usize| PendingPrediction {
+            series: 1,
+            event_time_ms: i as i64,
+            predicted: Target::Class((i % 2) as u32),
+            score: 0.5,
+        };
+        let label = |i: usize| PendingLabel { label_time_ms: i as i64, actual: Target::Class(1) };
+        let key = |i: usize| join_key(&format!("e{i}"));
+        join.on_prediction(key(0), prediction(0));
+        join.flush();
+        // Its directory becomes a file: the flush fails, and RocksDB then
+        // refuses every write.
+        std::fs::rename(&live, dir.path().join("joins.away")).expect("moves");
+        std::fs::write(&live, b"not a directory").expect("writes a file");
+        assert!(store.flush().is_err());
+        let waiting = 3 * OVERLAY_ENTRIES;
+        for i in 1..=waiting {
+            assert_eq!(join.on_prediction(key(i), prediction(i)), None);
+        }
+        assert!(store.failure().is_some(), "the failed writes are reported");
+        assert_eq!(join.overlay_len(), waiting, "every write waits in memory");
+        assert_eq!(join.on_label(key(waiting), label(waiting)).map(|p| p.event_time_ms), Some(waiting as i64));
+        assert_eq!(join.on_label(key(0), label(0)).map(|p| p.event_time_ms), Some(0), "read from the store");
+
+        store.rebuild().expect("rebuilds");
+        join.flush();
+        assert_eq!(join.overlay_len(), 0, "written once the store takes writes");
+        assert!(store.failure().is_none());
+        for i in [1, OVERLAY_ENTRIES, waiting - 1] {
+            assert_eq!(join.on_label(key(i), label(i)).map(|p| p.event_time_ms), Some(i as i64), "prediction {i}");
+        }
+        assert_eq!(join.counters.matched, 5);
+    }
+
     #[test]
     fn a_disk_join_pairs_and_counts_as_the_memory_join_does() {
         for seed in 0..24u64 {

@@ -408,6 +408,14 @@ impl Join {
             join.flush();
         }
     }
+
+    /// A disk join's writes waiting in memory for its store (0 in memory).
+    pub fn waiting_for_store(&self) -> usize {
+        match self {
+            Join::Memory(_) => 0,
+            Join::Disk(join) => join.overlay_len(),
+        }
+    }
 }
 
 /// A checkpoint holds a memory join as it is; a disk join as an empty

@@ -61,11 +61,12 @@ fn predictions_file(partition: i32) -> String {
 /// Produces the stream at about `rate` predictions (and as many labels)
 /// per second until `stop` is set and at least `minimum` were sent, writing
 /// each event to `predictions-P`/`labels` files as it is produced
-/// (prediction `i` goes to partition `i mod partitions`).
+/// (prediction `i` goes to partition `i mod partitions`). Label `i` is sent
+/// with prediction `i + label_lag` (the last ones at the end).
 fn produce(
     broker: String,
     dir: PathBuf,
-    (rate, minimum, partitions): (usize, usize, i32),
+    (rate, minimum, partitions, label_lag): (usize, usize, i32, usize),
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<()> {
@@ -90,19 +91,28 @@ fn produce(
         let mut labels = std::fs::File::create(dir.join("labels.ndjson")).unwrap();
         let started = Instant::now();
         let mut i = 0;
+        let mut send_label = |i: usize| {
+            let (_, label) = stream.event(i);
+            send(&producer, "labels", &i.to_string(), label.as_bytes());
+            writeln!(labels, "{label}").unwrap();
+        };
         while i < minimum || !stop.load(Ordering::SeqCst) {
-            let (prediction, label) = stream.event(i);
+            let (prediction, _) = stream.event(i);
             let partition = (i % partitions as usize) as i32;
             send_to_partition(&producer, "predictions", partition, &i.to_string(), prediction.as_bytes());
-            send(&producer, "labels", &i.to_string(), label.as_bytes());
             writeln!(predictions[partition as usize], "{prediction}").unwrap();
-            writeln!(labels, "{label}").unwrap();
+            if let Some(labelled) = i.checked_sub(label_lag) {
+                send_label(labelled);
+            }
             i += 1;
             sent.store(i, Ordering::SeqCst);
             // Pace the stream (rate control, not synchronisation).
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
             producer.poll(Duration::ZERO);
+        }
+        for labelled in i.saturating_sub(label_lag)..i {
+            send_label(labelled);
         }
         flush(&producer);
     })
@@ -346,6 +356,8 @@ struct Setup {
     sent: Arc<AtomicUsize>,
     /// The predictions topic's partitions.
     partitions: i32,
+    /// Label `i` is produced with prediction `i + label_lag`.
+    label_lag: usize,
 }
 
 impl Setup {
@@ -374,6 +386,7 @@ impl Setup {
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicUsize::new(0)),
             partitions,
+            label_lag: 0,
         }
     }
 
@@ -383,7 +396,7 @@ impl Setup {
 
     /// Starts producing at `rate` per second, at least `minimum` events.
     fn produce(&self, rate: usize, minimum: usize) -> std::thread::JoinHandle<()> {
-        let stream = (rate, minimum, self.partitions);
+        let stream = (rate, minimum, self.partitions, self.label_lag);
         produce(self.broker.bootstrap(), self.path().to_path_buf(), stream, self.stop.clone(), self.sent.clone())
     }
 
@@ -657,6 +670,86 @@ fn an_unwritable_state_dir_makes_the_daemon_unready_until_it_recovers() {
     std::fs::rename(&away, &checkpoints).unwrap();
     wait_until(Duration::from_secs(30), "ready again", || http_text(&address, "GET", "/readyz", None).0 == 200);
     assert!(log_text(dir, "daemon.log").contains("writing to disk works again"));
+    setup.finish_and_compare(producer, &mut daemon, "daemon.log");
+}
+
+/// Labels ten minutes (of event time) behind their predictions: some
+/// 1,200 predictions wait in the join store at every moment, and so in
+/// every checkpoint. SIGKILLs at random moments (the seed is printed;
+/// `DRIFTWATCH_CRASH_SEED=SEED` runs another) restart from the checkpoint
+/// and its store; the rows equal the uninterrupted replay's.
+#[test]
+fn labels_lagging_ten_minutes_wait_on_disk_through_sigkills() {
+    let mut seed: u64 = std::env::var("DRIFTWATCH_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(42);
+    eprintln!("lagging labels crash seed {seed}");
+    let mut setup = Setup::new("session.timeout.ms: \"1000\", heartbeat.interval.ms: \"200\"");
+    setup.label_lag = 1200;
+    let dir = setup.path();
+    let producer = setup.produce(200, 4000);
+    for run in 0..3 {
+        let log = format!("run{run}.log");
+        let daemon = start_daemon(dir, &setup.config, &log);
+        wait_until(Duration::from_secs(60), "both partitions assigned", || {
+            log_text(dir, &log).contains("partitions assigned partitions=2")
+        });
+        let address = http_address(&log_text(dir, &log));
+        wait_until(Duration::from_secs(60), "predictions waiting for their labels", || {
+            metric(&address, "driftwatch_join_pending ").is_some_and(|n| n >= (setup.label_lag / 2) as f64)
+        });
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Consume for a random 0.3–1.5 s more, then SIGKILL (a moment, not
+        // synchronisation).
+        std::thread::sleep(Duration::from_millis(300 + seed % 1200));
+        let (_, _, checkpoint) = newest_checkpoint(dir).expect("a checkpoint");
+        assert!(checkpoint.join_store.is_some(), "the joins are checkpointed in the store");
+        let mut daemon = daemon;
+        daemon.0.kill().unwrap();
+        daemon.0.wait().unwrap();
+        eprintln!("run {run}: killed, {} events produced", setup.sent.load(Ordering::SeqCst));
+    }
+    let (mut last, _) = setup.start_daemon();
+    let (total, rows, _) = setup.finish_and_compare(producer, &mut last, "daemon.log");
+    eprintln!("{total} predictions + {total} labels 1,200 behind, 3 SIGKILLs: {rows} rows equal to the replay");
+}
+
+/// The join store's directory becomes a file: RocksDB's next flush (at the
+/// next checkpoint) fails, after which it takes no writes. The daemon goes
+/// on consuming (the joins' writes wait in memory), is not ready
+/// (`state_writable`) while the store cannot be rebuilt (its rebuild
+/// directory is taken too), and once it can, the store is rebuilt from
+/// everything it held, the daemon is ready again, and the rows equal the
+/// uninterrupted replay's.
+#[test]
+fn a_join_store_that_stops_taking_writes_is_rebuilt_and_loses_nothing() {
+    let mut setup = Setup::new("");
+    setup.label_lag = 600;
+    let (mut daemon, address) = setup.start_daemon();
+    let producer = setup.produce(200, 1500);
+    let dir = setup.path();
+    wait_until(Duration::from_secs(60), "a checkpoint with predictions waiting", || {
+        newest_checkpoint(dir).is_some() && metric(&address, "driftwatch_join_pending ").is_some_and(|n| n > 300.0)
+    });
+    let joins = dir.join("state/joins");
+    let rebuild = dir.join("state/joins.rebuild-1");
+    std::fs::rename(&joins, dir.join("state/joins.away")).unwrap();
+    std::fs::write(&joins, b"not a directory").unwrap();
+    std::fs::write(&rebuild, b"in the way").unwrap();
+    wait_until(Duration::from_secs(30), "the join store failing", || {
+        log_text(dir, "daemon.log").contains("JOIN STORE FAILING")
+    });
+    let consumed_before = metric(&address, "driftwatch_events_total{model=\"shop\",topic=\"predictions\"}").unwrap();
+    wait_until(Duration::from_secs(30), "events consumed while the store fails", || {
+        metric(&address, "driftwatch_events_total{model=\"shop\",topic=\"predictions\"}")
+            .is_some_and(|n| n > consumed_before + 100.0)
+    });
+    let (status, body) = http_text(&address, "GET", "/readyz", None);
+    assert!(status == 503 && body.contains("state_writable"), "{status} {body}");
+    std::fs::remove_file(&rebuild).unwrap();
+    wait_until(Duration::from_secs(90), "ready again", || http_text(&address, "GET", "/readyz", None).0 == 200);
+    assert!(log_text(dir, "daemon.log").contains("rebuilt from what it held"));
+    assert!(rebuild.is_dir(), "the store lives on in the rebuild directory");
     setup.finish_and_compare(producer, &mut daemon, "daemon.log");
 }
 
