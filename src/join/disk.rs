@@ -23,9 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use rocksdb::WriteBatch;
-
-use super::store::{JoinStore, store_key};
+use super::store::{JoinStore, WriteBatch, store_key};
 use super::{JoinCounters, JoinKey, KeyMap, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Side, Target};
 
 /// Most writes kept in memory before they go to the store as one batch.
@@ -128,6 +126,7 @@ impl Entry {
 }
 
 /// The latest expiry time of a stored entry (the compaction filter's).
+#[cfg_attr(not(feature = "join-store"), allow(dead_code))]
 pub(super) fn latest_expiry(bytes: &[u8]) -> Option<i64> {
     Entry::decode(bytes)?.latest_expiry()
 }

@@ -23,12 +23,29 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 pub mod disk;
+#[cfg(feature = "join-store")]
+pub mod store;
+#[cfg(not(feature = "join-store"))]
+#[path = "store_disabled.rs"]
 pub mod store;
 
 use crate::model::{ClassId, SeriesId};
 
 /// The key of a pending entry: xxh3-128 of the event id.
 pub type JoinKey = u128;
+
+/// The length of a key in the join store: join prefix (8 bytes) and join
+/// key (16).
+pub const STORE_KEY_LEN: usize = 24;
+
+/// The join store's key of `key` in join `prefix`.
+#[inline]
+pub fn store_key(prefix: u64, key: JoinKey) -> [u8; STORE_KEY_LEN] {
+    let mut bytes = [0u8; STORE_KEY_LEN];
+    bytes[..8].copy_from_slice(&prefix.to_be_bytes());
+    bytes[8..].copy_from_slice(&key.to_be_bytes());
+    bytes
+}
 
 /// The hash of an event id used as join key.
 #[inline]

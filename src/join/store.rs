@@ -41,9 +41,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rocksdb::{
-    BlockBasedOptions, Cache, DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
-};
+use rocksdb::{BlockBasedOptions, Cache, DB, IteratorMode, Options, ReadOptions, WriteBufferManager, WriteOptions};
 
 /// Errors opening or writing the store.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +58,8 @@ pub enum JoinStoreError {
 
 pub use crate::config::DEFAULT_JOIN_MEMORY;
 
-/// The length of a stored key: join prefix (8 bytes) and join key (16).
-pub const STORE_KEY_LEN: usize = 24;
+pub use super::{STORE_KEY_LEN, store_key};
+pub use rocksdb::WriteBatch;
 
 /// A join's times below which its entries are gone, shared with the
 /// compaction filter (one per join prefix).
@@ -474,15 +472,6 @@ fn expired_in_compaction(horizons: &Horizons, key: &[u8], value: &[u8]) -> bool 
         Some(latest) => latest < gone_below,
         None => false,
     }
-}
-
-/// The stored key of `key` in join `prefix`.
-#[inline]
-pub fn store_key(prefix: u64, key: super::JoinKey) -> [u8; STORE_KEY_LEN] {
-    let mut bytes = [0u8; STORE_KEY_LEN];
-    bytes[..8].copy_from_slice(&prefix.to_be_bytes());
-    bytes[8..].copy_from_slice(&key.to_be_bytes());
-    bytes
 }
 
 #[cfg(test)]
