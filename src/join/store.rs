@@ -440,6 +440,11 @@ fn open_db(
     options.set_block_based_table_factory(&table);
     options.set_write_buffer_manager(write_buffers);
     options.set_write_buffer_size((memory / 8).min(64 * 1024 * 1024));
+    // Most reads miss the write buffers (a new id, or a label whose
+    // prediction was flushed hours ago): a bloom filter over their keys
+    // skips the skip-list walk, which was 40% of a disk replay's time.
+    options.set_memtable_whole_key_filtering(true);
+    options.set_memtable_prefix_bloom_ratio(0.1);
     options.set_max_write_buffer_number(3);
     options.set_max_open_files(512);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
