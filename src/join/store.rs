@@ -284,9 +284,8 @@ impl JoinStore {
         let mut name = self.origin.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".rebuild-{number}"));
         let fresh_path = self.origin.with_file_name(name);
-        let io = |source| JoinStoreError::Io { path: fresh_path.display().to_string(), source };
         match std::fs::remove_dir_all(&fresh_path) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(&fresh_path)(error)),
             _ => {}
         }
         let fresh = open_db(&fresh_path, &self.cache, &self.write_buffers, self.memory, &self.horizons)?;
@@ -355,10 +354,6 @@ impl JoinStore {
     /// whatever `live` held is removed, the checkpoint's files are
     /// hard-linked (its table files never change) or copied into it.
     pub fn restore(checkpoint: &Path, live: &Path, memory_bytes: u64) -> Result<Arc<JoinStore>, JoinStoreError> {
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| JoinStoreError::Io { path, source }
-        };
         remove_live(live)?;
         std::fs::create_dir_all(live).map_err(io(live))?;
         for entry in std::fs::read_dir(checkpoint).map_err(io(checkpoint))? {
@@ -394,13 +389,15 @@ fn no_wal() -> WriteOptions {
     options
 }
 
+/// Maps an I/O error on `path` to a [`JoinStoreError::Io`] naming it.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JoinStoreError {
+    let path = path.display().to_string();
+    move |source| JoinStoreError::Io { path, source }
+}
+
 /// Removes a live store directory `live` and the rebuilt ones beside it
 /// (`live.rebuild-N`): what a restart must not see.
 fn remove_live(live: &Path) -> Result<(), JoinStoreError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| JoinStoreError::Io { path, source }
-    };
     if live.is_dir() {
         std::fs::remove_dir_all(live).map_err(io(live))?;
     } else if live.exists() {
