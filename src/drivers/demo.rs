@@ -27,6 +27,8 @@ use crate::telemetry::Telemetry;
 use crate::timestamp::format_rfc3339_ms;
 use crate::window_metrics::WindowMetricRow;
 
+/// The demo's window size (2 minutes of event time).
+const DEMO_WINDOW_MS: i64 = 120_000;
 /// Rows of simulated training data the demo's baseline is profiled from.
 pub const TRAINING_ROWS: usize = 10_000;
 
@@ -164,9 +166,10 @@ fn demo_config(
 ) -> Result<Config, String> {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, DEMO_RULES).map_err(|e| e.to_string())?;
+    let window_minutes = DEMO_WINDOW_MS / 60_000;
     let yaml = format!(
         "kafka: {{brokers: \"{bootstrap}\", group_id: driftwatch-demo}}\n\
-         windows: {{size: 2m, allowed_lateness: 10s, label_horizon: 5m}}\n\
+         windows: {{size: {window_minutes}m, allowed_lateness: 10s, label_horizon: 5m}}\n\
          pipeline: {{batch_size: 2048, linger: 50ms, max_future_skew: 30days}}\n\
          models: [{{name: fraud, task: binary_classification, baseline: \"{}\"}}]\n\
          rules: [\"{}\"]\n\
@@ -336,6 +339,12 @@ fn run_in(options: &DemoOptions, out: &mut dyn Write, dir: &Path, started: Insta
             .map_err(|e| e.to_string())?
     };
 
+    // Event time starts where a window starts, so that the first window
+    // is whole: a window of a few events looks drifted to every test.
+    let event_start_ms = {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        now_ms - now_ms.rem_euclid(DEMO_WINDOW_MS)
+    };
     let drift_after = options.duration / 3;
     let drift_event_ms_offset = (drift_after.as_secs_f64() * 1000.0 * options.speedup) as i64;
     let produced = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
@@ -353,7 +362,11 @@ fn run_in(options: &DemoOptions, out: &mut dyn Write, dir: &Path, started: Insta
                     label_delay_ms: (30_000, 180_000),
                     ..SimulatorOptions::default()
                 };
-                let live = crate::drivers::simulate::Live { speedup: options.speedup, produced: Some(&produced) };
+                let live = crate::drivers::simulate::Live {
+                    speedup: options.speedup,
+                    start_ms: Some(event_start_ms),
+                    produced: Some(&produced),
+                };
                 crate::drivers::simulate::simulate_live(
                     simulator,
                     options.duration,
@@ -367,7 +380,6 @@ fn run_in(options: &DemoOptions, out: &mut dyn Write, dir: &Path, started: Insta
             .map_err(|e| e.to_string())?
     };
     let live_started = Instant::now();
-    let event_start_ms = chrono::Utc::now().timestamp_millis();
     let mut narrator = Narrator {
         out,
         started: live_started,

@@ -76,21 +76,24 @@ pub fn simulate_to_kafka(
     labels_topic: &str,
     shutdown: &Shutdown,
 ) -> Result<SimulateSummary, KafkaError> {
-    let live = Live { speedup: 1.0, produced: None };
+    let live = Live { speedup: 1.0, start_ms: None, produced: None };
     simulate_live(options, duration, brokers, (predictions_topic, labels_topic), shutdown, &live)
 }
 
 /// How a live simulation runs: event time advances `speedup` times faster
-/// than the wall clock (the demo compresses an hour into a minute), and
-/// `produced` counts (predictions, labels) as they are sent.
+/// than the wall clock (the demo compresses an hour into a minute) from
+/// `start_ms` (`None`: now), and `produced` counts (predictions, labels) as
+/// they are sent.
 pub struct Live<'a> {
     pub speedup: f64,
+    pub start_ms: Option<i64>,
     pub produced: Option<&'a (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
 }
 
 /// Produces `options.rate` predictions per wall-clock second (and their
 /// labels when their time comes) to Kafka for `duration` or until
-/// `shutdown`; event time starts now and runs `live.speedup` times faster.
+/// `shutdown`; event time starts at `live.start_ms` (or now) and runs
+/// `live.speedup` times faster.
 pub fn simulate_live(
     mut options: SimulatorOptions,
     duration: Duration,
@@ -103,7 +106,7 @@ pub fn simulate_live(
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "20").create()?;
     let started = Instant::now();
-    let start_ms = chrono::Utc::now().timestamp_millis();
+    let start_ms = live.start_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     options.start_ms = start_ms;
     let rate = options.rate.max(0.001);
     let speedup = live.speedup.max(0.001);
