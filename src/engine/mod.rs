@@ -83,6 +83,9 @@ pub struct Engine {
     idle_timeout_ms: i64,
     /// The store the joins live in, if on disk ([`Self::use_join_store`]).
     join_store: Option<std::sync::Arc<crate::join::store::JoinStore>>,
+    /// The join keys of the labels batch being pushed (kept for its
+    /// allocation).
+    label_keys: Vec<JoinKey>,
 }
 
 impl Engine {
@@ -116,6 +119,7 @@ impl Engine {
             clock_limit_ms: None,
             idle_timeout_ms: i64::try_from(config.windows.idle_timeout.as_millis()).unwrap_or(i64::MAX),
             join_store: None,
+            label_keys: Vec::new(),
         }
     }
 
@@ -561,6 +565,7 @@ impl Engine {
         // meets the join as the model's watermark stood when it arrived
         // (entries expire row by row, not once per batch), so what pairs
         // does not depend on how the stream was cut into micro-batches.
+        self.prefetch_prediction_joins(model, model_index, batch, &output.accepted, &output.keys);
         let times = batch.event_time_ms.values();
         let mut running = self.windows[model_index].running_event_frontier(partition);
         for (row, accepted) in output.accepted.iter().enumerate() {
@@ -593,6 +598,29 @@ impl Engine {
         self.close(model, model_index, false, out);
     }
 
+    /// Reads ahead, for each of the model's joins, the entries the accepted
+    /// rows of a micro-batch of predictions will meet (one batched lookup
+    /// per join on disk).
+    fn prefetch_prediction_joins(
+        &mut self,
+        model: &ModelState,
+        model_index: usize,
+        batch: &PredictionBatch,
+        accepted: &[bool],
+        keys: &[JoinKey],
+    ) {
+        let lanes = 1 + self.shadow_joins[model_index].len();
+        for lane in 0..lanes {
+            let lane_keys = accepted.iter().enumerate().filter_map(|(row, &accepted)| {
+                let series_lane = model.series[batch.series.value(row) as usize].lane as usize;
+                // A lane without a join of its own pairs in lane 0's.
+                let join_lane = if series_lane < lanes { series_lane } else { 0 };
+                (accepted && join_lane == lane).then(|| keys[row])
+            });
+            self.join_of_lane(model_index, lane as u32).prefetch(lane_keys);
+        }
+    }
+
     /// Adds a micro-batch of labels read from labels partition `partition`
     /// (the labels' watermark is the minimum over the labels partitions
     /// carrying the model, as for predictions).
@@ -607,6 +635,12 @@ impl Engine {
         let model = registry.get(batch.model);
         self.counters.labels += batch.len() as u64;
         let mut frontier = self.windows[model_index].running_label_frontier(partition);
+        self.label_keys.clear();
+        self.label_keys.extend((0..batch.len()).map(|row| join_key(batch.event_id.value(row))));
+        self.joins[model_index].prefetch(self.label_keys.iter().copied());
+        for join in &mut self.shadow_joins[model_index] {
+            join.prefetch(self.label_keys.iter().copied());
+        }
         for row in 0..batch.len() {
             let actual = match &batch.label {
                 PredictionArray::Class(a) => Target::Class(a.value(row)),
@@ -618,7 +652,7 @@ impl Engine {
             self.expire_joins(model_index);
             let clock = self.clock_time(label.label_time_ms);
             self.windows[model_index].max_label_time_ms = frontier.observe(clock);
-            let key = join_key(batch.event_id.value(row));
+            let key = self.label_keys[row];
             if let Some(prediction) = self.joins[model_index].on_label(key, label) {
                 self.on_pair(model, model_index, (0, key), &prediction, &label);
             }

@@ -15,7 +15,9 @@
 //! totals are the same. Eviction at the cap evicts the oldest bucket.
 //!
 //! Recent writes wait in an overlay (at most [`OVERLAY_ENTRIES`]) and reach
-//! the store as one batch; reads look at the overlay first. If the store
+//! the store as one batch; reads look at the overlay first. A micro-batch's
+//! entries are read ahead in one batched, sorted lookup
+//! ([`DiskJoin::prefetch`]); an entry read ahead is forgotten when written. If the store
 //! fails, the overlay keeps the writes and retries (nothing is lost; the
 //! failure shows in readiness).
 
@@ -23,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::store::{JoinStore, WriteBatch, store_key};
+use super::store::{JoinStore, STORE_KEY_LEN, WriteBatch, store_key};
 use super::{JoinCounters, JoinKey, KeyMap, ModelJoin, PairOutcome, PendingLabel, PendingPrediction, Side, Target};
 
 /// Most writes kept in memory before they go to the store as one batch.
@@ -221,6 +223,11 @@ pub struct DiskJoin {
     store: Arc<JoinStore>,
     prefix: u64,
     overlay: KeyMap<Option<Entry>>,
+    /// Entries read ahead as the store held them (absent: empty), none of
+    /// them written since; at most a micro-batch's.
+    prefetched: KeyMap<Entry>,
+    /// The store keys of a read-ahead (kept for their allocation).
+    prefetch_keys: Vec<[u8; STORE_KEY_LEN]>,
     /// The overlay's length at which the next batch is written (higher
     /// than [`OVERLAY_ENTRIES`] after a failed write: retries back off).
     flush_at: usize,
@@ -258,6 +265,8 @@ impl DiskJoin {
             store,
             prefix,
             overlay: KeyMap::default(),
+            prefetched: KeyMap::default(),
+            prefetch_keys: Vec::new(),
             flush_at: OVERLAY_ENTRIES,
             buckets: BTreeMap::new(),
             bucket_ms: (horizon_ms / BUCKETS_PER_HORIZON).max(1),
@@ -362,11 +371,31 @@ impl DiskJoin {
         !self.all_gone && expire_at >= self.gone_below
     }
 
+    /// Reads the entries of `keys` ahead, in one batched lookup (keys
+    /// sorted, as the store's files are), for the reads of a micro-batch.
+    /// What was read ahead before is forgotten.
+    pub fn prefetch(&mut self, keys: impl IntoIterator<Item = JoinKey>) {
+        self.prefetched.clear();
+        self.prefetch_keys.clear();
+        let prefix = self.prefix;
+        let overlay = &self.overlay;
+        self.prefetch_keys
+            .extend(keys.into_iter().filter(|key| !overlay.contains_key(key)).map(|key| store_key(prefix, key)));
+        self.prefetch_keys.sort_unstable();
+        self.prefetch_keys.dedup();
+        let (keys, prefetched) = (&self.prefetch_keys, &mut self.prefetched);
+        self.store.get_sorted(keys, |index, bytes| {
+            let key = JoinKey::from_be_bytes(keys[index][8..].try_into().expect("a store key ends in its join key"));
+            prefetched.insert(key, bytes.and_then(Entry::decode).unwrap_or_default());
+        });
+    }
+
     /// What the join knows of `key`, without the parts that are gone.
     fn read(&self, key: JoinKey) -> Entry {
-        let mut entry = match self.overlay.get(&key) {
-            Some(entry) => entry.unwrap_or_default(),
-            None => {
+        let mut entry = match (self.overlay.get(&key), self.prefetched.get(&key)) {
+            (Some(entry), _) => entry.unwrap_or_default(),
+            (None, Some(entry)) => *entry,
+            (None, None) => {
                 self.store.get(&store_key(self.prefix, key), |bytes| bytes.and_then(Entry::decode).unwrap_or_default())
             }
         };
@@ -384,6 +413,7 @@ impl DiskJoin {
     }
 
     fn write(&mut self, key: JoinKey, entry: Entry) {
+        self.prefetched.remove(&key);
         self.overlay.insert(key, (!entry.is_empty()).then_some(entry));
         if self.overlay.len() >= self.flush_at {
             self.flush();
@@ -652,7 +682,7 @@ mod tests {
     }
 
     #[test]
-    fn a_disk_join_pairs_and_counts_as_the_memory_join_does() {
+    fn a_disk_join_pairs_and_counts_as_the_memory_join_does_with_entries_read_ahead() {
         for seed in 0..24u64 {
             let (_dir, store) = store();
             let mut rng = crate::rng::Rng::new(seed);
@@ -692,6 +722,14 @@ mod tests {
                 }
                 if rng.next_u64().is_multiple_of(97) {
                     disk.flush();
+                }
+                if rng.next_u64().is_multiple_of(11) {
+                    // Ids read ahead, as the engine does for a micro-batch:
+                    // what was read ahead must stay right through the
+                    // writes and flushes that follow.
+                    let ahead: Vec<JoinKey> =
+                        (0..30).map(|_| join_key(&format!("e{}", rng.next_u64() % 400))).collect();
+                    disk.prefetch(ahead);
                 }
             }
             memory.expire(i64::MAX);

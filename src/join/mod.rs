@@ -368,6 +368,14 @@ impl Join {
         }
     }
 
+    /// Reads ahead the entries a micro-batch's `keys` will meet (a disk
+    /// join: one batched lookup; in memory, nothing to do).
+    pub fn prefetch(&mut self, keys: impl IntoIterator<Item = JoinKey>) {
+        if let Join::Disk(join) = self {
+            join.prefetch(keys);
+        }
+    }
+
     pub fn record_outcome(&mut self, key: JoinKey, outcome: PairOutcome) {
         match self {
             Join::Memory(join) => join.record_outcome(key, outcome),

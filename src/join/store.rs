@@ -182,6 +182,19 @@ impl JoinStore {
         }
     }
 
+    /// The stored values of `keys` (sorted, distinct) in one batched
+    /// lookup, passed to `read` with each key's index (`None`: absent). A
+    /// key whose lookup failed is left out: its reader asks [`Self::get`].
+    pub fn get_sorted(&self, keys: &[[u8; STORE_KEY_LEN]], mut read: impl FnMut(usize, Option<&[u8]>)) {
+        let live = self.live();
+        let Some(family) = live.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) else { return };
+        for (index, value) in live.db.batched_multi_get_cf(family, keys.iter(), true).into_iter().enumerate() {
+            if let Ok(value) = value {
+                read(index, value.as_deref());
+            }
+        }
+    }
+
     /// Writes a batch (no write-ahead log: checkpoints make the store
     /// durable). On error the batch is not applied, and the error is kept.
     pub fn write(&self, batch: WriteBatch) -> Result<(), JoinStoreError> {
@@ -455,7 +468,11 @@ fn open_db(
             rocksdb::CompactionDecision::Keep
         }
     });
-    DB::open(&options, dir).map_err(|source| JoinStoreError::Open { path: dir.display().to_string(), source })
+    // The default column family opened by name, so that batched lookups
+    // (which take a family) can name it.
+    let family = rocksdb::ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone());
+    DB::open_cf_descriptors(&options, dir, [family])
+        .map_err(|source| JoinStoreError::Open { path: dir.display().to_string(), source })
 }
 
 /// Whether a stored entry is gone for its join (the compaction filter's

@@ -62,6 +62,9 @@ impl JoinStore {
     pub fn get<T>(&self, _key: &[u8; STORE_KEY_LEN], _read: impl FnOnce(Option<&[u8]>) -> T) -> T {
         match self.never {}
     }
+    pub fn get_sorted(&self, _keys: &[[u8; STORE_KEY_LEN]], _read: impl FnMut(usize, Option<&[u8]>)) {
+        match self.never {}
+    }
     pub fn write(&self, _batch: WriteBatch) -> Result<(), JoinStoreError> {
         match self.never {}
     }
