@@ -17,9 +17,9 @@
 //! Recent writes wait in an overlay (at most [`OVERLAY_ENTRIES`]) and reach
 //! the store as one batch; reads look at the overlay first. A micro-batch's
 //! entries are read ahead in one batched, sorted lookup
-//! ([`DiskJoin::prefetch`]); an entry read ahead is forgotten when written. If the store
-//! fails, the overlay keeps the writes and retries (nothing is lost; the
-//! failure shows in readiness).
+//! ([`DiskJoin::prefetch`]); an entry read ahead is forgotten when written.
+//! If the store fails, the overlay keeps the writes and retries (nothing is
+//! lost; the failure shows in readiness).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

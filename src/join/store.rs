@@ -123,7 +123,7 @@ impl JoinStore {
         let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(memory / 2, false, cache.clone());
         let horizons: Arc<Horizons> = Arc::default();
         let db = open_db(dir, &cache, &write_buffers, memory, &horizons)?;
-        let store = Arc::new(JoinStore {
+        Ok(Arc::new(JoinStore {
             live: RwLock::new(Live { db, path: dir.to_path_buf(), rebuilds: 0 }),
             origin: dir.to_path_buf(),
             cache,
@@ -133,8 +133,7 @@ impl JoinStore {
             failure: Mutex::new(None),
             retry: Mutex::new(Retry { next: Instant::now(), backoff: RECOVERY_BACKOFF_FIRST }),
             status_hook: RwLock::new(None),
-        });
-        Ok(store)
+        }))
     }
 
     /// The directory the store was opened in.
@@ -443,7 +442,6 @@ fn open_db(
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     table.set_bloom_filter(10.0, false);
     // Every file's filter and index stay in the cache (charged to it): a
     // lookup that evicted a filter read the whole filter back, which was
