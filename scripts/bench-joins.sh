@@ -3,10 +3,11 @@
 # over two days of event time, each labelled 20-24 h later, replayed with
 # `label_horizon: 24h` twice: the join in memory (no state dir) and the
 # join on disk (a state dir: the RocksDB join store, `state.join_memory`
-# 256 MiB). Prints wall time, events/s (predictions and labels) and peak
-# RSS of each, the store's peak size on disk, whether the two runs' rows
-# are byte-identical, and whether every label joined and each window's
-# accuracy equals numpy's over the same events.
+# 256 MiB), which takes a checkpoint every N/4 predictions. Prints wall
+# time, events/s (predictions and labels) and peak RSS of each, the
+# longest checkpoint's time and size, the store's peak size on disk,
+# whether the two runs' rows are byte-identical, and whether every label
+# joined and each window's accuracy equals numpy's over the same events.
 #
 # Usage: scripts/bench-joins.sh [N]     (needs numpy; installs it if missing)
 # BENCH_DATA=DIR keeps the generated events in DIR and reuses them.
@@ -31,17 +32,19 @@ YAML
 sed 's/^models/state: {dir: state, join_memory: 256MB}\nmodels/' "$work/memory.yaml" > "$work/disk.yaml"
 echo "events: $n predictions + $n labels ($(du -chL "$work"/*.ndjson | tail -1 | cut -f1)), $(nproc) cores"
 for mode in memory disk; do
+    checkpoints=()
+    [ "$mode" = disk ] && checkpoints=(--checkpoint-every "$(( (n + 3) / 4 ))")
     # The store's size on disk, sampled every second while the replay runs.
     ( peak=0; while sleep 1; do
         size=$(du -sb "$work"/state/replay-joins-* 2>/dev/null | awk '{s += $1} END {print s + 0}')
         [ "$size" -gt "$peak" ] && peak=$size && echo "$peak" > "$work/store-peak"
       done ) & sampler=$!
     (cd "$work" && /usr/bin/time -f "%e %M" -o "time-$mode" "$bin" replay --config "$mode.yaml" \
-        --predictions predictions.ndjson --labels labels.ndjson --out "rows-$mode.ndjson" 2> "log-$mode")
+        --predictions predictions.ndjson --labels labels.ndjson --out "rows-$mode.ndjson" "${checkpoints[@]}" 2> "log-$mode")
     kill "$sampler" 2>/dev/null || true
     read -r seconds kb < "$work/time-$mode"
     echo "$mode: ${seconds} s wall, $(awk -v n="$n" -v s="$seconds" 'BEGIN { printf "%.0f", 2 * n / s }') events/s, peak RSS $((kb / 1024)) MB"
-    grep -E "^labels:" "$work/log-$mode" || tail -2 "$work/log-$mode"
+    grep -E "^(labels|checkpoints):" "$work/log-$mode" || tail -2 "$work/log-$mode"
 done
 [ -f "$work/store-peak" ] && echo "join store on disk at its peak: $(( $(cat "$work/store-peak") / 1024 / 1024 )) MB"
 if cmp -s "$work/rows-memory.ndjson" "$work/rows-disk.ndjson"; then

@@ -68,6 +68,12 @@ pub enum Command {
         /// by one lane. The output is the same for any number.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         lanes: Option<u16>,
+        /// Take a checkpoint, as the daemon does, each time this many more
+        /// predictions have been read, and report what the checkpoints
+        /// cost (time and size). Needs `state.dir`; one lane. The
+        /// checkpoints are removed at the end.
+        #[arg(long, value_name = "PREDICTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+        checkpoint_every: Option<u64>,
     },
     /// Everything in one process, nothing to install.
     Demo {
@@ -478,7 +484,7 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             })?;
             Ok(())
         }
-        Command::Replay { config, predictions, labels, out, alerts, notify, lanes } => {
+        Command::Replay { config, predictions, labels, out, alerts, notify, lanes, checkpoint_every } => {
             let config = load_config(&config)?;
             let rules = Arc::new(crate::alerting::load_rules(&config).map_err(|errors| {
                 for error in errors {
@@ -518,14 +524,17 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
             if let Some(dispatcher) = &dispatcher {
                 sink.on_events = Some(Box::new(move |events| dispatcher.submit(events)));
             }
-            let lanes = lanes.map_or_else(|| config.pipeline.lanes(), usize::from);
-            let result = crate::drivers::replay::replay_with_lanes(
+            let options = crate::drivers::replay::ReplayOptions {
+                lanes: lanes.map_or_else(|| config.pipeline.lanes(), usize::from),
+                checkpoint_every,
+            };
+            let result = crate::drivers::replay::replay_with_options(
                 &config,
                 &predictions,
                 &labels,
                 &mut sink,
                 telemetry.clone(),
-                lanes,
+                &options,
             );
             let transitions = sink.events.len();
             let firing = sink.events.iter().filter(|e| e.transition.state == "firing").count();
@@ -577,6 +586,9 @@ fn run_command(command: Command) -> Result<(), ExitCode> {
                     );
                     if summary.labels > 0 || summary.predictions_unlabelled > 0 {
                         eprintln!("{}", summary.join_report());
+                    }
+                    if let Some(report) = summary.checkpoint_report() {
+                        eprintln!("{report}");
                     }
                     if notifications_failed { Err(ExitCode::from(1)) } else { Ok(()) }
                 }

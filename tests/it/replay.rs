@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use driftwatch::config::Config;
-use driftwatch::drivers::replay::replay;
+use driftwatch::drivers::replay::{ReplayOptions, replay, replay_with_options};
 use driftwatch::output::{MemorySink, NdjsonSink};
 use driftwatch::telemetry::Telemetry;
 use driftwatch::timestamp::format_rfc3339_ms;
@@ -208,6 +208,57 @@ fn replay_is_deterministic_to_the_byte() {
     sorted.sort();
     assert_eq!(sorted, expected);
     assert!(row["window_start"].as_str().unwrap().ends_with(".000Z"));
+}
+
+/// `--checkpoint-every`: checkpoints taken between a replay's batches
+/// (joins on disk) change no row, and each reports its cost; the
+/// checkpoints are gone after the replay.
+#[test]
+fn checkpoints_taken_during_a_replay_change_no_row_and_report_their_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut in_memory = Config::load(&fixture("config.yaml")).unwrap();
+    in_memory.pipeline.batch_size = 200;
+    let mut on_disk = in_memory.clone();
+    on_disk.state.dir = Some(dir.path().to_path_buf());
+    let run = |config: &Config, checkpoint_every| {
+        let mut sink = NdjsonSink::new(Vec::new());
+        let options = ReplayOptions { lanes: 1, checkpoint_every };
+        let inputs = ([fixture("predictions.ndjson")], [fixture("labels.ndjson")]);
+        let summary =
+            replay_with_options(config, &inputs.0, &inputs.1, &mut sink, Arc::new(Telemetry::default()), &options)
+                .unwrap();
+        (sink.into_inner(), summary)
+    };
+    let (expected, plain) = run(&in_memory, None);
+    assert!(plain.checkpoints.is_empty() && plain.checkpoint_report().is_none());
+    let (rows, summary) = run(&on_disk, Some(500));
+    assert!(rows == expected, "checkpoints changed the rows");
+    // One checkpoint per 500 predictions, taken at the end of a batch of 200.
+    let predictions = summary.predictions;
+    assert_eq!(summary.checkpoints.len() as u64, predictions / 600, "{:?}", summary.checkpoints);
+    for (taken, checkpoint) in summary.checkpoints.iter().enumerate() {
+        assert_eq!(checkpoint.predictions, 600 * (taken as u64 + 1), "{checkpoint:?}");
+        assert!(checkpoint.file_bytes > 0 && checkpoint.join_store_bytes > 0, "{checkpoint:?}");
+        assert!(checkpoint.paused <= checkpoint.durable, "{checkpoint:?}");
+    }
+    assert!(summary.checkpoints.iter().any(|c| c.pending_joins > 0), "{:?}", summary.checkpoints);
+    let report = summary.checkpoint_report().unwrap();
+    assert!(report.starts_with(&format!("checkpoints: {} taken", summary.checkpoints.len())), "{report}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Without a state dir, or in several lanes, there is nothing to measure.
+    let options = ReplayOptions { lanes: 1, checkpoint_every: Some(500) };
+    let mut sink = NdjsonSink::new(Vec::new());
+    let error = replay_with_options(
+        &in_memory,
+        &[fixture("predictions.ndjson")],
+        &[],
+        &mut sink,
+        Arc::new(Telemetry::default()),
+        &options,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("needs state.dir"), "{error}");
 }
 
 #[test]
