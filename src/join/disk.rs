@@ -14,12 +14,15 @@
 //! trail the memory join's by at most a bucket of event time and their
 //! totals are the same. Eviction at the cap evicts the oldest bucket.
 //!
-//! Recent writes wait in an overlay (at most [`OVERLAY_ENTRIES`]) and reach
-//! the store as one batch; reads look at the overlay first. A micro-batch's
-//! entries are read ahead in one batched, sorted lookup
-//! ([`DiskJoin::prefetch`]); an entry read ahead is forgotten when written.
-//! If the store fails, the overlay keeps the writes and retries (nothing is
-//! lost; the failure shows in readiness).
+//! Recent writes wait in an overlay (up to [`OVERLAY_ENTRIES`]) and reach
+//! the store as one batch, written by a thread of its own (one batch in
+//! flight; the join goes on meanwhile, and reads the batch's entries from
+//! memory until the write is done); reads look at the overlay first, then
+//! the batch in flight. A micro-batch's entries are read ahead in one
+//! batched, sorted lookup ([`DiskJoin::prefetch`]) of those not in memory;
+//! an entry read ahead is forgotten when written. If the store fails, the
+//! overlay keeps the writes (a failed batch's come back to it) and retries
+//! (nothing is lost; the failure shows in readiness).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -226,14 +229,22 @@ pub struct DiskJoin {
     /// Entries read ahead as the store held them (absent: empty), none of
     /// them written since; at most a micro-batch's.
     prefetched: KeyMap<Entry>,
-    /// The store keys of a read-ahead (kept for their allocation).
+    /// The keys of a read-ahead, and their store keys (kept for their
+    /// allocation).
+    prefetch_join_keys: Vec<JoinKey>,
     prefetch_keys: Vec<[u8; STORE_KEY_LEN]>,
     /// The overlay's keys in order, as a flush writes them (kept for its
     /// allocation).
     flush_order: Vec<JoinKey>,
+    /// The allocation of the last batch written, the next overlay's.
+    spare_overlay: KeyMap<Option<Entry>>,
+    /// The overlay's last batch, while a thread writes it.
+    in_flight: Option<InFlight>,
     /// The overlay's length at which the next batch is written (higher
-    /// than [`OVERLAY_ENTRIES`] after a failed write: retries back off).
+    /// than `overlay_entries` after a failed write: retries back off).
     flush_at: usize,
+    /// [`OVERLAY_ENTRIES`] (tests write smaller batches).
+    overlay_entries: usize,
     /// Bucket index (expiry time / `bucket_ms`) → what expires in it.
     buckets: BTreeMap<i64, BucketCounts>,
     bucket_ms: i64,
@@ -247,6 +258,46 @@ pub struct DiskJoin {
     horizon_ms: i64,
     max_pending: u64,
     pub counters: JoinCounters,
+}
+
+/// A batch of writes being written to the store by a thread of its own
+/// (`driftwatch-join-write`, started by [`DiskJoin::write`] when the
+/// overlay is full, joined before the next batch, by [`DiskJoin::flush`],
+/// and when the join is dropped).
+struct InFlight {
+    /// The batch's entries, read from here until it is written (the
+    /// writer encodes them).
+    entries: Arc<KeyMap<Option<Entry>>>,
+    /// Gives back the write's outcome and the key-order buffer.
+    writer: std::thread::JoinHandle<(Result<(), super::store::JoinStoreError>, Vec<JoinKey>)>,
+}
+
+/// `entries` of the join under `prefix` as one write batch, in key order
+/// (the store's write buffer inserts a sorted run much faster than random
+/// keys); `order` is a buffer for the keys.
+fn batch_of(prefix: u64, entries: &KeyMap<Option<Entry>>, order: &mut Vec<JoinKey>) -> WriteBatch {
+    order.clear();
+    order.extend(entries.keys().copied());
+    order.sort_unstable();
+    let mut batch = WriteBatch::default();
+    let mut bytes = [0u8; ENTRY_MAX_LEN];
+    for key in order.iter() {
+        let stored = store_key(prefix, *key);
+        match &entries[key] {
+            Some(entry) => {
+                let len = entry.encode(&mut bytes);
+                batch.put(stored, &bytes[..len]);
+            }
+            None => batch.delete(stored),
+        }
+    }
+    batch
+}
+
+impl Drop for DiskJoin {
+    fn drop(&mut self) {
+        self.finish_in_flight();
+    }
 }
 
 impl std::fmt::Debug for DiskJoin {
@@ -269,9 +320,13 @@ impl DiskJoin {
             prefix,
             overlay: KeyMap::default(),
             prefetched: KeyMap::default(),
+            prefetch_join_keys: Vec::new(),
             prefetch_keys: Vec::new(),
             flush_order: Vec::new(),
+            spare_overlay: KeyMap::default(),
+            in_flight: None,
             flush_at: OVERLAY_ENTRIES,
+            overlay_entries: OVERLAY_ENTRIES,
             buckets: BTreeMap::new(),
             bucket_ms: (horizon_ms / BUCKETS_PER_HORIZON).max(1),
             totals: BucketCounts::default(),
@@ -380,28 +435,34 @@ impl DiskJoin {
     /// What was read ahead before is forgotten.
     pub fn prefetch(&mut self, keys: impl IntoIterator<Item = JoinKey>) {
         self.prefetched.clear();
-        self.prefetch_keys.clear();
+        self.prefetch_join_keys.clear();
+        let (overlay, in_flight) = (&self.overlay, self.in_flight.as_ref().map(|f| &f.entries));
+        let in_memory = |key: &JoinKey| overlay.contains_key(key) || in_flight.is_some_and(|f| f.contains_key(key));
+        self.prefetch_join_keys.extend(keys.into_iter().filter(|key| !in_memory(key)));
+        // Sorted as numbers: the order of their big-endian store keys (one
+        // prefix), without comparing bytes.
+        self.prefetch_join_keys.sort_unstable();
+        self.prefetch_join_keys.dedup();
         let prefix = self.prefix;
-        let overlay = &self.overlay;
-        self.prefetch_keys
-            .extend(keys.into_iter().filter(|key| !overlay.contains_key(key)).map(|key| store_key(prefix, key)));
-        self.prefetch_keys.sort_unstable();
-        self.prefetch_keys.dedup();
-        let (keys, prefetched) = (&self.prefetch_keys, &mut self.prefetched);
-        self.store.get_sorted(keys, |index, bytes| {
-            let key = JoinKey::from_be_bytes(keys[index][8..].try_into().expect("a store key ends in its join key"));
-            prefetched.insert(key, bytes.and_then(Entry::decode).unwrap_or_default());
+        self.prefetch_keys.clear();
+        self.prefetch_keys.extend(self.prefetch_join_keys.iter().map(|key| store_key(prefix, *key)));
+        let (keys, prefetched) = (&self.prefetch_join_keys, &mut self.prefetched);
+        self.store.get_sorted(&self.prefetch_keys, |index, bytes| {
+            prefetched.insert(keys[index], bytes.and_then(Entry::decode).unwrap_or_default());
         });
     }
 
     /// What the join knows of `key`, without the parts that are gone.
     fn read(&self, key: JoinKey) -> Entry {
-        let mut entry = match (self.overlay.get(&key), self.prefetched.get(&key)) {
-            (Some(entry), _) => entry.unwrap_or_default(),
-            (None, Some(entry)) => *entry,
-            (None, None) => {
-                self.store.get(&store_key(self.prefix, key), |bytes| bytes.and_then(Entry::decode).unwrap_or_default())
-            }
+        let in_flight = || self.in_flight.as_ref().and_then(|f| f.entries.get(&key));
+        let mut entry = match self.overlay.get(&key).or_else(in_flight) {
+            Some(entry) => entry.unwrap_or_default(),
+            None => match self.prefetched.get(&key) {
+                Some(entry) => *entry,
+                None => self
+                    .store
+                    .get(&store_key(self.prefix, key), |bytes| bytes.and_then(Entry::decode).unwrap_or_default()),
+            },
         };
         if entry.prediction.is_some_and(|(t, _)| !self.visible(t)) {
             entry.prediction = None;
@@ -420,41 +481,87 @@ impl DiskJoin {
         self.prefetched.remove(&key);
         self.overlay.insert(key, (!entry.is_empty()).then_some(entry));
         if self.overlay.len() >= self.flush_at {
-            self.flush();
+            self.flush_in_background();
         }
     }
 
-    /// Writes waiting in memory for the store.
+    /// Writes waiting in memory for the store (the overlay and the batch in
+    /// flight).
     pub fn overlay_len(&self) -> usize {
-        self.overlay.len()
+        self.overlay.len() + self.in_flight.as_ref().map_or(0, |f| f.entries.len())
     }
 
-    /// Writes the overlay to the store as one batch, in key order (the
-    /// store's write buffer inserts a sorted run much faster than random
-    /// keys); on failure keeps it and tries again when it has grown by half.
+    /// Hands the overlay to a thread that writes it to the store as one
+    /// batch, once the batch before it is written.
+    fn flush_in_background(&mut self) {
+        self.finish_in_flight();
+        if self.overlay.len() < self.flush_at {
+            // The batch in flight failed and came back: retry later.
+            return;
+        }
+        let entries = Arc::new(std::mem::replace(&mut self.overlay, std::mem::take(&mut self.spare_overlay)));
+        let (store, prefix, shared) = (Arc::clone(&self.store), self.prefix, Arc::clone(&entries));
+        let mut order = std::mem::take(&mut self.flush_order);
+        let writer = std::thread::Builder::new().name("driftwatch-join-write".into()).spawn(move || {
+            let batch = batch_of(prefix, &shared, &mut order);
+            drop(shared);
+            (store.write(batch), order)
+        });
+        match writer {
+            Ok(writer) => self.in_flight = Some(InFlight { entries, writer }),
+            Err(_) => {
+                // No thread to be had: written here.
+                self.overlay = Arc::unwrap_or_clone(entries);
+                self.flush();
+            }
+        }
+    }
+
+    /// Waits for the batch in flight. If its write failed, its entries wait
+    /// in the overlay again (but where written since), and the next try is
+    /// when the overlay has grown by half.
+    fn finish_in_flight(&mut self) {
+        let Some(InFlight { entries, writer }) = self.in_flight.take() else { return };
+        let written = match writer.join() {
+            Ok((written, order)) => {
+                self.flush_order = order;
+                written
+            }
+            Err(_) => Err(super::store::JoinStoreError::Failing {
+                path: self.store.path().display().to_string(),
+                failure: "the join store's writer thread panicked".to_string(),
+            }),
+        };
+        // The writer has ended: the entries are this join's alone again.
+        let mut entries = Arc::unwrap_or_clone(entries);
+        match written {
+            Ok(()) => {
+                self.flush_at = self.overlay_entries;
+                entries.clear();
+                self.spare_overlay = entries;
+            }
+            Err(_) => {
+                for (key, entry) in entries {
+                    self.overlay.entry(key).or_insert(entry);
+                }
+                self.flush_at = self.overlay.len() + self.overlay.len() / 2 + 1;
+            }
+        }
+    }
+
+    /// Writes every write waiting in memory to the store (the batch in
+    /// flight, then the overlay), before it returns; on failure keeps them
+    /// and tries again when the overlay has grown by half.
     pub fn flush(&mut self) {
+        self.finish_in_flight();
         if self.overlay.is_empty() {
             return;
         }
-        self.flush_order.clear();
-        self.flush_order.extend(self.overlay.keys().copied());
-        self.flush_order.sort_unstable();
-        let mut batch = WriteBatch::default();
-        let mut bytes = [0u8; ENTRY_MAX_LEN];
-        for key in &self.flush_order {
-            let stored = store_key(self.prefix, *key);
-            match &self.overlay[key] {
-                Some(entry) => {
-                    let len = entry.encode(&mut bytes);
-                    batch.put(stored, &bytes[..len]);
-                }
-                None => batch.delete(stored),
-            }
-        }
+        let batch = batch_of(self.prefix, &self.overlay, &mut self.flush_order);
         match self.store.write(batch) {
             Ok(()) => {
                 self.overlay.clear();
-                self.flush_at = OVERLAY_ENTRIES;
+                self.flush_at = self.overlay_entries;
             }
             Err(_) => self.flush_at = self.overlay.len() + self.overlay.len() / 2 + 1,
         }
@@ -690,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    fn a_disk_join_pairs_and_counts_as_the_memory_join_does_with_entries_read_ahead() {
+    fn a_disk_join_pairs_and_counts_as_the_memory_join_does_with_entries_read_ahead_and_written_behind() {
         for seed in 0..24u64 {
             let (_dir, store) = store();
             let mut rng = crate::rng::Rng::new(seed);
@@ -698,6 +805,12 @@ mod tests {
             let cap = if seed % 3 == 0 { 40 } else { 1_000_000 };
             let mut memory = ModelJoin::new(horizon, cap);
             let mut disk = DiskJoin::new(Arc::clone(&store), seed, horizon, cap);
+            // Half the seeds write batches of 16 entries: many batches in
+            // flight while the join reads, reads ahead and flushes.
+            if seed % 2 == 1 {
+                disk.overlay_entries = 16;
+                disk.flush_at = 16;
+            }
             let mut time = 0i64;
             let mut events = 0u64;
             for step in 0..3_000 {

@@ -9,8 +9,11 @@
 //! Flink and Kafka Streams do with their state stores.
 //!
 //! Memory is bounded by configuration (`state.join_memory`), not by
-//! traffic: one LRU cache holds the data, index and filter blocks, and the
-//! memtables are charged to it through a write-buffer manager. Entries that
+//! traffic: one LRU cache holds the index and filter blocks (pinned) and
+//! the blocks of single lookups, and the memtables are charged to it
+//! through a write-buffer manager. A micro-batch's lookups do not fill
+//! the cache: they read the files through the operating system's page
+//! cache (see [`JoinStore::get_sorted`]). Entries that
 //! expired or were evicted are invisible at once (each join knows the time
 //! below which its entries are gone) and are removed from disk by a
 //! compaction filter reading that time.
@@ -188,7 +191,16 @@ impl JoinStore {
     pub fn get_sorted(&self, keys: &[[u8; STORE_KEY_LEN]], mut read: impl FnMut(usize, Option<&[u8]>)) {
         let live = self.live();
         let Some(family) = live.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) else { return };
-        for (index, value) in live.db.batched_multi_get_cf(family, keys.iter(), true).into_iter().enumerate() {
+        // The blocks read are not kept in the cache: a micro-batch's keys
+        // are hashes spread over the whole store, so a block read for one
+        // is seldom read again before it is evicted, and putting it in the
+        // cache (and evicting another) cost more than reading it again
+        // (10M-prediction replay 89 s -> 65 s, RSS 448 -> 257 MB).
+        let mut options = ReadOptions::default();
+        options.fill_cache(false);
+        for (index, value) in
+            live.db.batched_multi_get_cf_opt(family, keys.iter(), true, &options).into_iter().enumerate()
+        {
             if let Ok(value) = value {
                 read(index, value.as_deref());
             }
