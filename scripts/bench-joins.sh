@@ -5,7 +5,7 @@
 # join on disk (a state dir: the RocksDB join store, `state.join_memory`
 # 256 MiB), which takes a checkpoint every N/4 predictions. Prints wall
 # time, events/s (predictions and labels) and peak RSS of each, the
-# longest checkpoint's time and size, the store's peak size on disk,
+# checkpoint at the most pending joins (time, size), the store's peak size,
 # whether the two runs' rows are byte-identical, and whether every label
 # joined and each window's accuracy equals numpy's over the same events.
 #

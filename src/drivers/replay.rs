@@ -563,27 +563,28 @@ impl ReplaySummary {
         format!("labels: {}", parts.join(", "))
     }
 
-    /// One line on the checkpoints taken (`None` when none were), e.g.
-    /// "checkpoints: 9 taken; the longest paused the replay 812 ms and was
-    /// durable after 830 ms, at 4,600,000 pending joins: file 2.1 MB, join
-    /// store checkpoint 640.0 MB (hard links)".
+    /// One line on the checkpoints taken (`None` when none were): the one
+    /// taken with the most joins pending, and the longest, e.g.
+    /// "checkpoints: 3 taken; at the most pending joins (4579328): paused
+    /// the replay 125 ms, durable after 128 ms, file 2.6 MB, join store
+    /// checkpoint 599.4 MB (hard links); the longest durable after 130 ms".
     pub fn checkpoint_report(&self) -> Option<String> {
-        let longest = self.checkpoints.iter().max_by_key(|c| c.durable)?;
-        let largest_file = self.checkpoints.iter().map(|c| c.file_bytes).max().unwrap_or(0);
+        let peak = self.checkpoints.iter().max_by_key(|c| c.pending_joins)?;
+        let longest = self.checkpoints.iter().map(|c| c.durable).max().unwrap_or_default();
         let mb = |bytes: u64| bytes as f64 / 1e6;
-        let join_store = match longest.join_store_bytes {
+        let join_store = match peak.join_store_bytes {
             0 => String::new(),
             bytes => format!(", join store checkpoint {:.1} MB (hard links)", mb(bytes)),
         };
         Some(format!(
-            "checkpoints: {} taken; the longest paused the replay {} ms and was durable after {} ms, at {} pending \
-             joins: file {:.1} MB{join_store}; the largest file {:.1} MB",
+            "checkpoints: {} taken; at the most pending joins ({}): paused the replay {} ms, durable after {} ms, \
+             file {:.1} MB{join_store}; the longest durable after {} ms",
             self.checkpoints.len(),
-            longest.paused.as_millis(),
-            longest.durable.as_millis(),
-            longest.pending_joins,
-            mb(longest.file_bytes),
-            mb(largest_file),
+            peak.pending_joins,
+            peak.paused.as_millis(),
+            peak.durable.as_millis(),
+            mb(peak.file_bytes),
+            longest.as_millis(),
         ))
     }
 }
