@@ -961,26 +961,36 @@ impl Reading {
 /// How long shutdown waits to leave the consumer group when no broker is
 /// reachable.
 const UNREACHABLE_CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long shutdown waits to leave the consumer group with a broker
+/// reachable (it answers in milliseconds; a commit on revocation may take
+/// longer).
+const REACHABLE_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Leaves the consumer group and closes the consumer. With no broker
 /// reachable, leaving would wait up to `session.timeout.ms` (45 s by
 /// default) for a coordinator that is not there, past the shutdown timeout:
-/// then it waits [`UNREACHABLE_CLOSE_WAIT`] at most and abandons the
-/// consumer to the process's exit (the group expires the membership).
+/// so the wait is bounded, [`UNREACHABLE_CLOSE_WAIT`] while no broker is
+/// reachable (judged at every poll: the broker may go away during the
+/// close) and [`REACHABLE_CLOSE_WAIT`] while one is; past it the consumer
+/// is abandoned to the process's exit (the group expires the membership).
 fn close_consumer(consumer: BaseConsumer<SourceContext>) {
-    if consumer.context().broker_reachable() {
-        drop(consumer);
-        return;
-    }
     if consumer.close_queue().is_ok() {
-        let deadline = Instant::now() + UNREACHABLE_CLOSE_WAIT;
-        while !consumer.closed() && Instant::now() < deadline {
+        let started = Instant::now();
+        while !consumer.closed() {
+            let wait =
+                if consumer.context().broker_reachable() { REACHABLE_CLOSE_WAIT } else { UNREACHABLE_CLOSE_WAIT };
+            if started.elapsed() >= wait {
+                break;
+            }
             consumer.poll(Duration::from_millis(100));
         }
     }
-    if !consumer.closed() {
-        tracing::warn!("Kafka unreachable: not waiting to leave the consumer group; the broker expires the membership");
+    if consumer.closed() {
+        // Left the group: dropping it only destroys the client.
+        drop(consumer);
+        return;
     }
+    tracing::warn!("Kafka unreachable: not waiting to leave the consumer group; the broker expires the membership");
     std::mem::forget(consumer);
 }
 
