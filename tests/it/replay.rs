@@ -259,6 +259,11 @@ fn checkpoints_taken_during_a_replay_change_no_row_and_report_their_cost() {
     )
     .unwrap_err();
     assert!(error.to_string().contains("needs state.dir"), "{error}");
+    let options = ReplayOptions { lanes: 2, checkpoint_every: Some(500) };
+    let two_files = [fixture("predictions.ndjson"), fixture("predictions.ndjson")];
+    let error = replay_with_options(&on_disk, &two_files, &[], &mut sink, Arc::new(Telemetry::default()), &options)
+        .unwrap_err();
+    assert!(error.to_string().contains("in one lane"), "{error}");
 }
 
 #[test]
