@@ -66,6 +66,10 @@ pub enum ReplayError {
     /// memory (as the daemon would pause): a replay stops instead.
     #[error("stopping the replay: the join store fails: {0}")]
     JoinStoreStalled(String),
+    /// A checkpoint asked for with `--checkpoint-every` could not be taken
+    /// (a replay measures them; it does not go on without).
+    #[error("taking a checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// What a replay did.
@@ -359,7 +363,7 @@ impl ReplayCheckpoints {
             return Ok(());
         }
         self.next_at = predictions + self.every;
-        let failed = |error: String| ReplayError::Setup(format!("taking a checkpoint: {error}"));
+        let failed = ReplayError::Checkpoint;
         let started = Instant::now();
         let pending_joins = pipeline.engine.pending_joins() as u64;
         let mut join_store = None;
@@ -368,7 +372,7 @@ impl ReplayCheckpoints {
             let name = crate::checkpoint::join_store_name(self.store.next_sequence());
             let target = self.store.dir().join(&name);
             pipeline.engine.checkpoint_join_store(&target).map_err(|e| failed(e.to_string()))?;
-            join_store_bytes = directory_bytes(&target)?;
+            join_store_bytes = directory_bytes(&target).map_err(|e| failed(format!("{}: {e}", target.display())))?;
             join_store = Some(name);
         }
         let outputs = std::collections::BTreeMap::new();
@@ -400,7 +404,7 @@ impl ReplayCheckpoints {
 }
 
 /// The bytes of the files in `dir`.
-fn directory_bytes(dir: &std::path::Path) -> Result<u64, ReplayError> {
+fn directory_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
     let mut bytes = 0;
     for entry in std::fs::read_dir(dir)? {
         bytes += entry?.metadata()?.len();
