@@ -487,17 +487,19 @@ impl LabelFeed {
     ) -> Result<u64, ReplayError> {
         let mut rows = 0u64;
         loop {
-            // Read label batches until one starts after the predictions so
-            // far. At the end of the predictions every remaining label is
-            // due: then one batch at a time, each applied before the next
-            // is read (the queue would otherwise hold the rest of the
-            // labels, hours of them with a long label_horizon).
-            while !self.exhausted
-                && (predictions_done || self.queued.back().is_none_or(|(min, ..)| *min <= max_prediction_time))
-            {
-                self.read_batch(pipeline, line)?;
-                if predictions_done {
-                    break;
+            if predictions_done {
+                // Every remaining label is due: one batch at a time, each
+                // applied before the next is read (the queue would
+                // otherwise hold the rest of the labels, hours of them with
+                // a long label_horizon).
+                if !self.exhausted {
+                    self.read_batch(pipeline, line)?;
+                }
+            } else {
+                // Read label batches until one starts after the predictions
+                // so far.
+                while !self.exhausted && self.queued.back().is_none_or(|(min, ..)| *min <= max_prediction_time) {
+                    self.read_batch(pipeline, line)?;
                 }
             }
             while let Some((min, ..)) = self.queued.front() {
