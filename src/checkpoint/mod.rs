@@ -199,6 +199,10 @@ pub fn join_store_name(sequence: u64) -> String {
     format!("checkpoint-{sequence:020}.joins")
 }
 
+/// The file in the checkpoint directory that holds the sequence number of
+/// the newest checkpoint written (see [`CheckpointStore::load_latest`]).
+pub const NEWEST: &str = "newest";
+
 /// The checkpoint directory.
 pub struct CheckpointStore {
     dir: PathBuf,
@@ -209,7 +213,8 @@ pub struct CheckpointStore {
 pub struct Loaded {
     pub path: PathBuf,
     pub checkpoint: Checkpoint,
-    /// Newer files that did not verify (moved aside as `*.corrupt`).
+    /// Newer checkpoints that could not be used: files that did not verify
+    /// (moved aside as `*.corrupt`), and newer ones written and since gone.
     pub skipped: Vec<String>,
 }
 
@@ -250,9 +255,24 @@ impl CheckpointStore {
     /// file that does not verify is logged as an error and moved aside
     /// (`*.corrupt`). `None` when there is none. A checkpoint of a newer
     /// format is an error: starting empty would silently lose its state.
+    ///
+    /// A checkpoint newer than every file found (the [`NEWEST`] record
+    /// says one was written: the files were deleted or lost) counts as
+    /// skipped too: the run falls back as much as past a damaged one.
     pub fn load_latest(&mut self) -> Result<Option<Loaded>, CheckpointError> {
         let mut skipped = Vec::new();
-        for (_, path) in self.files()? {
+        let files = self.files()?;
+        let newest_written = fs::read_to_string(self.dir.join(NEWEST)).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        if let Some(newest) = newest_written
+            && files.first().is_none_or(|(found, _)| *found < newest)
+        {
+            tracing::error!(
+                sequence = newest,
+                "CHECKPOINT MISSING: a newer checkpoint was written and is gone; falling back to the newest one found"
+            );
+            skipped.push(format!("checkpoint {newest} was written and is gone"));
+        }
+        for (_, path) in files {
             let bytes = fs::read(&path).map_err(io_error(&path))?;
             match decode(&path, &bytes) {
                 Ok(checkpoint) => return Ok(Some(Loaded { path, checkpoint, skipped })),
@@ -300,6 +320,12 @@ impl CheckpointStore {
         let path = self.dir.join(&name);
         if let Err(source) = crate::fsutil::write_atomically(&self.dir, &name, bytes) {
             return Err(CheckpointError::Io { path: path.display().to_string(), source });
+        }
+        // Which checkpoint is the newest, for a run that finds it gone.
+        if let Err(error) =
+            crate::fsutil::write_atomically(&self.dir, NEWEST, self.next_sequence.to_string().as_bytes())
+        {
+            tracing::warn!(%error, "recording the newest checkpoint's sequence number failed");
         }
         self.next_sequence += 1;
         let files = self.files()?;

@@ -214,7 +214,8 @@ fn the_store_keeps_the_newest_and_falls_back_past_a_truncated_one() {
         names.sort();
         names
     };
-    assert_eq!(names(dir.path()).len(), KEEP, "{:?}", names(dir.path()));
+    assert_eq!(names(dir.path()).len(), KEEP + 1, "{:?}", names(dir.path()));
+    assert!(names(dir.path()).contains(&NEWEST.to_string()));
     // The newest is cut short (a crash mid-copy, a full disk): the one
     // before it is used, and the damaged one is kept aside.
     let newest = paths.last().unwrap();
@@ -227,6 +228,23 @@ fn the_store_keeps_the_newest_and_falls_back_past_a_truncated_one() {
     // Sequence numbers never go back, so the next file is newer than all.
     let next = reopened.write(&bytes).unwrap();
     assert!(next > paths[4].with_extension("ckpt"), "{next:?}");
+}
+
+/// Checkpoints deleted by hand (or lost with their directory's newest
+/// entries) leave a run to fall back as past a damaged one: the group's
+/// committed offsets may be the lost checkpoint's (docs/DURABILITY.md).
+#[test]
+fn a_newer_checkpoint_that_is_gone_counts_as_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = CheckpointStore::open(dir.path()).unwrap();
+    let bytes = sample_bytes();
+    let paths: Vec<PathBuf> = (0..3).map(|_| store.write(&bytes).unwrap()).collect();
+    let loaded = CheckpointStore::open(dir.path()).unwrap().load_latest().unwrap().unwrap();
+    assert_eq!((loaded.path.as_path(), loaded.skipped.len()), (paths[2].as_path(), 0));
+    fs::remove_file(&paths[2]).unwrap();
+    let loaded = CheckpointStore::open(dir.path()).unwrap().load_latest().unwrap().unwrap();
+    assert_eq!(loaded.path, paths[1]);
+    assert_eq!(loaded.skipped, ["checkpoint 3 was written and is gone"]);
 }
 
 /// The fixture's baseline rebuilt with other bins: `amount` and `score`

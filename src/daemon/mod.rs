@@ -98,21 +98,25 @@ pub enum LoopEvent {
 pub struct Durability {
     pub store: CheckpointStore,
     pub interval: Duration,
-    /// Offsets the restored state covers (topic → partition → next).
+    /// The offsets the restored state covers (topic → partition → next).
     resume: Offsets,
-    /// The state was restored from a checkpoint.
-    restored: bool,
+    /// The state was restored past newer checkpoints that could not be
+    /// read.
+    fell_back: bool,
 }
 
 impl Durability {
     pub fn new(store: CheckpointStore, interval: Duration, resume: Offsets) -> Self {
-        Durability { store, interval, resume, restored: false }
+        Durability { store, interval, resume, fell_back: false }
     }
 
-    /// The state was restored from a checkpoint: partitions it has no
-    /// offset for start at their beginning.
-    pub fn restored(mut self) -> Self {
-        self.restored = true;
+    /// The state was restored past newer checkpoints that could not be
+    /// read: the group's committed offsets may then be this instance's
+    /// own, past the state, so partitions start where the state ends (at
+    /// their beginning when it has no offset for them), whatever the group
+    /// committed.
+    pub fn fell_back(mut self) -> Self {
+        self.fell_back = true;
         self
     }
 }
@@ -162,7 +166,7 @@ pub fn run(
         .unwrap_or_default();
     let start = ConsumerStart {
         durable: durability.is_some(),
-        restored: durability.as_ref().is_some_and(|d| d.restored),
+        fell_back: durability.as_ref().is_some_and(|d| d.fell_back),
         checkpointed: resume.clone(),
     };
     let producer = crate::sources::dead_letters::create_producer(kafka)?;
@@ -359,7 +363,8 @@ impl MainLoop<'_, '_> {
                         }
                         RebalanceEvent::Started { consumer: _, starts } => self.positions.extend(starts),
                         RebalanceEvent::Revoked { consumer: _, partitions, reply } => {
-                            let _ = reply.send(self.revoked(&partitions));
+                            let offsets = self.revoked(&partitions)?;
+                            let _ = reply.send(offsets);
                         }
                         RebalanceEvent::Partitions { consumer: _, predictions } => {
                             self.partitions_changed(predictions)?;
@@ -522,23 +527,58 @@ impl MainLoop<'_, '_> {
     }
 
     /// Partitions being revoked, after every batch the consumer sent before:
-    /// the reply is the offsets to commit for them — the last checkpoint's
-    /// in durable mode, otherwise those processed (once their dead letters
-    /// are out), which the loop then forgets (a partition coming back
-    /// starts from what the group committed).
-    fn revoked(&mut self, partitions: &[PartitionKey]) -> Positions {
-        match &self.checkpoints {
-            Some(checkpoints) => partitions
-                .iter()
-                .filter_map(|key| checkpoints.checkpointed.get(key).map(|next| (key.clone(), *next)))
-                .collect(),
-            None => {
-                if let Some(dead_letters) = &mut self.dead_letters {
-                    dead_letters.barrier();
+    /// the reply is the offsets to commit for them, those of everything
+    /// processed. Durable mode has a checkpoint cover them first (see
+    /// [`Self::hand_over_durably`]); otherwise they are the offsets
+    /// processed, once their dead letters are out. Either way the loop then
+    /// forgets them: this member never commits them again, and a partition
+    /// coming back starts from what the group committed.
+    fn revoked(&mut self, partitions: &[PartitionKey]) -> Result<Positions, KafkaSourceError> {
+        if self.checkpoints.is_some() {
+            return self.hand_over_durably(partitions);
+        }
+        if let Some(dead_letters) = &mut self.dead_letters {
+            dead_letters.barrier();
+        }
+        Ok(partitions.iter().filter_map(|key| self.positions.remove(key).map(|next| (key.clone(), next))).collect())
+    }
+
+    /// Durable mode: partitions leave this instance. Everything read of
+    /// them is in the state; a checkpoint taken now (unless the last one
+    /// already covers the state) makes it durable, and its offsets for them
+    /// are what the callback commits, so their next owner starts exactly
+    /// where this state ends: every event counted once across the group.
+    /// They then leave the offsets, so no later checkpoint or commit of
+    /// this instance names them. A checkpoint that cannot be written leaves
+    /// the last one's offsets to commit: the next owner then reads again
+    /// what this state holds since (counted twice, which beats losing it),
+    /// and the error says so.
+    fn hand_over_durably(&mut self, partitions: &[PartitionKey]) -> Result<Positions, KafkaSourceError> {
+        if let Some(outcome) = self.checkpoints.as_mut().and_then(|c| c.writer.wait()) {
+            self.checkpoint_written(outcome);
+        }
+        let covered = !self.checkpoints.as_ref().is_some_and(|c| c.dirty)
+            || (self.start_checkpoint()?
+                && self
+                    .checkpoints
+                    .as_mut()
+                    .and_then(|c| c.writer.wait())
+                    .is_some_and(|outcome| self.checkpoint_written(outcome)));
+        let Some(checkpoints) = &mut self.checkpoints else { return Ok(Positions::new()) };
+        let mut offsets = Positions::new();
+        for key in partitions {
+            let processed = self.positions.remove(key);
+            if let Some(next) = checkpoints.checkpointed.remove(key) {
+                if !covered && processed.is_some_and(|processed| processed > next) {
+                    tracing::error!(
+                        topic = %key.0, partition = key.1, committed = next, processed = processed.unwrap_or(next),
+                        "a revoked partition's checkpoint could not be written: its next owner reads again what this instance counted since the last checkpoint"
+                    );
                 }
-                partitions.iter().filter_map(|key| self.positions.remove(key).map(|next| (key.clone(), next))).collect()
+                offsets.insert(key.clone(), next);
             }
         }
+        Ok(offsets)
     }
 
     /// The engine's predictions partitions follow the consumer's assignment: a

@@ -266,7 +266,8 @@ fn restore_checkpoint(
         unusable_newer = loaded.skipped.len(),
         "restored from checkpoint"
     );
-    Ok(Some(Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets).restored()))
+    let durability = Durability::new(store, config.state.checkpoint_interval, checkpoint.offsets);
+    Ok(Some(if loaded.skipped.is_empty() { durability } else { durability.fell_back() }))
 }
 
 struct Tee(Box<dyn WindowSink + Send>, Box<dyn WindowSink + Send>);

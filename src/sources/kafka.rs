@@ -13,16 +13,18 @@
 //! - a revocation reaches the loop after every batch the consumer sent before
 //!   it (the channel is FIFO), so those batches are in window state; the
 //!   loop ends the revoked predictions partitions in the engine and replies
-//!   with the offsets to commit (durable: the last checkpoint's; otherwise
+//!   with the offsets to commit (durable: those of a checkpoint covering
+//!   everything processed, taken then unless the last one does; otherwise
 //!   those processed), which the callback commits before the partitions
-//!   leave. Messages the consumer buffered but had not sent yet are dropped:
-//!   the next owner reads them from the committed offset.
+//!   leave; the loop then forgets them, so this member never commits them
+//!   again. Messages the consumer buffered but had not sent yet are
+//!   dropped: the next owner reads them from the committed offset.
 //! - an assignment is declared to the engine by the loop before any of the
 //!   partitions' batches, and in durable mode the loop's reply says where
 //!   the state ends for each partition it has; the callback positions them
-//!   there, whatever Kafka has committed, and the starts it resolves for
-//!   the others go back to the loop ([`RebalanceEvent::Started`]) ahead of
-//!   their first batch.
+//!   there, or at the group's committed offset when another instance read
+//!   further since, and the starts it resolves for the others go back to
+//!   the loop ([`RebalanceEvent::Started`]) ahead of their first batch.
 //!
 //! Once the consumer stops (shutdown), it detaches from the loop: the
 //! revocation that leaving the group makes commits what the consumer was last
@@ -243,9 +245,9 @@ pub enum ConsumerEvent {
 pub enum SourceCommand {
     /// No state dir: offsets of processed events, stored for auto-commit.
     Store(Positions),
-    /// Durable mode: a checkpoint with these offsets is on disk; they are
-    /// committed (asynchronously, for lag tooling) and become what a
-    /// revocation commits once the consumer is detached.
+    /// Durable mode: a checkpoint with these offsets is on disk; those of
+    /// partitions still assigned are committed (asynchronously), and they
+    /// become what a revocation commits once the consumer is detached.
     Commit(Positions),
     /// Stop fetching (an output's retry buffer is full), again after every
     /// rebalance, until [`SourceCommand::Resume`].
@@ -292,12 +294,12 @@ pub struct SourceContext {
     /// Durable mode: the offsets of the last checkpoint written (what a
     /// revocation commits once the consumer is detached from the loop).
     checkpointed: Mutex<Positions>,
-    /// Durable mode: the state was restored from a checkpoint (then a
-    /// partition the state has no position for starts at its beginning,
-    /// not at Kafka's committed offset).
-    restored: bool,
+    /// Durable mode: the state was restored past newer checkpoints that
+    /// could not be read (then the group's committed offsets may be this
+    /// instance's own, past the state: see `position_assigned`).
+    fell_back: bool,
     /// `auto.offset.reset` is latest (`kafka.options`): where a partition
-    /// with no committed offset starts (when the state was not restored).
+    /// with no committed offset starts (unless the state fell back).
     reset_to_latest: bool,
     /// When a broker last answered (from the statistics' `rxidle`; `None`
     /// before the first statistics): see [`SourceBatch::read_until`].
@@ -385,20 +387,25 @@ impl SourceContext {
 
     /// Durable mode: every assigned partition starts at an explicit offset.
     /// A partition the state has a position for (`known`, the loop's reply)
-    /// starts where the state ends. One it lacks (never read into this
-    /// state: the first run, a new partition, one moving over from another
-    /// instance) starts at its committed offset, or where
-    /// `auto.offset.reset` says when none is committed, resolved here and
-    /// returned, to go into the loop's positions (and so into every
-    /// checkpoint) before any of its events is read.
+    /// starts where the state ends, unless the group committed a later
+    /// offset for it: then another instance of the group read it since this
+    /// state did (this state's own commits never pass its newest
+    /// checkpoint, see `docs/DURABILITY.md`), and starting where the state
+    /// ends would count those events twice. One the state lacks (the first
+    /// run, a new partition, one moving over from another instance, one
+    /// this instance handed over earlier) starts at its committed offset,
+    /// or where `auto.offset.reset` says when none is committed. The starts
+    /// that differ from `known` are returned, to go into the loop's
+    /// positions (and so into every checkpoint) before any of their events
+    /// is read.
     ///
-    /// Left to librdkafka, such a partition started wherever Kafka's
-    /// committed offset said each run and was absent from the checkpoints
-    /// until its first event was processed. A run that fell back past a
-    /// damaged checkpoint then read it from the offset that checkpoint had
-    /// committed, skipping the events only the damaged checkpoint counted
-    /// (a labels partition, slow to start against the test broker, lost
-    /// its first ~3,000 labels so).
+    /// After a fall-back past newer checkpoints that could not be read, the
+    /// group's committed offsets may be this instance's own, from a state
+    /// that is gone: then a known partition starts where the restored state
+    /// ends and an unknown one at its beginning (left to the committed
+    /// offset, a run that fell back skipped the events only the damaged
+    /// checkpoint had counted: a labels partition, slow to start against
+    /// the test broker, lost its first ~3,000 labels so).
     fn position_assigned(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -407,20 +414,38 @@ impl SourceContext {
     ) -> Positions {
         let keys: Vec<PartitionKey> =
             partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        let unknown: Vec<PartitionKey> = keys.iter().filter(|k| !known.contains_key(*k)).cloned().collect();
-        let starts = self.resolve_starts(consumer, &unknown);
+        let committed = if self.fell_back { Positions::new() } else { self.committed(consumer, &keys) };
+        let unknown: Vec<PartitionKey> =
+            keys.iter().filter(|k| !known.contains_key(*k) && !committed.contains_key(*k)).cloned().collect();
+        let mut starts = self.first_offsets(consumer, &unknown);
         for key in keys {
-            let next = match known.get(&key).or_else(|| starts.get(&key)) {
-                Some(next) => *next,
-                // Unresolved: a restored state still must not start at a
-                // committed offset (see `resolve_starts`).
-                None if self.restored => {
-                    if let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Beginning) {
-                        tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
-                    }
-                    continue;
+            let next = match (known.get(&key), committed.get(&key)) {
+                (Some(&own), Some(&group)) if group > own => {
+                    tracing::info!(
+                        topic = %key.0, partition = key.1, checkpointed = own, committed = group,
+                        "another instance read this partition past the checkpoint: starting it at the group's offset"
+                    );
+                    starts.insert(key.clone(), group);
+                    group
                 }
-                None => continue,
+                (Some(&own), _) => own,
+                (None, Some(&group)) => {
+                    tracing::info!(topic = %key.0, partition = key.1, start = group, "partition not in the checkpoint: starting it at the group's offset");
+                    starts.insert(key.clone(), group);
+                    group
+                }
+                (None, None) => match starts.get(&key) {
+                    Some(&first) => first,
+                    // Unresolved: a state that fell back still must not
+                    // start at a committed offset.
+                    None if self.fell_back => {
+                        if let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Beginning) {
+                            tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
+                        }
+                        continue;
+                    }
+                    None => continue,
+                },
             };
             if let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(next)) {
                 tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
@@ -429,46 +454,46 @@ impl SourceContext {
         starts
     }
 
-    /// The start offsets of partitions this state has never read. A state
-    /// restored from a checkpoint starts them at their beginning (the low
-    /// watermark): the offset Kafka has committed may come from a newer
-    /// checkpoint that turned out unusable, and starting there would skip
-    /// events the state never counted. A state that starts empty takes the
-    /// group's committed offset, else the low (or, with
-    /// `auto.offset.reset: latest`, high) watermark. A partition whose
-    /// start cannot be resolved is logged (and positioned by the caller).
-    fn resolve_starts(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey]) -> Positions {
-        let mut starts = BTreeMap::new();
+    /// The offsets the group has committed for `keys` (those it has). A
+    /// failed query is logged and answers nothing.
+    fn committed(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey]) -> Positions {
+        let mut committed = Positions::new();
         if keys.is_empty() {
-            return starts;
+            return committed;
         }
         let mut query = Tpl::new();
         for (topic, partition) in keys {
             query.add_partition(topic, *partition);
         }
-        let committed = if self.restored {
-            query
-        } else {
-            match consumer.committed_offsets(query, START_QUERY_TIMEOUT) {
-                Ok(committed) => committed,
-                Err(error) => {
-                    tracing::warn!(%error, "querying committed offsets failed; librdkafka positions the new partitions");
-                    return starts;
+        match consumer.committed_offsets(query, START_QUERY_TIMEOUT) {
+            Ok(answer) => {
+                for element in answer.elements() {
+                    if let (Ok(()), Offset::Offset(offset)) = (element.error(), element.offset())
+                        && offset >= 0
+                    {
+                        committed.insert((element.topic().to_string(), element.partition()), offset);
+                    }
                 }
             }
-        };
-        for element in committed.elements() {
-            let key = (element.topic().to_string(), element.partition());
-            let start = match (self.restored, element.error(), element.offset()) {
-                (false, Ok(()), Offset::Offset(committed)) if committed >= 0 => Ok(committed),
-                _ => consumer
-                    .fetch_watermarks(&key.0, key.1, START_QUERY_TIMEOUT)
-                    .map(|(low, high)| if self.reset_to_latest && !self.restored { high } else { low }),
-            };
-            match start {
-                Ok(start) => {
-                    tracing::info!(topic = %key.0, partition = key.1, start, "partition not in the checkpoint: starting it here");
-                    starts.insert(key, start);
+            Err(error) => {
+                tracing::warn!(%error, "querying committed offsets failed; partitions start where the state ends")
+            }
+        }
+        committed
+    }
+
+    /// Where partitions nobody committed an offset for start: their low
+    /// watermark (with `auto.offset.reset: latest`, their high one; never
+    /// after a fall-back). One whose watermarks cannot be read is logged
+    /// (and positioned by the caller).
+    fn first_offsets(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey]) -> Positions {
+        let mut starts = BTreeMap::new();
+        for key in keys {
+            match consumer.fetch_watermarks(&key.0, key.1, START_QUERY_TIMEOUT) {
+                Ok((low, high)) => {
+                    let start = if self.reset_to_latest && !self.fell_back { high } else { low };
+                    tracing::info!(topic = %key.0, partition = key.1, start, "partition with no offset: starting it here");
+                    starts.insert(key.clone(), start);
                 }
                 Err(error) => tracing::warn!(
                     %error, topic = %key.0, partition = key.1,
@@ -649,8 +674,8 @@ pub struct KafkaSummary {
 pub struct ConsumerStart {
     /// Durable mode (a state dir).
     pub durable: bool,
-    /// The state was restored from a checkpoint.
-    pub restored: bool,
+    /// The state was restored past newer checkpoints that could not be read.
+    pub fell_back: bool,
     /// The restored checkpoint's offsets (what a revocation commits until
     /// the next checkpoint, once detached).
     pub checkpointed: Positions,
@@ -713,7 +738,7 @@ impl KafkaConsumer {
             assigned: Mutex::new(HashSet::new()),
             durable: start.durable,
             checkpointed: Mutex::new(start.checkpointed),
-            restored: start.restored,
+            fell_back: start.fell_back,
             reset_to_latest: kafka
                 .options
                 .get("auto.offset.reset")
@@ -862,8 +887,13 @@ impl KafkaConsumer {
                 }
             }
             SourceCommand::Commit(positions) => {
-                if !positions.is_empty()
-                    && let Err(error) = self.consumer.commit(&to_list(&positions), CommitMode::Async)
+                // Only partitions this member holds: one handed over since
+                // the checkpoint is its next owner's to commit.
+                let assigned = self.consumer.context().assigned.lock().expect("context lock").clone();
+                let owned: Positions =
+                    positions.iter().filter(|(key, _)| assigned.contains(*key)).map(|(k, v)| (k.clone(), *v)).collect();
+                if !owned.is_empty()
+                    && let Err(error) = self.consumer.commit(&to_list(&owned), CommitMode::Async)
                 {
                     tracing::warn!(%error, "committing checkpointed offsets failed (the checkpoint holds them)");
                 }

@@ -290,3 +290,128 @@ fn a_stalled_alerting_stage_does_not_stop_consumption() {
     let (_, written) = daemon.stop();
     assert_eq!(counted(&written), 601.0);
 }
+
+/// A durable daemon of group `group` with its state in `dir`. Checkpoints
+/// are an hour apart, so only a hand-over or a stop takes one: a member
+/// that committed its last checkpoint's offsets on revocation would hand
+/// over at the start of the stream, and its next owner count it again.
+fn start_durable_daemon(broker: &Broker, group: &str, dir: &std::path::Path) -> InProcessDaemon {
+    let yaml = format!(
+        "kafka: {{brokers: \"{}\", group_id: {group}, options: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}}}\n\
+         state: {{dir: \"{}\", checkpoint_interval: 1h}}\n\
+         windows: {{size: 1m, allowed_lateness: 10m, label_horizon: 10m}}\n\
+         pipeline: {{batch_size: 256, linger: 50ms}}\n\
+         http: {{listen: \"127.0.0.1:0\"}}\n\
+         models: [{{name: fraud}}]\n",
+        broker.bootstrap(),
+        dir.display()
+    );
+    InProcessDaemon::start(Config::from_yaml_str(&yaml, "test.yaml").expect("config"))
+}
+
+/// Per window start, the events `produce(broker, n, start_ms, _)` made.
+fn expected_counts(counts: &mut std::collections::BTreeMap<i64, f64>, n: u64, start_ms: i64) {
+    let mut simulator = Simulator::new(SimulatorOptions { start_ms, rate: 50.0, ..Default::default() });
+    let mut line = Vec::new();
+    for _ in 0..n {
+        let time = simulator.next_time_ms();
+        simulator.write_prediction(time, &mut line);
+        *counts.entry(time - time.rem_euclid(60_000)).or_default() += 1.0;
+    }
+}
+
+/// Per window start, the whole-model `count` rows of every instance.
+fn counted_per_window(rows: &[&[WindowMetricRow]]) -> std::collections::BTreeMap<i64, f64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for row in rows.iter().flat_map(|rows| rows.iter()) {
+        if row.metric == "count" && row.feature.is_none() && row.segment.is_empty() {
+            *counts.entry(row.window_start_ms).or_default() += row.value;
+        }
+    }
+    counts
+}
+
+/// One prediction at `time_ms` in each of the 4 predictions partitions:
+/// every instance's watermark passes what came before, and its windows
+/// close.
+fn close_windows_before(broker: &Broker, time_ms: i64) {
+    let producer = broker.producer();
+    let mut simulator = Simulator::new(SimulatorOptions { start_ms: time_ms, seed: 99, ..Default::default() });
+    for partition in 0..4 {
+        let mut line = Vec::new();
+        simulator.write_prediction(time_ms, &mut line);
+        let key = format!("closing-{time_ms}-{partition}");
+        crate::support::send_to_partition(&producer, "predictions", partition, &key, line.strip_suffix(b"\n").unwrap());
+    }
+    flush(&producer);
+}
+
+/// Durable mode: a member that loses partitions in a rebalance checkpoints
+/// what it processed of them and commits exactly that, so their next owner
+/// starts there; and it never commits them again. Each window's count,
+/// summed over the two instances, is the number of events produced in it.
+#[test]
+fn a_durable_member_hands_revoked_partitions_over_where_its_state_ends() {
+    let broker = broker_with_topics();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start_ms = 1_795_687_200_000;
+    let mut expected = std::collections::BTreeMap::new();
+    let a = start_durable_daemon(&broker, "handover", dir_a.path());
+    produce(&broker, 1_500, start_ms, 0);
+    expected_counts(&mut expected, 1_500, start_ms);
+    wait_until(TIMEOUT, "the first instance to read the first 1500", || a.telemetry.events_on("predictions") >= 1_500);
+    let b = start_durable_daemon(&broker, "handover", dir_b.path());
+    wait_until(TIMEOUT, "both instances to own partitions", || {
+        let (pa, pb) = (
+            a.telemetry.assigned_partitions.load(Ordering::Relaxed),
+            b.telemetry.assigned_partitions.load(Ordering::Relaxed),
+        );
+        pa > 0 && pb > 0 && pa + pb == 6
+    });
+    produce(&broker, 1_500, start_ms + 60_000, 0);
+    expected_counts(&mut expected, 1_500, start_ms + 60_000);
+    close_windows_before(&broker, start_ms + 3_600_000);
+    let (mut a, mut b) = (a, b);
+    wait_until(TIMEOUT, "3000 predictions counted in closed windows", || {
+        counted(a.received()) + counted(b.received()) >= 3_000.0
+    });
+    let (_, rows_a) = a.stop();
+    let (_, rows_b) = b.stop();
+    assert_eq!(counted_per_window(&[&rows_a, &rows_b]), expected);
+}
+
+/// Durable mode: an instance restarted from its checkpoint does not read
+/// again what another instance of its group read of its partitions while
+/// it was away (the group's committed offset is past its state's): it
+/// starts there, and each event is counted once.
+#[test]
+fn a_restarted_durable_instance_starts_past_what_another_instance_read_meanwhile() {
+    let broker = broker_with_topics();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start_ms = 1_795_687_200_000;
+    let mut expected = std::collections::BTreeMap::new();
+
+    // A reads the first 1000 and stops: its checkpoint ends after them.
+    let a = start_durable_daemon(&broker, "away", dir_a.path());
+    produce(&broker, 1_000, start_ms, 0);
+    expected_counts(&mut expected, 1_000, start_ms);
+    wait_until(TIMEOUT, "the first instance to read 1000", || a.telemetry.events_on("predictions") >= 1_000);
+    let (_, rows_a) = a.stop();
+
+    // B, alone in the group, reads the next 1000 and closes their windows.
+    let mut b = start_durable_daemon(&broker, "away", dir_b.path());
+    produce(&broker, 1_000, start_ms + 600_000, 1);
+    expected_counts(&mut expected, 1_000, start_ms + 600_000);
+    close_windows_before(&broker, start_ms + 2 * 3_600_000);
+    wait_until(TIMEOUT, "the second instance to count 1000", || counted(b.received()) >= 1_000.0);
+    let (_, rows_b) = b.stop();
+
+    // A comes back: what B read is not A's to count again.
+    let mut a = start_durable_daemon(&broker, "away", dir_a.path());
+    produce(&broker, 1_000, start_ms + 3 * 3_600_000, 2);
+    expected_counts(&mut expected, 1_000, start_ms + 3 * 3_600_000);
+    close_windows_before(&broker, start_ms + 5 * 3_600_000);
+    wait_until(TIMEOUT, "the restarted instance to count 2000", || counted(a.received()) >= 2_000.0);
+    let (_, rows_a_again) = a.stop();
+    assert_eq!(counted_per_window(&[&rows_a, &rows_b, &rows_a_again]), expected);
+}
