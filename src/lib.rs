@@ -9,6 +9,7 @@ pub mod alerting;
 pub mod baseline;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod decode;

@@ -667,7 +667,7 @@ impl PartialWindow {
 
     /// The version, and the names and window bounds (which say where the
     /// state goes) within what events may carry.
-    fn check_header(&self) -> Result<(), PartialWindowError> {
+    pub(crate) fn check_header(&self) -> Result<(), PartialWindowError> {
         VersionProbe { format_version: self.format_version }.check()?;
         let invalid = |field: &str, message: String| {
             Err(PartialWindowError::Invalid { model: quote(&self.model), field: field.to_string(), message })

@@ -1,0 +1,282 @@
+//! What instances publish to the partials topic (docs/ARCHITECTURE.md,
+//! "Scale-out over Kafka"), one record per model and source partition:
+//! a [`Delta`], the partial window states a source read from one stretch of
+//! a partition, or a [`Commit`], the offset its readers committed (every
+//! stretch ending there or before is final, see `timeline.rs`). Records are
+//! keyed by model, so one merger sees all of a model's records, in order.
+//!
+//! MessagePack with named fields, versioned ([`PARTIALS_FORMAT_VERSION`]),
+//! read strictly (unknown fields are errors) and bounded
+//! ([`MAX_RECORD_BYTES`]) before it is parsed: the partials topic is input
+//! like any other, and a record that cannot be read is counted and skipped,
+//! never fatal.
+//!
+//! Pure: no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::window::partial::{PartialWindow, PartialWindowError};
+
+/// The format this build writes and the only one it reads.
+pub const PARTIALS_FORMAT_VERSION: u32 = 1;
+
+/// The largest record read (as the largest partial window: a delta holds
+/// the windows one stretch touched, each bounded as one is).
+pub const MAX_RECORD_BYTES: usize = crate::window::partial::MAX_PARTIAL_WINDOW_BYTES;
+
+/// One record of the partials topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialsRecord {
+    /// [`PARTIALS_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The instance that published it (its member id in the group), for
+    /// logs and `/api/v1/cluster`.
+    pub instance: String,
+    pub body: RecordBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordBody {
+    Delta(Delta),
+    Commit(Commit),
+}
+
+/// What a source read of one model's events in one stretch of a source
+/// partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delta {
+    pub model: String,
+    /// The source topic and partition.
+    pub topic: String,
+    pub partition: i32,
+    /// The stretch: `[start, end)` in the partition's offsets.
+    pub start: i64,
+    pub end: i64,
+    /// The model's clock in this partition at `end` (the largest event
+    /// time read), as the reader knew it; `None` before its first event.
+    pub clock_ms: Option<i64>,
+    /// The reader knew the partition's clock from before it started
+    /// reading the partition (`false` for a new owner's stretches: the
+    /// merger then judges their lateness against the clock at the
+    /// hand-over, docs/ARCHITECTURE.md).
+    pub knew_clock: bool,
+    /// The partition has gone idle (`windows.idle_timeout` without an
+    /// event): it no longer holds the model's windows open.
+    pub idle: bool,
+    /// The parts of windows this stretch's events fell in (and the
+    /// performance of pairs formed in it), by model version, segment and
+    /// window.
+    pub windows: Vec<PartialWindow>,
+    /// Events of this stretch that were late, per window of their series
+    /// still open then (the window that reports them).
+    pub late: Vec<LateEvents>,
+}
+
+/// Late events a window of a series reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LateEvents {
+    pub model_version: String,
+    pub segment: String,
+    pub window_start_ms: i64,
+    pub events: u64,
+}
+
+/// The readers of a source partition committed `next` (a new reader also
+/// publishes the offset it starts at): stretches ending there or before
+/// are final.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commit {
+    pub model: String,
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+}
+
+/// Why a record cannot be read. Each message says what is wrong where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    #[error("partials record: {bytes} bytes; the limit is {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("partials record format_version {found} is not supported: this build reads version {supported}")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("partials record: not readable as MessagePack: {message}")]
+    Unreadable { message: String },
+    #[error("partials record of model {model}, partition {partition}: {field}: {message}")]
+    Invalid { model: String, partition: i32, field: String, message: String },
+    #[error("partials record of model {model}, partition {partition}: windows[{index}]: {source}")]
+    Window { model: String, partition: i32, index: usize, source: Box<PartialWindowError> },
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    format_version: u32,
+}
+
+impl PartialsRecord {
+    pub fn delta(instance: &str, delta: Delta) -> Self {
+        PartialsRecord {
+            format_version: PARTIALS_FORMAT_VERSION,
+            instance: instance.to_string(),
+            body: RecordBody::Delta(delta),
+        }
+    }
+
+    pub fn commit(instance: &str, commit: Commit) -> Self {
+        PartialsRecord {
+            format_version: PARTIALS_FORMAT_VERSION,
+            instance: instance.to_string(),
+            body: RecordBody::Commit(commit),
+        }
+    }
+
+    /// The model the record is about (its key on the partials topic).
+    pub fn model(&self) -> &str {
+        match &self.body {
+            RecordBody::Delta(delta) => &delta.model,
+            RecordBody::Commit(commit) => &commit.model,
+        }
+    }
+
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("a partials record always serialises")
+    }
+
+    /// Reads [`PartialsRecord::to_msgpack`]'s bytes: the size, then the
+    /// format version (another is [`RecordError::UnsupportedVersion`]),
+    /// then strictly, then the header fields and each window's.
+    pub fn from_msgpack(bytes: &[u8]) -> Result<PartialsRecord, RecordError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge { bytes: bytes.len(), limit: MAX_RECORD_BYTES });
+        }
+        let unreadable = |e: rmp_serde::decode::Error| RecordError::Unreadable {
+            message: crate::text::shorten_long_tokens(&e.to_string()).into_owned(),
+        };
+        let probe: VersionProbe = rmp_serde::from_slice(bytes).map_err(unreadable)?;
+        if probe.format_version != PARTIALS_FORMAT_VERSION {
+            return Err(RecordError::UnsupportedVersion {
+                found: probe.format_version,
+                supported: PARTIALS_FORMAT_VERSION,
+            });
+        }
+        let record: PartialsRecord = rmp_serde::from_slice(bytes).map_err(unreadable)?;
+        record.check()?;
+        Ok(record)
+    }
+
+    fn check(&self) -> Result<(), RecordError> {
+        let (model, partition) = match &self.body {
+            RecordBody::Delta(delta) => (&delta.model, delta.partition),
+            RecordBody::Commit(commit) => (&commit.model, commit.partition),
+        };
+        let invalid = |field: &str, message: String| {
+            Err(RecordError::Invalid {
+                model: crate::text::shorten_long_tokens(model).into_owned(),
+                partition,
+                field: field.to_string(),
+                message,
+            })
+        };
+        if model.len() > crate::config::MAX_NAME_BYTES {
+            return invalid(
+                "model",
+                format!("{} bytes long; the limit is {}", model.len(), crate::config::MAX_NAME_BYTES),
+            );
+        }
+        if partition < 0 {
+            return invalid("partition", format!("{partition} is negative"));
+        }
+        match &self.body {
+            RecordBody::Commit(commit) if commit.next < 0 => invalid("next", format!("{} is negative", commit.next)),
+            RecordBody::Commit(_) => Ok(()),
+            RecordBody::Delta(delta) => {
+                if delta.start < 0 || delta.end < delta.start {
+                    return invalid(
+                        "end",
+                        format!("the stretch [{}, {}) is not a range of offsets", delta.start, delta.end),
+                    );
+                }
+                for (index, window) in delta.windows.iter().enumerate() {
+                    let wrong = |source: PartialWindowError| RecordError::Window {
+                        model: crate::text::shorten_long_tokens(model).into_owned(),
+                        partition,
+                        index,
+                        source: Box::new(source),
+                    };
+                    window.check_header().map_err(wrong)?;
+                    if window.model != *model {
+                        return invalid(
+                            &format!("windows[{index}].model"),
+                            format!("{} is not the record's model", crate::text::shorten_long_tokens(&window.model)),
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta() -> Delta {
+        Delta {
+            model: "fraud".into(),
+            topic: "predictions".into(),
+            partition: 2,
+            start: 100,
+            end: 164,
+            clock_ms: Some(1_795_687_260_000),
+            knew_clock: false,
+            idle: false,
+            windows: Vec::new(),
+            late: vec![LateEvents {
+                model_version: "3".into(),
+                segment: String::new(),
+                window_start_ms: 1_795_687_200_000,
+                events: 4,
+            }],
+        }
+    }
+
+    #[test]
+    fn records_read_back_as_written() {
+        for record in [
+            PartialsRecord::delta("member-1", delta()),
+            PartialsRecord::commit(
+                "member-1",
+                Commit { model: "fraud".into(), topic: "predictions".into(), partition: 2, next: 164 },
+            ),
+        ] {
+            let bytes = record.to_msgpack();
+            assert_eq!(PartialsRecord::from_msgpack(&bytes).unwrap(), record);
+            assert_eq!(record.model(), "fraud");
+        }
+    }
+
+    #[test]
+    fn unreadable_records_say_why() {
+        let mut record = PartialsRecord::delta("m", delta());
+        record.format_version = 2;
+        assert_eq!(
+            PartialsRecord::from_msgpack(&record.to_msgpack()),
+            Err(RecordError::UnsupportedVersion { found: 2, supported: 1 })
+        );
+        assert!(matches!(PartialsRecord::from_msgpack(b"\x93garbage"), Err(RecordError::Unreadable { .. })));
+        let mut backwards = delta();
+        backwards.end = 50;
+        let error = PartialsRecord::from_msgpack(&PartialsRecord::delta("m", backwards).to_msgpack()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "partials record of model fraud, partition 2: end: the stretch [100, 50) is not a range of offsets"
+        );
+        let too_large = vec![0u8; MAX_RECORD_BYTES + 1];
+        assert!(matches!(PartialsRecord::from_msgpack(&too_large), Err(RecordError::TooLarge { .. })));
+    }
+}
