@@ -20,6 +20,7 @@
 //! store (joins on disk, [`crate::join::store`]), which holds what the
 //! memory join would and gives the same answers.
 
+pub mod cluster;
 pub mod lane;
 
 use datafusion::arrow::array::Array;
@@ -86,6 +87,12 @@ pub struct Engine {
     /// The join keys of the labels batch being pushed (kept for its
     /// allocation).
     label_keys: Vec<JoinKey>,
+    /// A source engine of a cluster: windows never close here
+    /// ([`cluster`]).
+    source_mode: bool,
+    /// A source engine's late events per (model, partition) and (series,
+    /// start of the window reporting them), until their delta is taken.
+    source_late: std::collections::BTreeMap<(usize, PartitionId), std::collections::BTreeMap<(SeriesId, i64), u64>>,
 }
 
 impl Engine {
@@ -120,6 +127,8 @@ impl Engine {
             idle_timeout_ms: i64::try_from(config.windows.idle_timeout.as_millis()).unwrap_or(i64::MAX),
             join_store: None,
             label_keys: Vec::new(),
+            source_mode: false,
+            source_late: Default::default(),
         }
     }
 
@@ -539,10 +548,15 @@ impl Engine {
         self.counters.events_late += output.events_late;
         self.counters.categories_over_cap += output.categories_over_cap;
         let spec = self.spec;
-        let windows = &mut self.windows[model_index];
-        for late in output.late {
-            *windows.late_pending.entry(late).or_default() += 1;
+        if self.source_mode {
+            self.note_source_late(model_index, partition, output.late);
+        } else {
+            let windows = &mut self.windows[model_index];
+            for late in output.late {
+                *windows.late_pending.entry(late).or_default() += 1;
+            }
         }
+        let windows = &mut self.windows[model_index];
         for (key, state) in output.contributions {
             // A lane judged lateness by the model's frontier as it last
             // knew it: the part of a partition that had been idle can come
@@ -771,6 +785,10 @@ impl Engine {
     }
 
     fn close(&mut self, model: &ModelState, model_index: usize, everything: bool, out: &mut Vec<WindowMetricRow>) {
+        // A source engine's windows close at the merger.
+        if self.source_mode {
+            return;
+        }
         let windows = &mut self.windows[model_index];
         let mut closed = windows.take_closable(&self.spec, everything, self.max_categories);
         // Pairs credited to windows that close with no data (all of their

@@ -1,0 +1,331 @@
+//! Scale-out's two sides of the engine (docs/ARCHITECTURE.md, "Scale-out
+//! over Kafka").
+//!
+//! A *source* engine ([`Engine::set_source_mode`]) aggregates the
+//! partitions it reads as any engine does, judging lateness by each
+//! partition's own clock, but never closes a window: [`Engine::take_delta`]
+//! hands over what one partition added to one model's windows since its
+//! last delta (its panes and sealed contributions, as named partial
+//! windows), the late events it met and its clock, to be published.
+//!
+//! A *merger* engine takes the final stretches of every source partition
+//! in ([`Engine::apply_stretch`], after [`intern_delta`]) as the closer
+//! takes a lane's sealed contributions, and closes a window when the
+//! watermark, the minimum over the source partitions' clocks, passes it.
+//! Its rows are those of one engine reading every partition: every count
+//! exact, every value within 1e-12 (parts merge rather than add in one
+//! pass), whatever the stretches
+//! (`a_merger_of_sources_gives_the_rows_of_one_engine`).
+//!
+//! Not yet here: labels (the pairs a source forms travel in the deltas of
+//! the prediction's partition) and the lateness correction for a
+//! partition's new owner (`knew_clock`).
+
+use std::collections::BTreeMap;
+
+use super::Engine;
+use crate::cluster::record::{Delta, LateEvents};
+use crate::config::PipelineConfig;
+use crate::evaluate::WindowState;
+use crate::model::{ModelId, ModelRegistry, SeriesId};
+use crate::window::PartitionId;
+use crate::window::partial::{PartialWindow, PartialWindowError};
+use crate::window_metrics::WindowMetricRow;
+
+/// What a source partition added to a model's windows since its last
+/// delta ([`Engine::take_delta`]).
+#[derive(Debug)]
+pub struct PartitionDelta {
+    pub windows: Vec<PartialWindow>,
+    pub late: Vec<LateEvents>,
+    /// The model's clock in the partition: its largest event time.
+    pub clock_ms: Option<i64>,
+}
+
+/// A delta's parts in a merger's own ids ([`intern_delta`]).
+#[derive(Debug)]
+pub struct InternedDelta {
+    pub model: ModelId,
+    pub parts: Vec<((i64, SeriesId), WindowState)>,
+    pub late: Vec<((SeriesId, i64), u64)>,
+    pub clock_ms: Option<i64>,
+}
+
+/// Interns a delta's windows and late events into `registry` (new series,
+/// features and classes as the decoder would, within `limits`' caps).
+/// Nothing of a window that cannot be taken in is interned; the error
+/// names it.
+pub fn intern_delta(
+    registry: &mut ModelRegistry,
+    limits: &PipelineConfig,
+    delta: Delta,
+) -> Result<InternedDelta, PartialWindowError> {
+    let Some(model) = registry.id(&delta.model) else {
+        return Err(PartialWindowError::UnknownModel {
+            model: crate::text::shorten_long_tokens(&delta.model).into_owned(),
+        });
+    };
+    let mut parts = Vec::with_capacity(delta.windows.len());
+    for window in delta.windows {
+        let start = window.window_start_ms;
+        let (series, state) = window.into_state(registry.get_mut(model), limits)?;
+        parts.push(((start, series), state));
+    }
+    let caps = (limits.max_segments_per_model, limits.max_versions_per_model);
+    let state = registry.get_mut(model);
+    let late = delta
+        .late
+        .into_iter()
+        .map(|late| ((state.series_named(&late.model_version, &late.segment, caps), late.window_start_ms), late.events))
+        .collect();
+    Ok(InternedDelta { model, parts, late, clock_ms: delta.clock_ms })
+}
+
+impl Engine {
+    /// Makes this a source engine: windows never close here (see the
+    /// module doc).
+    pub fn set_source_mode(&mut self) {
+        self.source_mode = true;
+    }
+
+    /// Takes what `partition` added to `model`'s windows since its last
+    /// delta: its open panes and its sealed contributions, named; the late
+    /// events it met; and its clock. The partition keeps its clock (and so
+    /// judges lateness on), and what it adds later goes into the next
+    /// delta.
+    pub fn take_delta(&mut self, registry: &ModelRegistry, model: ModelId, partition: PartitionId) -> PartitionDelta {
+        let model_index = model as usize;
+        let state = registry.get(model);
+        let windows = &mut self.windows[model_index];
+        if let Some(panes) = windows.panes.get_mut(&partition) {
+            for (key, part) in self.lane.hand_over(panes) {
+                let _ = windows.add_contribution(&self.spec, key, partition, part, self.max_categories);
+            }
+        }
+        let mut parts = Vec::new();
+        windows.contributions.retain(|key, by_partition| {
+            if let Some(part) = by_partition.remove(&partition) {
+                parts.push((*key, part));
+            }
+            !by_partition.is_empty()
+        });
+        let size_ms = self.spec.size_ms;
+        let partials = parts
+            .iter()
+            .map(|((start, series), part)| PartialWindow::from_state(state, *series, *start, start + size_ms, part))
+            .collect();
+        let late = self
+            .source_late
+            .remove(&(model_index, partition))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|((series, start), events)| {
+                let series = &state.series[series as usize];
+                LateEvents {
+                    model_version: series.model_version.to_string(),
+                    segment: series.segment.to_string(),
+                    window_start_ms: start,
+                    events,
+                }
+            })
+            .collect();
+        let clock_ms = windows.partitions.get(&partition).and_then(|clock| clock.max_event_time_ms);
+        PartitionDelta { windows: partials, late, clock_ms }
+    }
+
+    /// Takes a final stretch of source partition `partition` in (interned
+    /// by [`intern_delta`]): its parts of windows, as the closer takes a
+    /// lane's sealed contributions (a part of a window closed already
+    /// counts late), its late events (reported by the windows they name)
+    /// and its clock; then closes what the watermark passed (rows to
+    /// `out`).
+    pub fn apply_stretch(
+        &mut self,
+        registry: &ModelRegistry,
+        partition: PartitionId,
+        delta: InternedDelta,
+        out: &mut Vec<WindowMetricRow>,
+    ) {
+        let model_index = delta.model as usize;
+        let state = registry.get(delta.model);
+        let windows = &mut self.windows[model_index];
+        for (key, part) in delta.parts {
+            if let Some(dropped) = windows.add_contribution(&self.spec, key, partition, part, self.max_categories)
+                && state.series[key.1 as usize].whole_model.is_none()
+            {
+                self.counters.events_late += dropped.events;
+            }
+        }
+        for (key, events) in delta.late {
+            *windows.late_pending.entry(key).or_default() += events;
+        }
+        if let Some(clock) = delta.clock_ms {
+            windows.observe_event_time(partition, clock);
+        }
+        self.close(state, model_index, false, out);
+    }
+
+    /// A source engine's late events, per model and partition, until
+    /// their delta is taken.
+    pub(super) fn note_source_late(&mut self, model: usize, partition: PartitionId, late: Vec<(SeriesId, i64)>) {
+        let pending: &mut BTreeMap<(SeriesId, i64), u64> = self.source_late.entry((model, partition)).or_default();
+        for key in late {
+            *pending.entry(key).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::record::PartialsRecord;
+    use crate::cluster::timeline::{Stretch, Timeline};
+    use crate::config::Config;
+    use crate::decode::Decoder;
+    use crate::rng::Rng;
+
+    const T0: i64 = 1_795_687_200_000; // 2026-11-26T10:00:00Z
+
+    /// An engine with its registry and decoder, reading `partitions`.
+    struct Node {
+        registry: ModelRegistry,
+        decoder: Decoder,
+        engine: Engine,
+        config: Config,
+        rows: Vec<WindowMetricRow>,
+    }
+
+    impl Node {
+        fn new(windows: &str, partitions: &[PartitionId]) -> Node {
+            let yaml = format!("windows: {windows}\nmodels: [{{name: m, task: binary_classification}}]\n");
+            let config = Config::from_yaml_str(&yaml, "t.yaml").unwrap();
+            let registry = ModelRegistry::from_config(&config);
+            let decoder = Decoder::new(&registry, &config.pipeline).unwrap();
+            let mut engine = Engine::new(&config, &registry);
+            engine.declare_partitions(partitions);
+            Node { registry, decoder, engine, config, rows: Vec::new() }
+        }
+
+        fn push(&mut self, partition: PartitionId, events: &[String]) {
+            for event in events {
+                self.decoder.push_prediction(&mut self.registry, event.as_bytes()).unwrap();
+            }
+            for batch in self.decoder.finish_predictions() {
+                self.engine.push_predictions(&self.registry, &batch, partition, &mut self.rows);
+            }
+        }
+    }
+
+    /// Per partition, its events in order: two versions, a numeric and a
+    /// categorical feature, event times up to 20 s early or late (lateness
+    /// allows 5 s, so some are late within their partition).
+    fn partitions(rng: &mut Rng) -> Vec<Vec<String>> {
+        let mut partitions = vec![Vec::new(); 3];
+        for n in 0..1200u64 {
+            let partition = (rng.next_u64() % 3) as usize;
+            let second = (n / 3) as i64 + (rng.next_u64() % 40) as i64 - 20;
+            let x = (rng.next_u64() % 10_000) as f64 / 7.0;
+            let category = ["a", "b", "c", "d"][(rng.next_u64() % 4) as usize];
+            let version = 1 + n % 2;
+            partitions[partition].push(format!(
+                r#"{{"event_id":"e{n}","model":"m","model_version":"{version}","timestamp":{},"prediction":{},"features":{{"x":{x},"c":"{category}"}}}}"#,
+                T0 + second.max(0) * 1000,
+                n % 2
+            ));
+        }
+        partitions
+    }
+
+    /// Two source engines (partitions 0 and 1; partition 2) publish deltas
+    /// of random stretches through MessagePack and a timeline to a merger
+    /// engine, which closes the windows: its rows are the rows of one
+    /// engine reading the three partitions in the same order.
+    #[test]
+    fn a_merger_of_sources_gives_the_rows_of_one_engine() {
+        let seed = std::env::var("DRIFTWATCH_CLUSTER_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xc1u64);
+        println!("seed {seed} (DRIFTWATCH_CLUSTER_SEED reruns it)");
+        let mut rng = Rng::new(seed);
+        let partitions = partitions(&mut rng);
+        for windows in ["{size: 1m, allowed_lateness: 5s}", "{size: 2m, slide: 30s, allowed_lateness: 5s}"] {
+            let mut one = Node::new(windows, &[0, 1, 2]);
+            let mut sources = [Node::new(windows, &[0, 1]), Node::new(windows, &[2])];
+            for source in &mut sources {
+                source.engine.set_source_mode();
+            }
+            let mut merger = Node::new(windows, &[0, 1, 2]);
+            let mut timelines: Vec<Timeline<Delta>> = (0..3).map(|_| Timeline::default()).collect();
+            let mut read = [0usize; 3];
+            let mut published = [0i64; 3];
+            let mut publish = |sources: &mut [Node; 2], merger: &mut Node, partition: usize, read: i64| {
+                let source = &mut sources[usize::from(partition == 2)];
+                let taken = source.engine.take_delta(&source.registry, 0, partition as PartitionId);
+                let delta = Delta {
+                    model: "m".into(),
+                    topic: "predictions".into(),
+                    partition: partition as i32,
+                    start: published[partition],
+                    end: read,
+                    clock_ms: taken.clock_ms,
+                    knew_clock: true,
+                    idle: false,
+                    windows: taken.windows,
+                    late: taken.late,
+                };
+                published[partition] = read;
+                let bytes = PartialsRecord::delta("source", delta).to_msgpack();
+                let crate::cluster::record::RecordBody::Delta(delta) =
+                    PartialsRecord::from_msgpack(&bytes).unwrap().body
+                else {
+                    unreachable!()
+                };
+                let timeline = &mut timelines[partition];
+                timeline.offer(Stretch {
+                    start: delta.start,
+                    end: delta.end,
+                    clock_ms: delta.clock_ms,
+                    payload: delta,
+                });
+                for released in timeline.commit(read) {
+                    let interned =
+                        intern_delta(&mut merger.registry, &merger.config.pipeline, released.stretch.payload).unwrap();
+                    merger.engine.apply_stretch(&merger.registry, partition as PartitionId, interned, &mut merger.rows);
+                }
+            };
+            let mut turn = 0;
+            while read.iter().zip(&partitions).any(|(r, p)| *r < p.len()) {
+                let partition = [0, 1, 2, 2, 0][turn % 5];
+                turn += 1;
+                let take = (1 + rng.next_u64() % 25) as usize;
+                let end = (read[partition] + take).min(partitions[partition].len());
+                let events = &partitions[partition][read[partition]..end];
+                read[partition] = end;
+                one.push(partition as PartitionId, events);
+                sources[usize::from(partition == 2)].push(partition as PartitionId, events);
+                if rng.next_u64().is_multiple_of(3) {
+                    publish(&mut sources, &mut merger, partition, end as i64);
+                }
+            }
+            for (partition, end) in read.into_iter().enumerate() {
+                publish(&mut sources, &mut merger, partition, end as i64);
+            }
+            one.engine.finish(&one.registry, &mut one.rows);
+            merger.engine.finish(&merger.registry, &mut merger.rows);
+            assert!(one.engine.counters.events_late > 0, "{windows}: some events are late within their partition");
+            assert!(!one.rows.is_empty());
+            assert_eq!(merger.rows.len(), one.rows.len(), "{windows}, seed {seed}");
+            for (a, b) in merger.rows.iter().zip(&one.rows) {
+                let close = (a.value - b.value).abs() <= 1e-12 * a.value.abs().max(b.value.abs()).max(1.0)
+                    || a.value.to_bits() == b.value.to_bits();
+                assert!(
+                    a.metric == b.metric
+                        && a.window_start_ms == b.window_start_ms
+                        && a.model_version == b.model_version
+                        && a.feature == b.feature
+                        && a.sample_count == b.sample_count
+                        && close,
+                    "{windows}, seed {seed}:\nmerged {a:?}\none    {b:?}"
+                );
+            }
+        }
+    }
+}
