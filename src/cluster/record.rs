@@ -58,11 +58,6 @@ pub struct Delta {
     /// The model's clock in this partition at `end` (the largest event
     /// time read), as the reader knew it; `None` before its first event.
     pub clock_ms: Option<i64>,
-    /// The reader knew the partition's clock from before it started
-    /// reading the partition (`false` for a new owner's stretches: the
-    /// merger then judges their lateness against the clock at the
-    /// hand-over, docs/ARCHITECTURE.md).
-    pub knew_clock: bool,
     /// The partition has gone idle (`windows.idle_timeout` without an
     /// event): it no longer holds the model's windows open.
     pub idle: bool,
@@ -95,6 +90,10 @@ pub struct Commit {
     pub topic: String,
     pub partition: i32,
     pub next: i64,
+    /// The model's clock in the partition at `next` (what the partition's
+    /// next reader starts from, so its lateness is judged as if it had
+    /// read the partition from the start).
+    pub clock_ms: Option<i64>,
 }
 
 /// Why a record cannot be read. Each message says what is wrong where.
@@ -233,7 +232,6 @@ mod tests {
             start: 100,
             end: 164,
             clock_ms: Some(1_795_687_260_000),
-            knew_clock: false,
             idle: false,
             windows: Vec::new(),
             late: vec![LateEvents {
@@ -251,7 +249,13 @@ mod tests {
             PartialsRecord::delta("member-1", delta()),
             PartialsRecord::commit(
                 "member-1",
-                Commit { model: "fraud".into(), topic: "predictions".into(), partition: 2, next: 164 },
+                Commit {
+                    model: "fraud".into(),
+                    topic: "predictions".into(),
+                    partition: 2,
+                    next: 164,
+                    clock_ms: Some(1_795_687_260_000),
+                },
             ),
         ] {
             let bytes = record.to_msgpack();

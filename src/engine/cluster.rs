@@ -17,9 +17,16 @@
 //! pass), whatever the stretches
 //! (`a_merger_of_sources_gives_the_rows_of_one_engine`).
 //!
-//! Not yet here: labels (the pairs a source forms travel in the deltas of
-//! the prediction's partition) and the lateness correction for a
-//! partition's new owner (`knew_clock`).
+//! A partition's next reader (its new owner, or the same instance after a
+//! crash) starts at the committed offset with the clock the partition had
+//! there ([`Engine::restore_partition_clock`], from its last commit record),
+//! so its events are judged late as the first reader would have judged
+//! them; the merger still counts late any part of a window the partition's
+//! clock had closed before the stretch (a reader that could not learn the
+//! clock judged it on time).
+//!
+//! Not yet here: labels (the pairs a source forms are to travel in the
+//! deltas of the prediction's partition).
 
 use std::collections::BTreeMap;
 
@@ -133,24 +140,43 @@ impl Engine {
         PartitionDelta { windows: partials, late, clock_ms }
     }
 
+    /// A source engine starts reading `partition` (of `model`) where
+    /// another reader left it, with the clock it had there (the partition's
+    /// last commit record): its events are judged late as that reader would
+    /// have judged them. A clock never goes back.
+    pub fn restore_partition_clock(&mut self, model: ModelId, partition: PartitionId, clock_ms: i64) {
+        let clock = self.windows[model as usize].partitions.entry(partition).or_default();
+        clock.max_event_time_ms = Some(clock.max_event_time_ms.map_or(clock_ms, |own| own.max(clock_ms)));
+    }
+
     /// Takes a final stretch of source partition `partition` in (interned
     /// by [`intern_delta`]): its parts of windows, as the closer takes a
-    /// lane's sealed contributions (a part of a window closed already
-    /// counts late), its late events (reported by the windows they name)
-    /// and its clock; then closes what the watermark passed (rows to
-    /// `out`).
+    /// lane's sealed contributions, its late events (reported by the
+    /// windows they name) and its clock; then closes what the watermark
+    /// passed (rows to `out`). A part of a window already closed, or one
+    /// the partition's clock before the stretch (`clock_before_ms`, from
+    /// its timeline) had closed for it, counts late: a reader that started
+    /// the partition without its clock judged it on time.
     pub fn apply_stretch(
         &mut self,
         registry: &ModelRegistry,
         partition: PartitionId,
         delta: InternedDelta,
+        clock_before_ms: Option<i64>,
         out: &mut Vec<WindowMetricRow>,
     ) {
         let model_index = delta.model as usize;
         let state = registry.get(delta.model);
         let windows = &mut self.windows[model_index];
+        let closed_for_partition = clock_before_ms.map(|clock| clock.saturating_sub(self.spec.allowed_lateness_ms));
         for (key, part) in delta.parts {
-            if let Some(dropped) = windows.add_contribution(&self.spec, key, partition, part, self.max_categories)
+            let closed = closed_for_partition.is_some_and(|closed| key.0.saturating_add(self.spec.size_ms) <= closed);
+            let dropped = if closed {
+                Some(part)
+            } else {
+                windows.add_contribution(&self.spec, key, partition, part, self.max_categories)
+            };
+            if let Some(dropped) = dropped
                 && state.series[key.1 as usize].whole_model.is_none()
             {
                 self.counters.events_late += dropped.events;
@@ -178,8 +204,8 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::record::PartialsRecord;
-    use crate::cluster::timeline::{Stretch, Timeline};
+    use crate::cluster::record::{PartialsRecord, RecordBody};
+    use crate::cluster::timeline::{Offered, Stretch, Timeline};
     use crate::config::Config;
     use crate::decode::Decoder;
     use crate::rng::Rng;
@@ -236,80 +262,127 @@ mod tests {
         partitions
     }
 
+    /// Which source reads a partition: 0 and 1 on the first, 2 on the second.
+    fn owner(partition: usize) -> usize {
+        usize::from(partition == 2)
+    }
+
     /// Two source engines (partitions 0 and 1; partition 2) publish deltas
-    /// of random stretches through MessagePack and a timeline to a merger
-    /// engine, which closes the windows: its rows are the rows of one
-    /// engine reading the three partitions in the same order.
+    /// of random stretches through MessagePack to a merger's timelines,
+    /// commit some of them, and crash at random moments: a fresh engine
+    /// then reads the crashed one's partitions again from their committed
+    /// offsets, with the clock of their last commit. The merger's rows are
+    /// the rows of one engine reading each event once.
     #[test]
     fn a_merger_of_sources_gives_the_rows_of_one_engine() {
         let seed = std::env::var("DRIFTWATCH_CLUSTER_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xc1u64);
         println!("seed {seed} (DRIFTWATCH_CLUSTER_SEED reruns it)");
         let mut rng = Rng::new(seed);
         let partitions = partitions(&mut rng);
+        let sizes: Vec<i64> = partitions.iter().map(|p| p.len() as i64).collect();
         for windows in ["{size: 1m, allowed_lateness: 5s}", "{size: 2m, slide: 30s, allowed_lateness: 5s}"] {
+            let source = |owned: &[PartitionId]| {
+                let mut node = Node::new(windows, owned);
+                node.engine.set_source_mode();
+                node
+            };
             let mut one = Node::new(windows, &[0, 1, 2]);
-            let mut sources = [Node::new(windows, &[0, 1]), Node::new(windows, &[2])];
-            for source in &mut sources {
-                source.engine.set_source_mode();
-            }
+            let mut sources = [source(&[0, 1]), source(&[2])];
             let mut merger = Node::new(windows, &[0, 1, 2]);
             let mut timelines: Vec<Timeline<Delta>> = (0..3).map(|_| Timeline::default()).collect();
-            let mut read = [0usize; 3];
-            let mut published = [0i64; 3];
-            let mut publish = |sources: &mut [Node; 2], merger: &mut Node, partition: usize, read: i64| {
-                let source = &mut sources[usize::from(partition == 2)];
+            // Per partition: how far the reference read, how far its current
+            // reader read and published, and what the group committed.
+            let mut seen = [0i64; 3];
+            let mut read = [0i64; 3];
+            let mut published = [(0i64, None::<i64>); 3];
+            let mut committed = [(0i64, None::<i64>); 3];
+            let (mut crashes, mut replaced) = (0, 0);
+            let publish = |source: &mut Node, timeline: &mut Timeline<Delta>, partition: usize, from: i64, to: i64| {
                 let taken = source.engine.take_delta(&source.registry, 0, partition as PartitionId);
                 let delta = Delta {
                     model: "m".into(),
                     topic: "predictions".into(),
                     partition: partition as i32,
-                    start: published[partition],
-                    end: read,
+                    start: from,
+                    end: to,
                     clock_ms: taken.clock_ms,
-                    knew_clock: true,
                     idle: false,
                     windows: taken.windows,
                     late: taken.late,
                 };
-                published[partition] = read;
                 let bytes = PartialsRecord::delta("source", delta).to_msgpack();
-                let crate::cluster::record::RecordBody::Delta(delta) =
-                    PartialsRecord::from_msgpack(&bytes).unwrap().body
-                else {
-                    unreachable!()
+                let RecordBody::Delta(delta) = PartialsRecord::from_msgpack(&bytes).unwrap().body else {
+                    unreachable!("a delta reads back as a delta")
                 };
-                let timeline = &mut timelines[partition];
-                timeline.offer(Stretch {
+                let clock = delta.clock_ms;
+                let offered = timeline.offer(Stretch {
                     start: delta.start,
                     end: delta.end,
                     clock_ms: delta.clock_ms,
                     payload: delta,
                 });
-                for released in timeline.commit(read) {
+                (clock, offered)
+            };
+            let commit = |merger: &mut Node, timeline: &mut Timeline<Delta>, partition: usize, next: i64| {
+                for released in timeline.commit(next) {
+                    let clock_before = released.clock_before_ms;
                     let interned =
                         intern_delta(&mut merger.registry, &merger.config.pipeline, released.stretch.payload).unwrap();
-                    merger.engine.apply_stretch(&merger.registry, partition as PartitionId, interned, &mut merger.rows);
+                    merger.engine.apply_stretch(
+                        &merger.registry,
+                        partition as PartitionId,
+                        interned,
+                        clock_before,
+                        &mut merger.rows,
+                    );
                 }
             };
-            let mut turn = 0;
-            while read.iter().zip(&partitions).any(|(r, p)| *r < p.len()) {
-                let partition = [0, 1, 2, 2, 0][turn % 5];
+            let mut turn = 0u64;
+            while (0..3).any(|p| committed[p].0 < sizes[p]) {
                 turn += 1;
-                let take = (1 + rng.next_u64() % 25) as usize;
-                let end = (read[partition] + take).min(partitions[partition].len());
-                let events = &partitions[partition][read[partition]..end];
-                read[partition] = end;
-                one.push(partition as PartitionId, events);
-                sources[usize::from(partition == 2)].push(partition as PartitionId, events);
-                if rng.next_u64().is_multiple_of(3) {
-                    publish(&mut sources, &mut merger, partition, end as i64);
+                let partition = [0, 1, 2, 2, 0][(rng.next_u64() % 5) as usize];
+                let reader = &mut sources[owner(partition)];
+                let end = (read[partition] + 1 + (rng.next_u64() % 25) as i64).min(sizes[partition]);
+                let events = &partitions[partition][read[partition] as usize..end as usize];
+                reader.push(partition as PartitionId, events);
+                if end > seen[partition] {
+                    one.push(partition as PartitionId, &partitions[partition][seen[partition] as usize..end as usize]);
+                    seen[partition] = end;
                 }
-            }
-            for (partition, end) in read.into_iter().enumerate() {
-                publish(&mut sources, &mut merger, partition, end as i64);
+                read[partition] = end;
+                let from = published[partition].0;
+                if from < end && (rng.next_u64().is_multiple_of(3) || end == sizes[partition]) {
+                    let (clock, offered) = publish(reader, &mut timelines[partition], partition, from, end);
+                    assert!(matches!(offered, Offered::Held | Offered::Replaced(_)), "{offered:?}");
+                    replaced += usize::from(matches!(offered, Offered::Replaced(_)));
+                    published[partition] = (end, clock);
+                }
+                if rng.next_u64().is_multiple_of(4) && published[partition].0 > committed[partition].0 {
+                    committed[partition] = published[partition];
+                    commit(&mut merger, &mut timelines[partition], partition, committed[partition].0);
+                }
+                if turn.is_multiple_of(37) || rng.next_u64().is_multiple_of(40) {
+                    // The reader of `partition` crashes: a fresh one reads
+                    // its partitions again from what the group committed.
+                    crashes += 1;
+                    let owned: Vec<PartitionId> =
+                        (0..3).filter(|p| owner(*p) == owner(partition)).map(|p| p as PartitionId).collect();
+                    let mut fresh = source(&owned);
+                    for &p in &owned {
+                        let p = p as usize;
+                        if let Some(clock) = committed[p].1 {
+                            fresh.engine.restore_partition_clock(0, p as PartitionId, clock);
+                        }
+                        read[p] = committed[p].0;
+                        published[p] = committed[p];
+                    }
+                    sources[owner(partition)] = fresh;
+                }
             }
             one.engine.finish(&one.registry, &mut one.rows);
             merger.engine.finish(&merger.registry, &mut merger.rows);
+            println!("{windows}: {crashes} crashes, {replaced} stretches published again");
+            assert!(crashes >= 2, "{windows}, seed {seed}: {crashes} crashes");
             assert!(one.engine.counters.events_late > 0, "{windows}: some events are late within their partition");
             assert!(!one.rows.is_empty());
             assert_eq!(merger.rows.len(), one.rows.len(), "{windows}, seed {seed}");

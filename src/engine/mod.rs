@@ -504,7 +504,10 @@ impl Engine {
         let model = registry.get(batch.model);
         let windows = &mut self.windows[batch.model as usize];
         let progress = PartitionProgress {
-            model_frontier: windows.max_event_time_ms,
+            // A source engine's frontier is over its own partitions only,
+            // not the model's: its partitions judge by their own clocks, and
+            // the merger by the model's ([`cluster`]).
+            model_frontier: if self.source_mode { None } else { windows.max_event_time_ms },
             own_clock: windows.partitions.get(&partition).and_then(|c| c.max_event_time_ms),
             clock_limit: self.clock_limit_ms,
         };
