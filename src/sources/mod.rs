@@ -7,3 +7,4 @@
 pub mod dead_letters;
 pub mod files;
 pub mod kafka;
+pub mod partials;

@@ -9,6 +9,7 @@ mod baseline;
 mod ci_examples;
 mod classes;
 mod cli;
+mod cluster;
 mod compose;
 mod demo;
 mod docs;

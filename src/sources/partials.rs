@@ -1,0 +1,250 @@
+//! The partials topic (docs/ARCHITECTURE.md, "Scale-out over Kafka"): the
+//! Kafka topic through which instances sharing a consumer group send their
+//! deltas and commits ([`crate::cluster::record`]) to the merger of each
+//! model. [`PartialsTopic`] creates it when missing, publishes records
+//! (each to its model's partition, [`partials_partition`]) and waits for
+//! the broker to have them, and reads back, from the end of a model's
+//! partition, the clock a source partition had at a committed offset
+//! ([`PartialsTopic::clock_at`]), for the partition's next reader.
+//!
+//! The producer sends one record per batch: readers here position
+//! themselves at offsets inside the partition, and one record per batch
+//! makes every offset a batch start (Tansu 0.6 serves a read from inside a
+//! batch wrongly; Kafka does not, but records here are large and few, so
+//! batching them gains nothing).
+//!
+//! Unlike the rest of `sources` this module reads what it fetches: the
+//! partials topic carries the daemon's own records, not events.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::cluster::record::{PartialsRecord, RecordBody};
+use crate::config::KafkaConfig;
+
+/// How many records a backward read of a partition fetches first; each
+/// step back doubles it.
+const FIRST_STEP_BACK: i64 = 256;
+
+/// Why the partials topic could not be used. Each says which topic.
+#[derive(Debug, thiserror::Error)]
+pub enum PartialsError {
+    #[error("partials topic {topic}: creating the Kafka client: {source}")]
+    Client { topic: String, source: KafkaError },
+    #[error("partials topic {topic}: {action}: {source}")]
+    Broker { topic: String, action: &'static str, source: KafkaError },
+    #[error("partials topic {topic}: {action}: no answer within {timeout:?}")]
+    Timeout { topic: String, action: &'static str, timeout: Duration },
+}
+
+/// The partition of the partials topic that carries `model`'s records: a
+/// hash of the name, the same on every instance and in every version (it
+/// must never change: a model's records must stay in one partition, in
+/// order).
+pub fn partials_partition(model: &str, partitions: i32) -> i32 {
+    let hash = xxhash_rust::xxh3::xxh3_64(model.as_bytes());
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// The partials topic: see the module doc.
+pub struct PartialsTopic {
+    topic: String,
+    partitions: i32,
+    producer: BaseProducer,
+    brokers: String,
+    options: Vec<(String, String)>,
+}
+
+impl PartialsTopic {
+    /// Connects to `topic`, creating it with `partitions` partitions when it
+    /// does not exist (an existing topic keeps its own count).
+    pub fn open(kafka: &KafkaConfig, topic: &str, partitions: i32, timeout: Duration) -> Result<Self, PartialsError> {
+        let client = |source| PartialsError::Client { topic: topic.to_string(), source };
+        let mut config = super::dead_letters::producer_config(kafka);
+        config.set("batch.num.messages", "1");
+        let producer: BaseProducer = config.create().map_err(client)?;
+        let admin: AdminClient<DefaultClientContext> =
+            super::dead_letters::producer_config(kafka).create().map_err(client)?;
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+        let created = wait_for(topic, "creating the topic", timeout, || {
+            futures::executor::block_on(
+                admin.create_topics([&new_topic], &AdminOptions::new().request_timeout(Some(timeout))),
+            )
+        })?;
+        for result in created {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(PartialsError::Broker {
+                        topic: topic.to_string(),
+                        action: "creating the topic",
+                        source: KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+        let metadata = producer.client().fetch_metadata(Some(topic), timeout).map_err(|source| {
+            PartialsError::Broker { topic: topic.to_string(), action: "reading its partitions", source }
+        })?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len() as i32)
+            .filter(|count| *count > 0)
+            .unwrap_or(partitions);
+        let options = kafka
+            .options
+            .iter()
+            .filter(|(key, _)| !key.starts_with("group.") && !key.starts_with("enable.auto"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(PartialsTopic { topic: topic.to_string(), partitions, producer, brokers: kafka.brokers.clone(), options })
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// Sends `records`, each keyed by its model to the model's partition,
+    /// and waits until the broker has every one (or `timeout` passed: then
+    /// nothing is known of those still out, and the caller must not
+    /// commit what they cover).
+    pub fn publish(&self, records: &[PartialsRecord], timeout: Duration) -> Result<(), PartialsError> {
+        let broker = |source| PartialsError::Broker { topic: self.topic.clone(), action: "publishing", source };
+        for record in records {
+            let payload = record.to_msgpack();
+            let model = record.model();
+            let mut pending = BaseRecord::to(&self.topic)
+                .partition(partials_partition(model, self.partitions))
+                .key(model)
+                .payload(&payload);
+            loop {
+                match self.producer.send(pending) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        pending = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((source, _)) => return Err(broker(source)),
+                }
+            }
+        }
+        self.producer.flush(timeout).map_err(broker)
+    }
+
+    /// The clock source partition `topic`/`partition` had for `model` at
+    /// offset `offset` (its readers' committed offset), read from the
+    /// newest commit record, or delta, ending there in the model's
+    /// partition of this topic, reading back from the end. `Ok(None)` when
+    /// no record ends there (the partition's first reader; one whose commit
+    /// record was never published); `Ok(Some(None))` when the partition had
+    /// no event of the model yet.
+    #[allow(clippy::option_option)]
+    pub fn clock_at(
+        &self,
+        model: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timeout: Duration,
+    ) -> Result<Option<Option<i64>>, PartialsError> {
+        let broker = |action, source| PartialsError::Broker { topic: self.topic.clone(), action, source };
+        let mut config = rdkafka::config::ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        // Assigned, never subscribed: the group id (which librdkafka wants
+        // for an assignment) names no group that joins or commits.
+        config
+            .set("group.id", "driftwatch-partials-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        let reader: BaseConsumer = config.create().map_err(|source| broker("creating a reader", source))?;
+        let ours = partials_partition(model, self.partitions);
+        let (low, high) = reader
+            .fetch_watermarks(&self.topic, ours, timeout)
+            .map_err(|source| broker("reading the partition's offsets", source))?;
+        let deadline = Instant::now() + timeout;
+        let mut until = high;
+        let mut step = FIRST_STEP_BACK;
+        while until > low {
+            let from = (until - step).max(low);
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&self.topic, ours, Offset::Offset(from))
+                .map_err(|source| broker("positioning a reader", source))?;
+            reader.assign(&assignment).map_err(|source| broker("positioning a reader", source))?;
+            let mut found = None;
+            let mut next = from;
+            while next < until {
+                if Instant::now() >= deadline {
+                    return Err(PartialsError::Timeout {
+                        topic: self.topic.clone(),
+                        action: "reading commits back",
+                        timeout,
+                    });
+                }
+                let Some(message) = reader.poll(Duration::from_millis(100)) else { continue };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(KafkaError::PartitionEOF(_)) => break,
+                    Err(source) => return Err(broker("reading commits back", source)),
+                };
+                next = message.offset() + 1;
+                if message.offset() >= until {
+                    break;
+                }
+                let Some(Ok(record)) = message.payload().map(PartialsRecord::from_msgpack) else { continue };
+                let clock = match &record.body {
+                    RecordBody::Commit(c)
+                        if c.model == model && c.topic == topic && c.partition == partition && c.next == offset =>
+                    {
+                        Some(c.clock_ms)
+                    }
+                    RecordBody::Delta(d)
+                        if d.model == model && d.topic == topic && d.partition == partition && d.end == offset =>
+                    {
+                        Some(d.clock_ms)
+                    }
+                    _ => None,
+                };
+                if clock.is_some() {
+                    // Later records in this stretch are newer: keep reading.
+                    found = clock;
+                }
+            }
+            if found.is_some() {
+                return Ok(found);
+            }
+            until = from;
+            step = step.saturating_mul(2);
+        }
+        Ok(None)
+    }
+}
+
+/// An admin call's outcome, or a timeout error naming `action`.
+fn wait_for<T>(
+    topic: &str,
+    action: &'static str,
+    timeout: Duration,
+    call: impl FnOnce() -> rdkafka::error::KafkaResult<T>,
+) -> Result<T, PartialsError> {
+    call().map_err(|source| match source {
+        KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut)
+        | KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut) => {
+            PartialsError::Timeout { topic: topic.to_string(), action, timeout }
+        }
+        source => PartialsError::Broker { topic: topic.to_string(), action, source },
+    })
+}
