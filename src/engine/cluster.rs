@@ -15,7 +15,9 @@
 //! Its rows are those of one engine reading every partition: every count
 //! exact, every value within 1e-12 (parts merge rather than add in one
 //! pass), whatever the stretches
-//! (`a_merger_of_sources_gives_the_rows_of_one_engine`).
+//! (`a_merger_of_sources_gives_the_rows_of_one_engine`). [`Merger`] is
+//! the merging side whole: the records of the partials topic in, a
+//! timeline per source partition, a merger engine of its own.
 //!
 //! A partition's next reader (its new owner, or the same instance after a
 //! crash) starts at the committed offset with the clock the partition had
@@ -31,7 +33,8 @@
 use std::collections::BTreeMap;
 
 use super::Engine;
-use crate::cluster::record::{Delta, LateEvents};
+use crate::cluster::record::{Delta, LateEvents, PartialsRecord, RecordBody};
+use crate::cluster::timeline::{Offered, Stretch, Timeline};
 use crate::config::PipelineConfig;
 use crate::evaluate::WindowState;
 use crate::model::{ModelId, ModelRegistry, SeriesId};
@@ -58,25 +61,24 @@ pub struct InternedDelta {
     pub clock_ms: Option<i64>,
 }
 
-/// Interns a delta's windows and late events into `registry` (new series,
-/// features and classes as the decoder would, within `limits`' caps).
-/// Nothing of a window that cannot be taken in is interned; the error
-/// names it.
+/// Interns a delta of `model` (its windows and late events) into
+/// `registry` (new series, features and classes as the decoder would,
+/// within `limits`' caps). A window that cannot be taken in is left out,
+/// with nothing of it interned, and its error returned beside the rest.
 pub fn intern_delta(
     registry: &mut ModelRegistry,
     limits: &PipelineConfig,
+    model: ModelId,
     delta: Delta,
-) -> Result<InternedDelta, PartialWindowError> {
-    let Some(model) = registry.id(&delta.model) else {
-        return Err(PartialWindowError::UnknownModel {
-            model: crate::text::shorten_long_tokens(&delta.model).into_owned(),
-        });
-    };
+) -> (InternedDelta, Vec<PartialWindowError>) {
     let mut parts = Vec::with_capacity(delta.windows.len());
+    let mut errors = Vec::new();
     for window in delta.windows {
         let start = window.window_start_ms;
-        let (series, state) = window.into_state(registry.get_mut(model), limits)?;
-        parts.push(((start, series), state));
+        match window.into_state(registry.get_mut(model), limits) {
+            Ok((series, state)) => parts.push(((start, series), state)),
+            Err(error) => errors.push(error),
+        }
     }
     let caps = (limits.max_segments_per_model, limits.max_versions_per_model);
     let state = registry.get_mut(model);
@@ -85,7 +87,7 @@ pub fn intern_delta(
         .into_iter()
         .map(|late| ((state.series_named(&late.model_version, &late.segment, caps), late.window_start_ms), late.events))
         .collect();
-    Ok(InternedDelta { model, parts, late, clock_ms: delta.clock_ms })
+    (InternedDelta { model, parts, late, clock_ms: delta.clock_ms }, errors)
 }
 
 impl Engine {
@@ -201,11 +203,162 @@ impl Engine {
     }
 }
 
+/// Counts of what a [`Merger`] did with the records it was given.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MergerCounters {
+    /// Stretches taken into windows (final).
+    pub stretches: u64,
+    /// Provisional stretches replaced by one published again.
+    pub replaced: u64,
+    /// Stretches refused: below the committed offset (a reader that lost
+    /// its partition and did not know it yet).
+    pub stale: u64,
+    /// Stretches that broke the sources' contract (a gap or an overlap).
+    pub broken: u64,
+}
+
+/// Why a [`Merger`] did not take a record in. Each names the record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MergeError {
+    #[error("partials record of model {model}: no model of that name is configured")]
+    UnknownModel { model: String },
+    #[error("partials record of model {model}: source topic {topic}, but this merger merges {expected}")]
+    OtherTopic { model: String, topic: String, expected: String },
+    #[error("partials record of model {model}: source partition {partition}, but {topic} has {partitions}")]
+    PartitionOutOfRange { model: String, topic: String, partition: i32, partitions: i32 },
+    #[error("partials record of model {model}, partition {partition}: {source}")]
+    Window { model: String, partition: i32, source: PartialWindowError },
+}
+
+/// A cluster's merger (docs/ARCHITECTURE.md, "Scale-out over Kafka"): the
+/// records of the models it merges go in, in the order of their partials
+/// partition ([`Merger::apply`]); each source partition's stretches wait
+/// in its [`Timeline`] until a commit makes them final, and then go into a
+/// merger engine of its own (its own registry, every source partition
+/// declared), which closes windows as one engine reading every partition
+/// would. Pure: no I/O.
+pub struct Merger {
+    pub registry: ModelRegistry,
+    pub engine: Engine,
+    limits: PipelineConfig,
+    source_topic: String,
+    source_partitions: i32,
+    timelines: BTreeMap<(ModelId, i32), Timeline<Delta>>,
+    pub counters: MergerCounters,
+}
+
+impl Merger {
+    /// A merger of `config`'s models over `source_partitions` partitions of
+    /// `source_topic` (the predictions topic).
+    pub fn new(config: &crate::config::Config, source_topic: &str, source_partitions: i32) -> Self {
+        let registry = ModelRegistry::from_config(config);
+        let mut engine = Engine::new(config, &registry);
+        let partitions: Vec<PartitionId> = (0..source_partitions).collect();
+        engine.declare_partitions(&partitions);
+        Merger {
+            registry,
+            engine,
+            limits: config.pipeline.clone(),
+            source_topic: source_topic.to_string(),
+            source_partitions,
+            timelines: BTreeMap::new(),
+            counters: MergerCounters::default(),
+        }
+    }
+
+    /// Takes a record in: a delta waits in its partition's timeline (or
+    /// replaces what it publishes again); a commit makes the stretches it
+    /// covers final, and they go into windows, in offset order, closing
+    /// what the watermark passes (rows to `out`). A stretch of an idle
+    /// partition stops it holding the model's windows, until its next
+    /// event. A record that cannot be taken in is an error and changes
+    /// nothing; one of a stretch's windows that cannot be interned is an
+    /// error after the stretch's other windows went in.
+    pub fn apply(&mut self, record: PartialsRecord, out: &mut Vec<WindowMetricRow>) -> Result<(), MergeError> {
+        let (model_name, topic, partition) = match &record.body {
+            RecordBody::Delta(d) => (d.model.clone(), d.topic.clone(), d.partition),
+            RecordBody::Commit(c) => (c.model.clone(), c.topic.clone(), c.partition),
+        };
+        let Some(model) = self.registry.id(&model_name) else {
+            return Err(MergeError::UnknownModel { model: crate::text::shorten_long_tokens(&model_name).into_owned() });
+        };
+        if topic != self.source_topic {
+            return Err(MergeError::OtherTopic {
+                model: model_name,
+                topic: crate::text::shorten_long_tokens(&topic).into_owned(),
+                expected: self.source_topic.clone(),
+            });
+        }
+        if partition >= self.source_partitions {
+            return Err(MergeError::PartitionOutOfRange {
+                model: model_name,
+                topic,
+                partition,
+                partitions: self.source_partitions,
+            });
+        }
+        let timeline = self.timelines.entry((model, partition)).or_default();
+        let released = match record.body {
+            RecordBody::Delta(delta) => {
+                let stretch = Stretch { start: delta.start, end: delta.end, clock_ms: delta.clock_ms, payload: delta };
+                match timeline.offer(stretch) {
+                    Offered::Held => {}
+                    Offered::Replaced(_) => self.counters.replaced += 1,
+                    Offered::Stale => self.counters.stale += 1,
+                    Offered::Gap { missing } => {
+                        self.counters.broken += 1;
+                        tracing::error!(model = %model_name, partition, missing, "partials: a stretch starts past the end of the ones held; offsets are missing");
+                    }
+                    Offered::Overlap { replaced } => {
+                        self.counters.broken += 1;
+                        tracing::error!(model = %model_name, partition, replaced, "partials: a stretch starts inside a provisional one");
+                    }
+                }
+                return Ok(());
+            }
+            RecordBody::Commit(commit) => timeline.commit(commit.next),
+        };
+        let mut failed = None;
+        for released in released {
+            self.counters.stretches += 1;
+            let idle = released.stretch.payload.idle;
+            let (interned, errors) = intern_delta(&mut self.registry, &self.limits, model, released.stretch.payload);
+            if let Some(source) = errors.into_iter().next() {
+                failed.get_or_insert(MergeError::Window { model: model_name.clone(), partition, source });
+            }
+            self.engine.apply_stretch(&self.registry, partition, interned, released.clock_before_ms, out);
+            if idle {
+                self.engine.set_partition_idle(&self.registry, model, partition, out);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+impl Engine {
+    /// Source partition `partition` went idle for `model` (its source says
+    /// so): it stops holding the model's windows until its next event;
+    /// rows of windows that close go to `out`.
+    pub fn set_partition_idle(
+        &mut self,
+        registry: &ModelRegistry,
+        model: ModelId,
+        partition: PartitionId,
+        out: &mut Vec<WindowMetricRow>,
+    ) {
+        let windows = &mut self.windows[model as usize];
+        let Some(clock) = windows.partitions.get_mut(&partition) else { return };
+        clock.idle = true;
+        if windows.advance_frontiers() {
+            self.close(registry.get(model), model as usize, false, out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::record::{PartialsRecord, RecordBody};
-    use crate::cluster::timeline::{Offered, Stretch, Timeline};
+    use crate::cluster::record::Commit;
     use crate::config::Config;
     use crate::decode::Decoder;
     use crate::rng::Rng;
@@ -288,16 +441,21 @@ mod tests {
             };
             let mut one = Node::new(windows, &[0, 1, 2]);
             let mut sources = [source(&[0, 1]), source(&[2])];
-            let mut merger = Node::new(windows, &[0, 1, 2]);
-            let mut timelines: Vec<Timeline<Delta>> = (0..3).map(|_| Timeline::default()).collect();
+            let mut merger = Merger::new(&one.config, "predictions", 3);
+            let mut merged = Vec::new();
             // Per partition: how far the reference read, how far its current
             // reader read and published, and what the group committed.
             let mut seen = [0i64; 3];
             let mut read = [0i64; 3];
             let mut published = [(0i64, None::<i64>); 3];
             let mut committed = [(0i64, None::<i64>); 3];
-            let (mut crashes, mut replaced) = (0, 0);
-            let publish = |source: &mut Node, timeline: &mut Timeline<Delta>, partition: usize, from: i64, to: i64| {
+            let mut crashes = 0;
+            // Every record goes through MessagePack, as through the topic.
+            let send = |merger: &mut Merger, record: PartialsRecord, merged: &mut Vec<WindowMetricRow>| {
+                let record = PartialsRecord::from_msgpack(&record.to_msgpack()).unwrap();
+                merger.apply(record, merged).unwrap();
+            };
+            let publish = |source: &mut Node, partition: usize, from: i64, to: i64| {
                 let taken = source.engine.take_delta(&source.registry, 0, partition as PartitionId);
                 let delta = Delta {
                     model: "m".into(),
@@ -310,32 +468,17 @@ mod tests {
                     windows: taken.windows,
                     late: taken.late,
                 };
-                let bytes = PartialsRecord::delta("source", delta).to_msgpack();
-                let RecordBody::Delta(delta) = PartialsRecord::from_msgpack(&bytes).unwrap().body else {
-                    unreachable!("a delta reads back as a delta")
-                };
-                let clock = delta.clock_ms;
-                let offered = timeline.offer(Stretch {
-                    start: delta.start,
-                    end: delta.end,
-                    clock_ms: delta.clock_ms,
-                    payload: delta,
-                });
-                (clock, offered)
+                (taken.clock_ms, PartialsRecord::delta("source", delta))
             };
-            let commit = |merger: &mut Node, timeline: &mut Timeline<Delta>, partition: usize, next: i64| {
-                for released in timeline.commit(next) {
-                    let clock_before = released.clock_before_ms;
-                    let interned =
-                        intern_delta(&mut merger.registry, &merger.config.pipeline, released.stretch.payload).unwrap();
-                    merger.engine.apply_stretch(
-                        &merger.registry,
-                        partition as PartitionId,
-                        interned,
-                        clock_before,
-                        &mut merger.rows,
-                    );
-                }
+            let commit = |partition: usize, (next, clock_ms): (i64, Option<i64>)| {
+                let commit = Commit {
+                    model: "m".into(),
+                    topic: "predictions".into(),
+                    partition: partition as i32,
+                    next,
+                    clock_ms,
+                };
+                PartialsRecord::commit("source", commit)
             };
             let mut turn = 0u64;
             while (0..3).any(|p| committed[p].0 < sizes[p]) {
@@ -352,14 +495,13 @@ mod tests {
                 read[partition] = end;
                 let from = published[partition].0;
                 if from < end && (rng.next_u64().is_multiple_of(3) || end == sizes[partition]) {
-                    let (clock, offered) = publish(reader, &mut timelines[partition], partition, from, end);
-                    assert!(matches!(offered, Offered::Held | Offered::Replaced(_)), "{offered:?}");
-                    replaced += usize::from(matches!(offered, Offered::Replaced(_)));
+                    let (clock, record) = publish(reader, partition, from, end);
+                    send(&mut merger, record, &mut merged);
                     published[partition] = (end, clock);
                 }
                 if rng.next_u64().is_multiple_of(4) && published[partition].0 > committed[partition].0 {
                     committed[partition] = published[partition];
-                    commit(&mut merger, &mut timelines[partition], partition, committed[partition].0);
+                    send(&mut merger, commit(partition, committed[partition]), &mut merged);
                 }
                 if turn.is_multiple_of(37) || rng.next_u64().is_multiple_of(40) {
                     // The reader of `partition` crashes: a fresh one reads
@@ -380,13 +522,15 @@ mod tests {
                 }
             }
             one.engine.finish(&one.registry, &mut one.rows);
-            merger.engine.finish(&merger.registry, &mut merger.rows);
-            println!("{windows}: {crashes} crashes, {replaced} stretches published again");
+            merger.engine.finish(&merger.registry, &mut merged);
+            let counters = &merger.counters;
+            println!("{windows}: {crashes} crashes, {counters:?}");
             assert!(crashes >= 2, "{windows}, seed {seed}: {crashes} crashes");
+            assert_eq!((counters.stale, counters.broken), (0, 0), "{windows}, seed {seed}");
             assert!(one.engine.counters.events_late > 0, "{windows}: some events are late within their partition");
             assert!(!one.rows.is_empty());
-            assert_eq!(merger.rows.len(), one.rows.len(), "{windows}, seed {seed}");
-            for (a, b) in merger.rows.iter().zip(&one.rows) {
+            assert_eq!(merged.len(), one.rows.len(), "{windows}, seed {seed}");
+            for (a, b) in merged.iter().zip(&one.rows) {
                 let close = (a.value - b.value).abs() <= 1e-12 * a.value.abs().max(b.value.abs()).max(1.0)
                     || a.value.to_bits() == b.value.to_bits();
                 assert!(
@@ -400,5 +544,78 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A partition with no event of the model holds its windows at the
+    /// merger until its source says it is idle; records of a model the
+    /// merger does not know, of another source topic or of a partition the
+    /// topic does not have are refused, naming what is wrong.
+    #[test]
+    fn an_idle_partition_stops_holding_the_merger_and_foreign_records_are_refused() {
+        let mut source = Node::new("{size: 1m, allowed_lateness: 5s}", &[0]);
+        source.engine.set_source_mode();
+        let events: Vec<String> = (0..100)
+            .map(|n| {
+                format!(
+                    r#"{{"event_id":"e{n}","model":"m","timestamp":{},"prediction":1,"features":{{"x":{n}}}}}"#,
+                    T0 + n * 1000
+                )
+            })
+            .collect();
+        source.push(0, &events);
+        let taken = source.engine.take_delta(&source.registry, 0, 0);
+        let delta = |partition: i32, end: i64, clock_ms, idle, windows| Delta {
+            model: "m".into(),
+            topic: "predictions".into(),
+            partition,
+            start: 0,
+            end,
+            clock_ms,
+            idle,
+            windows,
+            late: Vec::new(),
+        };
+        let commit = |partition: i32, next: i64, clock_ms| {
+            PartialsRecord::commit(
+                "source",
+                Commit { model: "m".into(), topic: "predictions".into(), partition, next, clock_ms },
+            )
+        };
+        let mut merger = Merger::new(&source.config, "predictions", 2);
+        let mut rows = Vec::new();
+        merger
+            .apply(PartialsRecord::delta("source", delta(0, 100, taken.clock_ms, false, taken.windows)), &mut rows)
+            .unwrap();
+        merger.apply(commit(0, 100, taken.clock_ms), &mut rows).unwrap();
+        assert!(rows.is_empty(), "partition 1 has not been heard from: it holds the windows");
+        merger.apply(PartialsRecord::delta("source", delta(1, 0, None, true, Vec::new())), &mut rows).unwrap();
+        merger.apply(commit(1, 0, None), &mut rows).unwrap();
+        let counts: Vec<(i64, f64)> = rows
+            .iter()
+            .filter(|r| r.metric == "count" && r.feature.is_none())
+            .map(|r| ((r.window_start_ms - T0) / 1000, r.value))
+            .collect();
+        assert_eq!(counts, [(0, 60.0)], "the first window closes once partition 1 is idle");
+
+        let foreign = |model: &str, topic: &str, partition: i32| {
+            let commit = Commit { model: model.into(), topic: topic.into(), partition, next: 200, clock_ms: None };
+            PartialsRecord::commit("source", commit)
+        };
+        let before = rows.len();
+        let errors: Vec<String> = [("nope", "predictions", 0), ("m", "labels", 0), ("m", "predictions", 5)]
+            .into_iter()
+            .map(|(model, topic, partition)| {
+                merger.apply(foreign(model, topic, partition), &mut rows).unwrap_err().to_string()
+            })
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "partials record of model nope: no model of that name is configured",
+                "partials record of model m: source topic labels, but this merger merges predictions",
+                "partials record of model m: source partition 5, but predictions has 2",
+            ]
+        );
+        assert_eq!(rows.len(), before);
     }
 }
