@@ -41,6 +41,7 @@ pub struct PartialsRecord {
 pub enum RecordBody {
     Delta(Delta),
     Commit(Commit),
+    Mark(MergerMark),
 }
 
 /// What a source read of one model's events in one stretch of a source
@@ -96,6 +97,43 @@ pub struct Commit {
     pub clock_ms: Option<i64>,
 }
 
+/// Where a model's merger stands, for the next merger of the model (a
+/// merger moved to another instance, or restarted): it reads the partials
+/// partition again from `resume_offset`, skipping what this merger had
+/// already emitted (docs/ARCHITECTURE.md, "A merger's recovery").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergerMark {
+    pub model: String,
+    /// The partials offset after the last record the merger took in.
+    pub next_offset: i64,
+    /// The oldest record still needed: one of a provisional stretch, or
+    /// with a part of a window still open (`next_offset` when none).
+    pub resume_offset: i64,
+    /// Windows ending at or before this were emitted.
+    pub closed_through_ms: Option<i64>,
+    /// Late events not yet reported by a window.
+    pub late: Vec<LateEvents>,
+    /// Windows emitted and waiting for their labels: their event counts
+    /// and the performance of the pairs so far (no data).
+    pub awaiting: Vec<PartialWindow>,
+    /// Per source partition the merger has heard from.
+    pub partitions: Vec<PartitionMark>,
+}
+
+/// A source partition as a merger's mark records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionMark {
+    pub partition: i32,
+    /// The offset its readers committed, as the merger last heard.
+    pub committed: Option<i64>,
+    /// The largest clock of its final stretches.
+    pub clock_ms: Option<i64>,
+    /// It had gone idle.
+    pub idle: bool,
+}
+
 /// Why a record cannot be read. Each message says what is wrong where.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RecordError {
@@ -125,6 +163,14 @@ impl PartialsRecord {
         }
     }
 
+    pub fn mark(instance: &str, mark: MergerMark) -> Self {
+        PartialsRecord {
+            format_version: PARTIALS_FORMAT_VERSION,
+            instance: instance.to_string(),
+            body: RecordBody::Mark(mark),
+        }
+    }
+
     pub fn commit(instance: &str, commit: Commit) -> Self {
         PartialsRecord {
             format_version: PARTIALS_FORMAT_VERSION,
@@ -138,6 +184,7 @@ impl PartialsRecord {
         match &self.body {
             RecordBody::Delta(delta) => &delta.model,
             RecordBody::Commit(commit) => &commit.model,
+            RecordBody::Mark(mark) => &mark.model,
         }
     }
 
@@ -171,6 +218,7 @@ impl PartialsRecord {
         let (model, partition) = match &self.body {
             RecordBody::Delta(delta) => (&delta.model, delta.partition),
             RecordBody::Commit(commit) => (&commit.model, commit.partition),
+            RecordBody::Mark(mark) => (&mark.model, 0),
         };
         let invalid = |field: &str, message: String| {
             Err(RecordError::Invalid {
@@ -192,6 +240,21 @@ impl PartialsRecord {
         match &self.body {
             RecordBody::Commit(commit) if commit.next < 0 => invalid("next", format!("{} is negative", commit.next)),
             RecordBody::Commit(_) => Ok(()),
+            RecordBody::Mark(mark) => {
+                if mark.resume_offset < 0 || mark.next_offset < mark.resume_offset {
+                    return invalid(
+                        "resume_offset",
+                        format!(
+                            "{} is not an offset at or before next_offset {}",
+                            mark.resume_offset, mark.next_offset
+                        ),
+                    );
+                }
+                match mark.partitions.iter().find(|p| p.partition < 0) {
+                    Some(bad) => invalid("partitions", format!("partition {} is negative", bad.partition)),
+                    None => Ok(()),
+                }
+            }
             RecordBody::Delta(delta) => {
                 if delta.start < 0 || delta.end < delta.start {
                     return invalid(

@@ -126,6 +126,16 @@ impl<T> Timeline<T> {
         }
     }
 
+    /// A merger that read its partials partition again from a mark
+    /// (docs/ARCHITECTURE.md, "A merger's recovery") has reached where the
+    /// mark was taken: the commit and the clock the old merger knew, which
+    /// records read again may not have said (their commit record came
+    /// before the re-read), hold from here on. Neither goes back.
+    pub fn raise(&mut self, committed: Option<i64>, clock_ms: Option<i64>) {
+        self.committed = self.committed.max(committed);
+        self.clock_ms = self.clock_ms.max(clock_ms);
+    }
+
     /// The partition's readers committed `next`: the provisional stretches
     /// ending there or before are final and handed over, in offset order.
     /// A commit never goes back.

@@ -33,13 +33,13 @@
 use std::collections::BTreeMap;
 
 use super::Engine;
-use crate::cluster::record::{Delta, LateEvents, PartialsRecord, RecordBody};
+use crate::cluster::record::{Delta, LateEvents, MergerMark, PartialsRecord, PartitionMark, RecordBody};
 use crate::cluster::timeline::{Offered, Stretch, Timeline};
 use crate::config::PipelineConfig;
 use crate::evaluate::WindowState;
 use crate::model::{ModelId, ModelRegistry, SeriesId};
-use crate::window::PartitionId;
 use crate::window::partial::{PartialWindow, PartialWindowError};
+use crate::window::{AwaitingLabels, PartitionId};
 use crate::window_metrics::WindowMetricRow;
 
 /// What a source partition added to a model's windows since its last
@@ -232,19 +232,41 @@ pub enum MergeError {
 
 /// A cluster's merger (docs/ARCHITECTURE.md, "Scale-out over Kafka"): the
 /// records of the models it merges go in, in the order of their partials
-/// partition ([`Merger::apply`]); each source partition's stretches wait
-/// in its [`Timeline`] until a commit makes them final, and then go into a
-/// merger engine of its own (its own registry, every source partition
-/// declared), which closes windows as one engine reading every partition
-/// would. Pure: no I/O.
+/// partition, with their offsets there ([`Merger::apply`]); each source
+/// partition's stretches wait in its [`Timeline`] until a commit makes them
+/// final, and then go into a merger engine of its own (its own registry,
+/// every source partition declared), which closes windows as one engine
+/// reading every partition would. [`Merger::mark`] says where it stands
+/// for a model, and a new merger [`Merger::resume`]s from such a mark:
+/// reading the partition again from the mark's `resume_offset`, it emits
+/// exactly the rows the old merger had not. Pure: no I/O.
 pub struct Merger {
     pub registry: ModelRegistry,
     pub engine: Engine,
     limits: PipelineConfig,
     source_topic: String,
     source_partitions: i32,
-    timelines: BTreeMap<(ModelId, i32), Timeline<Delta>>,
+    /// Per (model, source partition): its stretches, each with the offset
+    /// of its record.
+    timelines: BTreeMap<(ModelId, i32), Timeline<(i64, Delta)>>,
+    /// Per model: what a mark needs.
+    models: BTreeMap<ModelId, ModelProgress>,
     pub counters: MergerCounters,
+}
+
+/// Where a merger stands for one model.
+#[derive(Debug, Default)]
+struct ModelProgress {
+    /// The offset after the last record taken in.
+    next_offset: Option<i64>,
+    /// Per open window (start): the oldest record with a part of it.
+    open_windows: BTreeMap<i64, i64>,
+    /// Resumed from a mark and not past it yet: the stretches that commits
+    /// before its `next_offset` release were taken in by the old merger, so
+    /// their parts of windows it emitted and their late events (in the
+    /// mark, if unreported) are skipped; reaching it, the timelines learn
+    /// the commits and clocks it recorded.
+    resumed: Option<MergerMark>,
 }
 
 impl Merger {
@@ -262,22 +284,30 @@ impl Merger {
             source_topic: source_topic.to_string(),
             source_partitions,
             timelines: BTreeMap::new(),
+            models: BTreeMap::new(),
             counters: MergerCounters::default(),
         }
     }
 
-    /// Takes a record in: a delta waits in its partition's timeline (or
-    /// replaces what it publishes again); a commit makes the stretches it
-    /// covers final, and they go into windows, in offset order, closing
-    /// what the watermark passes (rows to `out`). A stretch of an idle
-    /// partition stops it holding the model's windows, until its next
-    /// event. A record that cannot be taken in is an error and changes
-    /// nothing; one of a stretch's windows that cannot be interned is an
-    /// error after the stretch's other windows went in.
-    pub fn apply(&mut self, record: PartialsRecord, out: &mut Vec<WindowMetricRow>) -> Result<(), MergeError> {
+    /// Takes a record at `offset` of its partials partition in: a delta
+    /// waits in its partition's timeline (or replaces what it publishes
+    /// again); a commit makes the stretches it covers final, and they go
+    /// into windows, in offset order, closing what the watermark passes
+    /// (rows to `out`). A stretch of an idle partition stops it holding the
+    /// model's windows, until its next event. Marks are read by
+    /// [`Merger::resume`], not here. A record that cannot be taken in is an
+    /// error and changes nothing; one of a stretch's windows that cannot be
+    /// interned is an error after the stretch's other windows went in.
+    pub fn apply(
+        &mut self,
+        offset: i64,
+        record: PartialsRecord,
+        out: &mut Vec<WindowMetricRow>,
+    ) -> Result<(), MergeError> {
         let (model_name, topic, partition) = match &record.body {
             RecordBody::Delta(d) => (d.model.clone(), d.topic.clone(), d.partition),
             RecordBody::Commit(c) => (c.model.clone(), c.topic.clone(), c.partition),
+            RecordBody::Mark(_) => return Ok(()),
         };
         let Some(model) = self.registry.id(&model_name) else {
             return Err(MergeError::UnknownModel { model: crate::text::shorten_long_tokens(&model_name).into_owned() });
@@ -297,10 +327,12 @@ impl Merger {
                 partitions: self.source_partitions,
             });
         }
+        self.reach(model, offset);
         let timeline = self.timelines.entry((model, partition)).or_default();
         let released = match record.body {
             RecordBody::Delta(delta) => {
-                let stretch = Stretch { start: delta.start, end: delta.end, clock_ms: delta.clock_ms, payload: delta };
+                let stretch =
+                    Stretch { start: delta.start, end: delta.end, clock_ms: delta.clock_ms, payload: (offset, delta) };
                 match timeline.offer(stretch) {
                     Offered::Held => {}
                     Offered::Replaced(_) => self.counters.replaced += 1,
@@ -317,21 +349,166 @@ impl Merger {
                 return Ok(());
             }
             RecordBody::Commit(commit) => timeline.commit(commit.next),
+            RecordBody::Mark(_) => unreachable!("returned above"),
         };
+        let size_ms = self.engine.spec.size_ms;
         let mut failed = None;
         for released in released {
             self.counters.stretches += 1;
-            let idle = released.stretch.payload.idle;
-            let (interned, errors) = intern_delta(&mut self.registry, &self.limits, model, released.stretch.payload);
+            let (record_offset, delta) = released.stretch.payload;
+            let idle = delta.idle;
+            let (mut interned, errors) = intern_delta(&mut self.registry, &self.limits, model, delta);
             if let Some(source) = errors.into_iter().next() {
                 failed.get_or_insert(MergeError::Window { model: model_name.clone(), partition, source });
+            }
+            let progress = self.models.entry(model).or_default();
+            if let Some(mark) = &progress.resumed {
+                // Released by a commit the old merger took in too (a
+                // resumed merger is past its mark once a record reaches
+                // the mark's `next_offset`): what it emitted or reported
+                // is not again.
+                let emitted = mark.closed_through_ms;
+                interned.parts.retain(|((start, _), _)| emitted.is_none_or(|closed| start + size_ms > closed));
+                interned.late.clear();
+            }
+            for ((start, _), _) in &interned.parts {
+                let oldest = progress.open_windows.entry(*start).or_insert(record_offset);
+                *oldest = (*oldest).min(record_offset);
             }
             self.engine.apply_stretch(&self.registry, partition, interned, released.clock_before_ms, out);
             if idle {
                 self.engine.set_partition_idle(&self.registry, model, partition, out);
             }
         }
+        self.forget_closed(model);
         failed.map_or(Ok(()), Err)
+    }
+
+    /// The model's records reached `offset`: a resumed merger that passes
+    /// its mark's `next_offset` hands the mark's commits and clocks to the
+    /// timelines.
+    fn reach(&mut self, model: ModelId, offset: i64) {
+        let progress = self.models.entry(model).or_default();
+        progress.next_offset = Some(offset + 1);
+        if let Some(mark) = progress.resumed.take_if(|mark| offset >= mark.next_offset) {
+            for partition in &mark.partitions {
+                self.timelines
+                    .entry((model, partition.partition))
+                    .or_default()
+                    .raise(partition.committed, partition.clock_ms);
+            }
+        }
+    }
+
+    /// Drops the record offsets of the model's windows that closed.
+    fn forget_closed(&mut self, model: ModelId) {
+        let closed = self.engine.windows[model as usize].closed_through_ms;
+        let size_ms = self.engine.spec.size_ms;
+        if let (Some(progress), Some(closed)) = (self.models.get_mut(&model), closed) {
+            progress.open_windows.retain(|start, _| start + size_ms > closed);
+        }
+    }
+
+    /// Where this merger stands for `model`, for a merger that goes on from
+    /// here ([`Merger::resume`]); `None` for a model it has taken no record
+    /// of in.
+    pub fn mark(&self, model: &str) -> Option<MergerMark> {
+        let id = self.registry.id(model)?;
+        let progress = self.models.get(&id)?;
+        let next_offset = progress.next_offset?;
+        let provisional = self
+            .timelines
+            .range((id, i32::MIN)..=(id, i32::MAX))
+            .flat_map(|(_, timeline)| timeline.provisional().iter().map(|stretch| stretch.payload.0));
+        let resume_offset =
+            provisional.chain(progress.open_windows.values().copied()).min().unwrap_or(next_offset).min(next_offset);
+        let windows = &self.engine.windows[id as usize];
+        let state = self.registry.get(id);
+        let late = windows
+            .late_pending
+            .iter()
+            .map(|((series, start), events)| {
+                let series = &state.series[*series as usize];
+                LateEvents {
+                    model_version: series.model_version.to_string(),
+                    segment: series.segment.to_string(),
+                    window_start_ms: *start,
+                    events: *events,
+                }
+            })
+            .collect();
+        let classification = state.is_classification();
+        let awaiting = windows
+            .awaiting_labels
+            .iter()
+            .map(|((start, series), awaiting)| {
+                let mut window = WindowState::empty(classification);
+                window.events = awaiting.events;
+                window.performance = awaiting.performance.clone();
+                PartialWindow::from_state(state, *series, *start, start + self.engine.spec.size_ms, &window)
+            })
+            .collect();
+        let partitions = windows
+            .partitions
+            .iter()
+            .filter(|(_, clock)| clock.max_event_time_ms.is_some() || clock.idle)
+            .map(|(partition, clock)| {
+                let timeline = self.timelines.get(&(id, *partition));
+                PartitionMark {
+                    partition: *partition,
+                    committed: timeline.and_then(Timeline::committed),
+                    clock_ms: clock.max_event_time_ms,
+                    idle: clock.idle,
+                }
+            })
+            .collect();
+        Some(MergerMark {
+            model: model.to_string(),
+            next_offset,
+            resume_offset,
+            closed_through_ms: windows.closed_through_ms,
+            late,
+            awaiting,
+            partitions,
+        })
+    }
+
+    /// Goes on where another merger of the mark's model stood (before any
+    /// record of the model): its windows up to `closed_through_ms` count as
+    /// emitted, its unreported late events and its partitions' clocks are
+    /// taken over, and the records from the mark's `resume_offset` on are
+    /// to be applied next.
+    pub fn resume(&mut self, mark: MergerMark) -> Result<(), MergeError> {
+        let Some(model) = self.registry.id(&mark.model) else {
+            return Err(MergeError::UnknownModel { model: crate::text::shorten_long_tokens(&mark.model).into_owned() });
+        };
+        let mut awaiting = Vec::with_capacity(mark.awaiting.len());
+        for window in &mark.awaiting {
+            let start = window.window_start_ms;
+            let (series, state) = window
+                .clone()
+                .into_state(self.registry.get_mut(model), &self.limits)
+                .map_err(|source| MergeError::Window { model: mark.model.clone(), partition: -1, source })?;
+            awaiting.push(((start, series), AwaitingLabels { events: state.events, performance: state.performance }));
+        }
+        let caps = (self.limits.max_segments_per_model, self.limits.max_versions_per_model);
+        let state = self.registry.get_mut(model);
+        let windows = &mut self.engine.windows[model as usize];
+        windows.closed_through_ms = mark.closed_through_ms;
+        windows.awaiting_labels.extend(awaiting);
+        for late in &mark.late {
+            let series = state.series_named(&late.model_version, &late.segment, caps);
+            *windows.late_pending.entry((series, late.window_start_ms)).or_default() += late.events;
+        }
+        for partition in &mark.partitions {
+            let clock = windows.partitions.entry(partition.partition).or_default();
+            clock.max_event_time_ms = clock.max_event_time_ms.max(partition.clock_ms);
+            clock.idle = partition.idle;
+            clock.touched = true;
+        }
+        windows.advance_frontiers();
+        self.models.entry(model).or_default().resumed = Some(mark);
+        Ok(())
     }
 }
 
@@ -358,6 +535,8 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
     use crate::cluster::record::Commit;
     use crate::config::Config;
     use crate::decode::Decoder;
@@ -441,8 +620,8 @@ mod tests {
             };
             let mut one = Node::new(windows, &[0, 1, 2]);
             let mut sources = [source(&[0, 1]), source(&[2])];
-            let mut merger = Merger::new(&one.config, "predictions", 3);
-            let mut merged = Vec::new();
+            // Every record the sources publish, in the order of the topic.
+            let mut topic: Vec<PartialsRecord> = Vec::new();
             // Per partition: how far the reference read, how far its current
             // reader read and published, and what the group committed.
             let mut seen = [0i64; 3];
@@ -451,9 +630,8 @@ mod tests {
             let mut committed = [(0i64, None::<i64>); 3];
             let mut crashes = 0;
             // Every record goes through MessagePack, as through the topic.
-            let send = |merger: &mut Merger, record: PartialsRecord, merged: &mut Vec<WindowMetricRow>| {
-                let record = PartialsRecord::from_msgpack(&record.to_msgpack()).unwrap();
-                merger.apply(record, merged).unwrap();
+            let send = |topic: &mut Vec<PartialsRecord>, record: PartialsRecord| {
+                topic.push(PartialsRecord::from_msgpack(&record.to_msgpack()).unwrap());
             };
             let publish = |source: &mut Node, partition: usize, from: i64, to: i64| {
                 let taken = source.engine.take_delta(&source.registry, 0, partition as PartitionId);
@@ -496,12 +674,12 @@ mod tests {
                 let from = published[partition].0;
                 if from < end && (rng.next_u64().is_multiple_of(3) || end == sizes[partition]) {
                     let (clock, record) = publish(reader, partition, from, end);
-                    send(&mut merger, record, &mut merged);
+                    send(&mut topic, record);
                     published[partition] = (end, clock);
                 }
                 if rng.next_u64().is_multiple_of(4) && published[partition].0 > committed[partition].0 {
                     committed[partition] = published[partition];
-                    send(&mut merger, commit(partition, committed[partition]), &mut merged);
+                    send(&mut topic, commit(partition, committed[partition]));
                 }
                 if turn.is_multiple_of(37) || rng.next_u64().is_multiple_of(40) {
                     // The reader of `partition` crashes: a fresh one reads
@@ -522,7 +700,60 @@ mod tests {
                 }
             }
             one.engine.finish(&one.registry, &mut one.rows);
+            let merge = |merger: &mut Merger, from: usize, until: usize, rows: &mut Vec<WindowMetricRow>| {
+                for (offset, record) in topic.iter().enumerate().take(until).skip(from) {
+                    merger.apply(offset as i64, record.clone(), rows).unwrap();
+                }
+            };
+            let mut merger = Merger::new(&one.config, "predictions", 3);
+            let mut merged = Vec::new();
+            merge(&mut merger, 0, topic.len(), &mut merged);
             merger.engine.finish(&merger.registry, &mut merged);
+            // A merger that stops anywhere, and one that goes on from its
+            // mark (read back from the topic), emit those rows between them.
+            for _ in 0..4 {
+                let stop = (rng.next_u64() % topic.len() as u64) as usize;
+                let mut first = Merger::new(&one.config, "predictions", 3);
+                let mut rows = Vec::new();
+                merge(&mut first, 0, stop, &mut rows);
+                let mark = first.mark("m").unwrap_or(MergerMark {
+                    model: "m".into(),
+                    next_offset: 0,
+                    resume_offset: 0,
+                    closed_through_ms: None,
+                    late: Vec::new(),
+                    awaiting: Vec::new(),
+                    partitions: Vec::new(),
+                });
+                let record = PartialsRecord::from_msgpack(&PartialsRecord::mark("merger", mark).to_msgpack()).unwrap();
+                let RecordBody::Mark(mark) = record.body else { unreachable!("a mark reads back as a mark") };
+                let mut next = Merger::new(&one.config, "predictions", 3);
+                let resume_offset = mark.resume_offset as usize;
+                next.resume(mark).unwrap();
+                merge(&mut next, resume_offset, topic.len(), &mut rows);
+                next.engine.finish(&next.registry, &mut rows);
+                // What the first merger took in is not counted again.
+                let counted = |c: &crate::engine::EngineCounters| (c.windows_closed, c.events_late);
+                let (a, b) = (counted(&first.engine.counters), counted(&next.engine.counters));
+                assert_eq!((a.0 + b.0, a.1 + b.1), counted(&merger.engine.counters), "{windows}, seed {seed}");
+                let key =
+                    |r: &WindowMetricRow| (r.window_start_ms, r.model_version.clone(), r.feature.clone(), r.metric);
+                let (got, want): (BTreeSet<_>, BTreeSet<_>) =
+                    (rows.iter().map(key).collect(), merged.iter().map(key).collect());
+                assert_eq!(
+                    rows.len(),
+                    merged.len(),
+                    "{windows}, seed {seed}: stopped at {stop}, resumed at {resume_offset}: missing {:?}, extra {:?}",
+                    want.difference(&got).collect::<Vec<_>>(),
+                    got.difference(&want).collect::<Vec<_>>()
+                );
+                for (a, b) in rows.iter().zip(&merged) {
+                    assert!(
+                        a == b,
+                        "{windows}, seed {seed}: stopped at {stop}, resumed at {resume_offset}:\nresumed {a:?}\nwhole   {b:?}"
+                    );
+                }
+            }
             let counters = &merger.counters;
             println!("{windows}: {crashes} crashes, {counters:?}");
             assert!(crashes >= 2, "{windows}, seed {seed}: {crashes} crashes");
@@ -583,13 +814,17 @@ mod tests {
         };
         let mut merger = Merger::new(&source.config, "predictions", 2);
         let mut rows = Vec::new();
-        merger
-            .apply(PartialsRecord::delta("source", delta(0, 100, taken.clock_ms, false, taken.windows)), &mut rows)
-            .unwrap();
-        merger.apply(commit(0, 100, taken.clock_ms), &mut rows).unwrap();
+        let mut offset = 0;
+        let mut apply = |merger: &mut Merger, record, rows: &mut Vec<WindowMetricRow>| {
+            offset += 1;
+            merger.apply(offset, record, rows)
+        };
+        let first = PartialsRecord::delta("source", delta(0, 100, taken.clock_ms, false, taken.windows));
+        apply(&mut merger, first, &mut rows).unwrap();
+        apply(&mut merger, commit(0, 100, taken.clock_ms), &mut rows).unwrap();
         assert!(rows.is_empty(), "partition 1 has not been heard from: it holds the windows");
-        merger.apply(PartialsRecord::delta("source", delta(1, 0, None, true, Vec::new())), &mut rows).unwrap();
-        merger.apply(commit(1, 0, None), &mut rows).unwrap();
+        apply(&mut merger, PartialsRecord::delta("source", delta(1, 0, None, true, Vec::new())), &mut rows).unwrap();
+        apply(&mut merger, commit(1, 0, None), &mut rows).unwrap();
         let counts: Vec<(i64, f64)> = rows
             .iter()
             .filter(|r| r.metric == "count" && r.feature.is_none())
@@ -605,7 +840,7 @@ mod tests {
         let errors: Vec<String> = [("nope", "predictions", 0), ("m", "labels", 0), ("m", "predictions", 5)]
             .into_iter()
             .map(|(model, topic, partition)| {
-                merger.apply(foreign(model, topic, partition), &mut rows).unwrap_err().to_string()
+                apply(&mut merger, foreign(model, topic, partition), &mut rows).unwrap_err().to_string()
             })
             .collect();
         assert_eq!(
