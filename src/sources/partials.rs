@@ -5,7 +5,9 @@
 //! (each to its model's partition, [`partials_partition`]) and waits for
 //! the broker to have them, and reads back, from the end of a model's
 //! partition, the clock a source partition had at a committed offset
-//! ([`PartialsTopic::clock_at`]), for the partition's next reader.
+//! ([`PartialsTopic::clock_at`]), for the partition's next reader, and the
+//! newest mark of the model's merger ([`PartialsTopic::newest_mark`]), for
+//! the next merger.
 //!
 //! The producer sends one record per batch: readers here position
 //! themselves at offsets inside the partition, and one record per batch
@@ -26,7 +28,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::cluster::record::{PartialsRecord, RecordBody};
+use crate::cluster::record::{MergerMark, PartialsRecord, RecordBody};
 use crate::config::KafkaConfig;
 
 /// How many records a backward read of a partition fetches first; each
@@ -157,6 +159,40 @@ impl PartialsTopic {
         offset: i64,
         timeout: Duration,
     ) -> Result<Option<Option<i64>>, PartialsError> {
+        self.newest(model, timeout, |record| match record.body {
+            RecordBody::Commit(c)
+                if c.model == model && c.topic == topic && c.partition == partition && c.next == offset =>
+            {
+                Some(c.clock_ms)
+            }
+            RecordBody::Delta(d)
+                if d.model == model && d.topic == topic && d.partition == partition && d.end == offset =>
+            {
+                Some(d.clock_ms)
+            }
+            _ => None,
+        })
+    }
+
+    /// The newest mark record of `model`'s merger (where a new merger of
+    /// the model goes on from), with its offset; `None` when none was
+    /// published.
+    pub fn newest_mark(&self, model: &str, timeout: Duration) -> Result<Option<MergerMark>, PartialsError> {
+        self.newest(model, timeout, |record| match record.body {
+            RecordBody::Mark(mark) if mark.model == model => Some(mark),
+            _ => None,
+        })
+    }
+
+    /// The newest record of `model`'s partition that `select` picks, read
+    /// back from the end in strides that double (records that cannot be
+    /// read are passed over).
+    fn newest<T>(
+        &self,
+        model: &str,
+        timeout: Duration,
+        mut select: impl FnMut(PartialsRecord) -> Option<T>,
+    ) -> Result<Option<T>, PartialsError> {
         let broker = |action, source| PartialsError::Broker { topic: self.topic.clone(), action, source };
         let mut config = rdkafka::config::ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
@@ -188,39 +224,22 @@ impl PartialsTopic {
             let mut next = from;
             while next < until {
                 if Instant::now() >= deadline {
-                    return Err(PartialsError::Timeout {
-                        topic: self.topic.clone(),
-                        action: "reading commits back",
-                        timeout,
-                    });
+                    return Err(PartialsError::Timeout { topic: self.topic.clone(), action: "reading back", timeout });
                 }
                 let Some(message) = reader.poll(Duration::from_millis(100)) else { continue };
                 let message = match message {
                     Ok(message) => message,
                     Err(KafkaError::PartitionEOF(_)) => break,
-                    Err(source) => return Err(broker("reading commits back", source)),
+                    Err(source) => return Err(broker("reading back", source)),
                 };
                 next = message.offset() + 1;
                 if message.offset() >= until {
                     break;
                 }
                 let Some(Ok(record)) = message.payload().map(PartialsRecord::from_msgpack) else { continue };
-                let clock = match &record.body {
-                    RecordBody::Commit(c)
-                        if c.model == model && c.topic == topic && c.partition == partition && c.next == offset =>
-                    {
-                        Some(c.clock_ms)
-                    }
-                    RecordBody::Delta(d)
-                        if d.model == model && d.topic == topic && d.partition == partition && d.end == offset =>
-                    {
-                        Some(d.clock_ms)
-                    }
-                    _ => None,
-                };
-                if clock.is_some() {
-                    // Later records in this stretch are newer: keep reading.
-                    found = clock;
+                // Later records in this stride are newer: read on.
+                if let Some(picked) = select(record) {
+                    found = Some(picked);
                 }
             }
             if found.is_some() {

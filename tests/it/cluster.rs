@@ -1,10 +1,11 @@
 //! Scale-out against a real broker (Tansu): the partials topic is created
 //! when missing, records reach their model's partition, and a source
-//! partition's clock at a committed offset is read back from the end of it.
+//! partition's clock at a committed offset, and a merger's newest mark,
+//! are read back from the end of it.
 
 use std::time::Duration;
 
-use driftwatch::cluster::record::{Commit, Delta, PartialsRecord};
+use driftwatch::cluster::record::{Commit, Delta, MergerMark, PartialsRecord};
 use driftwatch::config::Config;
 use driftwatch::sources::partials::{PartialsTopic, partials_partition};
 
@@ -69,6 +70,30 @@ fn a_partitions_clock_at_a_committed_offset_is_read_back_from_the_partials_topic
     assert_eq!(topic.clock_at("a", "predictions", 2, 3_000, TIMEOUT).unwrap(), Some(None));
     assert_eq!(topic.clock_at("a", "predictions", 1, 3_005, TIMEOUT).unwrap(), None);
     assert_eq!(topic.clock_at("a", "labels", 1, 3_000, TIMEOUT).unwrap(), None);
+
+    // The newest mark of a model's merger, past other records.
+    let mark = |model: &str, next_offset: i64| MergerMark {
+        model: model.into(),
+        next_offset,
+        resume_offset: next_offset - 5,
+        closed_through_ms: Some(T0 + next_offset),
+        late: Vec::new(),
+        awaiting: Vec::new(),
+        partitions: Vec::new(),
+    };
+    assert_eq!(topic.newest_mark("a", TIMEOUT).unwrap(), None);
+    topic.publish(&[PartialsRecord::mark("merger", mark("a", 100))], TIMEOUT).unwrap();
+    let records: Vec<PartialsRecord> = (300..400).flat_map(|r| round("a", r)).collect();
+    topic.publish(&records, TIMEOUT).unwrap();
+    topic
+        .publish(
+            &[PartialsRecord::mark("merger", mark("a", 200)), PartialsRecord::mark("merger", mark("other", 300))],
+            TIMEOUT,
+        )
+        .unwrap();
+    topic.publish(&round("a", 400), TIMEOUT).unwrap();
+    assert_eq!(topic.newest_mark("a", TIMEOUT).unwrap(), Some(mark("a", 200)));
+    assert_eq!(topic.newest_mark("other", TIMEOUT).unwrap(), Some(mark("other", 300)));
 
     // An existing topic keeps its partition count; every model's records
     // are in the model's own partition.
