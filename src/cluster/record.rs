@@ -69,6 +69,62 @@ pub struct Delta {
     /// Events of this stretch that were late, per window of their series
     /// still open then (the window that reports them).
     pub late: Vec<LateEvents>,
+    /// This record is part `part` (from 0) of the `parts` that carry the
+    /// stretch's delta: one too large for a record is cut into several
+    /// ([`Delta::split`]), consecutive in the partition, each with some of
+    /// the windows (the first also with the late events).
+    pub part: u32,
+    pub parts: u32,
+}
+
+impl Delta {
+    /// This delta in parts of at most about `max_bytes` encoded each (a
+    /// window larger than that goes alone), in order; one part when it
+    /// fits.
+    pub fn split(mut self, max_bytes: usize) -> Vec<Delta> {
+        let windows = std::mem::take(&mut self.windows);
+        let late = std::mem::take(&mut self.late);
+        let header = rmp_serde::to_vec_named(&self).map_or(0, |bytes| bytes.len());
+        let mut groups: Vec<Vec<PartialWindow>> = vec![Vec::new()];
+        let mut size = header + rmp_serde::to_vec_named(&late).map_or(0, |bytes| bytes.len());
+        for window in windows {
+            let bytes = window.to_msgpack().len();
+            let current = groups.last_mut().expect("never empty");
+            if !current.is_empty() && size + bytes > max_bytes {
+                groups.push(Vec::new());
+                size = header;
+            }
+            size += bytes;
+            groups.last_mut().expect("never empty").push(window);
+        }
+        let parts = groups.len() as u32;
+        let mut late = Some(late);
+        groups
+            .into_iter()
+            .enumerate()
+            .map(|(part, windows)| Delta {
+                windows,
+                late: late.take().unwrap_or_default(),
+                part: part as u32,
+                parts,
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The delta `parts` carry (all of them, in order, as
+    /// [`Delta::split`] made them): one part of one.
+    pub fn join(parts: Vec<Delta>) -> Delta {
+        let mut parts = parts.into_iter();
+        let mut whole = parts.next().expect("a delta has a part");
+        for part in parts {
+            whole.windows.extend(part.windows);
+            whole.late.extend(part.late);
+        }
+        whole.part = 0;
+        whole.parts = 1;
+        whole
+    }
 }
 
 /// Late events a window of a series reports.
@@ -256,6 +312,9 @@ impl PartialsRecord {
                 }
             }
             RecordBody::Delta(delta) => {
+                if delta.part >= delta.parts {
+                    return invalid("part", format!("part {} of {} does not exist", delta.part, delta.parts));
+                }
                 if delta.start < 0 || delta.end < delta.start {
                     return invalid(
                         "end",
@@ -303,6 +362,8 @@ mod tests {
                 window_start_ms: 1_795_687_200_000,
                 events: 4,
             }],
+            part: 0,
+            parts: 1,
         }
     }
 

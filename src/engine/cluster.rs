@@ -52,6 +52,26 @@ pub struct PartitionDelta {
     pub clock_ms: Option<i64>,
 }
 
+impl PartitionDelta {
+    /// The record of this delta: stretch `[start, end)` of `topic`'s
+    /// `partition`, for `model`, in one part (see [`Delta::split`]).
+    pub fn into_delta(self, model: &str, topic: &str, partition: i32, (start, end): (i64, i64), idle: bool) -> Delta {
+        Delta {
+            model: model.to_string(),
+            topic: topic.to_string(),
+            partition,
+            start,
+            end,
+            clock_ms: self.clock_ms,
+            idle,
+            windows: self.windows,
+            late: self.late,
+            part: 0,
+            parts: 1,
+        }
+    }
+}
+
 /// A delta's parts in a merger's own ids ([`intern_delta`]).
 #[derive(Debug)]
 pub struct InternedDelta {
@@ -249,6 +269,9 @@ pub struct Merger {
     /// Per (model, source partition): its stretches, each with the offset
     /// of its record.
     timelines: BTreeMap<(ModelId, i32), Timeline<(i64, Delta)>>,
+    /// Per (model, source partition): the parts of a delta read so far
+    /// (it is offered once all are in), with the offset of the first.
+    assembling: BTreeMap<(ModelId, i32), (i64, Vec<Delta>)>,
     /// Per model: what a mark needs.
     models: BTreeMap<ModelId, ModelProgress>,
     pub counters: MergerCounters,
@@ -284,6 +307,7 @@ impl Merger {
             source_topic: source_topic.to_string(),
             source_partitions,
             timelines: BTreeMap::new(),
+            assembling: BTreeMap::new(),
             models: BTreeMap::new(),
             counters: MergerCounters::default(),
         }
@@ -328,9 +352,10 @@ impl Merger {
             });
         }
         self.reach(model, offset);
-        let timeline = self.timelines.entry((model, partition)).or_default();
         let released = match record.body {
             RecordBody::Delta(delta) => {
+                let Some((offset, delta)) = self.assemble(model, partition, offset, delta) else { return Ok(()) };
+                let timeline = self.timelines.entry((model, partition)).or_default();
                 let stretch =
                     Stretch { start: delta.start, end: delta.end, clock_ms: delta.clock_ms, payload: (offset, delta) };
                 match timeline.offer(stretch) {
@@ -348,7 +373,7 @@ impl Merger {
                 }
                 return Ok(());
             }
-            RecordBody::Commit(commit) => timeline.commit(commit.next),
+            RecordBody::Commit(commit) => self.timelines.entry((model, partition)).or_default().commit(commit.next),
             RecordBody::Mark(_) => unreachable!("returned above"),
         };
         let size_ms = self.engine.spec.size_ms;
@@ -382,6 +407,41 @@ impl Merger {
         }
         self.forget_closed(model);
         failed.map_or(Ok(()), Err)
+    }
+
+    /// A delta whole, with the offset of its first part's record, once its
+    /// last part is in. A first part starts over (the parts of a publish a
+    /// crash cut short are dropped: the stretch is published again); a part
+    /// that does not follow the one before breaks the sources' contract.
+    fn assemble(&mut self, model: ModelId, partition: i32, offset: i64, delta: Delta) -> Option<(i64, Delta)> {
+        if delta.parts <= 1 {
+            self.assembling.remove(&(model, partition));
+            return Some((offset, delta));
+        }
+        let key = (model, partition);
+        if delta.part == 0 {
+            self.assembling.insert(key, (offset, vec![delta]));
+            return None;
+        }
+        let follows = self.assembling.get(&key).and_then(|(_, parts)| parts.last()).is_some_and(|last| {
+            last.part + 1 == delta.part
+                && last.parts == delta.parts
+                && (last.start, last.end) == (delta.start, delta.end)
+        });
+        if !follows {
+            self.assembling.remove(&key);
+            self.counters.broken += 1;
+            tracing::error!(partition, part = delta.part, "partials: a delta's part does not follow the one before");
+            return None;
+        }
+        let (first, parts) = self.assembling.get_mut(&key).expect("it follows a part");
+        parts.push(delta);
+        if parts.len() < parts[0].parts as usize {
+            return None;
+        }
+        let first = *first;
+        let (_, parts) = self.assembling.remove(&key).expect("assembling");
+        Some((first, Delta::join(parts)))
     }
 
     /// The model's records reached `offset`: a resumed merger that passes
@@ -419,7 +479,8 @@ impl Merger {
         let provisional = self
             .timelines
             .range((id, i32::MIN)..=(id, i32::MAX))
-            .flat_map(|(_, timeline)| timeline.provisional().iter().map(|stretch| stretch.payload.0));
+            .flat_map(|(_, timeline)| timeline.provisional().iter().map(|stretch| stretch.payload.0))
+            .chain(self.assembling.range((id, i32::MIN)..=(id, i32::MAX)).map(|(_, (first, _))| *first));
         let resume_offset =
             provisional.chain(progress.open_windows.values().copied()).min().unwrap_or(next_offset).min(next_offset);
         let windows = &self.engine.windows[id as usize];
@@ -544,6 +605,10 @@ mod tests {
 
     const T0: i64 = 1_795_687_200_000; // 2026-11-26T10:00:00Z
 
+    /// Records of at most about this many bytes: a delta of a few windows
+    /// goes in several parts.
+    const MAX_TEST_RECORD_BYTES: usize = 4 << 10;
+
     /// An engine with its registry and decoder, reading `partitions`.
     struct Node {
         registry: ModelRegistry,
@@ -628,25 +693,18 @@ mod tests {
             let mut read = [0i64; 3];
             let mut published = [(0i64, None::<i64>); 3];
             let mut committed = [(0i64, None::<i64>); 3];
-            let mut crashes = 0;
+            let (mut crashes, mut split, mut cut) = (0, 0, 0);
             // Every record goes through MessagePack, as through the topic.
             let send = |topic: &mut Vec<PartialsRecord>, record: PartialsRecord| {
                 topic.push(PartialsRecord::from_msgpack(&record.to_msgpack()).unwrap());
             };
             let publish = |source: &mut Node, partition: usize, from: i64, to: i64| {
                 let taken = source.engine.take_delta(&source.registry, 0, partition as PartitionId);
-                let delta = Delta {
-                    model: "m".into(),
-                    topic: "predictions".into(),
-                    partition: partition as i32,
-                    start: from,
-                    end: to,
-                    clock_ms: taken.clock_ms,
-                    idle: false,
-                    windows: taken.windows,
-                    late: taken.late,
-                };
-                (taken.clock_ms, PartialsRecord::delta("source", delta))
+                let clock_ms = taken.clock_ms;
+                let delta = taken.into_delta("m", "predictions", partition as i32, (from, to), false);
+                // Small records: most deltas go in several parts.
+                let parts = delta.split(MAX_TEST_RECORD_BYTES);
+                (clock_ms, parts.into_iter().map(|part| PartialsRecord::delta("source", part)).collect::<Vec<_>>())
             };
             let commit = |partition: usize, (next, clock_ms): (i64, Option<i64>)| {
                 let commit = Commit {
@@ -672,16 +730,28 @@ mod tests {
                 }
                 read[partition] = end;
                 let from = published[partition].0;
+                let mut cut_short = false;
                 if from < end && (rng.next_u64().is_multiple_of(3) || end == sizes[partition]) {
-                    let (clock, record) = publish(reader, partition, from, end);
-                    send(&mut topic, record);
-                    published[partition] = (end, clock);
+                    let (clock, mut parts) = publish(reader, partition, from, end);
+                    split += usize::from(parts.len() > 1);
+                    // The reader crashes after sending some of the parts.
+                    if parts.len() > 1 && rng.next_u64().is_multiple_of(8) {
+                        parts.truncate(1 + (rng.next_u64() % (parts.len() as u64 - 1)) as usize);
+                        cut_short = true;
+                        cut += 1;
+                    }
+                    for part in parts {
+                        send(&mut topic, part);
+                    }
+                    if !cut_short {
+                        published[partition] = (end, clock);
+                    }
                 }
-                if rng.next_u64().is_multiple_of(4) && published[partition].0 > committed[partition].0 {
+                if !cut_short && rng.next_u64().is_multiple_of(4) && published[partition].0 > committed[partition].0 {
                     committed[partition] = published[partition];
                     send(&mut topic, commit(partition, committed[partition]));
                 }
-                if turn.is_multiple_of(37) || rng.next_u64().is_multiple_of(40) {
+                if cut_short || turn.is_multiple_of(37) || rng.next_u64().is_multiple_of(40) {
                     // The reader of `partition` crashes: a fresh one reads
                     // its partitions again from what the group committed.
                     crashes += 1;
@@ -711,7 +781,7 @@ mod tests {
             merger.engine.finish(&merger.registry, &mut merged);
             // A merger that stops anywhere, and one that goes on from its
             // mark (read back from the topic), emit those rows between them.
-            for _ in 0..4 {
+            for _ in 0..16 {
                 let stop = (rng.next_u64() % topic.len() as u64) as usize;
                 let mut first = Merger::new(&one.config, "predictions", 3);
                 let mut rows = Vec::new();
@@ -755,8 +825,8 @@ mod tests {
                 }
             }
             let counters = &merger.counters;
-            println!("{windows}: {crashes} crashes, {counters:?}");
-            assert!(crashes >= 2, "{windows}, seed {seed}: {crashes} crashes");
+            println!("{windows}: {crashes} crashes ({cut} mid-delta), {split} deltas in parts, {counters:?}");
+            assert!(crashes >= 2 && split > 0, "{windows}, seed {seed}: {crashes} crashes, {split} split");
             assert_eq!((counters.stale, counters.broken), (0, 0), "{windows}, seed {seed}");
             assert!(one.engine.counters.events_late > 0, "{windows}: some events are late within their partition");
             assert!(!one.rows.is_empty());
@@ -777,15 +847,12 @@ mod tests {
         }
     }
 
-    /// A partition with no event of the model holds its windows at the
-    /// merger until its source says it is idle; records of a model the
-    /// merger does not know, of another source topic or of a partition the
-    /// topic does not have are refused, naming what is wrong.
-    #[test]
-    fn an_idle_partition_stops_holding_the_merger_and_foreign_records_are_refused() {
+    /// A source engine that read `events` predictions, a second apart from
+    /// T0, from partition 0, and the delta it took of them.
+    fn one_source_read(events: i64) -> (Node, PartitionDelta) {
         let mut source = Node::new("{size: 1m, allowed_lateness: 5s}", &[0]);
         source.engine.set_source_mode();
-        let events: Vec<String> = (0..100)
+        let events: Vec<String> = (0..events)
             .map(|n| {
                 format!(
                     r#"{{"event_id":"e{n}","model":"m","timestamp":{},"prediction":1,"features":{{"x":{n}}}}}"#,
@@ -795,6 +862,16 @@ mod tests {
             .collect();
         source.push(0, &events);
         let taken = source.engine.take_delta(&source.registry, 0, 0);
+        (source, taken)
+    }
+
+    /// A partition with no event of the model holds its windows at the
+    /// merger until its source says it is idle; records of a model the
+    /// merger does not know, of another source topic or of a partition the
+    /// topic does not have are refused, naming what is wrong.
+    #[test]
+    fn an_idle_partition_stops_holding_the_merger_and_foreign_records_are_refused() {
+        let (source, taken) = one_source_read(100);
         let delta = |partition: i32, end: i64, clock_ms, idle, windows| Delta {
             model: "m".into(),
             topic: "predictions".into(),
@@ -805,6 +882,8 @@ mod tests {
             idle,
             windows,
             late: Vec::new(),
+            part: 0,
+            parts: 1,
         };
         let commit = |partition: i32, next: i64, clock_ms| {
             PartialsRecord::commit(
@@ -852,5 +931,29 @@ mod tests {
             ]
         );
         assert_eq!(rows.len(), before);
+    }
+
+    /// A mark taken while a delta's parts are coming in, or while it waits
+    /// for its commit, sends the next merger back to its first part: one
+    /// that started after it would drop the rest as not following.
+    #[test]
+    fn a_mark_between_the_parts_of_a_delta_resumes_at_its_first_part() {
+        let (source, taken) = one_source_read(300);
+        let clock_ms = taken.clock_ms;
+        let delta = taken.into_delta("m", "predictions", 0, (0, 300), false);
+        let parts = delta.clone().split(MAX_TEST_RECORD_BYTES);
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        assert_eq!(Delta::join(parts.clone()), delta);
+        let mut merger = Merger::new(&source.config, "predictions", 1);
+        let mut rows = Vec::new();
+        let count = parts.len() as i64;
+        for (offset, part) in (10..).zip(parts) {
+            merger.apply(offset, PartialsRecord::delta("source", part), &mut rows).unwrap();
+            let mark = merger.mark("m").unwrap();
+            assert_eq!((mark.resume_offset, mark.next_offset), (10, offset + 1));
+        }
+        let commit = Commit { model: "m".into(), topic: "predictions".into(), partition: 0, next: 300, clock_ms };
+        merger.apply(10 + count, PartialsRecord::commit("source", commit), &mut rows).unwrap();
+        assert!(!rows.is_empty(), "the committed delta closed windows");
     }
 }

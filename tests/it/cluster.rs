@@ -39,6 +39,8 @@ fn round(model: &str, round: i64) -> Vec<PartialsRecord> {
                 idle: false,
                 windows: Vec::new(),
                 late: Vec::new(),
+                part: 0,
+                parts: 1,
             },
         ));
         if round % 2 == 1 {
