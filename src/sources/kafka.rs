@@ -414,7 +414,21 @@ impl SourceContext {
     ) -> Positions {
         let keys: Vec<PartitionKey> =
             partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        let committed = if self.fell_back { Positions::new() } else { self.committed(consumer, &keys) };
+        let committed = if self.fell_back { Some(Positions::new()) } else { self.committed(consumer, &keys) };
+        let Some(committed) = committed else {
+            // The group's offsets are unknown: the partitions the state has
+            // start where it ends; the others are left to librdkafka, which
+            // starts them at the committed offset (never at the beginning
+            // of a partition another instance has read).
+            for key in keys {
+                if let Some(&own) = known.get(&key)
+                    && let Err(error) = partitions.set_partition_offset(&key.0, key.1, Offset::Offset(own))
+                {
+                    tracing::error!(%error, topic = %key.0, partition = key.1, "positioning a partition failed");
+                }
+            }
+            return Positions::new();
+        };
         let unknown: Vec<PartitionKey> =
             keys.iter().filter(|k| !known.contains_key(*k) && !committed.contains_key(*k)).cloned().collect();
         let mut starts = self.first_offsets(consumer, &unknown);
@@ -454,12 +468,12 @@ impl SourceContext {
         starts
     }
 
-    /// The offsets the group has committed for `keys` (those it has). A
-    /// failed query is logged and answers nothing.
-    fn committed(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey]) -> Positions {
+    /// The offsets the group has committed for `keys` (those it has);
+    /// `None` when the query failed (logged).
+    fn committed(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey]) -> Option<Positions> {
         let mut committed = Positions::new();
         if keys.is_empty() {
-            return committed;
+            return Some(committed);
         }
         let mut query = Tpl::new();
         for (topic, partition) in keys {
@@ -476,10 +490,11 @@ impl SourceContext {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "querying committed offsets failed; partitions start where the state ends")
+                tracing::warn!(%error, "querying committed offsets failed; partitions start where the state ends, or where librdkafka finds the group's offset");
+                return None;
             }
         }
-        committed
+        Some(committed)
     }
 
     /// Where partitions nobody committed an offset for start: their low
