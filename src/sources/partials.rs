@@ -18,6 +18,7 @@
 //! Unlike the rest of `sources` this module reads what it fetches: the
 //! partials topic carries the daemon's own records, not events.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -159,68 +160,125 @@ impl PartialsTopic {
         offset: i64,
         timeout: Duration,
     ) -> Result<Option<Option<i64>>, PartialsError> {
-        self.newest(model, timeout, |record| match record.body {
-            RecordBody::Commit(c)
-                if c.model == model && c.topic == topic && c.partition == partition && c.next == offset =>
-            {
-                Some(c.clock_ms)
-            }
-            RecordBody::Delta(d)
-                if d.model == model && d.topic == topic && d.partition == partition && d.end == offset =>
-            {
-                Some(d.clock_ms)
-            }
-            _ => None,
-        })
+        let query = ClockQuery { model: model.to_string(), topic: topic.to_string(), partition, offset };
+        Ok(self.clocks_at(std::slice::from_ref(&query), timeout)?.remove(&query))
+    }
+
+    /// [`PartialsTopic::clock_at`] for many source partitions at once (a
+    /// new assignment): one reader, one pass back through each partials
+    /// partition involved, until every query there is answered. Queries
+    /// with no record ending at their offset are absent from the answer.
+    pub fn clocks_at(
+        &self,
+        queries: &[ClockQuery],
+        timeout: Duration,
+    ) -> Result<BTreeMap<ClockQuery, Option<i64>>, PartialsError> {
+        let mut by_partition: BTreeMap<i32, BTreeSet<ClockQuery>> = BTreeMap::new();
+        for query in queries {
+            by_partition.entry(partials_partition(&query.model, self.partitions)).or_default().insert(query.clone());
+        }
+        let reader = self.reader()?;
+        let deadline = Instant::now() + timeout;
+        let mut answers = BTreeMap::new();
+        for (partition, wanted) in by_partition {
+            answers.extend(self.newest_each(&reader, partition, &wanted, deadline, timeout, |record| {
+                let (model, topic, source, offset, clock) = match record.body {
+                    RecordBody::Commit(c) => (c.model, c.topic, c.partition, c.next, c.clock_ms),
+                    RecordBody::Delta(d) => (d.model, d.topic, d.partition, d.end, d.clock_ms),
+                    RecordBody::Mark(_) => return None,
+                };
+                Some((ClockQuery { model, topic, partition: source, offset }, clock))
+            })?);
+        }
+        Ok(answers)
     }
 
     /// The newest mark record of `model`'s merger (where a new merger of
-    /// the model goes on from), with its offset; `None` when none was
-    /// published.
+    /// the model goes on from); `None` when none was published.
     pub fn newest_mark(&self, model: &str, timeout: Duration) -> Result<Option<MergerMark>, PartialsError> {
-        self.newest(model, timeout, |record| match record.body {
-            RecordBody::Mark(mark) if mark.model == model => Some(mark),
-            _ => None,
-        })
+        Ok(self.newest_marks(&[model.to_string()], timeout)?.remove(model))
     }
 
-    /// The newest record of `model`'s partition that `select` picks, read
-    /// back from the end in strides that double (records that cannot be
-    /// read are passed over).
-    fn newest<T>(
+    /// [`PartialsTopic::newest_mark`] for several models at once (the
+    /// models of a partials partition a merger was just given).
+    pub fn newest_marks(
         &self,
-        model: &str,
+        models: &[String],
         timeout: Duration,
-        mut select: impl FnMut(PartialsRecord) -> Option<T>,
-    ) -> Result<Option<T>, PartialsError> {
-        let broker = |action, source| PartialsError::Broker { topic: self.topic.clone(), action, source };
+    ) -> Result<BTreeMap<String, MergerMark>, PartialsError> {
+        let mut by_partition: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        for model in models {
+            by_partition.entry(partials_partition(model, self.partitions)).or_default().insert(model.clone());
+        }
+        let reader = self.reader()?;
+        let deadline = Instant::now() + timeout;
+        let mut marks = BTreeMap::new();
+        for (partition, wanted) in by_partition {
+            marks.extend(self.newest_each(
+                &reader,
+                partition,
+                &wanted,
+                deadline,
+                timeout,
+                |record| match record.body {
+                    RecordBody::Mark(mark) => Some((mark.model.clone(), mark)),
+                    _ => None,
+                },
+            )?);
+        }
+        Ok(marks)
+    }
+
+    /// A reader of this topic: assigned, never subscribed (the group id,
+    /// which librdkafka wants for an assignment, names no group that joins
+    /// or commits).
+    fn reader(&self) -> Result<BaseConsumer, PartialsError> {
         let mut config = rdkafka::config::ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in &self.options {
             config.set(key, value);
         }
-        // Assigned, never subscribed: the group id (which librdkafka wants
-        // for an assignment) names no group that joins or commits.
         config
             .set("group.id", "driftwatch-partials-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true");
-        let reader: BaseConsumer = config.create().map_err(|source| broker("creating a reader", source))?;
-        let ours = partials_partition(model, self.partitions);
+        config.create().map_err(|source| PartialsError::Broker {
+            topic: self.topic.clone(),
+            action: "creating a reader",
+            source,
+        })
+    }
+
+    /// For each key of `wanted`, the newest record of partials partition
+    /// `partition` that `select` picks for it, read back from the end in
+    /// strides that double until every key is answered or the partition's
+    /// beginning is reached (records that cannot be read are passed over).
+    fn newest_each<K: Ord + Clone, T>(
+        &self,
+        reader: &BaseConsumer,
+        partition: i32,
+        wanted: &BTreeSet<K>,
+        deadline: Instant,
+        timeout: Duration,
+        mut select: impl FnMut(PartialsRecord) -> Option<(K, T)>,
+    ) -> Result<BTreeMap<K, T>, PartialsError> {
+        let broker = |action, source| PartialsError::Broker { topic: self.topic.clone(), action, source };
         let (low, high) = reader
-            .fetch_watermarks(&self.topic, ours, timeout)
+            .fetch_watermarks(&self.topic, partition, timeout)
             .map_err(|source| broker("reading the partition's offsets", source))?;
-        let deadline = Instant::now() + timeout;
+        let mut answered: BTreeMap<K, T> = BTreeMap::new();
         let mut until = high;
         let mut step = FIRST_STEP_BACK;
-        while until > low {
+        while until > low && answered.len() < wanted.len() {
             let from = (until - step).max(low);
             let mut assignment = TopicPartitionList::new();
             assignment
-                .add_partition_offset(&self.topic, ours, Offset::Offset(from))
+                .add_partition_offset(&self.topic, partition, Offset::Offset(from))
                 .map_err(|source| broker("positioning a reader", source))?;
             reader.assign(&assignment).map_err(|source| broker("positioning a reader", source))?;
-            let mut found = None;
+            // Later records in this stride are newer: they replace earlier
+            // ones; what a newer stride answered stays.
+            let mut stride: BTreeMap<K, T> = BTreeMap::new();
             let mut next = from;
             while next < until {
                 if Instant::now() >= deadline {
@@ -237,19 +295,29 @@ impl PartialsTopic {
                     break;
                 }
                 let Some(Ok(record)) = message.payload().map(PartialsRecord::from_msgpack) else { continue };
-                // Later records in this stride are newer: read on.
-                if let Some(picked) = select(record) {
-                    found = Some(picked);
+                if let Some((key, value)) = select(record)
+                    && wanted.contains(&key)
+                    && !answered.contains_key(&key)
+                {
+                    stride.insert(key, value);
                 }
             }
-            if found.is_some() {
-                return Ok(found);
-            }
+            answered.extend(stride);
             until = from;
             step = step.saturating_mul(2);
         }
-        Ok(None)
+        Ok(answered)
     }
+}
+
+/// One source partition's clock asked for at an offset
+/// ([`PartialsTopic::clocks_at`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClockQuery {
+    pub model: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// An admin call's outcome, or a timeout error naming `action`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use driftwatch::cluster::record::{Commit, Delta, MergerMark, PartialsRecord};
 use driftwatch::config::Config;
-use driftwatch::sources::partials::{PartialsTopic, partials_partition};
+use driftwatch::sources::partials::{ClockQuery, PartialsTopic, partials_partition};
 
 use crate::support::Broker;
 
@@ -72,6 +72,26 @@ fn a_partitions_clock_at_a_committed_offset_is_read_back_from_the_partials_topic
     assert_eq!(topic.clock_at("a", "predictions", 2, 3_000, TIMEOUT).unwrap(), Some(None));
     assert_eq!(topic.clock_at("a", "predictions", 1, 3_005, TIMEOUT).unwrap(), None);
     assert_eq!(topic.clock_at("a", "labels", 1, 3_000, TIMEOUT).unwrap(), None);
+    // Many at once (a new assignment), over both models' partitions.
+    let query = |model: &str, partition, offset| ClockQuery {
+        model: model.into(),
+        topic: "predictions".into(),
+        partition,
+        offset,
+    };
+    let queries = [query("a", 0, 2_000), query("other", 1, 3_000), query("other", 2, 500), query("a", 1, 7)];
+    let clocks = topic.clocks_at(&queries, TIMEOUT).unwrap();
+    assert_eq!(
+        clocks,
+        [
+            (query("a", 0, 2_000), Some(T0 + 199_000)),
+            (query("other", 1, 3_000), Some(T0 + 299_000 + 1)),
+            (query("other", 2, 500), None),
+        ]
+        .into_iter()
+        .collect(),
+        "the query no record ends at is left out"
+    );
 
     // The newest mark of a model's merger, past other records.
     let mark = |model: &str, next_offset: i64| MergerMark {
