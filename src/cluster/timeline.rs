@@ -138,9 +138,12 @@ impl<T> Timeline<T> {
 
     /// The partition's readers committed `next`: the provisional stretches
     /// ending there or before are final and handed over, in offset order.
-    /// A commit never goes back.
+    /// A commit never goes back; the same commit again hands over the
+    /// empty stretches published at it since.
     pub fn commit(&mut self, next: i64) -> Vec<Released<T>> {
-        if self.committed.is_some_and(|committed| next <= committed) {
+        // The same commit again releases what was published at it since
+        // (an empty stretch: a partition with nothing new, idle or not).
+        if self.committed.is_some_and(|committed| next < committed) {
             return Vec::new();
         }
         self.committed = Some(next);

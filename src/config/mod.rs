@@ -196,6 +196,47 @@ pub struct Config {
     /// Prometheus `/metrics` endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpConfig>,
+    /// Instances sharing `kafka.group_id` merge exact windows through
+    /// Kafka (docs/CONFIG.md, `cluster`). Default: none (each instance closes the
+    /// windows of its own partitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `cluster:` — several instances, one exact answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The topic through which instances send what they read to each
+    /// model's merger; created, with the predictions topic's partition
+    /// count, when missing. Default `driftwatch-partials`.
+    #[serde(default = "default_partials_topic")]
+    pub partials_topic: String,
+    /// How often an instance publishes what it read (and commits it).
+    /// Default [`DEFAULT_PUBLISH_INTERVAL`] (1s).
+    #[serde(default = "default_publish_interval", with = "duration")]
+    pub publish_interval: Duration,
+    /// The largest record published: a larger delta goes in parts.
+    /// Default [`DEFAULT_MAX_RECORD_BYTES`] (900 KB, under Kafka's 1 MB).
+    #[serde(default = "default_max_record_bytes", with = "bytesize")]
+    pub max_record_bytes: u64,
+}
+
+/// Default `cluster.publish_interval`.
+pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `cluster.max_record_bytes`.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 900_000;
+
+fn default_partials_topic() -> String {
+    "driftwatch-partials".to_string()
+}
+
+fn default_publish_interval() -> Duration {
+    DEFAULT_PUBLISH_INTERVAL
+}
+
+fn default_max_record_bytes() -> u64 {
+    DEFAULT_MAX_RECORD_BYTES
 }
 
 /// Default `otlp.interval`: how often metrics are pushed.

@@ -593,3 +593,29 @@ fn shadow_versions_are_a_few_distinct_version_names() {
     assert!(all.contains("models[1].shadow_versions: 17 versions; the limit is 16"), "{all}");
     assert_eq!(errors.len(), 5, "{all}");
 }
+
+#[test]
+fn a_cluster_needs_kafka_its_own_topic_and_no_state_dir_yet() {
+    let config = parse("kafka: {brokers: b, group_id: g}\ncluster: {}\nmodels: [{name: m}]\n").unwrap();
+    let cluster = config.cluster.expect("cluster");
+    assert_eq!(
+        (cluster.partials_topic.as_str(), cluster.publish_interval, cluster.max_record_bytes),
+        ("driftwatch-partials", DEFAULT_PUBLISH_INTERVAL, DEFAULT_MAX_RECORD_BYTES)
+    );
+    let errors = invalid_errors(
+        "kafka: {brokers: b, group_id: g}\n\
+         cluster: {partials_topic: predictions, publish_interval: 0s, max_record_bytes: 1000}\n\
+         state: {dir: /tmp/x}\nmodels: [{name: m}]\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "cluster.partials_topic: \"predictions\" is an input topic",
+            "cluster.publish_interval: must be positive",
+            "cluster.max_record_bytes: at least 64KB (got 1000)",
+            "cluster: does not combine with state.dir yet (a cluster's state lives in its partials topic); remove one of them",
+        ]
+    );
+    let errors = invalid_errors("cluster: {}\nmodels: [{name: m}]\n");
+    assert_eq!(errors, ["cluster: needs a kafka section (instances merge through Kafka)"]);
+}

@@ -13,6 +13,35 @@ const MANAGED_KAFKA_OPTIONS: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// `cluster:` needs Kafka, a topic of its own and a positive interval;
+    /// it does not yet combine with `state.dir` (a cluster's sources keep
+    /// their state in the partials topic, and its mergers' durability is
+    /// the marks there).
+    fn check_cluster(&self, cluster: &super::ClusterConfig, errors: &mut Vec<String>) {
+        if self.kafka.is_none() {
+            errors.push("cluster: needs a kafka section (instances merge through Kafka)".to_string());
+        }
+        if cluster.partials_topic.trim().is_empty() {
+            errors.push("cluster.partials_topic: empty".to_string());
+        } else if let Some(kafka) = &self.kafka
+            && [&kafka.predictions_topic, &kafka.labels_topic].contains(&&cluster.partials_topic)
+        {
+            errors.push(format!("cluster.partials_topic: {:?} is an input topic", cluster.partials_topic));
+        }
+        if cluster.publish_interval.is_zero() {
+            errors.push("cluster.publish_interval: must be positive".to_string());
+        }
+        if cluster.max_record_bytes < 64 * 1024 {
+            errors.push(format!("cluster.max_record_bytes: at least 64KB (got {})", cluster.max_record_bytes));
+        }
+        if self.state.dir.is_some() {
+            errors.push(
+                "cluster: does not combine with state.dir yet (a cluster's state lives in its partials topic); remove one of them"
+                    .to_string(),
+            );
+        }
+    }
+
     /// Checks everything the types cannot express and returns every problem
     /// found, each starting with its field path, e.g.
     /// `models[1].fields.score: not a JSON Pointer (must start with '/')`.
@@ -68,6 +97,10 @@ impl Config {
         ];
         if let Some(otlp) = &self.otlp {
             durations.extend([("otlp.interval", otlp.interval), ("otlp.timeout", otlp.timeout)]);
+        }
+        if let Some(cluster) = &self.cluster {
+            durations.push(("cluster.publish_interval", cluster.publish_interval));
+            self.check_cluster(cluster, &mut errors);
         }
         for (path, d) in durations {
             if d > super::MAX_DURATION {

@@ -89,6 +89,8 @@ pub enum LoopEvent {
     CheckpointWritten(CheckpointOutcome),
     /// The consumer stopped reading (shutdown); all it read came before.
     Shutdown,
+    /// `cluster:`: the merge consumer's news.
+    Merge(crate::sources::merge::MergeEvent),
 }
 
 /// Durable mode: the pipeline's state is checkpointed into `state.dir`
@@ -164,10 +166,42 @@ pub fn run(
                 .collect()
         })
         .unwrap_or_default();
+    // A cluster: the partials topic, the merger, and a source engine.
+    let mut cluster = None;
+    let mut cluster_source = None;
+    if let Some(settings) = &config.cluster {
+        let timeout = Duration::from_secs(30);
+        let count = crate::sources::partials::partitions_of(kafka, &kafka.predictions_topic, timeout)?;
+        if count == 0 {
+            tracing::warn!(topic = %kafka.predictions_topic, "cluster: the predictions topic has no partitions yet; the merger waits for none");
+        }
+        let partials = Arc::new(crate::sources::partials::PartialsTopic::open(
+            kafka,
+            &settings.partials_topic,
+            count.max(1),
+            timeout,
+        )?);
+        let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+        tracing::warn!("cluster: performance rows are not merged across instances yet; the labels topic is not read");
+        pipeline.engine.set_source_mode();
+        cluster_source =
+            Some(crate::sources::kafka::ClusterSource { partials: partials.clone(), models: models.clone() });
+        cluster = Some(Cluster {
+            merger: crate::engine::cluster::Merger::new(config, &kafka.predictions_topic, count),
+            partials,
+            models,
+            interval: settings.publish_interval,
+            last_publish: Instant::now(),
+            max_record_bytes: usize::try_from(settings.max_record_bytes).unwrap_or(usize::MAX),
+            published: std::collections::BTreeMap::new(),
+            merged: BTreeSet::new(),
+        });
+    }
     let start = ConsumerStart {
-        durable: durability.is_some(),
+        durable: durability.is_some() || cluster.is_some(),
         fell_back: durability.as_ref().is_some_and(|d| d.fell_back),
         checkpointed: resume.clone(),
+        cluster: cluster_source,
     };
     let producer = crate::sources::dead_letters::create_producer(kafka)?;
     let thread = KafkaSourceError::Thread;
@@ -176,6 +210,7 @@ pub fn run(
         // they are dropped, and so every thread ends, before the scope
         // joins them.
         let (consumer_events, events) = sync_channel(CONSUMER_EVENTS_QUEUED);
+        let merge_events = consumer_events.clone();
         let (consumer_commands, commands) = channel();
         let stop = StopConsumer(Arc::new(AtomicBool::new(false)));
         let consumer = KafkaConsumer::new(
@@ -188,10 +223,30 @@ pub fn run(
             shutdown.clone(),
             stop.0.clone(),
         )?;
+        let merge_consumer = match &cluster {
+            Some(cluster) => Some(crate::sources::merge::MergeConsumer::new(
+                kafka,
+                cluster.partials.clone(),
+                cluster.models.clone(),
+                merge_events,
+                shutdown.clone(),
+                stop.0.clone(),
+            )?),
+            None => None,
+        };
         let consumer = std::thread::Builder::new()
             .name("driftwatch-consumer".into())
             .spawn_scoped(scope, move || consumer.run())
             .map_err(thread)?;
+        let merge_thread = match merge_consumer {
+            Some(merge) => Some(
+                std::thread::Builder::new()
+                    .name("driftwatch-merge".into())
+                    .spawn_scoped(scope, move || merge.run())
+                    .map_err(thread)?,
+            ),
+            None => None,
+        };
         // Lanes start from the restored dictionaries: the panes a
         // checkpoint restored go to them as they are (see Lanes::dispatch).
         let (lanes, lane_threads) = Lanes::spawn(
@@ -241,7 +296,8 @@ pub fn run(
             label_activity: LabelActivity::new(config.windows.idle_timeout, pipeline),
             pipeline,
             events,
-            consumers_running: 1,
+            consumers_running: 1 + usize::from(cluster.is_some()),
+            cluster,
             closer: Closer::new(
                 lanes,
                 &kafka.predictions_topic,
@@ -270,6 +326,9 @@ pub fn run(
         drop(main_loop);
         let mut summary = join(consumer);
         summary.batches = batches;
+        if let Some(merge) = merge_thread {
+            join(merge);
+        }
         for lane in lane_threads {
             join(lane);
         }
@@ -311,12 +370,30 @@ struct Checkpoints {
     next_sequence: u64,
 }
 
+/// A cluster's part of the loop (`cluster:`, docs/ARCHITECTURE.md,
+/// "Scale-out over Kafka"): the source side publishes what the engine read
+/// every `interval`; the merger merges the models whose partials
+/// partitions the merge group gave this instance.
+struct Cluster {
+    partials: Arc<crate::sources::partials::PartialsTopic>,
+    merger: crate::engine::cluster::Merger,
+    models: Vec<String>,
+    interval: Duration,
+    last_publish: Instant,
+    max_record_bytes: usize,
+    /// Per predictions partition: where its next delta starts.
+    published: std::collections::BTreeMap<i32, i64>,
+    /// The models merged here.
+    merged: BTreeSet<String>,
+}
+
 /// The loop's state: see the module doc.
 struct MainLoop<'a, 'env> {
     kafka: &'a KafkaConfig,
     pipeline: &'a mut Pipeline,
     events: Receiver<ConsumerEvent>,
     consumers_running: usize,
+    cluster: Option<Cluster>,
     /// The lanes, and the batches taken from the consumer and not yet
     /// applied.
     closer: Closer,
@@ -361,7 +438,23 @@ impl MainLoop<'_, '_> {
                         RebalanceEvent::Assigned { consumer: _, partitions, reply } => {
                             let _ = reply.send(self.assigned(&partitions));
                         }
-                        RebalanceEvent::Started { consumer: _, starts } => self.positions.extend(starts),
+                        RebalanceEvent::Started { consumer: _, starts } => {
+                            if let Some(cluster) = &mut self.cluster {
+                                for ((topic, partition), start) in &starts {
+                                    if *topic == self.kafka.predictions_topic {
+                                        cluster.published.insert(*partition, *start);
+                                    }
+                                }
+                            }
+                            self.positions.extend(starts);
+                        }
+                        RebalanceEvent::Clocks { consumer: _, clocks } => {
+                            for (model, partition, clock) in clocks {
+                                if let Some(id) = self.pipeline.registry.id(&model) {
+                                    self.pipeline.engine.restore_partition_clock(id, partition, clock);
+                                }
+                            }
+                        }
                         RebalanceEvent::Revoked { consumer: _, partitions, reply } => {
                             let offsets = self.revoked(&partitions)?;
                             let _ = reply.send(offsets);
@@ -376,6 +469,7 @@ impl MainLoop<'_, '_> {
                 LoopEvent::CheckpointWritten(outcome) => {
                     self.checkpoint_written(outcome);
                 }
+                LoopEvent::Merge(event) => self.merge(event)?,
                 LoopEvent::Shutdown => return self.shut_down(),
             }
         }
@@ -443,11 +537,121 @@ impl MainLoop<'_, '_> {
         match event {
             ConsumerEvent::Batch(batch) => Some(LoopEvent::Batch(batch)),
             ConsumerEvent::Rebalance(rebalance) => Some(LoopEvent::Rebalance(rebalance)),
+            ConsumerEvent::Merge(event) => Some(LoopEvent::Merge(event)),
             ConsumerEvent::Stopped { consumer: _ } => {
                 self.consumers_running -= 1;
                 (self.consumers_running == 0).then_some(LoopEvent::Shutdown)
             }
         }
+    }
+
+    /// `cluster:`: what the merge consumer tells. A partials partition
+    /// given to this instance makes its models merged here (each from its
+    /// newest mark, if any); one taken away forgets them; records of the
+    /// models merged here go to the merger, and the rows it closes to the
+    /// alerting stage.
+    fn merge(&mut self, event: crate::sources::merge::MergeEvent) -> Result<(), KafkaSourceError> {
+        use crate::sources::merge::MergeEvent;
+        use crate::sources::partials::partials_partition;
+        let Some(cluster) = &mut self.cluster else { return Ok(()) };
+        let count = cluster.partials.partitions();
+        match event {
+            MergeEvent::Assigned { partitions, marks } => {
+                for model in cluster.models.iter().filter(|m| partitions.contains(&partials_partition(m, count))) {
+                    cluster.merger.forget(model);
+                    cluster.merged.insert(model.clone());
+                }
+                for mark in marks {
+                    if let Err(error) = cluster.merger.resume(mark) {
+                        tracing::error!(%error, "a merger's mark could not be taken over; merging from what is read");
+                    }
+                }
+            }
+            MergeEvent::Revoked { partitions } => {
+                for model in cluster.models.iter().filter(|m| partitions.contains(&partials_partition(m, count))) {
+                    cluster.merger.forget(model);
+                    cluster.merged.remove(model);
+                }
+            }
+            MergeEvent::Records(records) => {
+                let mut rows = Vec::new();
+                for (_, offset, record) in records {
+                    match record {
+                        Ok(record) if cluster.merged.contains(record.model()) => {
+                            if let Err(error) = cluster.merger.apply(offset, record, &mut rows) {
+                                tracing::warn!(%error, offset, "a partials record was not merged");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, offset, "a partials record could not be read"),
+                    }
+                }
+                if !rows.is_empty() {
+                    use crate::output::WindowSink;
+                    self.pipeline.telemetry.windows_closed.fetch_add(
+                        rows.iter().filter(|r| r.metric == "count" && r.feature.is_none()).count() as u64,
+                        Ordering::Relaxed,
+                    );
+                    self.stage.write_rows(&rows)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `cluster:`: publishes what the engine read of each predictions
+    /// partition since its last delta, per model (empty ones too: the
+    /// merger hears every partition's clock and idleness), with the offsets
+    /// to commit and the commit records, and the marks of the models merged
+    /// here, as one command to the consumer (docs/ARCHITECTURE.md, "The
+    /// order of a publish").
+    fn publish(&mut self) -> Result<(), KafkaSourceError> {
+        if self.cluster.is_none() {
+            return Ok(());
+        }
+        // The lanes' panes go to the engine first.
+        self.hand_over(None, false)?;
+        let Some(cluster) = &mut self.cluster else { return Ok(()) };
+        cluster.last_publish = Instant::now();
+        let topic = &self.kafka.predictions_topic;
+        let (mut records, mut commits, mut offsets) = (Vec::new(), Vec::new(), Positions::new());
+        for &partition in &self.declared {
+            let key = (topic.clone(), partition);
+            let Some(&end) = self.positions.get(&key) else { continue };
+            let start = cluster.published.get(&partition).copied().unwrap_or(end);
+            for (id, model) in self.pipeline.registry.models.iter().enumerate() {
+                let id = id as u32;
+                let taken = self.pipeline.engine.take_delta(&self.pipeline.registry, id, partition);
+                let clock_ms = taken.clock_ms;
+                let idle = self.pipeline.engine.partition_is_idle(id, partition);
+                let delta = taken.into_delta(&model.name, topic, partition, (start, end), idle);
+                records.extend(
+                    delta
+                        .split(cluster.max_record_bytes)
+                        .into_iter()
+                        .map(|part| crate::cluster::record::PartialsRecord::delta(&self.kafka.group_id, part)),
+                );
+                commits.push(crate::cluster::record::PartialsRecord::commit(
+                    &self.kafka.group_id,
+                    crate::cluster::record::Commit {
+                        model: model.name.to_string(),
+                        topic: topic.clone(),
+                        partition,
+                        next: end,
+                        clock_ms,
+                    },
+                ));
+            }
+            offsets.insert(key, end);
+            cluster.published.insert(partition, end);
+        }
+        for model in &cluster.merged {
+            if let Some(mark) = cluster.merger.mark(model) {
+                records.push(crate::cluster::record::PartialsRecord::mark(&self.kafka.group_id, mark));
+            }
+        }
+        let _ = self.consumer_commands.send(SourceCommand::Publish { records, offsets, commits });
+        Ok(())
     }
 
     /// Runs `step` on the closer, then passes on the batches it finished
@@ -537,6 +741,19 @@ impl MainLoop<'_, '_> {
         if self.checkpoints.is_some() {
             return self.hand_over_durably(partitions);
         }
+        if let Some(cluster) = &mut self.cluster {
+            // A cluster forgets (docs/ARCHITECTURE.md, "A revocation
+            // forgets"): nothing is committed here, the next owner reads
+            // again from the last publish, and what the engine holds of
+            // the partitions is dropped once the lanes hand it over.
+            for key in partitions {
+                self.positions.remove(key);
+                if key.0 == self.kafka.predictions_topic {
+                    cluster.published.remove(&key.1);
+                }
+            }
+            return Ok(Positions::new());
+        }
         if let Some(dead_letters) = &mut self.dead_letters {
             dead_letters.barrier();
         }
@@ -588,6 +805,15 @@ impl MainLoop<'_, '_> {
         self.assigning = false;
         let revoked: BTreeSet<i32> = self.declared.difference(&assigned).copied().collect();
         self.hand_over(Some(&revoked), true)?;
+        if self.cluster.is_some() {
+            // A cluster's revoked partitions are read again by their next
+            // owner: what this engine holds of them is dropped.
+            for &partition in &revoked {
+                for model in 0..self.pipeline.registry.models.len() {
+                    let _ = self.pipeline.engine.take_delta(&self.pipeline.registry, model as u32, partition);
+                }
+            }
+        }
         let new: Vec<i32> = assigned.difference(&self.declared).copied().collect();
         self.pipeline.engine.declare_partitions(&new);
         let mut written = 0;
@@ -633,6 +859,9 @@ impl MainLoop<'_, '_> {
         // brings no events whose writes would retry it.
         self.pipeline.engine.retry_join_store();
         self.apply_backpressure();
+        if !self.assigning && self.cluster.as_ref().is_some_and(|c| c.last_publish.elapsed() >= c.interval) {
+            self.publish()?;
+        }
         let due = !self.assigning
             && self
                 .checkpoints
@@ -780,6 +1009,11 @@ impl MainLoop<'_, '_> {
     /// then the final commit of every processed offset.
     fn shut_down(&mut self) -> Result<(), KafkaSourceError> {
         self.drain()?;
+        if self.cluster.is_some() {
+            // What was read goes out with the last publish; the windows
+            // stay open at their mergers.
+            return self.publish();
+        }
         if self.checkpoints.is_some() {
             if let Some(outcome) = self.checkpoints.as_mut().and_then(|c| c.writer.wait()) {
                 self.checkpoint_written(outcome);

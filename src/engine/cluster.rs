@@ -444,6 +444,23 @@ impl Merger {
         Some((first, Delta::join(parts)))
     }
 
+    /// Forgets everything of `model` (its merging moved to another
+    /// instance, or a mark is about to be resumed from): timelines, parts
+    /// being assembled, windows, as a merger that never saw it.
+    pub fn forget(&mut self, model: &str) {
+        let Some(id) = self.registry.id(model) else { return };
+        self.timelines.retain(|(m, _), _| *m != id);
+        self.assembling.retain(|(m, _), _| *m != id);
+        self.models.remove(&id);
+        let partitions: Vec<PartitionId> = (0..self.source_partitions).collect();
+        self.engine.reset_model(id, &partitions);
+    }
+
+    /// The models this merger has taken a record of in.
+    pub fn models(&self) -> Vec<String> {
+        self.models.keys().map(|id| self.registry.get(*id).name.to_string()).collect()
+    }
+
     /// The model's records reached `offset`: a resumed merger that passes
     /// its mark's `next_offset` hands the mark's commits and clocks to the
     /// timelines.
@@ -574,6 +591,22 @@ impl Merger {
 }
 
 impl Engine {
+    /// Starts `model`'s windows over, with `partitions` declared (a merger
+    /// that forgets a model).
+    pub fn reset_model(&mut self, model: ModelId, partitions: &[PartitionId]) {
+        let windows = &mut self.windows[model as usize];
+        *windows = crate::window::ModelWindows::default();
+        for &partition in partitions {
+            let clock = windows.partitions.entry(partition).or_default();
+            clock.touched = true;
+        }
+    }
+
+    /// Whether `partition` is idle for `model` (a source's delta says so).
+    pub fn partition_is_idle(&self, model: ModelId, partition: PartitionId) -> bool {
+        self.windows[model as usize].partitions.get(&partition).is_some_and(|clock| clock.idle)
+    }
+
     /// Source partition `partition` went idle for `model` (its source says
     /// so): it stops holding the model's windows until its next event;
     /// rows of windows that close go to `out`.

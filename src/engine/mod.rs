@@ -315,7 +315,8 @@ impl Engine {
     /// watermark allows, before `allowed_lateness`): what lanes judge a
     /// partition that was idle by.
     pub fn model_frontiers(&self) -> Vec<Option<i64>> {
-        self.windows.iter().map(|w| w.max_event_time_ms).collect()
+        // A source engine's partitions judge by their own clocks only.
+        self.windows.iter().map(|w| if self.source_mode { None } else { w.max_event_time_ms }).collect()
     }
 
     /// The host clock event times are capped at (`run`; set each tick).

@@ -56,6 +56,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList as Tpl};
 
+use crate::cluster::record::{PartialsRecord, RecordBody};
 use crate::config::{Config, KafkaConfig};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
@@ -85,6 +86,8 @@ pub enum KafkaSourceError {
     /// says why).
     #[error("lane {0} stopped")]
     LaneStopped(usize),
+    #[error("cluster: {0}")]
+    Partials(#[from] super::partials::PartialsError),
 }
 
 /// A partition: (topic, partition).
@@ -213,6 +216,10 @@ pub enum RebalanceEvent {
     /// before any of their batches, so every checkpoint from then on has
     /// them.
     Started { consumer: ConsumerId, starts: Positions },
+    /// `cluster:`: the clocks newly assigned predictions partitions had at
+    /// their start, per (model, partition), read back from the partials
+    /// topic; sent before any of their batches.
+    Clocks { consumer: ConsumerId, clocks: Vec<(String, i32, i64)> },
     /// `partitions` are being revoked from `consumer`. Reply: the offsets to
     /// commit for them before they leave.
     Revoked { consumer: ConsumerId, partitions: Vec<PartitionKey>, reply: SyncSender<Positions> },
@@ -232,6 +239,8 @@ pub enum RebalanceEvent {
 pub enum ConsumerEvent {
     Batch(SourceBatch),
     Rebalance(RebalanceEvent),
+    /// From the merge consumer (`cluster:`): see [`super::merge`].
+    Merge(super::merge::MergeEvent),
     /// The consumer stopped reading (shutdown): every batch it read was sent
     /// before this. It then applies the commands still coming and leaves
     /// the group once the loop drops its command sender.
@@ -256,6 +265,22 @@ pub enum SourceCommand {
     /// No state dir, at shutdown: these offsets (every event processed) are
     /// stored and committed synchronously, unless no broker is reachable.
     FinalCommit(Positions),
+    /// `cluster:`: publish `records` to the partials topic (retrying until
+    /// the broker has them all), then commit `offsets` synchronously, then
+    /// publish `commits` (docs/ARCHITECTURE.md, "The order of a publish").
+    /// What concerns a partition no longer assigned is dropped.
+    Publish {
+        records: Vec<PartialsRecord>,
+        offsets: Positions,
+        commits: Vec<PartialsRecord>,
+    },
+}
+
+/// `cluster:`: what the consumer needs of the partials topic.
+pub struct ClusterSource {
+    pub partials: Arc<super::partials::PartialsTopic>,
+    /// Every model's name (a partition's clock is read back per model).
+    pub models: Vec<String>,
 }
 
 /// Payload bytes a micro-batch holds at most (beyond one message): a batch
@@ -264,6 +289,9 @@ pub enum SourceCommand {
 /// without bound.
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 const INITIAL_ARENA_BYTES: usize = 1 << 20;
+
+/// How long one publish to the partials topic may wait for the broker.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long resolving a newly assigned partition's start may take.
 const START_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -307,6 +335,10 @@ pub struct SourceContext {
     /// Counts the rebalances settled, so the consumer knows when to send
     /// [`RebalanceEvent::Partitions`].
     rebalances: std::sync::atomic::AtomicU64,
+    /// `cluster:` (see [`ConsumerStart::cluster`]).
+    cluster: Option<ClusterSource>,
+    /// The predictions topic (whose partitions' clocks are read back).
+    predictions_topic: String,
 }
 
 impl ClientContext for SourceContext {
@@ -546,14 +578,51 @@ impl SourceContext {
         }
         {
             let mut assigned = self.assigned.lock().expect("context lock");
-            assigned.extend(keys);
+            assigned.extend(keys.iter().cloned());
             self.telemetry.assigned_partitions.store(assigned.len() as i64, Ordering::Relaxed);
         }
         tracing::info!(partitions = partitions.count(), "partitions assigned");
+        let clocks = self.clocks_at_start(&keys, &known, &starts);
         if !starts.is_empty() {
             self.tell_loop(RebalanceEvent::Started { consumer: self.id, starts });
         }
+        if !clocks.is_empty() {
+            self.tell_loop(RebalanceEvent::Clocks { consumer: self.id, clocks });
+        }
         self.rebalances.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `cluster:`: the clock each model had in each newly assigned
+    /// predictions partition at the offset it starts at, as the partition's
+    /// last reader published it (none for a partition read for the first
+    /// time, or whose start is left to librdkafka).
+    fn clocks_at_start(&self, keys: &[PartitionKey], known: &Positions, starts: &Positions) -> Vec<(String, i32, i64)> {
+        let Some(cluster) = &self.cluster else { return Vec::new() };
+        let mut queries = Vec::new();
+        for key in keys.iter().filter(|(topic, _)| *topic == self.predictions_topic) {
+            let Some(&start) = starts.get(key).or_else(|| known.get(key)) else { continue };
+            for model in &cluster.models {
+                queries.push(super::partials::ClockQuery {
+                    model: model.clone(),
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    offset: start,
+                });
+            }
+        }
+        if queries.is_empty() {
+            return Vec::new();
+        }
+        match cluster.partials.clocks_at(&queries, START_QUERY_TIMEOUT) {
+            Ok(clocks) => clocks
+                .into_iter()
+                .filter_map(|(query, clock)| clock.map(|clock| (query.model, query.partition, clock)))
+                .collect(),
+            Err(error) => {
+                tracing::error!(%error, "reading partitions' clocks back failed: their first events are judged without them (the merger counts late what they should have been)");
+                Vec::new()
+            }
+        }
     }
 
     /// A revocation: the loop processes what it was sent of these
@@ -694,6 +763,10 @@ pub struct ConsumerStart {
     /// The restored checkpoint's offsets (what a revocation commits until
     /// the next checkpoint, once detached).
     pub checkpointed: Positions,
+    /// `cluster:`: partitions are positioned as in durable mode, only the
+    /// predictions topic is read, newly assigned partitions' clocks are
+    /// read back, and publishes come as [`SourceCommand::Publish`].
+    pub cluster: Option<ClusterSource>,
 }
 
 /// A consumer-group member on a thread of its own: see the module doc.
@@ -709,6 +782,9 @@ pub struct KafkaConsumer {
     paused: bool,
     /// The rebalances served when the loop was last told the partitions.
     rebalances_told: u64,
+    /// `cluster:`: the offsets its publishes last committed, per partition
+    /// (an offset that did not move is not committed again).
+    published_commits: Positions,
     reading: Reading,
 }
 
@@ -760,10 +836,17 @@ impl KafkaConsumer {
                 .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end")),
             last_answer: Mutex::new(None),
             rebalances: std::sync::atomic::AtomicU64::new(0),
+            cluster: start.cluster,
+            predictions_topic: kafka.predictions_topic.clone(),
         };
         let consumer: BaseConsumer<SourceContext> =
             consumer_config(kafka, start.durable).create_with_context(context).map_err(KafkaSourceError::Consumer)?;
-        let topics = [kafka.predictions_topic.as_str(), kafka.labels_topic.as_str()];
+        // A cluster does not merge performance yet: its labels are not read.
+        let topics: Vec<&str> = if consumer.context().cluster.is_some() {
+            vec![kafka.predictions_topic.as_str()]
+        } else {
+            vec![kafka.predictions_topic.as_str(), kafka.labels_topic.as_str()]
+        };
         consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             source,
@@ -779,6 +862,7 @@ impl KafkaConsumer {
             stop,
             paused: false,
             rebalances_told: 0,
+            published_commits: Positions::new(),
             reading: Reading {
                 kafka: kafka.clone(),
                 linger: config.pipeline.linger,
@@ -881,6 +965,51 @@ impl KafkaConsumer {
         self.events.send(ConsumerEvent::Batch(SourceBatch { consumer: self.id, read_until, arena, messages })).is_ok()
     }
 
+    /// `cluster:`: [`SourceCommand::Publish`]. Deltas and commits of
+    /// partitions no longer assigned are dropped (published late, a delta
+    /// would replace the next owner's stretches from the same offset). The
+    /// records are published until the broker has them all (retried every
+    /// second; the group's session is kept by librdkafka's own thread
+    /// meanwhile), and only then is anything committed; a failed commit
+    /// publishes no commit record (the next publish commits further).
+    fn publish(&mut self, records: Vec<PartialsRecord>, offsets: Positions, commits: Vec<PartialsRecord>) {
+        let Some(cluster) = &self.consumer.context().cluster else { return };
+        let partials = cluster.partials.clone();
+        let assigned = self.consumer.context().assigned.lock().expect("context lock").clone();
+        let held = |record: &PartialsRecord| match &record.body {
+            RecordBody::Delta(d) => assigned.contains(&(d.topic.clone(), d.partition)),
+            RecordBody::Commit(c) => assigned.contains(&(c.topic.clone(), c.partition)),
+            RecordBody::Mark(_) => true,
+        };
+        let records: Vec<PartialsRecord> = records.into_iter().filter(held).collect();
+        let commits: Vec<PartialsRecord> = commits.into_iter().filter(held).collect();
+        let offsets: Positions = offsets.into_iter().filter(|(key, _)| assigned.contains(key)).collect();
+        while let Err(error) = partials.publish(&records, PUBLISH_TIMEOUT) {
+            tracing::error!(%error, "publishing to the partials topic failed; retrying");
+            if self.shutdown.is_triggered() || self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if offsets.is_empty() {
+            return;
+        }
+        // Only offsets that moved: a commit a second for nothing kept Tansu
+        // 0.6 from letting a second member join the group.
+        let moved: Positions =
+            offsets.into_iter().filter(|(key, next)| self.published_commits.get(key) != Some(next)).collect();
+        let committed =
+            if moved.is_empty() { Ok(()) } else { self.consumer.commit(&to_list(&moved), CommitMode::Sync) };
+        if let Err(error) = committed {
+            tracing::warn!(%error, "committing published offsets failed (the next publish commits further)");
+            return;
+        }
+        self.published_commits.extend(moved);
+        if let Err(error) = partials.publish(&commits, PUBLISH_TIMEOUT) {
+            tracing::warn!(%error, "publishing commit records failed (the next publish's make them final)");
+        }
+    }
+
     fn pause_assignment(&self) {
         if let Ok(assignment) = self.consumer.assignment()
             && let Err(error) = self.consumer.pause(&assignment)
@@ -926,6 +1055,7 @@ impl KafkaConsumer {
                     tracing::warn!(%error, "resuming partitions failed");
                 }
             }
+            SourceCommand::Publish { records, offsets, commits } => self.publish(records, offsets, commits),
             SourceCommand::FinalCommit(positions) => {
                 self.apply(SourceCommand::Store(positions));
                 if !self.consumer.context().broker_reachable() {

@@ -7,4 +7,5 @@
 pub mod dead_letters;
 pub mod files;
 pub mod kafka;
+pub mod merge;
 pub mod partials;

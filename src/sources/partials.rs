@@ -56,6 +56,19 @@ pub fn partials_partition(model: &str, partitions: i32) -> i32 {
     (hash % partitions.max(1) as u64) as i32
 }
 
+/// How many partitions `topic` (the predictions topic) has, from the
+/// broker's metadata (0 when it does not exist).
+pub fn partitions_of(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<i32, PartialsError> {
+    let broker = |action, source| PartialsError::Broker { topic: topic.to_string(), action, source };
+    let producer: BaseProducer =
+        super::dead_letters::producer_config(kafka).create().map_err(|source| broker("creating a client", source))?;
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| broker("reading its partitions", source))?;
+    Ok(metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32))
+}
+
 /// The partials topic: see the module doc.
 pub struct PartialsTopic {
     topic: String,
@@ -113,6 +126,11 @@ impl PartialsTopic {
     }
 
     /// The topic's partition count.
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     pub fn partitions(&self) -> i32 {
         self.partitions
     }

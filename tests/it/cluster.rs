@@ -130,3 +130,109 @@ fn a_partitions_clock_at_a_committed_offset_is_read_back_from_the_partials_topic
         assert!(high - low >= 1_350, "{model}: {low}..{high}");
     }
 }
+
+/// An instance of group `group`: in a cluster (`cluster: true`) or alone.
+fn start_instance(broker: &Broker, group: &str, cluster: bool) -> crate::support::InProcessDaemon {
+    let cluster = if cluster { "cluster: {partials_topic: partials, publish_interval: 1s}\n" } else { "" };
+    let yaml = format!(
+        "kafka: {{brokers: \"{}\", group_id: {group}, options: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}}}\n\
+         {cluster}\
+         windows: {{size: 1m, allowed_lateness: 10m}}\n\
+         pipeline: {{batch_size: 256, linger: 50ms}}\n\
+         http: {{listen: \"127.0.0.1:0\"}}\n\
+         models: [{{name: fraud}}]\n",
+        broker.bootstrap()
+    );
+    crate::support::InProcessDaemon::start(Config::from_yaml_str(&yaml, "test.yaml").expect("config"))
+}
+
+/// `n` simulated predictions from `start_ms`, keyed so they spread over the
+/// partitions, then one prediction an hour later in each of the 3
+/// partitions, which lets every window before it close.
+fn produce_and_close(broker: &Broker, n: u64, start_ms: i64) {
+    use driftwatch::simulate::{Simulator, SimulatorOptions};
+    let producer = broker.producer();
+    let mut simulator = Simulator::new(SimulatorOptions { start_ms, seed: 20, rate: 50.0, ..Default::default() });
+    let mut line = Vec::new();
+    for i in 0..n {
+        line.clear();
+        let time = simulator.next_time_ms();
+        simulator.write_prediction(time, &mut line);
+        crate::support::send(&producer, "predictions", &format!("e{i}"), line.strip_suffix(b"\n").unwrap());
+    }
+    for partition in 0..3 {
+        line.clear();
+        simulator.write_prediction(start_ms + 3_600_000, &mut line);
+        let key = format!("closing-{partition}");
+        crate::support::send_to_partition(&producer, "predictions", partition, &key, line.strip_suffix(b"\n").unwrap());
+    }
+    crate::support::flush(&producer);
+}
+
+/// Whole-model counts per window before `before_ms`.
+fn counts_before(rows: &[driftwatch::window_metrics::WindowMetricRow], before_ms: i64) -> f64 {
+    rows.iter()
+        .filter(|r| r.metric == "count" && r.feature.is_none() && r.segment.is_empty() && r.window_start_ms < before_ms)
+        .map(|r| r.value)
+        .sum()
+}
+
+/// Two instances in a cluster give the rows one instance gives alone: each
+/// window once, from the instance that merges the model, every count
+/// equal and every value within 1e-12.
+#[test]
+fn two_instances_in_a_cluster_give_the_rows_of_one() {
+    let broker = Broker::start();
+    broker.create_topic("predictions", 3);
+    broker.create_topic("labels", 1);
+    let start_ms = 1_795_687_200_000;
+    let closing = start_ms + 3_600_000;
+    let mut alone = start_instance(&broker, "alone", false);
+    let mut a = start_instance(&broker, "cluster", true);
+    let mut b = start_instance(&broker, "cluster", true);
+    crate::support::wait_until(Duration::from_secs(90), "both cluster instances to own partitions", || {
+        use std::sync::atomic::Ordering;
+        let (pa, pb) = (
+            a.telemetry.assigned_partitions.load(Ordering::Relaxed),
+            b.telemetry.assigned_partitions.load(Ordering::Relaxed),
+        );
+        pa > 0 && pb > 0 && pa + pb == 3
+    });
+    produce_and_close(&broker, 3_000, start_ms);
+    crate::support::wait_until(Duration::from_secs(120), "every window closed, alone and in the cluster", || {
+        let merged = counts_before(a.received(), closing) + counts_before(b.received(), closing);
+        counts_before(alone.received(), closing) >= 3_000.0 && merged >= 3_000.0
+    });
+    let (_, rows_alone) = alone.stop();
+    let (_, rows_a) = a.stop();
+    let (_, rows_b) = b.stop();
+    assert!(rows_a.is_empty() || rows_b.is_empty(), "one instance merges the model");
+    let key = |r: &driftwatch::window_metrics::WindowMetricRow| {
+        (r.window_start_ms, r.model_version.to_string(), r.segment.to_string(), r.feature.clone(), r.metric.to_string())
+    };
+    // Performance rows are not merged yet (no labels here: the instance
+    // alone writes its empty ones when it stops and closes every window).
+    let data = |r: &&driftwatch::window_metrics::WindowMetricRow| {
+        r.window_start_ms < closing && !matches!(r.metric, "labeled_count" | "label_coverage")
+    };
+    let mut merged: Vec<_> = rows_a.iter().chain(&rows_b).filter(data).collect();
+    let mut reference: Vec<_> = rows_alone.iter().filter(data).collect();
+    merged.sort_by_key(|r| key(r));
+    reference.sort_by_key(|r| key(r));
+    let keys = |rows: &[&driftwatch::window_metrics::WindowMetricRow]| {
+        rows.iter().map(|r| key(r)).collect::<std::collections::BTreeSet<_>>()
+    };
+    let (got, want) = (keys(&merged), keys(&reference));
+    assert_eq!(
+        merged.len(),
+        reference.len(),
+        "missing {:?}; extra {:?}",
+        want.difference(&got).take(8).collect::<Vec<_>>(),
+        got.difference(&want).take(8).collect::<Vec<_>>()
+    );
+    for (m, r) in merged.iter().zip(&reference) {
+        let close = (m.value - r.value).abs() <= 1e-12 * m.value.abs().max(r.value.abs()).max(1.0)
+            || m.value.to_bits() == r.value.to_bits();
+        assert!(key(m) == key(r) && m.sample_count == r.sample_count && close, "\ncluster {m:?}\nalone   {r:?}");
+    }
+}
