@@ -741,11 +741,25 @@ impl MainLoop<'_, '_> {
         if self.checkpoints.is_some() {
             return self.hand_over_durably(partitions);
         }
-        if let Some(cluster) = &mut self.cluster {
+        if self.cluster.is_some() {
             // A cluster forgets (docs/ARCHITECTURE.md, "A revocation
             // forgets"): nothing is committed here, the next owner reads
-            // again from the last publish, and what the engine holds of
-            // the partitions is dropped once the lanes hand it over.
+            // again from the last publish (this member too, when the
+            // partition comes back), so what the lanes and the engine hold
+            // of the partitions since that publish is dropped now: kept, it
+            // would go out again with what is read again.
+            let revoked: BTreeSet<i32> = partitions
+                .iter()
+                .filter(|(topic, _)| *topic == self.kafka.predictions_topic)
+                .map(|(_, partition)| *partition)
+                .collect();
+            self.hand_over(Some(&revoked), true)?;
+            for &partition in &revoked {
+                for model in 0..self.pipeline.registry.models.len() {
+                    let _ = self.pipeline.engine.take_delta(&self.pipeline.registry, model as u32, partition);
+                }
+            }
+            let Some(cluster) = &mut self.cluster else { return Ok(Positions::new()) };
             for key in partitions {
                 self.positions.remove(key);
                 if key.0 == self.kafka.predictions_topic {

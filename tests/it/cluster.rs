@@ -169,54 +169,42 @@ fn produce_and_close(broker: &Broker, n: u64, start_ms: i64) {
     crate::support::flush(&producer);
 }
 
-/// Whole-model counts per window before `before_ms`.
-fn counts_before(rows: &[driftwatch::window_metrics::WindowMetricRow], before_ms: i64) -> f64 {
-    rows.iter()
-        .filter(|r| r.metric == "count" && r.feature.is_none() && r.segment.is_empty() && r.window_start_ms < before_ms)
-        .map(|r| r.value)
-        .sum()
+/// Predictions `range` of the stream `produce_and_close` makes (the same
+/// events, times and keys), without the closing ones.
+fn produce_part(broker: &Broker, range: std::ops::Range<u64>, start_ms: i64) {
+    use driftwatch::simulate::{Simulator, SimulatorOptions};
+    let producer = broker.producer();
+    let mut simulator = Simulator::new(SimulatorOptions { start_ms, seed: 20, rate: 50.0, ..Default::default() });
+    let mut line = Vec::new();
+    for i in 0..range.end {
+        line.clear();
+        let time = simulator.next_time_ms();
+        simulator.write_prediction(time, &mut line);
+        if range.contains(&i) {
+            crate::support::send(&producer, "predictions", &format!("e{i}"), line.strip_suffix(b"\n").unwrap());
+        }
+    }
+    crate::support::flush(&producer);
 }
 
-/// Two instances in a cluster give the rows one instance gives alone: each
-/// window once, from the instance that merges the model, every count
-/// equal and every value within 1e-12.
-#[test]
-fn two_instances_in_a_cluster_give_the_rows_of_one() {
-    let broker = Broker::start();
-    broker.create_topic("predictions", 3);
-    broker.create_topic("labels", 1);
-    let start_ms = 1_795_687_200_000;
-    let closing = start_ms + 3_600_000;
-    let mut alone = start_instance(&broker, "alone", false);
-    let mut a = start_instance(&broker, "cluster", true);
-    let mut b = start_instance(&broker, "cluster", true);
-    crate::support::wait_until(Duration::from_secs(90), "both cluster instances to own partitions", || {
-        use std::sync::atomic::Ordering;
-        let (pa, pb) = (
-            a.telemetry.assigned_partitions.load(Ordering::Relaxed),
-            b.telemetry.assigned_partitions.load(Ordering::Relaxed),
-        );
-        pa > 0 && pb > 0 && pa + pb == 3
-    });
-    produce_and_close(&broker, 3_000, start_ms);
-    crate::support::wait_until(Duration::from_secs(120), "every window closed, alone and in the cluster", || {
-        let merged = counts_before(a.received(), closing) + counts_before(b.received(), closing);
-        counts_before(alone.received(), closing) >= 3_000.0 && merged >= 3_000.0
-    });
-    let (_, rows_alone) = alone.stop();
-    let (_, rows_a) = a.stop();
-    let (_, rows_b) = b.stop();
-    assert!(rows_a.is_empty() || rows_b.is_empty(), "one instance merges the model");
+/// The cluster's rows (`cluster`, every instance's) before `closing` are
+/// the rows of the instance alone: each once, every count equal and every
+/// value within 1e-12. Performance rows are not merged yet (no labels
+/// here: the instance alone writes its empty ones when it stops and closes
+/// every window).
+fn assert_same_rows(
+    cluster: &[&[driftwatch::window_metrics::WindowMetricRow]],
+    alone: &[driftwatch::window_metrics::WindowMetricRow],
+    closing: i64,
+) {
     let key = |r: &driftwatch::window_metrics::WindowMetricRow| {
         (r.window_start_ms, r.model_version.to_string(), r.segment.to_string(), r.feature.clone(), r.metric.to_string())
     };
-    // Performance rows are not merged yet (no labels here: the instance
-    // alone writes its empty ones when it stops and closes every window).
     let data = |r: &&driftwatch::window_metrics::WindowMetricRow| {
         r.window_start_ms < closing && !matches!(r.metric, "labeled_count" | "label_coverage")
     };
-    let mut merged: Vec<_> = rows_a.iter().chain(&rows_b).filter(data).collect();
-    let mut reference: Vec<_> = rows_alone.iter().filter(data).collect();
+    let mut merged: Vec<_> = cluster.iter().flat_map(|rows| rows.iter()).filter(data).collect();
+    let mut reference: Vec<_> = alone.iter().filter(data).collect();
     merged.sort_by_key(|r| key(r));
     reference.sort_by_key(|r| key(r));
     let keys = |rows: &[&driftwatch::window_metrics::WindowMetricRow]| {
@@ -235,4 +223,76 @@ fn two_instances_in_a_cluster_give_the_rows_of_one() {
             || m.value.to_bits() == r.value.to_bits();
         assert!(key(m) == key(r) && m.sample_count == r.sample_count && close, "\ncluster {m:?}\nalone   {r:?}");
     }
+}
+
+/// Whole-model counts per window before `before_ms`.
+fn counts_before(rows: &[driftwatch::window_metrics::WindowMetricRow], before_ms: i64) -> f64 {
+    rows.iter()
+        .filter(|r| r.metric == "count" && r.feature.is_none() && r.segment.is_empty() && r.window_start_ms < before_ms)
+        .map(|r| r.value)
+        .sum()
+}
+
+/// A broker with a 3-partition predictions topic, an instance alone, and
+/// two instances of a cluster once both own partitions.
+fn start_cluster() -> (Broker, [crate::support::InProcessDaemon; 3]) {
+    let broker = Broker::start();
+    broker.create_topic("predictions", 3);
+    broker.create_topic("labels", 1);
+    let alone = start_instance(&broker, "alone", false);
+    let a = start_instance(&broker, "cluster", true);
+    let b = start_instance(&broker, "cluster", true);
+    crate::support::wait_until(Duration::from_secs(90), "both cluster instances to own partitions", || {
+        use std::sync::atomic::Ordering;
+        let (pa, pb) = (
+            a.telemetry.assigned_partitions.load(Ordering::Relaxed),
+            b.telemetry.assigned_partitions.load(Ordering::Relaxed),
+        );
+        pa > 0 && pb > 0 && pa + pb == 3
+    });
+    (broker, [alone, a, b])
+}
+
+/// Two instances in a cluster give the rows one instance gives alone: each
+/// window once, from the instance that merges the model, every count
+/// equal and every value within 1e-12.
+#[test]
+fn two_instances_in_a_cluster_give_the_rows_of_one() {
+    let (broker, [mut alone, mut a, mut b]) = start_cluster();
+    let start_ms = 1_795_687_200_000;
+    let closing = start_ms + 3_600_000;
+    produce_and_close(&broker, 3_000, start_ms);
+    crate::support::wait_until(Duration::from_secs(120), "every window closed, alone and in the cluster", || {
+        let merged = counts_before(a.received(), closing) + counts_before(b.received(), closing);
+        counts_before(alone.received(), closing) >= 3_000.0 && merged >= 3_000.0
+    });
+    let (_, rows_alone) = alone.stop();
+    let (_, rows_a) = a.stop();
+    let (_, rows_b) = b.stop();
+    assert!(rows_a.is_empty() || rows_b.is_empty(), "one instance merges the model");
+    assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing);
+}
+
+/// An instance that leaves the cluster while windows are open hands its
+/// partitions and, if it merged the model, its merging over: the rows are
+/// still those of one instance alone, each window once.
+#[test]
+fn an_instance_leaving_a_cluster_mid_window_changes_no_row() {
+    let (broker, [mut alone, mut a, b]) = start_cluster();
+    let start_ms = 1_795_687_200_000;
+    let closing = start_ms + 3_600_000;
+    // Half a window's events, read by both instances, then one leaves.
+    produce_part(&broker, 0..1_500, start_ms);
+    crate::support::wait_until(Duration::from_secs(90), "the first half read by the cluster", || {
+        a.telemetry.events_on("predictions") + b.telemetry.events_on("predictions") >= 1_500
+    });
+    let (_, rows_b) = b.stop();
+    produce_part(&broker, 1_500..3_000, start_ms);
+    produce_and_close(&broker, 0, start_ms);
+    crate::support::wait_until(Duration::from_secs(120), "every window closed, alone and in the cluster", || {
+        counts_before(alone.received(), closing) >= 3_000.0 && counts_before(a.received(), closing) >= 3_000.0
+    });
+    let (_, rows_alone) = alone.stop();
+    let (_, rows_a) = a.stop();
+    assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing);
 }
