@@ -819,15 +819,6 @@ impl MainLoop<'_, '_> {
         self.assigning = false;
         let revoked: BTreeSet<i32> = self.declared.difference(&assigned).copied().collect();
         self.hand_over(Some(&revoked), true)?;
-        if self.cluster.is_some() {
-            // A cluster's revoked partitions are read again by their next
-            // owner: what this engine holds of them is dropped.
-            for &partition in &revoked {
-                for model in 0..self.pipeline.registry.models.len() {
-                    let _ = self.pipeline.engine.take_delta(&self.pipeline.registry, model as u32, partition);
-                }
-            }
-        }
         let new: Vec<i32> = assigned.difference(&self.declared).copied().collect();
         self.pipeline.engine.declare_partitions(&new);
         let mut written = 0;

@@ -456,11 +456,6 @@ impl Merger {
         self.engine.reset_model(id, &partitions);
     }
 
-    /// The models this merger has taken a record of in.
-    pub fn models(&self) -> Vec<String> {
-        self.models.keys().map(|id| self.registry.get(*id).name.to_string()).collect()
-    }
-
     /// The model's records reached `offset`: a resumed merger that passes
     /// its mark's `next_offset` hands the mark's commits and clocks to the
     /// timelines.
