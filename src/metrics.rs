@@ -313,6 +313,36 @@ impl Metrics {
                 "Open windows of the restored checkpoint re-attached to a changed baseline (bins re-counted, or binned drift rows left out).",
                 |t: &Telemetry| t.checkpoint_windows_reattached.load(std::sync::atomic::Ordering::Relaxed),
             ),
+            (
+                "driftwatch_partials_published",
+                "cluster: records this instance published to the partials topic (deltas, commits, marks).",
+                |t: &Telemetry| t.partials_published.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_partials_published_bytes",
+                "cluster: bytes of the records this instance published to the partials topic.",
+                |t: &Telemetry| t.partials_published_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_partials_merged",
+                "cluster: source stretches this instance's merger took into windows (final).",
+                |t: &Telemetry| t.partials_merged.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_partials_replaced",
+                "cluster: provisional stretches replaced by one published again from the same offset (after a rebalance or a crash).",
+                |t: &Telemetry| t.partials_replaced.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_partials_stale",
+                "cluster: stretches refused as starting below the committed offset (a reader that had lost its partition).",
+                |t: &Telemetry| t.partials_stale.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "driftwatch_partials_broken",
+                "cluster: stretches that broke the sources' contract (a gap, an overlap, a part out of order); each is logged.",
+                |t: &Telemetry| t.partials_broken.load(std::sync::atomic::Ordering::Relaxed),
+            ),
         ] {
             let t = telemetry.clone();
             meter
@@ -321,6 +351,14 @@ impl Metrics {
                 .with_callback(move |o| o.observe(read(&t), &[]))
                 .build();
         }
+        let t = telemetry.clone();
+        meter
+            .f64_observable_gauge("driftwatch_merge_delay_seconds")
+            .with_description("cluster: how old the last partials record this instance merged was when its merger took it in.")
+            .with_callback(move |o| {
+                o.observe(t.merge_delay_ms.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0, &[])
+            })
+            .build();
         let t = telemetry.clone();
         meter
             .i64_observable_gauge("driftwatch_join_pending")

@@ -78,6 +78,18 @@ pub struct Telemetry {
     pub checkpoint_windows_reattached: AtomicU64,
     /// Size of the last checkpoint written.
     pub checkpoint_bytes: AtomicU64,
+    /// `cluster:`: partials records published (and their bytes), and the
+    /// merger's stretches merged, replaced by one published again, refused
+    /// as stale, and breaking the sources' contract.
+    pub partials_published: AtomicU64,
+    pub partials_published_bytes: AtomicU64,
+    pub partials_merged: AtomicU64,
+    pub partials_replaced: AtomicU64,
+    pub partials_stale: AtomicU64,
+    pub partials_broken: AtomicU64,
+    /// `cluster:`: how old (ms) the last partials record merged was when
+    /// the merger took it in.
+    pub merge_delay_ms: AtomicI64,
     /// Where the HTTP API listens, once it does.
     pub http_address: Mutex<Option<String>>,
 }

@@ -69,6 +69,11 @@ pub struct Delta {
     /// Events of this stretch that were late, per window of their series
     /// still open then (the window that reports them).
     pub late: Vec<LateEvents>,
+    /// The stretch's predictions (of a predictions partition) or labels
+    /// (of a labels partition) as entries of the join, which the merger
+    /// runs (docs/ARCHITECTURE.md, "Joins").
+    #[serde(default, skip_serializing_if = "JoinEntries::is_empty")]
+    pub joins: JoinEntries,
     /// This record is part `part` (from 0) of the `parts` that carry the
     /// stretch's delta: one too large for a record is cut into several
     /// ([`Delta::split`]), consecutive in the partition, each with some of
@@ -79,35 +84,61 @@ pub struct Delta {
 
 impl Delta {
     /// This delta in parts of at most about `max_bytes` encoded each (a
-    /// window larger than that goes alone), in order; one part when it
-    /// fits.
+    /// window larger than that goes alone), in order: the windows first,
+    /// then the join entries; one part when it fits.
     pub fn split(mut self, max_bytes: usize) -> Vec<Delta> {
         let windows = std::mem::take(&mut self.windows);
         let late = std::mem::take(&mut self.late);
+        let mut joins = std::mem::take(&mut self.joins);
+        let predictions = std::mem::take(&mut joins.predictions);
+        let labels = std::mem::take(&mut joins.labels);
+        let tables = joins;
         let header = rmp_serde::to_vec_named(&self).map_or(0, |bytes| bytes.len());
-        let mut groups: Vec<Vec<PartialWindow>> = vec![Vec::new()];
+        let tables_bytes = rmp_serde::to_vec_named(&tables).map_or(0, |bytes| bytes.len());
+        let mut groups: Vec<(Vec<PartialWindow>, JoinEntries)> = vec![(Vec::new(), JoinEntries::default())];
         let mut size = header + rmp_serde::to_vec_named(&late).map_or(0, |bytes| bytes.len());
-        for window in windows {
-            let bytes = window.to_msgpack().len();
-            let current = groups.last_mut().expect("never empty");
-            if !current.is_empty() && size + bytes > max_bytes {
-                groups.push(Vec::new());
+        // Room for `bytes` more (and the tables, for a part's first
+        // entry): a new part when the current one is full.
+        let mut place = |bytes: usize, entry: bool, groups: &mut Vec<(Vec<PartialWindow>, JoinEntries)>| {
+            let (windows, joins) = groups.last().expect("never empty");
+            let empty = windows.is_empty() && joins.is_empty();
+            if !empty && size + bytes > max_bytes {
+                groups.push((Vec::new(), JoinEntries::default()));
                 size = header;
             }
-            size += bytes;
-            groups.last_mut().expect("never empty").push(window);
+            let first_entry = entry && groups.last().expect("never empty").1.is_empty();
+            size += bytes + if first_entry { tables_bytes } else { 0 };
+        };
+        for window in windows {
+            place(window.to_msgpack().len(), false, &mut groups);
+            groups.last_mut().expect("never empty").0.push(window);
+        }
+        for entry in predictions {
+            place(MAX_ENTRY_BYTES, true, &mut groups);
+            groups.last_mut().expect("never empty").1.predictions.push(entry);
+        }
+        for entry in labels {
+            place(MAX_ENTRY_BYTES, true, &mut groups);
+            groups.last_mut().expect("never empty").1.labels.push(entry);
         }
         let parts = groups.len() as u32;
         let mut late = Some(late);
         groups
             .into_iter()
             .enumerate()
-            .map(|(part, windows)| Delta {
-                windows,
-                late: late.take().unwrap_or_default(),
-                part: part as u32,
-                parts,
-                ..self.clone()
+            .map(|(part, (windows, mut joins))| {
+                if !joins.is_empty() {
+                    joins.series = tables.series.clone();
+                    joins.classes = tables.classes.clone();
+                }
+                Delta {
+                    windows,
+                    late: late.take().unwrap_or_default(),
+                    joins,
+                    part: part as u32,
+                    parts,
+                    ..self.clone()
+                }
             })
             .collect()
     }
@@ -120,11 +151,71 @@ impl Delta {
         for part in parts {
             whole.windows.extend(part.windows);
             whole.late.extend(part.late);
+            if whole.joins.is_empty() {
+                whole.joins.series = part.joins.series;
+                whole.joins.classes = part.joins.classes;
+            }
+            whole.joins.predictions.extend(part.joins.predictions);
+            whole.joins.labels.extend(part.joins.labels);
         }
         whole.part = 0;
         whole.parts = 1;
         whole
     }
+}
+
+/// The most one join entry takes encoded (a prediction's: an array of six
+/// numbers, each at most 9 bytes), for cutting deltas into parts.
+pub const MAX_ENTRY_BYTES: usize = 1 + 6 * 9;
+
+/// A stretch's join entries, in the order they were read: predictions
+/// waiting for their labels, or labels for their predictions. Series and
+/// classes are named once per record, in tables the entries index.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinEntries {
+    /// The series the predictions are of: (model version, segment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<(String, String)>,
+    /// The classes predicted or labelled (classification models).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predictions: Vec<PredictionEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<LabelEntry>,
+}
+
+impl JoinEntries {
+    /// No entry (tables alone do not count).
+    pub fn is_empty(&self) -> bool {
+        self.predictions.is_empty() && self.labels.is_empty()
+    }
+}
+
+/// A prediction as the join takes it: its join key (the xxh3-128 hash of
+/// its event id, high and low halves), its series (an index into
+/// [`JoinEntries::series`]), its event time, what it predicted (a class,
+/// as an index into [`JoinEntries::classes`], or a value) and its score
+/// (NaN when it has none). An array in MessagePack: no field names, as
+/// there is one per event.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PredictionEntry(pub u64, pub u64, pub u32, pub i64, pub f64, pub f64);
+
+/// A label as the join takes it: join key (high and low halves), event
+/// time, and the actual class (an index into [`JoinEntries::classes`]) or
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LabelEntry(pub u64, pub u64, pub i64, pub f64);
+
+/// The halves of a join key, as entries carry it.
+pub fn key_halves(key: u128) -> (u64, u64) {
+    ((key >> 64) as u64, key as u64)
+}
+
+/// A join key from its halves.
+pub fn key_from_halves(high: u64, low: u64) -> u128 {
+    (u128::from(high) << 64) | u128::from(low)
 }
 
 /// Late events a window of a series reports.
@@ -182,6 +273,9 @@ pub struct MergerMark {
 #[serde(deny_unknown_fields)]
 pub struct PartitionMark {
     pub partition: i32,
+    /// A partition of the labels topic (else of the predictions topic).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub labels: bool,
     /// The offset its readers committed, as the merger last heard.
     pub committed: Option<i64>,
     /// The largest clock of its final stretches.
@@ -321,6 +415,13 @@ impl PartialsRecord {
                         format!("the stretch [{}, {}) is not a range of offsets", delta.start, delta.end),
                     );
                 }
+                let series = delta.joins.series.len();
+                if let Some(index) = delta.joins.predictions.iter().position(|entry| entry.2 as usize >= series) {
+                    return invalid(
+                        &format!("joins.predictions[{index}]"),
+                        format!("series {} is not one of the record's {series}", delta.joins.predictions[index].2),
+                    );
+                }
                 for (index, window) in delta.windows.iter().enumerate() {
                     let wrong = |source: PartialWindowError| RecordError::Window {
                         model: crate::text::shorten_long_tokens(model).into_owned(),
@@ -362,6 +463,7 @@ mod tests {
                 window_start_ms: 1_795_687_200_000,
                 events: 4,
             }],
+            joins: JoinEntries::default(),
             part: 0,
             parts: 1,
         }
@@ -386,6 +488,45 @@ mod tests {
             assert_eq!(PartialsRecord::from_msgpack(&bytes).unwrap(), record);
             assert_eq!(record.model(), "fraud");
         }
+    }
+
+    /// A delta's join entries travel with it, cut into parts of the size
+    /// asked for (each part with the tables its entries index) and joined
+    /// back as they were.
+    #[test]
+    fn join_entries_split_into_parts_and_join_back() {
+        let mut whole = delta();
+        whole.joins = JoinEntries {
+            series: vec![("3".into(), String::new()), ("3".into(), "region=eu".into())],
+            classes: vec!["0".into(), "1".into()],
+            predictions: (0..500)
+                .map(|i| PredictionEntry(i, u64::MAX - i, (i % 2) as u32, 1_795_687_200_000 + i as i64, 1.0, 0.75))
+                .collect(),
+            labels: (0..300).map(|i| LabelEntry(i, i * 7, 1_795_687_300_000, 0.0)).collect(),
+        };
+        let record = PartialsRecord::delta("m", whole.clone());
+        assert_eq!(PartialsRecord::from_msgpack(&record.to_msgpack()).unwrap(), record);
+        let parts = whole.clone().split(8 * 1024);
+        assert!(parts.len() >= 5, "{} parts", parts.len());
+        for part in &parts {
+            let bytes = PartialsRecord::delta("m", part.clone()).to_msgpack();
+            assert!(bytes.len() <= 8 * 1024 + 512, "a part of {} bytes", bytes.len());
+            let read = PartialsRecord::from_msgpack(&bytes).expect("each part reads on its own");
+            assert_eq!(read, PartialsRecord::delta("m", part.clone()));
+            if !part.joins.is_empty() {
+                assert_eq!(part.joins.series.len(), 2, "each part names its series");
+            }
+        }
+        assert_eq!(Delta::join(parts), whole);
+        assert_eq!(key_from_halves(key_halves(u128::MAX - 5).0, key_halves(u128::MAX - 5).1), u128::MAX - 5);
+
+        let mut wrong = delta();
+        wrong.joins.predictions.push(PredictionEntry(1, 2, 0, 0, 1.0, f64::NAN));
+        let error = PartialsRecord::from_msgpack(&PartialsRecord::delta("m", wrong).to_msgpack()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "partials record of model fraud, partition 2: joins.predictions[0]: series 0 is not one of the record's 0"
+        );
     }
 
     #[test]

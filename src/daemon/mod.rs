@@ -182,18 +182,25 @@ pub fn run(
             timeout,
         )?);
         let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
-        tracing::warn!("cluster: performance rows are not merged across instances yet; the labels topic is not read");
+        let label_count = crate::sources::partials::partitions_of(kafka, &kafka.labels_topic, timeout)?;
+        if label_count == 0 {
+            tracing::warn!(topic = %kafka.labels_topic, "cluster: the labels topic has no partitions yet; its labels join once the instances restart after it exists");
+        }
+        let mut merger = crate::engine::cluster::Merger::new(config, &kafka.predictions_topic, count);
+        if label_count > 0 {
+            merger = merger.with_labels(&kafka.labels_topic, label_count);
+        }
         pipeline.engine.set_source_mode();
         cluster_source =
             Some(crate::sources::kafka::ClusterSource { partials: partials.clone(), models: models.clone() });
         cluster = Some(Cluster {
-            merger: crate::engine::cluster::Merger::new(config, &kafka.predictions_topic, count),
+            merger,
             partials,
             models,
             interval: settings.publish_interval,
             last_publish: Instant::now(),
             max_record_bytes: usize::try_from(settings.max_record_bytes).unwrap_or(usize::MAX),
-            published: std::collections::BTreeMap::new(),
+            published: Positions::new(),
             merged: BTreeSet::new(),
         });
     }
@@ -381,8 +388,8 @@ struct Cluster {
     interval: Duration,
     last_publish: Instant,
     max_record_bytes: usize,
-    /// Per predictions partition: where its next delta starts.
-    published: std::collections::BTreeMap<i32, i64>,
+    /// Per predictions or labels partition: where its next delta starts.
+    published: Positions,
     /// The models merged here.
     merged: BTreeSet<String>,
 }
@@ -440,11 +447,16 @@ impl MainLoop<'_, '_> {
                         }
                         RebalanceEvent::Started { consumer: _, starts } => {
                             if let Some(cluster) = &mut self.cluster {
-                                for ((topic, partition), start) in &starts {
-                                    if *topic == self.kafka.predictions_topic {
-                                        cluster.published.insert(*partition, *start);
-                                    }
-                                }
+                                cluster.published.extend(starts.iter().map(|(key, start)| (key.clone(), *start)));
+                                // A labels partition with no labels of a
+                                // model goes idle for it after
+                                // `windows.idle_timeout`, as a predictions
+                                // partition does, and the merger hears so.
+                                let labels: Vec<i32> = (starts.keys())
+                                    .filter(|(topic, _)| *topic == self.kafka.labels_topic)
+                                    .map(|(_, partition)| *partition)
+                                    .collect();
+                                self.pipeline.engine.declare_label_partitions(&labels);
                             }
                             self.positions.extend(starts);
                         }
@@ -575,17 +587,28 @@ impl MainLoop<'_, '_> {
             }
             MergeEvent::Records(records) => {
                 let mut rows = Vec::new();
-                for (_, offset, record) in records {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                for (_, offset, timestamp_ms, record) in records {
                     match record {
                         Ok(record) if cluster.merged.contains(record.model()) => {
                             if let Err(error) = cluster.merger.apply(offset, record, &mut rows) {
                                 tracing::warn!(%error, offset, "a partials record was not merged");
+                            }
+                            if let Some(published_ms) = timestamp_ms {
+                                let delay = now_ms.saturating_sub(published_ms).max(0);
+                                self.pipeline.telemetry.merge_delay_ms.store(delay, Ordering::Relaxed);
                             }
                         }
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%error, offset, "a partials record could not be read"),
                     }
                 }
+                let counters = &cluster.merger.counters;
+                let telemetry = &self.pipeline.telemetry;
+                telemetry.partials_merged.store(counters.stretches, Ordering::Relaxed);
+                telemetry.partials_replaced.store(counters.replaced, Ordering::Relaxed);
+                telemetry.partials_stale.store(counters.stale, Ordering::Relaxed);
+                telemetry.partials_broken.store(counters.broken, Ordering::Relaxed);
                 if !rows.is_empty() {
                     use crate::output::WindowSink;
                     self.pipeline.telemetry.windows_closed.fetch_add(
@@ -599,8 +622,8 @@ impl MainLoop<'_, '_> {
         Ok(())
     }
 
-    /// `cluster:`: publishes what the engine read of each predictions
-    /// partition since its last delta, per model (empty ones too: the
+    /// `cluster:`: publishes what the engine read of each predictions and
+    /// labels partition since its last delta, per model (empty ones too: the
     /// merger hears every partition's clock and idleness), with the offsets
     /// to commit and the commit records, and the marks of the models merged
     /// here, as one command to the consumer (docs/ARCHITECTURE.md, "The
@@ -613,17 +636,26 @@ impl MainLoop<'_, '_> {
         self.hand_over(None, false)?;
         let Some(cluster) = &mut self.cluster else { return Ok(()) };
         cluster.last_publish = Instant::now();
-        let topic = &self.kafka.predictions_topic;
         let (mut records, mut commits, mut offsets) = (Vec::new(), Vec::new(), Positions::new());
-        for &partition in &self.declared {
-            let key = (topic.clone(), partition);
+        let predictions = self.declared.iter().map(|&partition| (self.kafka.predictions_topic.clone(), partition));
+        let labels: Vec<PartitionKey> =
+            self.positions.keys().filter(|(topic, _)| *topic == self.kafka.labels_topic).cloned().collect();
+        for key in predictions.chain(labels) {
             let Some(&end) = self.positions.get(&key) else { continue };
-            let start = cluster.published.get(&partition).copied().unwrap_or(end);
+            let start = cluster.published.get(&key).copied().unwrap_or(end);
+            let (topic, partition) = (&key.0, key.1);
+            let of_labels = *topic == self.kafka.labels_topic;
             for (id, model) in self.pipeline.registry.models.iter().enumerate() {
                 let id = id as u32;
-                let taken = self.pipeline.engine.take_delta(&self.pipeline.registry, id, partition);
+                let engine = &mut self.pipeline.engine;
+                let (taken, idle) = if of_labels {
+                    let taken = engine.take_label_delta(&self.pipeline.registry, id, partition);
+                    (taken, engine.label_partition_is_idle(id, partition))
+                } else {
+                    let taken = engine.take_delta(&self.pipeline.registry, id, partition);
+                    (taken, engine.partition_is_idle(id, partition))
+                };
                 let clock_ms = taken.clock_ms;
-                let idle = self.pipeline.engine.partition_is_idle(id, partition);
                 let delta = taken.into_delta(&model.name, topic, partition, (start, end), idle);
                 records.extend(
                     delta
@@ -642,8 +674,8 @@ impl MainLoop<'_, '_> {
                     },
                 ));
             }
+            cluster.published.insert(key.clone(), end);
             offsets.insert(key, end);
-            cluster.published.insert(partition, end);
         }
         for model in &cluster.merged {
             if let Some(mark) = cluster.merger.mark(model) {
@@ -759,12 +791,13 @@ impl MainLoop<'_, '_> {
                     let _ = self.pipeline.engine.take_delta(&self.pipeline.registry, model as u32, partition);
                 }
             }
+            for (_, partition) in partitions.iter().filter(|(topic, _)| *topic == self.kafka.labels_topic) {
+                self.pipeline.engine.drop_label_partition(*partition);
+            }
             let Some(cluster) = &mut self.cluster else { return Ok(Positions::new()) };
             for key in partitions {
                 self.positions.remove(key);
-                if key.0 == self.kafka.predictions_topic {
-                    cluster.published.remove(&key.1);
-                }
+                cluster.published.remove(key);
             }
             return Ok(Positions::new());
         }

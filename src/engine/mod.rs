@@ -93,6 +93,14 @@ pub struct Engine {
     /// A source engine's late events per (model, partition) and (series,
     /// start of the window reporting them), until their delta is taken.
     source_late: std::collections::BTreeMap<(usize, PartitionId), std::collections::BTreeMap<(SeriesId, i64), u64>>,
+    /// A source engine's join entries per (model, partition, whether a
+    /// labels partition), in the order read, until their delta is taken:
+    /// a cluster joins at the merger.
+    source_joins: std::collections::BTreeMap<(usize, PartitionId, bool), cluster::SourceJoinEntries>,
+    /// A resumed merger re-applying what its predecessor took in: pairs
+    /// credit no window ending at or before this (their performance is in
+    /// the mark), and pending entries do not expire.
+    replaying_through_ms: Option<Option<i64>>,
 }
 
 impl Engine {
@@ -129,6 +137,8 @@ impl Engine {
             label_keys: Vec::new(),
             source_mode: false,
             source_late: Default::default(),
+            source_joins: Default::default(),
+            replaying_through_ms: None,
         }
     }
 
@@ -579,6 +589,13 @@ impl Engine {
             }
         }
         let Some(batch) = batch.filter(|b| !b.is_empty()) else { return };
+        if self.source_mode {
+            self.note_source_predictions(model_index, partition, batch, &output.accepted, &output.keys);
+            let max_time = datafusion::arrow::compute::max(&batch.event_time_ms).expect("batch is not empty");
+            let clock = self.clock_time(max_time);
+            self.windows[model_index].observe_event_time(partition, clock);
+            return;
+        }
         // Join: predictions meet waiting labels or wait for theirs. Each row
         // meets the join as the model's watermark stood when it arrived
         // (entries expire row by row, not once per batch), so what pairs
@@ -652,6 +669,14 @@ impl Engine {
         let model_index = batch.model as usize;
         let model = registry.get(batch.model);
         self.counters.labels += batch.len() as u64;
+        if self.source_mode {
+            self.note_source_labels(model_index, partition, batch);
+            if let Some(max_time) = datafusion::arrow::compute::max(&batch.event_time_ms) {
+                let clock = self.clock_time(max_time);
+                self.windows[model_index].observe_label_time(partition, clock);
+            }
+            return;
+        }
         let mut frontier = self.windows[model_index].running_label_frontier(partition);
         self.label_keys.clear();
         self.label_keys.extend((0..batch.len()).map(|row| join_key(batch.event_id.value(row))));
@@ -692,6 +717,9 @@ impl Engine {
     /// has passed (cheap when none has: a look at the queue's front).
     #[inline]
     fn expire_joins(&mut self, model_index: usize) {
+        if self.replaying_through_ms.is_some() {
+            return;
+        }
         if let Some(watermark) =
             self.windows[model_index].performance_watermark(&self.spec, self.labels_hold[model_index])
         {
@@ -777,7 +805,13 @@ impl Engine {
         let spec = self.spec;
         let windows = &mut self.windows[model_index];
         let mut credited = false;
+        let replayed = self.replaying_through_ms.flatten();
         for start in spec.starts_of(event_time_ms) {
+            if replayed.is_some_and(|through| start.saturating_add(spec.size_ms) <= through) {
+                // Credited by the merger that marked this window.
+                credited = true;
+                continue;
+            }
             for s in [Some(series), model.series[series as usize].whole_model].into_iter().flatten() {
                 if let Some(performance) = windows.performance_of(&spec, (start, s)) {
                     credit(performance);
@@ -837,7 +871,7 @@ impl Engine {
         } else {
             windows.performance_watermark(&self.spec, self.labels_hold[model_index])
         };
-        if let Some(watermark) = watermark {
+        if let Some(watermark) = watermark.filter(|_| self.replaying_through_ms.is_none()) {
             self.joins[model_index].expire(watermark);
             for join in &mut self.shadow_joins[model_index] {
                 join.expire(watermark);

@@ -189,6 +189,22 @@ impl ModelJoin {
         self.predictions.len() + self.labels.len()
     }
 
+    /// Whether an entry of `key` is held: pending on either side, or a
+    /// pair remembered.
+    pub fn holds(&self, key: JoinKey) -> bool {
+        self.predictions.contains_key(&key) || self.labels.contains_key(&key) || self.completed.contains_key(&key)
+    }
+
+    /// Pending entries and remembered pairs together.
+    pub fn held(&self) -> usize {
+        self.pending() + self.completed.len()
+    }
+
+    /// Forgets every entry and counter, keeping the horizon and the cap.
+    pub fn clear(&mut self) {
+        *self = ModelJoin::new(self.horizon_ms, self.max_pending);
+    }
+
     fn make_room(&mut self) {
         while self.pending() + self.completed.len() >= self.max_pending {
             let Some(Reverse((_, key, side))) = self.queue.pop() else { break };
@@ -348,6 +364,33 @@ impl Join {
     pub fn pending(&self) -> usize {
         match self {
             Join::Memory(join) => join.pending(),
+            Join::Disk(join) => join.pending(),
+        }
+    }
+
+    /// A join in memory: whether it holds an entry of `key` (see
+    /// [`ModelJoin::holds`]); one on disk is not asked (a cluster's merger
+    /// joins in memory) and answers yes.
+    pub fn holds(&self, key: JoinKey) -> bool {
+        match self {
+            Join::Memory(join) => join.holds(key),
+            Join::Disk(_) => true,
+        }
+    }
+
+    /// A join in memory forgets every entry and counter (one on disk is
+    /// left as it is: a cluster's merger joins in memory).
+    pub fn clear(&mut self) {
+        if let Join::Memory(join) = self {
+            join.clear();
+        }
+    }
+
+    /// A join in memory: its entries and remembered pairs (one on disk: its
+    /// pending entries).
+    pub fn held(&self) -> usize {
+        match self {
+            Join::Memory(join) => join.held(),
             Join::Disk(join) => join.pending(),
         }
     }

@@ -841,12 +841,7 @@ impl KafkaConsumer {
         };
         let consumer: BaseConsumer<SourceContext> =
             consumer_config(kafka, start.durable).create_with_context(context).map_err(KafkaSourceError::Consumer)?;
-        // A cluster does not merge performance yet: its labels are not read.
-        let topics: Vec<&str> = if consumer.context().cluster.is_some() {
-            vec![kafka.predictions_topic.as_str()]
-        } else {
-            vec![kafka.predictions_topic.as_str(), kafka.labels_topic.as_str()]
-        };
+        let topics: Vec<&str> = vec![kafka.predictions_topic.as_str(), kafka.labels_topic.as_str()];
         consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             source,
@@ -984,8 +979,16 @@ impl KafkaConsumer {
         let records: Vec<PartialsRecord> = records.into_iter().filter(held).collect();
         let commits: Vec<PartialsRecord> = commits.into_iter().filter(held).collect();
         let offsets: Positions = offsets.into_iter().filter(|(key, _)| assigned.contains(key)).collect();
-        while let Err(error) = partials.publish(&records, PUBLISH_TIMEOUT) {
-            tracing::error!(%error, "publishing to the partials topic failed; retrying");
+        let telemetry = &self.consumer.context().telemetry;
+        loop {
+            match partials.publish(&records, PUBLISH_TIMEOUT) {
+                Ok(bytes) => {
+                    telemetry.partials_published.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    telemetry.partials_published_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    break;
+                }
+                Err(error) => tracing::error!(%error, "publishing to the partials topic failed; retrying"),
+            }
             if self.shutdown.is_triggered() || self.stop.load(Ordering::SeqCst) {
                 return;
             }
@@ -1005,8 +1008,15 @@ impl KafkaConsumer {
             return;
         }
         self.published_commits.extend(moved);
-        if let Err(error) = partials.publish(&commits, PUBLISH_TIMEOUT) {
-            tracing::warn!(%error, "publishing commit records failed (the next publish's make them final)");
+        match partials.publish(&commits, PUBLISH_TIMEOUT) {
+            Ok(bytes) => {
+                let telemetry = &self.consumer.context().telemetry;
+                telemetry.partials_published.fetch_add(commits.len() as u64, Ordering::Relaxed);
+                telemetry.partials_published_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "publishing commit records failed (the next publish's make them final)")
+            }
         }
     }
 

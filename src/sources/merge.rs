@@ -44,9 +44,10 @@ pub enum MergeEvent {
     Assigned { partitions: Vec<i32>, marks: Vec<MergerMark> },
     /// These partials partitions are no longer this instance's.
     Revoked { partitions: Vec<i32> },
-    /// Records, each with its partials partition and offset, or why it
-    /// could not be read.
-    Records(Vec<(i32, i64, Result<PartialsRecord, RecordError>)>),
+    /// Records, each with its partials partition, offset and timestamp
+    /// (ms since the epoch, when the broker gave one), or why it could
+    /// not be read.
+    Records(Vec<(i32, i64, Option<i64>, Result<PartialsRecord, RecordError>)>),
 }
 
 /// The consumer's context: serves rebalances (marks read back,
@@ -154,7 +155,7 @@ impl MergeConsumer {
             match self.consumer.poll(super::kafka::POLL_WAIT) {
                 Some(Ok(message)) => {
                     let record = PartialsRecord::from_msgpack(message.payload().unwrap_or_default());
-                    batch.push((message.partition(), message.offset(), record));
+                    batch.push((message.partition(), message.offset(), message.timestamp().to_millis(), record));
                     if batch.len() < BATCH_RECORDS {
                         continue;
                     }

@@ -139,10 +139,12 @@ impl PartialsTopic {
     /// and waits until the broker has every one (or `timeout` passed: then
     /// nothing is known of those still out, and the caller must not
     /// commit what they cover).
-    pub fn publish(&self, records: &[PartialsRecord], timeout: Duration) -> Result<(), PartialsError> {
+    pub fn publish(&self, records: &[PartialsRecord], timeout: Duration) -> Result<u64, PartialsError> {
         let broker = |source| PartialsError::Broker { topic: self.topic.clone(), action: "publishing", source };
+        let mut bytes = 0;
         for record in records {
             let payload = record.to_msgpack();
+            bytes += payload.len() as u64;
             let model = record.model();
             let mut pending = BaseRecord::to(&self.topic)
                 .partition(partials_partition(model, self.partitions))
@@ -159,7 +161,8 @@ impl PartialsTopic {
                 }
             }
         }
-        self.producer.flush(timeout).map_err(broker)
+        self.producer.flush(timeout).map_err(broker)?;
+        Ok(bytes)
     }
 
     /// The clock source partition `topic`/`partition` had for `model` at

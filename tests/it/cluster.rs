@@ -39,6 +39,7 @@ fn round(model: &str, round: i64) -> Vec<PartialsRecord> {
                 idle: false,
                 windows: Vec::new(),
                 late: Vec::new(),
+                joins: Default::default(),
                 part: 0,
                 parts: 1,
             },
@@ -137,7 +138,7 @@ fn start_instance(broker: &Broker, group: &str, cluster: bool) -> crate::support
     let yaml = format!(
         "kafka: {{brokers: \"{}\", group_id: {group}, options: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}}}\n\
          {cluster}\
-         windows: {{size: 1m, allowed_lateness: 10m}}\n\
+         windows: {{size: 1m, allowed_lateness: 10m, label_horizon: 5m}}\n\
          pipeline: {{batch_size: 256, linger: 50ms}}\n\
          http: {{listen: \"127.0.0.1:0\"}}\n\
          models: [{{name: fraud}}]\n",
@@ -189,19 +190,21 @@ fn produce_part(broker: &Broker, range: std::ops::Range<u64>, start_ms: i64) {
 
 /// The cluster's rows (`cluster`, every instance's) before `closing` are
 /// the rows of the instance alone: each once, every count equal and every
-/// value within 1e-12. Performance rows are not merged yet (no labels
-/// here: the instance alone writes its empty ones when it stops and closes
-/// every window).
+/// value within 1e-12. Without labels (`labelled: false`) the performance
+/// rows are left out: the instance alone writes its empty ones when it
+/// stops and closes every window, the cluster's wait for the labels
+/// partitions to go idle.
 fn assert_same_rows(
     cluster: &[&[driftwatch::window_metrics::WindowMetricRow]],
     alone: &[driftwatch::window_metrics::WindowMetricRow],
     closing: i64,
+    labelled: bool,
 ) {
     let key = |r: &driftwatch::window_metrics::WindowMetricRow| {
         (r.window_start_ms, r.model_version.to_string(), r.segment.to_string(), r.feature.clone(), r.metric.to_string())
     };
     let data = |r: &&driftwatch::window_metrics::WindowMetricRow| {
-        r.window_start_ms < closing && !matches!(r.metric, "labeled_count" | "label_coverage")
+        r.window_start_ms < closing && (labelled || !matches!(r.metric, "labeled_count" | "label_coverage"))
     };
     let mut merged: Vec<_> = cluster.iter().flat_map(|rows| rows.iter()).filter(data).collect();
     let mut reference: Vec<_> = alone.iter().filter(data).collect();
@@ -233,12 +236,13 @@ fn counts_before(rows: &[driftwatch::window_metrics::WindowMetricRow], before_ms
         .sum()
 }
 
-/// A broker with a 3-partition predictions topic, an instance alone, and
-/// two instances of a cluster once both own partitions.
-fn start_cluster() -> (Broker, [crate::support::InProcessDaemon; 3]) {
+/// A broker with a 3-partition predictions topic (and a labels topic of
+/// `label_partitions`), an instance alone, and two instances of a cluster
+/// once both own partitions.
+fn start_cluster(label_partitions: u32) -> (Broker, [crate::support::InProcessDaemon; 3]) {
     let broker = Broker::start();
     broker.create_topic("predictions", 3);
-    broker.create_topic("labels", 1);
+    broker.create_topic("labels", label_partitions);
     let alone = start_instance(&broker, "alone", false);
     let a = start_instance(&broker, "cluster", true);
     let b = start_instance(&broker, "cluster", true);
@@ -248,7 +252,8 @@ fn start_cluster() -> (Broker, [crate::support::InProcessDaemon; 3]) {
             a.telemetry.assigned_partitions.load(Ordering::Relaxed),
             b.telemetry.assigned_partitions.load(Ordering::Relaxed),
         );
-        pa > 0 && pb > 0 && pa + pb == 3
+        // Predictions and labels partitions alike.
+        pa > 0 && pb > 0 && pa + pb == 3 + i64::from(label_partitions)
     });
     (broker, [alone, a, b])
 }
@@ -258,7 +263,7 @@ fn start_cluster() -> (Broker, [crate::support::InProcessDaemon; 3]) {
 /// equal and every value within 1e-12.
 #[test]
 fn two_instances_in_a_cluster_give_the_rows_of_one() {
-    let (broker, [mut alone, mut a, mut b]) = start_cluster();
+    let (broker, [mut alone, mut a, mut b]) = start_cluster(1);
     let start_ms = 1_795_687_200_000;
     let closing = start_ms + 3_600_000;
     produce_and_close(&broker, 3_000, start_ms);
@@ -270,7 +275,7 @@ fn two_instances_in_a_cluster_give_the_rows_of_one() {
     let (_, rows_a) = a.stop();
     let (_, rows_b) = b.stop();
     assert!(rows_a.is_empty() || rows_b.is_empty(), "one instance merges the model");
-    assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing);
+    assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing, false);
 }
 
 /// An instance that leaves the cluster while windows are open hands its
@@ -278,7 +283,7 @@ fn two_instances_in_a_cluster_give_the_rows_of_one() {
 /// still those of one instance alone, each window once.
 #[test]
 fn an_instance_leaving_a_cluster_mid_window_changes_no_row() {
-    let (broker, [mut alone, mut a, b]) = start_cluster();
+    let (broker, [mut alone, mut a, b]) = start_cluster(1);
     let start_ms = 1_795_687_200_000;
     let closing = start_ms + 3_600_000;
     // Half a window's events, read by both instances, then one leaves.
@@ -294,5 +299,82 @@ fn an_instance_leaving_a_cluster_mid_window_changes_no_row() {
     });
     let (_, rows_alone) = alone.stop();
     let (_, rows_a) = a.stop();
-    assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing);
+    assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing, false);
+}
+
+/// `n` simulated predictions from `start_ms` and their labels (80 %, a
+/// second to a minute after them, keyed by event id), then a prediction
+/// and a label an hour later in each partition, which lets every window
+/// before them close and its labels' horizon pass. Returns how many
+/// predictions were labelled.
+fn produce_labelled_and_close(broker: &Broker, n: u64, start_ms: i64) -> u64 {
+    use driftwatch::simulate::{Simulator, SimulatorOptions};
+    let producer = broker.producer();
+    let mut simulator = Simulator::new(SimulatorOptions { start_ms, seed: 21, rate: 50.0, ..Default::default() });
+    let mut line = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        line.clear();
+        let time = simulator.next_time_ms();
+        if let Some(label) = simulator.write_prediction(time, &mut line) {
+            labels.push(label);
+        }
+        crate::support::send(&producer, "predictions", &format!("e{i}"), line.strip_suffix(b"\n").unwrap());
+    }
+    labels.sort_by_key(|label| label.time_ms);
+    for (i, label) in labels.iter().enumerate() {
+        let json = label.json.strip_suffix(b"\n").unwrap_or(&label.json);
+        crate::support::send(&producer, "labels", &format!("l{i}"), json);
+    }
+    for partition in 0..3 {
+        line.clear();
+        simulator.write_prediction(start_ms + 3_600_000, &mut line);
+        let key = format!("closing-{partition}");
+        crate::support::send_to_partition(&producer, "predictions", partition, &key, line.strip_suffix(b"\n").unwrap());
+        let label = format!(
+            r#"{{"event_id":"closing-{partition}","model":"fraud","timestamp":{},"label":0}}"#,
+            start_ms + 3_600_000
+        );
+        crate::support::send_to_partition(&producer, "labels", partition, &key, label.as_bytes());
+    }
+    crate::support::flush(&producer);
+    labels.len() as u64
+}
+
+/// Whole-model labelled predictions per window before `before_ms`.
+fn labelled_before(rows: &[driftwatch::window_metrics::WindowMetricRow], before_ms: i64) -> f64 {
+    rows.iter()
+        .filter(|r| {
+            r.metric == "labeled_count" && r.feature.is_none() && r.segment.is_empty() && r.window_start_ms < before_ms
+        })
+        .map(|r| r.value)
+        .sum()
+}
+
+/// Labels read by whichever instance owns their partition join at the
+/// model's merger: two instances give the performance rows of one alone
+/// (accuracy, ROC AUC, log loss, labelled count and coverage), each once.
+#[test]
+fn a_cluster_joins_labels_across_instances_and_gives_the_performance_rows_of_one() {
+    let (broker, [mut alone, mut a, mut b]) = start_cluster(3);
+    let start_ms = 1_795_687_200_000;
+    let closing = start_ms + 3_600_000;
+    let labelled = produce_labelled_and_close(&broker, 3_000, start_ms) as f64;
+    assert!(labelled > 2_000.0, "{labelled} labels");
+    crate::support::wait_until(Duration::from_secs(120), "every label credited, alone and in the cluster", || {
+        let merged = labelled_before(a.received(), closing) + labelled_before(b.received(), closing);
+        labelled_before(alone.received(), closing) >= labelled && merged >= labelled
+    });
+    let (_, rows_alone) = alone.stop();
+    let (_, rows_a) = a.stop();
+    let (_, rows_b) = b.stop();
+    assert!(rows_a.is_empty() || rows_b.is_empty(), "one instance merges the model");
+    let merged = if rows_a.is_empty() { &rows_b } else { &rows_a };
+    for metric in ["accuracy", "roc_auc", "log_loss", "label_coverage"] {
+        assert!(
+            merged.iter().any(|r| r.metric == metric && r.window_start_ms < closing),
+            "the cluster wrote {metric} rows"
+        );
+    }
+    assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing, true);
 }
