@@ -51,6 +51,13 @@ if [ "$(python3 -m check_jsonschema --version 2>/dev/null | awk '{print $NF}')" 
   log "installing check-jsonschema $check_jsonschema_version"
   python3 -m pip install -q "check-jsonschema==$check_jsonschema_version"
 fi
+# The Kubernetes manifests (deploy/kubernetes/) are checked with
+# kubernetes-validate (PyPI, pinned: its schemas change with its version).
+kubernetes_validate_version=1.31.0
+if [ "$(python3 -m kubernetes_validate --version 2>/dev/null)" != "$kubernetes_validate_version" ]; then
+  log "installing kubernetes-validate $kubernetes_validate_version"
+  python3 -m pip install -q "kubernetes-validate==$kubernetes_validate_version"
+fi
 # The consumers `driftwatch gate`'s reports are read with (JUnit XML, Markdown).
 if ! python3 -c 'import junitparser, markdown' >/dev/null 2>&1; then
   log "installing junitparser and markdown"

@@ -354,7 +354,9 @@ impl Metrics {
         let t = telemetry.clone();
         meter
             .f64_observable_gauge("driftwatch_merge_delay_seconds")
-            .with_description("cluster: how old the last partials record this instance merged was when its merger took it in.")
+            .with_description(
+                "cluster: how old the last partials record this instance merged was when its merger took it in.",
+            )
             .with_callback(move |o| {
                 o.observe(t.merge_delay_ms.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0, &[])
             })

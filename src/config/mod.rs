@@ -220,6 +220,12 @@ pub struct ClusterConfig {
     /// Default [`DEFAULT_MAX_RECORD_BYTES`] (900 KB, under Kafka's 1 MB).
     #[serde(default = "default_max_record_bytes", with = "bytesize")]
     pub max_record_bytes: u64,
+    /// Where other instances and users reach this instance's HTTP API:
+    /// its name in `/api/v1/cluster` (and its consumers' `client.id`).
+    /// Default: `http://<host>:<port>` of the address `http.listen` bound
+    /// (the machine's host name when it listens on every interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_url: Option<String>,
 }
 
 /// Default `cluster.publish_interval`.

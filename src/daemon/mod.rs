@@ -191,10 +191,16 @@ pub fn run(
             merger = merger.with_labels(&kafka.labels_topic, label_count);
         }
         pipeline.engine.set_source_mode();
-        cluster_source =
-            Some(crate::sources::kafka::ClusterSource { partials: partials.clone(), models: models.clone() });
+        let http_address = pipeline.telemetry.http_address.lock().expect("telemetry lock").clone().unwrap_or_default();
+        let instance = crate::sources::members::instance_name(settings.advertised_url.as_deref(), &http_address);
+        cluster_source = Some(crate::sources::kafka::ClusterSource {
+            partials: partials.clone(),
+            models: models.clone(),
+            instance: instance.clone(),
+        });
         cluster = Some(Cluster {
             merger,
+            instance,
             partials,
             models,
             interval: settings.publish_interval,
@@ -235,6 +241,7 @@ pub fn run(
                 kafka,
                 cluster.partials.clone(),
                 cluster.models.clone(),
+                &cluster.instance,
                 merge_events,
                 shutdown.clone(),
                 stop.0.clone(),
@@ -382,6 +389,8 @@ struct Checkpoints {
 /// every `interval`; the merger merges the models whose partials
 /// partitions the merge group gave this instance.
 struct Cluster {
+    /// This instance's name (see [`crate::sources::members`]).
+    instance: String,
     partials: Arc<crate::sources::partials::PartialsTopic>,
     merger: crate::engine::cluster::Merger,
     models: Vec<String>,
@@ -661,10 +670,10 @@ impl MainLoop<'_, '_> {
                     delta
                         .split(cluster.max_record_bytes)
                         .into_iter()
-                        .map(|part| crate::cluster::record::PartialsRecord::delta(&self.kafka.group_id, part)),
+                        .map(|part| crate::cluster::record::PartialsRecord::delta(&cluster.instance, part)),
                 );
                 commits.push(crate::cluster::record::PartialsRecord::commit(
-                    &self.kafka.group_id,
+                    &cluster.instance,
                     crate::cluster::record::Commit {
                         model: model.name.to_string(),
                         topic: topic.clone(),
@@ -679,7 +688,7 @@ impl MainLoop<'_, '_> {
         }
         for model in &cluster.merged {
             if let Some(mark) = cluster.merger.mark(model) {
-                records.push(crate::cluster::record::PartialsRecord::mark(&self.kafka.group_id, mark));
+                records.push(crate::cluster::record::PartialsRecord::mark(&cluster.instance, mark));
             }
         }
         let _ = self.consumer_commands.send(SourceCommand::Publish { records, offsets, commits });

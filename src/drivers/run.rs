@@ -175,6 +175,14 @@ pub fn run_daemon_with_config_file(
     let server = crate::http::serve(&config.http.listen, api.clone())
         .map_err(|source| RunError::Http { listen: config.http.listen.clone(), source })?;
     *pipeline.telemetry.http_address.lock().expect("telemetry lock") = Some(server.address.to_string());
+    if let (Some(cluster), Some(kafka)) = (&config.cluster, &config.kafka) {
+        let instance =
+            crate::sources::members::instance_name(cluster.advertised_url.as_deref(), &server.address.to_string());
+        let models = config.models.iter().map(|m| m.name.clone()).collect();
+        let describer =
+            crate::sources::members::ClusterDescriber::new(kafka, &instance, &cluster.partials_topic, models);
+        *api.cluster.lock().expect("cluster lock") = Some(Arc::new(describer));
+    }
     sink.live = Some(Live {
         config: config.clone(),
         config_path: config_path.map(std::path::Path::to_path_buf),

@@ -109,6 +109,17 @@ impl<T: Clone> Published<T> {
     }
 }
 
+/// `cluster:`: what `/api/v1/cluster` answers, and which instance merges a
+/// model (implemented over Kafka's group descriptions,
+/// [`crate::sources::members`]). Blocking: handlers call it off the
+/// runtime's threads.
+pub trait ClusterView: Send + Sync {
+    /// The members, the partitions each reads, the models each merges.
+    fn describe(&self) -> Value;
+    /// The instance that merges `model`, when it is not this one.
+    fn merged_elsewhere(&self) -> std::collections::BTreeMap<String, String>;
+}
+
 /// The rows `/api/v1/windows` and the status page serve, oldest first.
 pub type RecentRows = std::collections::VecDeque<crate::window_metrics::WindowMetricRow>;
 
@@ -133,6 +144,9 @@ pub struct ApiState {
     cursor_epoch: i64,
     /// The metrics `/metrics` serves.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// `cluster:`: the cluster this instance is in (set once the daemon
+    /// knows its HTTP address).
+    pub cluster: Mutex<Option<Arc<dyn ClusterView>>>,
 }
 
 impl ApiState {
@@ -153,6 +167,7 @@ impl ApiState {
             windows_dropped: std::sync::atomic::AtomicU64::new(0),
             cursor_epoch: chrono::Utc::now().timestamp_millis(),
             metrics,
+            cluster: Mutex::new(None),
         };
         (Arc::new(state), receiver)
     }
@@ -175,6 +190,13 @@ impl ApiState {
     fn windows_with_first_sequence(&self) -> (Arc<RecentRows>, u64) {
         let cell = self.windows.cell();
         (Arc::clone(&cell), self.windows_dropped.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// `cluster:`: the models merged by another instance, and which (empty
+    /// outside a cluster), asked off the runtime's threads.
+    async fn merged_elsewhere(&self) -> std::collections::BTreeMap<String, String> {
+        let Some(view) = self.cluster.lock().expect("cluster lock").clone() else { return Default::default() };
+        tokio::task::spawn_blocking(move || view.merged_elsewhere()).await.unwrap_or_default()
     }
 
     /// The names of the configured models, as `/api/v1/models` lists them.
@@ -255,10 +277,27 @@ async fn status_page(State(state): State<Arc<ApiState>>) -> Response {
 #[derive(Serialize)]
 struct Alerts {
     alerts: Vec<Transition>,
+    /// `cluster:`: models whose alerts another instance holds, and which.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    merged_elsewhere: std::collections::BTreeMap<String, String>,
 }
 
 async fn alerts(State(state): State<Arc<ApiState>>) -> Json<Alerts> {
-    Json(Alerts { alerts: state.alerts.snapshot().to_vec() })
+    let merged_elsewhere = state.merged_elsewhere().await;
+    Json(Alerts { alerts: state.alerts.snapshot().to_vec(), merged_elsewhere })
+}
+
+/// `GET /api/v1/cluster`: the members of the cluster (their instance
+/// names, partitions read and models merged), as Kafka's groups describe
+/// them; `{"clustered": false}` outside a cluster.
+async fn cluster(State(state): State<Arc<ApiState>>) -> Response {
+    let Some(view) = state.cluster.lock().expect("cluster lock").clone() else {
+        return Json(json!({"clustered": false, "members": [], "models": {}})).into_response();
+    };
+    match tokio::task::spawn_blocking(move || view.describe()).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "describing the cluster failed", None),
+    }
 }
 
 async fn rules(State(state): State<Arc<ApiState>>) -> Json<Value> {
@@ -399,7 +438,15 @@ async fn windows(
     drop(rows);
     let selected: Vec<Value> = selected.iter().map(crate::rules::lifecycle::row_json).collect();
     let next = format!("{}.{}", state.cursor_epoch, next.max(after));
-    Json(json!({"windows": selected, "next": next, "more": more})).into_response()
+    let mut body = json!({"windows": selected, "next": next, "more": more});
+    // In a cluster, the rows of a model merged elsewhere are there.
+    let elsewhere = state.merged_elsewhere().await;
+    let elsewhere: std::collections::BTreeMap<&String, &String> =
+        elsewhere.iter().filter(|(model, _)| query.model.as_deref().is_none_or(|m| m == model.as_str())).collect();
+    if !elsewhere.is_empty() {
+        body["merged_elsewhere"] = json!(elsewhere);
+    }
+    Json(body).into_response()
 }
 
 /// `GET /api/v1/models`: the configured models and their latest window
@@ -437,6 +484,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/windows", get(windows))
         .route("/api/v1/models", get(models))
+        .route("/api/v1/cluster", get(cluster))
         .route("/-/reload", post(reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -281,6 +281,10 @@ pub struct ClusterSource {
     pub partials: Arc<super::partials::PartialsTopic>,
     /// Every model's name (a partition's clock is read back per model).
     pub models: Vec<String>,
+    /// This instance's name (its HTTP address): the consumers' `client.id`
+    /// unless `kafka.options` sets one, so a group's description names
+    /// each member by it (`/api/v1/cluster`).
+    pub instance: String,
 }
 
 /// Payload bytes a micro-batch holds at most (beyond one message): a batch
@@ -742,6 +746,14 @@ pub fn consumer_config(kafka: &KafkaConfig, durable: bool) -> ClientConfig {
     config
 }
 
+/// `cluster:`: names a consumer by the instance (its `client.id`), unless
+/// `kafka.options` sets one.
+pub fn name_client(config: &mut ClientConfig, kafka: &KafkaConfig, instance: &str) {
+    if !kafka.options.contains_key("client.id") {
+        config.set("client.id", instance);
+    }
+}
+
 /// What the source did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KafkaSummary {
@@ -821,6 +833,10 @@ impl KafkaConsumer {
         stop: Arc<AtomicBool>,
     ) -> Result<KafkaConsumer, KafkaSourceError> {
         let kafka = config.kafka.as_ref().ok_or(KafkaSourceError::NotConfigured)?;
+        let mut client = consumer_config(kafka, start.durable);
+        if let Some(cluster) = &start.cluster {
+            name_client(&mut client, kafka, &cluster.instance);
+        }
         let context = SourceContext {
             id,
             telemetry,
@@ -840,7 +856,7 @@ impl KafkaConsumer {
             predictions_topic: kafka.predictions_topic.clone(),
         };
         let consumer: BaseConsumer<SourceContext> =
-            consumer_config(kafka, start.durable).create_with_context(context).map_err(KafkaSourceError::Consumer)?;
+            client.create_with_context(context).map_err(KafkaSourceError::Consumer)?;
         let topics: Vec<&str> = vec![kafka.predictions_topic.as_str(), kafka.labels_topic.as_str()];
         consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
             topics: topics.iter().map(|t| t.to_string()).collect(),

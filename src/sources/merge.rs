@@ -47,8 +47,11 @@ pub enum MergeEvent {
     /// Records, each with its partials partition, offset and timestamp
     /// (ms since the epoch, when the broker gave one), or why it could
     /// not be read.
-    Records(Vec<(i32, i64, Option<i64>, Result<PartialsRecord, RecordError>)>),
+    Records(Vec<ReadRecord>),
 }
+
+/// A record read: its partials partition, offset, timestamp and content.
+pub type ReadRecord = (i32, i64, Option<i64>, Result<PartialsRecord, RecordError>);
 
 /// The consumer's context: serves rebalances (marks read back,
 /// positions set) and tells the loop.
@@ -131,12 +134,14 @@ impl MergeConsumer {
         kafka: &KafkaConfig,
         partials: Arc<PartialsTopic>,
         models: Vec<String>,
+        instance: &str,
         events: SyncSender<ConsumerEvent>,
         shutdown: Shutdown,
         stop: Arc<AtomicBool>,
     ) -> Result<MergeConsumer, KafkaSourceError> {
         let mut config = super::kafka::consumer_config(kafka, true);
-        config.set("group.id", format!("{}-merge", kafka.group_id));
+        config.set("group.id", super::members::merge_group(&kafka.group_id));
+        super::kafka::name_client(&mut config, kafka, instance);
         let topic = partials.topic().to_string();
         let context = MergeContext { partials, models, events: events.clone() };
         let consumer: BaseConsumer<MergeContext> =

@@ -7,5 +7,6 @@
 pub mod dead_letters;
 pub mod files;
 pub mod kafka;
+pub mod members;
 pub mod merge;
 pub mod partials;

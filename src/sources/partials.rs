@@ -202,7 +202,7 @@ impl PartialsTopic {
         let deadline = Instant::now() + timeout;
         let mut answers = BTreeMap::new();
         for (partition, wanted) in by_partition {
-            answers.extend(self.newest_each(&reader, partition, &wanted, deadline, timeout, |record| {
+            answers.extend(self.newest_each(&reader, partition, &wanted, deadline, timeout, |record, _| {
                 let (model, topic, source, offset, clock) = match record.body {
                     RecordBody::Commit(c) => (c.model, c.topic, c.partition, c.next, c.clock_ms),
                     RecordBody::Delta(d) => (d.model, d.topic, d.partition, d.end, d.clock_ms),
@@ -241,13 +241,60 @@ impl PartialsTopic {
                 &wanted,
                 deadline,
                 timeout,
-                |record| match record.body {
+                |record, _| match record.body {
                     RecordBody::Mark(mark) => Some((mark.model.clone(), mark)),
                     _ => None,
                 },
             )?);
         }
         Ok(marks)
+    }
+
+    /// Who published last, read back from the end of the partitions: for
+    /// each of `models`, the instance whose merger published its newest
+    /// mark; for each of `sources` (topic, partition), the instance that
+    /// published its newest delta (of the first model: every reader
+    /// publishes one for every model). Each with the record's timestamp
+    /// (ms), when the broker gave one.
+    pub fn newest_publishers(
+        &self,
+        models: &[String],
+        sources: &[(String, i32)],
+        timeout: Duration,
+    ) -> Result<Publishers, PartialsError> {
+        let Some(first) = models.first() else { return Ok(Publishers::default()) };
+        let mut by_partition: BTreeMap<i32, BTreeSet<PublisherKey>> = BTreeMap::new();
+        for model in models {
+            by_partition
+                .entry(partials_partition(model, self.partitions))
+                .or_default()
+                .insert(PublisherKey::Merger(model.clone()));
+        }
+        let first_partition = by_partition.entry(partials_partition(first, self.partitions)).or_default();
+        first_partition
+            .extend(sources.iter().map(|(topic, partition)| PublisherKey::Reader(topic.clone(), *partition)));
+        let reader = self.reader()?;
+        let deadline = Instant::now() + timeout;
+        let mut publishers = Publishers::default();
+        for (partition, wanted) in by_partition {
+            let newest = self.newest_each(&reader, partition, &wanted, deadline, timeout, |record, at| {
+                let key = match &record.body {
+                    RecordBody::Mark(mark) => PublisherKey::Merger(mark.model.clone()),
+                    RecordBody::Delta(delta) if delta.model == *first => {
+                        PublisherKey::Reader(delta.topic.clone(), delta.partition)
+                    }
+                    _ => return None,
+                };
+                Some((key, (record.instance, at)))
+            })?;
+            for (key, publisher) in newest {
+                match key {
+                    PublisherKey::Merger(model) => publishers.mergers.insert(model, publisher),
+                    PublisherKey::Reader(topic, partition) => publishers.readers.insert((topic, partition), publisher),
+                };
+            }
+        }
+        Ok(publishers)
     }
 
     /// A reader of this topic: assigned, never subscribed (the group id,
@@ -281,7 +328,7 @@ impl PartialsTopic {
         wanted: &BTreeSet<K>,
         deadline: Instant,
         timeout: Duration,
-        mut select: impl FnMut(PartialsRecord) -> Option<(K, T)>,
+        mut select: impl FnMut(PartialsRecord, Option<i64>) -> Option<(K, T)>,
     ) -> Result<BTreeMap<K, T>, PartialsError> {
         let broker = |action, source| PartialsError::Broker { topic: self.topic.clone(), action, source };
         let (low, high) = reader
@@ -316,7 +363,7 @@ impl PartialsTopic {
                     break;
                 }
                 let Some(Ok(record)) = message.payload().map(PartialsRecord::from_msgpack) else { continue };
-                if let Some((key, value)) = select(record)
+                if let Some((key, value)) = select(record, message.timestamp().to_millis())
                     && wanted.contains(&key)
                     && !answered.contains_key(&key)
                 {
@@ -329,6 +376,20 @@ impl PartialsTopic {
         }
         Ok(answered)
     }
+}
+
+/// Who published last ([`PartialsTopic::newest_publishers`]): an instance
+/// name and the record's timestamp (ms).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Publishers {
+    pub mergers: BTreeMap<String, (String, Option<i64>)>,
+    pub readers: BTreeMap<(String, i32), (String, Option<i64>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PublisherKey {
+    Merger(String),
+    Reader(String, i32),
 }
 
 /// One source partition's clock asked for at an offset

@@ -365,6 +365,7 @@ fn a_cluster_joins_labels_across_instances_and_gives_the_performance_rows_of_one
         let merged = labelled_before(a.received(), closing) + labelled_before(b.received(), closing);
         labelled_before(alone.received(), closing) >= labelled && merged >= labelled
     });
+    assert_cluster_described(&a, &b);
     let (_, rows_alone) = alone.stop();
     let (_, rows_a) = a.stop();
     let (_, rows_b) = b.stop();
@@ -377,4 +378,69 @@ fn a_cluster_joins_labels_across_instances_and_gives_the_performance_rows_of_one
         );
     }
     assert_same_rows(&[&rows_a, &rows_b], &rows_alone, closing, true);
+}
+
+/// `/api/v1/cluster` on either instance lists both (named by their HTTP
+/// addresses, neither stale), the partitions each reads (every predictions
+/// and labels partition once) and the one that merges the model;
+/// `/api/v1/windows` and `/api/v1/alerts` on the other instance name it.
+fn assert_cluster_described(a: &crate::support::InProcessDaemon, b: &crate::support::InProcessDaemon) {
+    let address = |d: &crate::support::InProcessDaemon| d.telemetry.http_address.lock().unwrap().clone().unwrap();
+    let (address_a, address_b) = (address(a), address(b));
+    let names = [format!("http://{address_a}"), format!("http://{address_b}")];
+    let mut answer = serde_json::Value::Null;
+    crate::support::wait_until(Duration::from_secs(60), "the cluster described with its merger", || {
+        answer = crate::support::http(&address_a, "GET", "/api/v1/cluster", None).1;
+        answer["models"]["fraud"].is_string()
+            && answer["members"].as_array().is_some_and(|m| m.len() == 2)
+            && answer["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["partitions"].as_object().is_some_and(|p| !p.is_empty()))
+    });
+    assert_eq!(answer["clustered"], true, "{answer}");
+    assert_eq!(answer["instance"], names[0], "{answer}");
+    let mut members: Vec<String> =
+        answer["members"].as_array().unwrap().iter().map(|m| m["instance"].as_str().unwrap().to_string()).collect();
+    members.sort();
+    let mut expected = names.to_vec();
+    expected.sort();
+    assert_eq!(members, expected, "{answer}");
+    assert!(answer["members"].as_array().unwrap().iter().all(|m| m["stale"] == false), "{answer}");
+    for topic in ["predictions", "labels"] {
+        let mut partitions: Vec<i64> = answer["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["partitions"][topic].as_array().cloned().unwrap_or_default())
+            .map(|p| p.as_i64().unwrap())
+            .collect();
+        partitions.sort();
+        assert_eq!(partitions, [0, 1, 2], "{topic}: each partition read by one member: {answer}");
+    }
+    let merger = answer["models"]["fraud"].as_str().unwrap().to_string();
+    assert!(names.contains(&merger), "{answer}");
+    let merging: Vec<&serde_json::Value> = answer["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["models_merged"] == serde_json::json!(["fraud"]))
+        .collect();
+    assert_eq!(merging.len(), 1, "{answer}");
+    assert_eq!(merging[0]["instance"], merger.as_str());
+    // The other instance sends a client to the merger.
+    let other = if merger == names[0] { &address_b } else { &address_a };
+    let windows = crate::support::http(other, "GET", "/api/v1/windows?model=fraud", None).1;
+    assert_eq!(windows["merged_elsewhere"]["fraud"], merger.as_str(), "{windows}");
+    let alerts = crate::support::http(other, "GET", "/api/v1/alerts", None).1;
+    assert_eq!(alerts["merged_elsewhere"]["fraud"], merger.as_str(), "{alerts}");
+    let (status, alone) = crate::support::http(
+        if merger == names[0] { &address_a } else { &address_b },
+        "GET",
+        "/api/v1/windows?model=fraud",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(alone.get("merged_elsewhere").is_none(), "the merger answers for its model: {alone}");
 }

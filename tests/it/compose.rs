@@ -133,6 +133,22 @@ fn the_compose_stack_is_complete_and_consistent() {
         }
     }
     assert!(targets.contains(&format!("driftwatch:{port}")), "Prometheus scrapes driftwatch: {targets:?}");
+    // Two replicas of one config, merging through a cluster, each scraped.
+    let replica = &services["driftwatch-2"];
+    assert_eq!(replica["image"], services["driftwatch"]["image"]);
+    assert_eq!(bind_mounts(replica), bind_mounts(&services["driftwatch"]), "the replicas run one config");
+    assert!(config.cluster.is_some() && config.state.dir.is_none(), "the replicas merge through a cluster");
+    assert!(targets.contains(&format!("driftwatch-2:{port}")), "Prometheus scrapes the second replica: {targets:?}");
+    for (name, service) in [("driftwatch", &services["driftwatch"]), ("driftwatch-2", replica)] {
+        assert_eq!(service["hostname"], name, "{name} is named by its host name in /api/v1/cluster");
+    }
+    let (valid, output) = compose_schema(&repo("docker-compose.yml"));
+    assert!(valid, "docker-compose.yml against the compose spec: {output}");
+    let broken = tempfile::tempdir().unwrap();
+    let broken_file = broken.path().join("docker-compose.yml");
+    let text = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
+    std::fs::write(&broken_file, text.replace("restart: unless-stopped", "restart: [unless-stopped]")).unwrap();
+    assert!(!compose_schema(&broken_file).0, "a broken compose file passes the schema");
     for target in &targets {
         assert!(names.contains(host(target).as_str()), "Prometheus target {target} is not a service");
     }
@@ -163,6 +179,19 @@ fn the_compose_stack_is_complete_and_consistent() {
     }
 }
 
+/// check-jsonschema's vendored compose spec on `file`: whether it passed,
+/// and what it said.
+fn compose_schema(file: &Path) -> (bool, String) {
+    let output = std::process::Command::new("python3")
+        .args(["-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"])
+        .arg(file)
+        .output()
+        .expect("python3 runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!text.contains("No module named check_jsonschema"), "check-jsonschema is installed by the test command");
+    (output.status.success(), text)
+}
+
 fn copy(source: &Path, destination: &PathBuf) {
     if source.is_dir() {
         std::fs::create_dir_all(destination).unwrap();
@@ -174,4 +203,107 @@ fn copy(source: &Path, destination: &PathBuf) {
         std::fs::create_dir_all(destination.parent().unwrap()).unwrap();
         std::fs::copy(source, destination).unwrap();
     }
+}
+
+/// `python3 -m kubernetes_validate` on `files` (strict: unknown fields are
+/// errors): whether it passed, and what it said.
+fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
+    let output = std::process::Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--kubernetes-version", "1.31.0", "--strict"])
+        .args(files)
+        .output()
+        .expect("python3 runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        !text.contains("No module named kubernetes_validate"),
+        "kubernetes-validate is installed by the test command"
+    );
+    (output.status.success(), text)
+}
+
+/// The Kubernetes manifests (`deploy/kubernetes/`) pass kubernetes-validate
+/// (and a broken copy does not); the Deployment runs replicas with
+/// readiness on `/readyz` and liveness on `/healthz`, mounts the config,
+/// baselines and rules where the config reads them, and gives the
+/// container every `${VAR}` the config names (the Secret's keys and the
+/// pod's IP); and that config, laid out as the pod sees it, loads in
+/// cluster mode and its rules check.
+#[test]
+fn the_kubernetes_manifests_validate_and_their_config_loads() {
+    let directory = repo("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    let (passed, output) = kubernetes_validate(&files);
+    assert!(passed, "{output}");
+
+    let deployment_text = std::fs::read_to_string(directory.join("deployment.yaml")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let broken = scratch.path().join("deployment.yaml");
+    std::fs::write(&broken, deployment_text.replace("replicas: 2", "replicas: two")).unwrap();
+    let (passed, output) = kubernetes_validate(&[broken]);
+    assert!(!passed, "a Deployment with replicas: two passed: {output}");
+
+    let deployment = yaml(&directory.join("deployment.yaml"));
+    assert_eq!(deployment["kind"], "Deployment");
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2, "replicas");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // Where each volume is mounted, and which ConfigMap it is.
+    let volumes: BTreeMap<String, String> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v["configMap"]["name"].as_str().unwrap().to_string()))
+        .collect();
+    let mounts: BTreeMap<String, String> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (volumes[m["name"].as_str().unwrap()].clone(), m["mountPath"].as_str().unwrap().to_string()))
+        .collect();
+    let config_map = yaml(&directory.join("configmap.yaml"));
+    let config_name = config_map["metadata"]["name"].as_str().unwrap();
+    assert_eq!(mounts[config_name], "/etc/driftwatch/driftwatch.yaml", "the config is mounted where run reads it");
+    assert_eq!(container["args"][2], "/etc/driftwatch/driftwatch.yaml");
+
+    // The container's environment: the Secret's keys and the pod's IP.
+    let secret = yaml(&directory.join("secret.yaml"));
+    let secret_name = secret["metadata"]["name"].as_str().unwrap();
+    assert_eq!(container["envFrom"][0]["secretRef"]["name"], secret_name);
+    let mut environment: Vec<String> = secret["stringData"].as_object().unwrap().keys().cloned().collect();
+    environment.extend(container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()));
+
+    // The config as the pod sees it: files where the mounts put them.
+    let root = scratch.path().join("pod");
+    copy(&repo("deploy/baselines"), &root.join("baselines"));
+    copy(&repo("rules"), &root.join("rules"));
+    assert_eq!(mounts["driftwatch-baselines"], "/etc/driftwatch/baselines");
+    assert_eq!(mounts["driftwatch-rules"], "/etc/driftwatch/rules");
+    let mut text =
+        config_map["data"]["driftwatch.yaml"].as_str().unwrap().replace("/etc/driftwatch", root.to_str().unwrap());
+    for name in &environment {
+        text = text.replace(&format!("${{{name}}}"), "10.0.0.7");
+    }
+    assert!(!text.contains("${"), "a variable the pod does not have: {text}");
+    let config = driftwatch::config::Config::from_yaml_str(&text, "deploy/kubernetes/configmap.yaml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.cluster.is_some(), "the replicas merge through a cluster");
+    assert!(config.state.dir.is_none(), "a cluster keeps no state dir yet");
+    for model in &config.models {
+        let baseline = model.baseline.as_ref().expect("a baseline");
+        driftwatch::baseline::Baseline::load(baseline).unwrap_or_else(|e| panic!("{}: {e}", baseline.display()));
+    }
+    let rules = driftwatch::alerting::load_rules(&config).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(!rules.rules.is_empty());
+    let port = config.http.listen.rsplit(':').next().unwrap().to_string();
+    assert_eq!(container["ports"][0]["containerPort"].as_u64().unwrap().to_string(), port);
+    let service = yaml(&directory.join("service.yaml"));
+    assert_eq!(service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"]);
 }

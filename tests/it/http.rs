@@ -47,6 +47,9 @@ fn every_endpoint_rejects_what_it_should_with_a_json_error() {
     for path in ["/", "/healthz", "/metrics", "/api/v1/models", "/api/v1/windows", "/api/v1/alerts", "/api/v1/rules"] {
         assert_eq!(raw(&address, &request("GET", path, None, b"")).0, 200, "GET {path}");
     }
+    // Outside a cluster, /api/v1/cluster says so.
+    let (status, body) = raw(&address, &request("GET", "/api/v1/cluster", None, b""));
+    assert_eq!((status, body["clustered"].clone()), (200, serde_json::json!(false)), "{body}");
     // Not ready without a pipeline, and saying why.
     let (status, body) = raw(&address, &request("GET", "/readyz", None, b""));
     assert_eq!((status, code(&body)), (503, "not_ready"));
