@@ -281,9 +281,10 @@ pub struct ClusterSource {
     pub partials: Arc<super::partials::PartialsTopic>,
     /// Every model's name (a partition's clock is read back per model).
     pub models: Vec<String>,
-    /// This instance's name (its HTTP address): the consumers' `client.id`
-    /// unless `kafka.options` sets one, so a group's description names
-    /// each member by it (`/api/v1/cluster`).
+    /// This instance's name (its HTTP address, see
+    /// [`super::members::instance_name`]): in every record it publishes,
+    /// and the consumers' `client.id` unless `kafka.options` sets one (so
+    /// broker logs and group tools name each member by it).
     pub instance: String,
 }
 
