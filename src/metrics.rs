@@ -363,6 +363,18 @@ impl Metrics {
             .build();
         let t = telemetry.clone();
         meter
+            .i64_observable_gauge("driftwatch_models_merged")
+            .with_description("cluster: models this instance merges now.")
+            .with_callback(move |o| o.observe(t.models_merged.load(std::sync::atomic::Ordering::Relaxed), &[]))
+            .build();
+        let t = telemetry.clone();
+        meter
+            .i64_observable_gauge("driftwatch_assigned_partitions")
+            .with_description("Source partitions (predictions and labels) this instance reads now.")
+            .with_callback(move |o| o.observe(t.assigned_partitions.load(std::sync::atomic::Ordering::Relaxed), &[]))
+            .build();
+        let t = telemetry.clone();
+        meter
             .i64_observable_gauge("driftwatch_join_pending")
             .with_description("Predictions awaiting their label and labels awaiting their prediction.")
             .with_callback(move |o| o.observe(t.join_pending.load(std::sync::atomic::Ordering::Relaxed), &[]))

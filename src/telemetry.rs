@@ -90,6 +90,8 @@ pub struct Telemetry {
     /// `cluster:`: how old (ms) the last partials record merged was when
     /// the merger took it in.
     pub merge_delay_ms: AtomicI64,
+    /// `cluster:`: how many models this instance merges now.
+    pub models_merged: AtomicI64,
     /// Where the HTTP API listens, once it does.
     pub http_address: Mutex<Option<String>>,
 }

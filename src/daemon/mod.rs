@@ -587,12 +587,14 @@ impl MainLoop<'_, '_> {
                         tracing::error!(%error, "a merger's mark could not be taken over; merging from what is read");
                     }
                 }
+                self.pipeline.telemetry.models_merged.store(cluster.merged.len() as i64, Ordering::Relaxed);
             }
             MergeEvent::Revoked { partitions } => {
                 for model in cluster.models.iter().filter(|m| partitions.contains(&partials_partition(m, count))) {
                     cluster.merger.forget(model);
                     cluster.merged.remove(model);
                 }
+                self.pipeline.telemetry.models_merged.store(cluster.merged.len() as i64, Ordering::Relaxed);
             }
             MergeEvent::Records(records) => {
                 let mut rows = Vec::new();
@@ -625,6 +627,14 @@ impl MainLoop<'_, '_> {
                         Ordering::Relaxed,
                     );
                     self.stage.write_rows(&rows)?;
+                    // Windows closed: marked as soon as their rows are
+                    // written, so a next merger seldom emits them again.
+                    let marks = Self::marks(cluster, &self.stage);
+                    if !marks.is_empty() {
+                        let command =
+                            SourceCommand::Publish { records: marks, offsets: Positions::new(), commits: Vec::new() };
+                        let _ = self.consumer_commands.send(command);
+                    }
                 }
             }
         }
@@ -686,13 +696,32 @@ impl MainLoop<'_, '_> {
             cluster.published.insert(key.clone(), end);
             offsets.insert(key, end);
         }
-        for model in &cluster.merged {
-            if let Some(mark) = cluster.merger.mark(model) {
-                records.push(crate::cluster::record::PartialsRecord::mark(&cluster.instance, mark));
-            }
-        }
+        records.extend(Self::marks(cluster, &self.stage));
         let _ = self.consumer_commands.send(SourceCommand::Publish { records, offsets, commits });
         Ok(())
+    }
+
+    /// `cluster:`: the marks of the models merged here, once the alerting
+    /// stage has written every row sent to it (outputs, alert transitions,
+    /// the outbox): a mark says its windows were emitted, and a next merger
+    /// emits none of them again, so a mark must never run ahead of the
+    /// outputs (as a checkpoint never does). None while an output's writes
+    /// fail: the next merger would emit those windows again, the same rows,
+    /// which beats losing them.
+    fn marks(cluster: &Cluster, stage: &AlertingStage) -> Vec<crate::cluster::record::PartialsRecord> {
+        if cluster.merged.is_empty() {
+            return Vec::new();
+        }
+        if let Err(error) = stage.wait_written() {
+            tracing::warn!(%error, "merger marks held back: rows wait to be written");
+            return Vec::new();
+        }
+        cluster
+            .merged
+            .iter()
+            .filter_map(|model| cluster.merger.mark(model))
+            .map(|mark| crate::cluster::record::PartialsRecord::mark(&cluster.instance, mark))
+            .collect()
     }
 
     /// Runs `step` on the closer, then passes on the batches it finished

@@ -41,7 +41,8 @@ pub enum StageInput {
     /// A checkpoint's barrier: everything before it is written; the reply
     /// is what the checkpoint records of the stage's state.
     Snapshot(SyncSender<Result<StageSnapshot, String>>),
-    /// Write out everything queued (shutdown without a state dir).
+    /// Write out everything queued (shutdown without a state dir; a
+    /// cluster merger's marks).
     Flush(SyncSender<io::Result<()>>),
     /// Reload the config's rules and notifiers (SIGHUP when `None`, else
     /// `POST /-/reload`, which gets the outcome).

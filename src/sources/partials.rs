@@ -202,7 +202,7 @@ impl PartialsTopic {
         let deadline = Instant::now() + timeout;
         let mut answers = BTreeMap::new();
         for (partition, wanted) in by_partition {
-            answers.extend(self.newest_each(&reader, partition, &wanted, deadline, timeout, |record, _| {
+            answers.extend(self.newest_each(&reader, partition, &wanted, deadline, timeout, None, |record, _| {
                 let (model, topic, source, offset, clock) = match record.body {
                     RecordBody::Commit(c) => (c.model, c.topic, c.partition, c.next, c.clock_ms),
                     RecordBody::Delta(d) => (d.model, d.topic, d.partition, d.end, d.clock_ms),
@@ -235,17 +235,12 @@ impl PartialsTopic {
         let deadline = Instant::now() + timeout;
         let mut marks = BTreeMap::new();
         for (partition, wanted) in by_partition {
-            marks.extend(self.newest_each(
-                &reader,
-                partition,
-                &wanted,
-                deadline,
-                timeout,
-                |record, _| match record.body {
+            marks.extend(self.newest_each(&reader, partition, &wanted, deadline, timeout, None, |record, _| {
+                match record.body {
                     RecordBody::Mark(mark) => Some((mark.model.clone(), mark)),
                     _ => None,
-                },
-            )?);
+                }
+            })?);
         }
         Ok(marks)
     }
@@ -255,7 +250,9 @@ impl PartialsTopic {
     /// mark; for each of `sources` (topic, partition), the instance that
     /// published its newest delta (of the first model: every reader
     /// publishes one for every model). Each with the record's timestamp
-    /// (ms), when the broker gave one.
+    /// (ms), when the broker gave one. Records published more than
+    /// [`PUBLISHERS_HORIZON`] ago are not looked for: a model or partition
+    /// without a publisher since then has none.
     pub fn newest_publishers(
         &self,
         models: &[String],
@@ -275,18 +272,21 @@ impl PartialsTopic {
             .extend(sources.iter().map(|(topic, partition)| PublisherKey::Reader(topic.clone(), *partition)));
         let reader = self.reader()?;
         let deadline = Instant::now() + timeout;
+        let horizon_ms = i64::try_from(PUBLISHERS_HORIZON.as_millis()).unwrap_or(i64::MAX);
+        let not_before_ms = Some(chrono::Utc::now().timestamp_millis().saturating_sub(horizon_ms));
         let mut publishers = Publishers::default();
         for (partition, wanted) in by_partition {
-            let newest = self.newest_each(&reader, partition, &wanted, deadline, timeout, |record, at| {
-                let key = match &record.body {
-                    RecordBody::Mark(mark) => PublisherKey::Merger(mark.model.clone()),
-                    RecordBody::Delta(delta) if delta.model == *first => {
-                        PublisherKey::Reader(delta.topic.clone(), delta.partition)
-                    }
-                    _ => return None,
-                };
-                Some((key, (record.instance, at)))
-            })?;
+            let newest =
+                self.newest_each(&reader, partition, &wanted, deadline, timeout, not_before_ms, |record, at| {
+                    let key = match &record.body {
+                        RecordBody::Mark(mark) => PublisherKey::Merger(mark.model.clone()),
+                        RecordBody::Delta(delta) if delta.model == *first => {
+                            PublisherKey::Reader(delta.topic.clone(), delta.partition)
+                        }
+                        _ => return None,
+                    };
+                    Some((key, (record.instance, at)))
+                })?;
             for (key, publisher) in newest {
                 match key {
                     PublisherKey::Merger(model) => publishers.mergers.insert(model, publisher),
@@ -319,8 +319,11 @@ impl PartialsTopic {
 
     /// For each key of `wanted`, the newest record of partials partition
     /// `partition` that `select` picks for it, read back from the end in
-    /// strides that double until every key is answered or the partition's
-    /// beginning is reached (records that cannot be read are passed over).
+    /// strides that double until every key is answered, the partition's
+    /// beginning is reached or (with `not_before_ms`) a stride reached a
+    /// record published before then (records that cannot be read are
+    /// passed over).
+    #[allow(clippy::too_many_arguments)]
     fn newest_each<K: Ord + Clone, T>(
         &self,
         reader: &BaseConsumer,
@@ -328,6 +331,7 @@ impl PartialsTopic {
         wanted: &BTreeSet<K>,
         deadline: Instant,
         timeout: Duration,
+        not_before_ms: Option<i64>,
         mut select: impl FnMut(PartialsRecord, Option<i64>) -> Option<(K, T)>,
     ) -> Result<BTreeMap<K, T>, PartialsError> {
         let broker = |action, source| PartialsError::Broker { topic: self.topic.clone(), action, source };
@@ -347,6 +351,7 @@ impl PartialsTopic {
             // Later records in this stride are newer: they replace earlier
             // ones; what a newer stride answered stays.
             let mut stride: BTreeMap<K, T> = BTreeMap::new();
+            let mut reached_not_before = false;
             let mut next = from;
             while next < until {
                 if Instant::now() >= deadline {
@@ -362,8 +367,10 @@ impl PartialsTopic {
                 if message.offset() >= until {
                     break;
                 }
+                let published_ms = message.timestamp().to_millis();
+                reached_not_before |= not_before_ms.zip(published_ms).is_some_and(|(cut, at)| at < cut);
                 let Some(Ok(record)) = message.payload().map(PartialsRecord::from_msgpack) else { continue };
-                if let Some((key, value)) = select(record, message.timestamp().to_millis())
+                if let Some((key, value)) = select(record, published_ms)
                     && wanted.contains(&key)
                     && !answered.contains_key(&key)
                 {
@@ -371,12 +378,19 @@ impl PartialsTopic {
                 }
             }
             answered.extend(stride);
+            if reached_not_before {
+                break;
+            }
             until = from;
             step = step.saturating_mul(2);
         }
         Ok(answered)
     }
 }
+
+/// How far back [`PartialsTopic::newest_publishers`] looks: an instance
+/// silent for longer is no longer a member.
+pub const PUBLISHERS_HORIZON: Duration = Duration::from_secs(600);
 
 /// Who published last ([`PartialsTopic::newest_publishers`]): an instance
 /// name and the record's timestamp (ms).

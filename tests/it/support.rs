@@ -172,6 +172,14 @@ pub fn expected_signature(secret: &[u8], body: &[u8]) -> String {
 
 /// The HTTP API's address from a daemon's log line.
 pub fn http_address(log: &str) -> String {
+    let plain = without_colours(log);
+    let line = plain.lines().find(|l| l.contains("HTTP API listening")).expect("the listening line");
+    let start = line.find("address=").expect("address field") + "address=".len();
+    line[start..].split_whitespace().next().unwrap().to_string()
+}
+
+/// A log without its ANSI colour sequences.
+pub fn without_colours(log: &str) -> String {
     let mut plain = String::new();
     let mut chars = log.chars();
     while let Some(c) = chars.next() {
@@ -185,9 +193,7 @@ pub fn http_address(log: &str) -> String {
             plain.push(c);
         }
     }
-    let line = plain.lines().find(|l| l.contains("HTTP API listening")).expect("the listening line");
-    let start = line.find("address=").expect("address field") + "address=".len();
-    line[start..].split_whitespace().next().unwrap().to_string()
+    plain
 }
 
 /// A minimal HTTP/1.1 request; returns the status and the body as text.
