@@ -297,6 +297,25 @@ fn batch_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The rows of `batch` (of [`crate::window_metrics::window_metrics_schema`])
+/// whose model is `model`.
+fn rows_of_model(batch: &RecordBatch, model: &str) -> Result<RecordBatch, String> {
+    select_by_model(batch, model, true)
+}
+
+/// The rows of `batch` whose model is not `model`.
+fn rows_of_other_models(batch: &RecordBatch, model: &str) -> Result<RecordBatch, String> {
+    select_by_model(batch, model, false)
+}
+
+fn select_by_model(batch: &RecordBatch, model: &str, equal: bool) -> Result<RecordBatch, String> {
+    let column = batch.column_by_name("model").ok_or("a history batch without a model column")?;
+    let models = column.as_string_opt::<i32>().ok_or("a history batch whose model column is not text")?;
+    let keep: datafusion::arrow::array::BooleanArray =
+        models.iter().map(|value| Some((value == Some(model)) == equal)).collect();
+    datafusion::arrow::compute::filter_record_batch(batch, &keep).map_err(|e| e.to_string())
+}
+
 fn ipc_to_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
     let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| e.to_string())?;
@@ -348,6 +367,78 @@ impl AlertEngine {
         self.clock_ms = snapshot.clock_ms;
         self.prune_history();
         Ok(self.instances.len())
+    }
+
+    /// `cluster:`: the state of `model`'s alerts, for the mark a next
+    /// merger of the model takes over: its instances, its cooldowns, its
+    /// rows of the query rules' history and the clock.
+    pub fn model_snapshot(&self, model: &str) -> Result<AlertSnapshot, String> {
+        let mut snapshot = self.snapshot()?;
+        snapshot.instances.retain(|(_, _, _, instance)| instance.series.model == model);
+        snapshot.cooldowns.retain(|((_, _, of), _)| of == model);
+        let mut history = Vec::new();
+        for (arrived, batch) in &self.history {
+            let rows = rows_of_model(batch, model)?;
+            if rows.num_rows() > 0 {
+                history.push((*arrived, serde_bytes::ByteBuf::from(batch_to_ipc(&rows)?)));
+            }
+        }
+        snapshot.history = history;
+        Ok(snapshot)
+    }
+
+    /// `cluster:`: takes `model`'s alerts over from a previous merger's
+    /// [`Self::model_snapshot`]: its instances (of rules loaded with the
+    /// same text) and cooldowns replace what this engine held of the model,
+    /// its history rows replace the model's, in arrival order, and the
+    /// clock is the later of the two. Returns how many instances it took.
+    pub fn adopt_model(&mut self, model: &str, snapshot: AlertSnapshot) -> Result<usize, String> {
+        let mut adopted = Vec::new();
+        for (arrived, bytes) in &snapshot.history {
+            for batch in ipc_to_batches(bytes)? {
+                adopted.push((*arrived, rows_of_model(&batch, model)?));
+            }
+        }
+        self.forget_model(model)?;
+        let hashes = self.rules.hashes();
+        let mut taken = 0;
+        for (rule, hash, fingerprint, instance) in snapshot.instances {
+            if instance.series.model == model && hashes.get(&rule) == Some(&hash) {
+                self.instances.insert((rule, fingerprint), instance);
+                taken += 1;
+            }
+        }
+        for ((rule, notifier, of), at) in snapshot.cooldowns {
+            if of == model && hashes.contains_key(&rule) {
+                self.cooldowns.insert((rule, notifier, of), at);
+            }
+        }
+        let mut history: Vec<(i64, RecordBatch)> = self.history.drain(..).chain(adopted).collect();
+        history.sort_by_key(|(arrived, _)| *arrived);
+        self.history_rows = history.iter().map(|(_, batch)| batch.num_rows()).sum();
+        self.history = history.into();
+        self.clock_ms = self.clock_ms.max(snapshot.clock_ms);
+        self.prune_history();
+        Ok(taken)
+    }
+
+    /// `cluster:`: forgets `model`'s alerts (its merging went to another
+    /// instance, which takes them over): its instances, with no
+    /// transition (they did not resolve), its cooldowns and its history
+    /// rows.
+    pub fn forget_model(&mut self, model: &str) -> Result<(), String> {
+        self.instances.retain(|_, instance| instance.series.model != model);
+        self.cooldowns.retain(|(_, _, of), _| of != model);
+        let mut kept = VecDeque::with_capacity(self.history.len());
+        for (arrived, batch) in self.history.drain(..) {
+            let others = rows_of_other_models(&batch, model)?;
+            if others.num_rows() > 0 {
+                kept.push_back((arrived, others));
+            }
+        }
+        self.history_rows = kept.iter().map(|(_, batch)| batch.num_rows()).sum();
+        self.history = kept;
+        Ok(())
     }
 
     /// An engine over `rules`, keeping `history` of rows for query rules.
@@ -850,6 +941,68 @@ mod tests {
         let mut restored = self::engine(RULES).with_history_max_rows(3);
         restored.restore(snapshot).unwrap();
         assert_eq!(restored.history_rows(), 3);
+    }
+
+    /// A model's merging moves to another instance: the new merger takes
+    /// the model's alerts over from the old one's snapshot and goes on as
+    /// the old one would have (no second firing, the resolution comes from
+    /// it); the old one forgets the model, silently, and keeps the others.
+    #[test]
+    fn a_models_alerts_move_to_its_next_merger_and_go_on_as_they_would_have() {
+        let rules = "groups:
+  - name: g
+    rules:
+      - alert: Drift
+        expr: metric = 'psi' AND value > 0.2
+        for: 2
+      - alert: LowAccuracy
+        query: SELECT model, value FROM window_metrics WHERE metric = 'accuracy' AND value < 0.9
+";
+        let psi = |model: &str, end_minute: i64, value: f64| WindowMetricRow {
+            feature: Some("amount".into()),
+            ..row(model, "psi", end_minute, value)
+        };
+        let states = |events: &[AlertEvent], model: &str| -> Vec<(String, String)> {
+            events
+                .iter()
+                .filter(|e| e.transition.model == model)
+                .map(|e| (e.transition.alert.clone(), e.transition.state.clone()))
+                .collect()
+        };
+        // One engine all along, and one whose merging of fraud moves away
+        // after the second window.
+        let mut alone = engine(rules);
+        let mut old = engine(rules);
+        let first = [psi("fraud", 5, 0.5), psi("churn", 5, 0.5), row("fraud", "accuracy", 5, 0.5)];
+        let second = [psi("fraud", 10, 0.5), psi("churn", 10, 0.5)];
+        for rows in [&first[..], &second[..]] {
+            let (a, b) = (alone.evaluate(rows), old.evaluate(rows));
+            assert_eq!(states(&a, "fraud"), states(&b, "fraud"));
+        }
+        let fraud_firing = |engine: &AlertEngine| {
+            let mut firing: Vec<String> =
+                engine.active().into_iter().filter(|a| a.model == "fraud").map(|a| a.alert).collect();
+            firing.sort();
+            firing
+        };
+        assert_eq!(fraud_firing(&alone), ["Drift", "LowAccuracy"]);
+        let snapshot = old.model_snapshot("fraud").unwrap();
+        old.forget_model("fraud").unwrap();
+        assert!(fraud_firing(&old).is_empty(), "the old merger keeps none of fraud's alerts");
+        assert!(old.active().iter().any(|a| a.model == "churn"), "nor loses the others'");
+        assert_eq!(old.history_rows(), 2, "churn's rows stay in the old merger's history");
+        let mut new = engine(rules);
+        assert_eq!(new.adopt_model("fraud", snapshot).unwrap(), 2);
+        assert_eq!(fraud_firing(&new), fraud_firing(&alone));
+        // Fraud's next window goes to the new merger, which does what the
+        // engine alone does: the drift resolves, and the accuracy row that
+        // came along in the history keeps LowAccuracy firing, no transition.
+        let third = [psi("fraud", 15, 0.1)];
+        let (a, b) = (alone.evaluate(&third), new.evaluate(&third));
+        assert_eq!(states(&b, "fraud"), states(&a, "fraud"));
+        assert_eq!(states(&b, "fraud"), [("Drift".to_string(), "resolved".to_string())]);
+        assert_eq!(fraud_firing(&new), ["LowAccuracy"]);
+        assert_eq!(new.history_rows(), alone.history_rows() - 2, "fraud's rows, not churn's");
     }
 
     #[test]
