@@ -13,16 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-400000}
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v tansu >/dev/null || { echo "tansu is missing: run ./scripts/test.sh once (it installs it)" >&2; exit 2; }
 cargo build --release --quiet
 bin=$PWD/target/release/driftwatch
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ --silent >"$work/tansu.log" 2>&1 &
-broker=$!
+# shellcheck source=scripts/lib-tansu.sh
+source scripts/lib-tansu.sh
+start_tansu "$work"
 trap 'kill $broker 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 tansu topic create --broker "tcp://127.0.0.1:$port" --partitions 4 predictions >/dev/null
 tansu topic create --broker "tcp://127.0.0.1:$port" --partitions 1 labels >/dev/null
 rate=50000

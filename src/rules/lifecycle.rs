@@ -298,16 +298,7 @@ fn batch_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
 }
 
 /// The rows of `batch` (of [`crate::window_metrics::window_metrics_schema`])
-/// whose model is `model`.
-fn rows_of_model(batch: &RecordBatch, model: &str) -> Result<RecordBatch, String> {
-    select_by_model(batch, model, true)
-}
-
-/// The rows of `batch` whose model is not `model`.
-fn rows_of_other_models(batch: &RecordBatch, model: &str) -> Result<RecordBatch, String> {
-    select_by_model(batch, model, false)
-}
-
+/// whose model is `model` (`equal`), or is not.
 fn select_by_model(batch: &RecordBatch, model: &str, equal: bool) -> Result<RecordBatch, String> {
     let column = batch.column_by_name("model").ok_or("a history batch without a model column")?;
     let models = column.as_string_opt::<i32>().ok_or("a history batch whose model column is not text")?;
@@ -325,20 +316,38 @@ fn ipc_to_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
 impl AlertEngine {
     /// The state to checkpoint.
     pub fn snapshot(&self) -> Result<AlertSnapshot, String> {
+        self.snapshot_of(None)
+    }
+
+    /// The state of every model's alerts, or (`Some(model)`) of one
+    /// model's: its instances, cooldowns and history rows.
+    fn snapshot_of(&self, model: Option<&str>) -> Result<AlertSnapshot, String> {
         let hashes = self.rules.hashes();
         let mut history = Vec::with_capacity(self.history.len());
         for (arrived, batch) in &self.history {
-            history.push((*arrived, serde_bytes::ByteBuf::from(batch_to_ipc(batch)?)));
+            let rows = match model {
+                Some(model) => &select_by_model(batch, model, true)?,
+                None => batch,
+            };
+            if model.is_none() || rows.num_rows() > 0 {
+                history.push((*arrived, serde_bytes::ByteBuf::from(batch_to_ipc(rows)?)));
+            }
         }
         Ok(AlertSnapshot {
             instances: self
                 .instances
                 .iter()
+                .filter(|(_, instance)| model.is_none_or(|model| instance.series.model == model))
                 .map(|((rule, fp), instance)| {
                     (rule.clone(), hashes.get(rule).cloned().unwrap_or_default(), *fp, instance.clone())
                 })
                 .collect(),
-            cooldowns: self.cooldowns.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            cooldowns: self
+                .cooldowns
+                .iter()
+                .filter(|((_, _, of), _)| model.is_none_or(|model| of == model))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             history,
             clock_ms: self.clock_ms,
         })
@@ -373,18 +382,7 @@ impl AlertEngine {
     /// merger of the model takes over: its instances, its cooldowns, its
     /// rows of the query rules' history and the clock.
     pub fn model_snapshot(&self, model: &str) -> Result<AlertSnapshot, String> {
-        let mut snapshot = self.snapshot()?;
-        snapshot.instances.retain(|(_, _, _, instance)| instance.series.model == model);
-        snapshot.cooldowns.retain(|((_, _, of), _)| of == model);
-        let mut history = Vec::new();
-        for (arrived, batch) in &self.history {
-            let rows = rows_of_model(batch, model)?;
-            if rows.num_rows() > 0 {
-                history.push((*arrived, serde_bytes::ByteBuf::from(batch_to_ipc(&rows)?)));
-            }
-        }
-        snapshot.history = history;
-        Ok(snapshot)
+        self.snapshot_of(Some(model))
     }
 
     /// `cluster:`: takes `model`'s alerts over from a previous merger's
@@ -396,7 +394,7 @@ impl AlertEngine {
         let mut adopted = Vec::new();
         for (arrived, bytes) in &snapshot.history {
             for batch in ipc_to_batches(bytes)? {
-                adopted.push((*arrived, rows_of_model(&batch, model)?));
+                adopted.push((*arrived, select_by_model(&batch, model, true)?));
             }
         }
         self.forget_model(model)?;
@@ -431,7 +429,7 @@ impl AlertEngine {
         self.cooldowns.retain(|(_, _, of), _| of != model);
         let mut kept = VecDeque::with_capacity(self.history.len());
         for (arrived, batch) in self.history.drain(..) {
-            let others = rows_of_other_models(&batch, model)?;
+            let others = select_by_model(&batch, model, false)?;
             if others.num_rows() > 0 {
                 kept.push_back((arrived, others));
             }

@@ -538,15 +538,6 @@ impl Member {
         self.metric("driftwatch_assigned_partitions") as i64
     }
 
-    /// The sum of a `/metrics` family's series.
-    fn metric(&self, name: &str) -> f64 {
-        let (_, text) = crate::support::http_text(&self.address, "GET", "/metrics", None);
-        text.lines()
-            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
     /// How many revocations it has logged.
     fn revocations(&self) -> usize {
         self.log().matches("partitions revoked").count()
@@ -554,9 +545,20 @@ impl Member {
 
     /// The predictions it has read.
     fn predictions_read(&self) -> f64 {
+        self.metric_where("driftwatch_events_total", "topic=\"predictions\"")
+    }
+
+    /// The sum of a `/metrics` family's series.
+    fn metric(&self, name: &str) -> f64 {
+        self.metric_where(name, "")
+    }
+
+    /// The sum of the series of a `/metrics` family whose line contains
+    /// `label` (a `name="value"` pair).
+    fn metric_where(&self, name: &str, label: &str) -> f64 {
         let (_, text) = crate::support::http_text(&self.address, "GET", "/metrics", None);
         text.lines()
-            .filter(|l| l.starts_with("driftwatch_events_total{") && l.contains("topic=\"predictions\""))
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])) && l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
