@@ -266,6 +266,35 @@ pub struct MergerMark {
     pub awaiting: Vec<PartialWindow>,
     /// Per source partition the merger has heard from.
     pub partitions: Vec<PartitionMark>,
+    /// The state of the model's alerts, as the merger's alerting stage
+    /// held it when every row emitted so far was written
+    /// ([`crate::rules::lifecycle::AlertSnapshot::to_msgpack`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<serde_bytes::ByteBuf>,
+    /// Where the model's rows of the query rules' history are.
+    #[serde(default, skip_serializing_if = "AlertHistory::is_not_kept")]
+    pub alert_history: AlertHistory,
+}
+
+/// Where a mark's alert state has the model's rows of the query rules'
+/// history. They change only when the model's windows close, so they go
+/// only in the marks published after that; the others point back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertHistory {
+    /// No rule reads a history (no `query:` rule), or no alert state.
+    #[default]
+    NotKept,
+    /// In this mark's `alerts`.
+    Carried,
+    /// In the newest earlier mark of the model that carries it.
+    InAnEarlierMark,
+}
+
+impl AlertHistory {
+    fn is_not_kept(&self) -> bool {
+        *self == AlertHistory::NotKept
+    }
 }
 
 /// A source partition as a merger's mark records it.

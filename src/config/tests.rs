@@ -595,7 +595,7 @@ fn shadow_versions_are_a_few_distinct_version_names() {
 }
 
 #[test]
-fn a_cluster_needs_kafka_its_own_topic_and_no_state_dir_yet() {
+fn a_cluster_needs_kafka_and_its_own_topic_and_combines_with_a_state_dir() {
     let config = parse("kafka: {brokers: b, group_id: g}\ncluster: {}\nmodels: [{name: m}]\n").unwrap();
     let cluster = config.cluster.expect("cluster");
     assert_eq!(
@@ -613,9 +613,10 @@ fn a_cluster_needs_kafka_its_own_topic_and_no_state_dir_yet() {
             "cluster.partials_topic: \"predictions\" is an input topic",
             "cluster.publish_interval: must be positive",
             "cluster.max_record_bytes: at least 64KB (got 1000)",
-            "cluster: does not combine with state.dir yet (a cluster's state lives in its partials topic); remove one of them",
         ]
     );
+    let config = parse("kafka: {brokers: b, group_id: g}\ncluster: {}\nstate: {dir: /tmp/x}\nmodels: [{name: m}]\n");
+    assert!(config.is_ok(), "{config:?}");
     let errors = invalid_errors("cluster: {}\nmodels: [{name: m}]\n");
     assert_eq!(errors, ["cluster: needs a kafka section (instances merge through Kafka)"]);
 }

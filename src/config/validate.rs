@@ -13,10 +13,8 @@ const MANAGED_KAFKA_OPTIONS: &[(&str, &str)] = &[
 ];
 
 impl Config {
-    /// `cluster:` needs Kafka, a topic of its own and a positive interval;
-    /// it does not yet combine with `state.dir` (a cluster's sources keep
-    /// their state in the partials topic, and its mergers' durability is
-    /// the marks there).
+    /// `cluster:` needs Kafka, a topic of its own, a positive interval and
+    /// records of at least 64 KB.
     fn check_cluster(&self, cluster: &super::ClusterConfig, errors: &mut Vec<String>) {
         if self.kafka.is_none() {
             errors.push("cluster: needs a kafka section (instances merge through Kafka)".to_string());
@@ -33,12 +31,6 @@ impl Config {
         }
         if cluster.max_record_bytes < 64 * 1024 {
             errors.push(format!("cluster.max_record_bytes: at least 64KB (got {})", cluster.max_record_bytes));
-        }
-        if self.state.dir.is_some() {
-            errors.push(
-                "cluster: does not combine with state.dir yet (a cluster's state lives in its partials topic); remove one of them"
-                    .to_string(),
-            );
         }
     }
 

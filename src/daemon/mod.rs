@@ -208,6 +208,7 @@ pub fn run(
             max_record_bytes: usize::try_from(settings.max_record_bytes).unwrap_or(usize::MAX),
             published: Positions::new(),
             merged: BTreeSet::new(),
+            history_due: BTreeSet::new(),
         });
     }
     let start = ConsumerStart {
@@ -401,6 +402,9 @@ struct Cluster {
     published: Positions,
     /// The models merged here.
     merged: BTreeSet<String>,
+    /// Models merged here whose query-rule history changed since their
+    /// last mark (the next one carries it).
+    history_due: BTreeSet<String>,
 }
 
 /// The loop's state: see the module doc.
@@ -577,10 +581,21 @@ impl MainLoop<'_, '_> {
         let Some(cluster) = &mut self.cluster else { return Ok(()) };
         let count = cluster.partials.partitions();
         match event {
-            MergeEvent::Assigned { partitions, marks } => {
+            MergeEvent::Assigned { partitions, mut marks } => {
                 for model in cluster.models.iter().filter(|m| partitions.contains(&partials_partition(m, count))) {
                     cluster.merger.forget(model);
                     cluster.merged.insert(model.clone());
+                    // The first mark of this turn carries the history.
+                    cluster.history_due.insert(model.clone());
+                    let alerts = marks.iter_mut().find(|mark| mark.model == *model).and_then(|mark| mark.alerts.take());
+                    let state = alerts.and_then(|bytes| {
+                        crate::rules::lifecycle::AlertSnapshot::from_msgpack(&bytes)
+                            .inspect_err(|error| {
+                                tracing::error!(%model, %error, "a merger's alert state could not be read; the model's alerts start over");
+                            })
+                            .ok()
+                    });
+                    self.stage.move_alerts(model, true, state)?;
                 }
                 for mark in marks {
                     if let Err(error) = cluster.merger.resume(mark) {
@@ -593,6 +608,8 @@ impl MainLoop<'_, '_> {
                 for model in cluster.models.iter().filter(|m| partitions.contains(&partials_partition(m, count))) {
                     cluster.merger.forget(model);
                     cluster.merged.remove(model);
+                    cluster.history_due.remove(model);
+                    self.stage.move_alerts(model, false, None)?;
                 }
                 self.pipeline.telemetry.models_merged.store(cluster.merged.len() as i64, Ordering::Relaxed);
             }
@@ -627,6 +644,8 @@ impl MainLoop<'_, '_> {
                         Ordering::Relaxed,
                     );
                     self.stage.write_rows(&rows)?;
+                    // The rows changed the query rules' history.
+                    cluster.history_due.extend(rows.iter().map(|row| row.model.to_string()));
                     // Windows closed: marked as soon as their rows are
                     // written, so a next merger seldom emits them again.
                     let marks = Self::marks(cluster, &self.stage);
@@ -708,20 +727,39 @@ impl MainLoop<'_, '_> {
     /// outputs (as a checkpoint never does). None while an output's writes
     /// fail: the next merger would emit those windows again, the same rows,
     /// which beats losing them.
-    fn marks(cluster: &Cluster, stage: &AlertingStage) -> Vec<crate::cluster::record::PartialsRecord> {
-        if cluster.merged.is_empty() {
+    ///
+    /// Each mark carries the state of the model's alerts as the stage holds
+    /// it then, and, when the model's query-rule history changed since the
+    /// last mark that carried it, the history (at most half a record).
+    fn marks(cluster: &mut Cluster, stage: &AlertingStage) -> Vec<crate::cluster::record::PartialsRecord> {
+        use crate::cluster::record::AlertHistory;
+        let mut marks: Vec<_> = cluster.merged.iter().filter_map(|model| cluster.merger.mark(model)).collect();
+        if marks.is_empty() {
             return Vec::new();
         }
-        if let Err(error) = stage.wait_written() {
-            tracing::warn!(%error, "merger marks held back: rows wait to be written");
-            return Vec::new();
-        }
-        cluster
-            .merged
+        let history_bytes = cluster.max_record_bytes / 2;
+        let models = marks
             .iter()
-            .filter_map(|model| cluster.merger.mark(model))
-            .map(|mark| crate::cluster::record::PartialsRecord::mark(&cluster.instance, mark))
-            .collect()
+            .map(|mark| (mark.model.clone(), cluster.history_due.contains(&mark.model).then_some(history_bytes)))
+            .collect();
+        let states = match stage.alert_states(models) {
+            Ok(states) => states,
+            Err(error) => {
+                tracing::warn!(%error, "merger marks held back: rows wait to be written");
+                return Vec::new();
+            }
+        };
+        for (mark, alerts) in marks.iter_mut().zip(states) {
+            let carried = cluster.history_due.contains(&mark.model);
+            mark.alert_history = match (alerts.keeps_history, carried) {
+                (false, _) => AlertHistory::NotKept,
+                (true, true) => AlertHistory::Carried,
+                (true, false) => AlertHistory::InAnEarlierMark,
+            };
+            mark.alerts = Some(serde_bytes::ByteBuf::from(alerts.state));
+            cluster.history_due.remove(&mark.model);
+        }
+        marks.into_iter().map(|mark| crate::cluster::record::PartialsRecord::mark(&cluster.instance, mark)).collect()
     }
 
     /// Runs `step` on the closer, then passes on the batches it finished

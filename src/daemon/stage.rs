@@ -44,9 +44,34 @@ pub enum StageInput {
     /// Write out everything queued (shutdown without a state dir; a
     /// cluster merger's marks).
     Flush(SyncSender<io::Result<()>>),
+    /// `cluster:` a merger's marks: once every row sent before is written
+    /// (an error when records still wait for a failing disk), the state
+    /// of each model's alerts.
+    AlertStates(AlertStatesRequest),
+    /// `cluster:` a model merged here now: takes its alerts over from its
+    /// previous merger's mark (`None`: it had none).
+    TakeOverAlerts { model: String, state: Option<AlertSnapshot> },
+    /// `cluster:` a model merged elsewhere now: forgets its alerts.
+    ForgetAlerts { model: String },
     /// Reload the config's rules and notifiers (SIGHUP when `None`, else
     /// `POST /-/reload`, which gets the outcome).
     Reload(Option<crate::http::ReloadRequest>),
+}
+
+/// [`StageInput::AlertStates`]: the models, and for each the most bytes
+/// of its query-rule history rows to include (`None`: none).
+pub struct AlertStatesRequest {
+    pub models: Vec<(String, Option<usize>)>,
+    pub reply: SyncSender<io::Result<Vec<ModelAlerts>>>,
+}
+
+/// A model's alert state for its merger's mark.
+pub struct ModelAlerts {
+    pub model: String,
+    /// [`AlertSnapshot::to_msgpack`]'s bytes.
+    pub state: Vec<u8>,
+    /// A rule reads the history (a `query:` rule).
+    pub keeps_history: bool,
 }
 
 /// The stage's share of a checkpoint.
@@ -110,6 +135,24 @@ impl AlertingStage {
         answer.recv().map_err(|_| stage_gone())?
     }
 
+    /// `cluster:` waits until the stage has written every row sent before
+    /// (an error when records still wait for a failing disk), then returns
+    /// the state of each of `models`' alerts ([`StageInput::AlertStates`]).
+    pub fn alert_states(&self, models: Vec<(String, Option<usize>)>) -> io::Result<Vec<ModelAlerts>> {
+        let (reply, answer) = sync_channel(1);
+        self.input.send(StageInput::AlertStates(AlertStatesRequest { models, reply })).map_err(|_| stage_gone())?;
+        answer.recv().map_err(|_| stage_gone())?
+    }
+
+    /// `cluster:` has the stage take `model`'s alerts over (or forget them:
+    /// `merged_here` false), in order with the rows sent before and after.
+    pub fn move_alerts(&self, model: &str, merged_here: bool, state: Option<AlertSnapshot>) -> io::Result<()> {
+        let model = model.to_string();
+        let input =
+            if merged_here { StageInput::TakeOverAlerts { model, state } } else { StageInput::ForgetAlerts { model } };
+        self.input.send(input).map_err(|_| stage_gone())
+    }
+
     /// Has the stage reload the config.
     pub fn reload(&self, request: Option<crate::http::ReloadRequest>) -> io::Result<()> {
         self.input.send(StageInput::Reload(request)).map_err(|_| stage_gone())
@@ -156,6 +199,17 @@ fn run(mut sink: AlertingSink<'_>, inputs: Receiver<StageInput>, flags: &Flags) 
             Ok(StageInput::Flush(reply)) => {
                 let _ = reply.send(sink.flush());
             }
+            Ok(StageInput::AlertStates(request)) => {
+                let _ = request.reply.send(alert_states(&mut sink, &request.models));
+            }
+            Ok(StageInput::TakeOverAlerts { model, state }) => {
+                sink.take_over_alerts(&model, state);
+                flags.alerts_changed.store(true, Ordering::SeqCst);
+            }
+            Ok(StageInput::ForgetAlerts { model }) => {
+                sink.forget_alerts(&model);
+                flags.alerts_changed.store(true, Ordering::SeqCst);
+            }
             Ok(StageInput::Reload(request)) => {
                 if sink.reload_and_reply(request) {
                     flags.alerts_changed.store(true, Ordering::SeqCst);
@@ -191,4 +245,18 @@ fn snapshot(sink: &mut AlertingSink<'_>) -> Result<StageSnapshot, String> {
     sink.output_positions(&mut outputs).map_err(|e| format!("output positions: {e}"))?;
     let alerts = sink.alert_snapshot().transpose().map_err(|e| format!("alert state: {e}"))?;
     Ok(StageSnapshot { outputs, alerts })
+}
+
+/// Flushes the outputs, then takes the state of each model's alerts.
+fn alert_states(sink: &mut AlertingSink<'_>, models: &[(String, Option<usize>)]) -> io::Result<Vec<ModelAlerts>> {
+    sink.flush()?;
+    let keeps_history = sink.engine.keeps_history();
+    models
+        .iter()
+        .map(|(model, history_bytes)| {
+            let history_bytes = history_bytes.filter(|_| keeps_history);
+            let state = sink.model_alerts(model, history_bytes).map_err(io::Error::other)?;
+            Ok(ModelAlerts { model: model.clone(), state: state.to_msgpack(), keeps_history })
+        })
+        .collect()
 }

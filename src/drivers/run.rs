@@ -236,6 +236,13 @@ fn restore_checkpoint(
     sink: &mut dyn WindowSink,
 ) -> Result<Option<Durability>, RunError> {
     let Some(dir) = config.state.checkpoint_dir() else { return Ok(None) };
+    if config.cluster.is_some() {
+        // The windows' state lives in the partials topic (what the sources
+        // read, the mergers' marks); the state dir keeps the notification
+        // outbox, the audit log and the API's window history.
+        tracing::info!(dir = %dir.display(), "cluster: no checkpoints; the partials topic holds the windows' state");
+        return Ok(None);
+    }
     let setup = |e: crate::checkpoint::CheckpointError| RunError::Setup(format!("checkpoints: {e}"));
     let mut store = CheckpointStore::open(&dir).map_err(setup)?;
     let join_store_setup = |e: crate::join::store::JoinStoreError| RunError::Setup(e.to_string());

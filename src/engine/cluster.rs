@@ -896,6 +896,8 @@ impl Merger {
             late,
             awaiting,
             partitions,
+            alerts: None,
+            alert_history: Default::default(),
         })
     }
 
@@ -1233,6 +1235,8 @@ mod tests {
                     late: Vec::new(),
                     awaiting: Vec::new(),
                     partitions: Vec::new(),
+                    alerts: None,
+                    alert_history: Default::default(),
                 });
                 let record = PartialsRecord::from_msgpack(&PartialsRecord::mark("merger", mark).to_msgpack()).unwrap();
                 let RecordBody::Mark(mark) = record.body else { unreachable!("a mark reads back as a mark") };

@@ -276,6 +276,23 @@ pub struct AlertSnapshot {
 }
 
 impl AlertSnapshot {
+    /// The MessagePack bytes a merger's mark carries (`cluster:`).
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("an alert snapshot always serialises")
+    }
+
+    /// Reads [`Self::to_msgpack`]'s bytes.
+    pub fn from_msgpack(bytes: &[u8]) -> Result<AlertSnapshot, String> {
+        rmp_serde::from_slice(bytes).map_err(|e| format!("an alert state not readable as MessagePack: {e}"))
+    }
+
+    /// This state with the history rows of `other` (an earlier state of
+    /// the same model's alerts, from when its history last changed).
+    pub fn with_history_of(mut self, other: AlertSnapshot) -> AlertSnapshot {
+        self.history = other.history;
+        self
+    }
+
     /// Each instance's rule and state (`pending` or `firing`).
     pub fn instance_states(&self) -> Vec<(&str, &'static str)> {
         self.instances
@@ -316,23 +333,39 @@ fn ipc_to_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
 impl AlertEngine {
     /// The state to checkpoint.
     pub fn snapshot(&self) -> Result<AlertSnapshot, String> {
-        self.snapshot_of(None)
+        self.snapshot_of(None, Some(usize::MAX))
     }
 
     /// The state of every model's alerts, or (`Some(model)`) of one
     /// model's: its instances, cooldowns and history rows.
-    fn snapshot_of(&self, model: Option<&str>) -> Result<AlertSnapshot, String> {
+    /// At most `history_bytes` of history rows go in, the newest (`None`:
+    /// none).
+    fn snapshot_of(&self, model: Option<&str>, history_bytes: Option<usize>) -> Result<AlertSnapshot, String> {
         let hashes = self.rules.hashes();
-        let mut history = Vec::with_capacity(self.history.len());
-        for (arrived, batch) in &self.history {
+        let mut history = Vec::new();
+        let mut budget = history_bytes.unwrap_or(0);
+        let batches = if history_bytes.is_some() { self.history.len() } else { 0 };
+        for (arrived, batch) in self.history.iter().rev().take(batches) {
             let rows = match model {
                 Some(model) => &select_by_model(batch, model, true)?,
                 None => batch,
             };
-            if model.is_none() || rows.num_rows() > 0 {
-                history.push((*arrived, serde_bytes::ByteBuf::from(batch_to_ipc(rows)?)));
+            if model.is_some() && rows.num_rows() == 0 {
+                continue;
             }
+            let bytes = batch_to_ipc(rows)?;
+            if bytes.len() > budget {
+                tracing::warn!(
+                    model = model.unwrap_or("every model"),
+                    limit = history_bytes.unwrap_or(0),
+                    "query rules' history handed on only in part: the rest exceeds the limit"
+                );
+                break;
+            }
+            budget -= bytes.len();
+            history.push((*arrived, serde_bytes::ByteBuf::from(bytes)));
         }
+        history.reverse();
         Ok(AlertSnapshot {
             instances: self
                 .instances
@@ -379,10 +412,17 @@ impl AlertEngine {
     }
 
     /// `cluster:`: the state of `model`'s alerts, for the mark a next
-    /// merger of the model takes over: its instances, its cooldowns, its
-    /// rows of the query rules' history and the clock.
-    pub fn model_snapshot(&self, model: &str) -> Result<AlertSnapshot, String> {
-        self.snapshot_of(Some(model))
+    /// merger of the model takes over: its instances, its cooldowns, the
+    /// clock, and (`history_bytes`: at most that many bytes of them, the
+    /// newest) its rows of the query rules' history.
+    pub fn model_snapshot(&self, model: &str, history_bytes: Option<usize>) -> Result<AlertSnapshot, String> {
+        self.snapshot_of(Some(model), history_bytes)
+    }
+
+    /// Whether a rule reads the history (a `query:` rule): else no history
+    /// needs handing on.
+    pub fn keeps_history(&self) -> bool {
+        self.rules.rules.iter().any(|rule| matches!(rule.condition, Condition::Query { .. }))
     }
 
     /// `cluster:`: takes `model`'s alerts over from a previous merger's
@@ -984,7 +1024,15 @@ mod tests {
             firing
         };
         assert_eq!(fraud_firing(&alone), ["Drift", "LowAccuracy"]);
-        let snapshot = old.model_snapshot("fraud").unwrap();
+        assert!(old.keeps_history());
+        // As a mark carries it: the state now, the history as of its last
+        // change (here the same).
+        let state = old.model_snapshot("fraud", None).unwrap();
+        let with_history = old.model_snapshot("fraud", Some(1 << 20)).unwrap();
+        let snapshot = AlertSnapshot::from_msgpack(&state.to_msgpack())
+            .unwrap()
+            .with_history_of(AlertSnapshot::from_msgpack(&with_history.to_msgpack()).unwrap());
+        assert!(old.model_snapshot("fraud", Some(10)).unwrap().history.is_empty(), "none fits in 10 bytes");
         old.forget_model("fraud").unwrap();
         assert!(fraud_firing(&old).is_empty(), "the old merger keeps none of fraud's alerts");
         assert!(old.active().iter().any(|a| a.model == "churn"), "nor loses the others'");

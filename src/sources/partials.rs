@@ -29,8 +29,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::cluster::record::{MergerMark, PartialsRecord, RecordBody};
+use crate::cluster::record::{AlertHistory, MergerMark, PartialsRecord, RecordBody};
 use crate::config::KafkaConfig;
+use crate::rules::lifecycle::AlertSnapshot;
 
 /// How many records a backward read of a partition fetches first; each
 /// step back doubles it.
@@ -235,12 +236,52 @@ impl PartialsTopic {
         let deadline = Instant::now() + timeout;
         let mut marks = BTreeMap::new();
         for (partition, wanted) in by_partition {
-            marks.extend(self.newest_each(&reader, partition, &wanted, deadline, timeout, None, |record, _| {
+            let mut newest = self.newest_each(&reader, partition, &wanted, deadline, timeout, None, |record, _| {
                 match record.body {
                     RecordBody::Mark(mark) => Some((mark.model.clone(), mark)),
                     _ => None,
                 }
-            })?);
+            })?;
+            // Alert states whose history rows are in an earlier mark: the
+            // newest that carries them (they have not changed since).
+            let elsewhere: BTreeSet<String> = newest
+                .values()
+                .filter(|mark| mark.alert_history == AlertHistory::InAnEarlierMark && mark.alerts.is_some())
+                .map(|mark| mark.model.clone())
+                .collect();
+            if !elsewhere.is_empty() {
+                let carried = self.newest_each(
+                    &reader,
+                    partition,
+                    &elsewhere,
+                    deadline,
+                    timeout,
+                    None,
+                    |record, _| match record.body {
+                        RecordBody::Mark(mark) if mark.alert_history == AlertHistory::Carried => {
+                            Some((mark.model.clone(), mark.alerts?))
+                        }
+                        _ => None,
+                    },
+                )?;
+                for model in &elsewhere {
+                    let mark = newest.get_mut(model).expect("a model with a mark");
+                    match with_history(
+                        mark.alerts.as_ref().map(|bytes| &bytes[..]),
+                        carried.get(model).map(|bytes| &bytes[..]),
+                    ) {
+                        Ok(alerts) => {
+                            mark.alerts = Some(serde_bytes::ByteBuf::from(alerts));
+                            mark.alert_history = AlertHistory::Carried;
+                        }
+                        Err(error) => tracing::warn!(
+                            %model, %error,
+                            "the query rules' history of a model's alerts was not found: its query rules start over"
+                        ),
+                    }
+                }
+            }
+            marks.extend(newest);
         }
         Ok(marks)
     }
@@ -386,6 +427,16 @@ impl PartialsTopic {
         }
         Ok(answered)
     }
+}
+
+/// An alert state (`state`) with the history rows of an earlier one
+/// (`earlier`), both [`AlertSnapshot::to_msgpack`]'s bytes.
+fn with_history(state: Option<&[u8]>, earlier: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let (Some(state), Some(earlier)) = (state, earlier) else {
+        return Err("no earlier mark carries it".into());
+    };
+    let earlier = AlertSnapshot::from_msgpack(earlier)?;
+    Ok(AlertSnapshot::from_msgpack(state)?.with_history_of(earlier).to_msgpack())
 }
 
 /// How far back [`PartialsTopic::newest_publishers`] looks: an instance

@@ -103,6 +103,8 @@ fn a_partitions_clock_at_a_committed_offset_is_read_back_from_the_partials_topic
         late: Vec::new(),
         awaiting: Vec::new(),
         partitions: Vec::new(),
+        alerts: None,
+        alert_history: Default::default(),
     };
     assert_eq!(topic.newest_mark("a", TIMEOUT).unwrap(), None);
     topic.publish(&[PartialsRecord::mark("merger", mark("a", 100))], TIMEOUT).unwrap();
@@ -117,6 +119,52 @@ fn a_partitions_clock_at_a_committed_offset_is_read_back_from_the_partials_topic
     topic.publish(&round("a", 400), TIMEOUT).unwrap();
     assert_eq!(topic.newest_mark("a", TIMEOUT).unwrap(), Some(mark("a", 200)));
     assert_eq!(topic.newest_mark("other", TIMEOUT).unwrap(), Some(mark("other", 300)));
+
+    // Alert states: a mark carries the query rules' history only after it
+    // changed; a newer one without it is given the newest earlier one's.
+    use driftwatch::cluster::record::AlertHistory;
+    let rules = std::sync::Arc::new(driftwatch::rules::RuleSet::load(&[] as &[&str], None).unwrap());
+    let mut engine = driftwatch::rules::AlertEngine::new(rules.clone(), Duration::from_secs(3_600));
+    let count = |minute: i64| driftwatch::window_metrics::WindowMetricRow {
+        model: "a".into(),
+        model_version: "".into(),
+        segment: "".into(),
+        window_start_ms: T0 + minute * 60_000,
+        window_end_ms: T0 + (minute + 1) * 60_000,
+        feature: None,
+        metric: "count",
+        value: 10.0,
+        baseline: None,
+        threshold: None,
+        p_value: None,
+        drifted: None,
+        sample_count: 10,
+    };
+    let with_alerts = |next_offset: i64, engine: &driftwatch::rules::AlertEngine, history: AlertHistory| {
+        let carried = (history == AlertHistory::Carried).then_some(1 << 20);
+        let state = engine.model_snapshot("a", carried).unwrap();
+        MergerMark {
+            alerts: Some(serde_bytes::ByteBuf::from(state.to_msgpack())),
+            alert_history: history,
+            ..mark("a", next_offset)
+        }
+    };
+    engine.evaluate(&[count(0)]);
+    let old = with_alerts(500, &engine, AlertHistory::Carried);
+    engine.evaluate(&[count(1), count(2)]);
+    let carried = with_alerts(600, &engine, AlertHistory::Carried);
+    let pointing_back = with_alerts(700, &engine, AlertHistory::InAnEarlierMark);
+    for marks in [[old], [carried.clone()], [mark("other", 301)], [pointing_back.clone()]] {
+        let records: Vec<PartialsRecord> = marks.into_iter().map(|m| PartialsRecord::mark("merger", m)).collect();
+        topic.publish(&records, TIMEOUT).unwrap();
+        topic.publish(&round("a", 401), TIMEOUT).unwrap();
+    }
+    let newest = topic.newest_mark("a", TIMEOUT).unwrap().expect("a mark");
+    assert_eq!((newest.next_offset, newest.alert_history), (700, AlertHistory::Carried));
+    let mut next = driftwatch::rules::AlertEngine::new(rules, Duration::from_secs(3_600));
+    let state = driftwatch::rules::lifecycle::AlertSnapshot::from_msgpack(&newest.alerts.unwrap()).unwrap();
+    next.adopt_model("a", state).unwrap();
+    assert_eq!(next.history_rows(), 3, "the history of the newest mark that carries it");
 
     // An existing topic keeps its partition count; every model's records
     // are in the model's own partition.
@@ -142,6 +190,18 @@ const WINDOWS: &str = "{size: 1m, allowed_lateness: 10m, label_horizon: 5m}";
 
 /// [`start_instance`] with `windows` (the config's `windows:` section).
 fn start_instance_with(broker: &Broker, group: &str, cluster: bool, windows: &str) -> crate::support::InProcessDaemon {
+    start_instance_configured(broker, group, cluster, windows, "")
+}
+
+/// [`start_instance_with`] with more of the config (`extra`: whole
+/// sections, e.g. `rules:` and `notifiers:`).
+fn start_instance_configured(
+    broker: &Broker,
+    group: &str,
+    cluster: bool,
+    windows: &str,
+    extra: &str,
+) -> crate::support::InProcessDaemon {
     let cluster = if cluster { "cluster: {partials_topic: partials, publish_interval: 1s}\n" } else { "" };
     let yaml = format!(
         "kafka: {{brokers: \"{}\", group_id: {group}, options: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}}}\n\
@@ -149,7 +209,8 @@ fn start_instance_with(broker: &Broker, group: &str, cluster: bool, windows: &st
          windows: {windows}\n\
          pipeline: {{batch_size: 256, linger: 50ms}}\n\
          http: {{listen: \"127.0.0.1:0\"}}\n\
-         models: [{{name: fraud}}]\n",
+         models: [{{name: fraud}}]\n\
+         {extra}",
         broker.bootstrap()
     );
     crate::support::InProcessDaemon::start(Config::from_yaml_str(&yaml, "test.yaml").expect("config"))
@@ -181,9 +242,14 @@ fn produce_and_close(broker: &Broker, n: u64, start_ms: i64) {
 /// Predictions `range` of the stream `produce_and_close` makes (the same
 /// events, times and keys), without the closing ones.
 fn produce_part(broker: &Broker, range: std::ops::Range<u64>, start_ms: i64) {
+    produce_at(broker, range, start_ms, 50.0);
+}
+
+/// [`produce_part`] at `rate` predictions a second of event time.
+fn produce_at(broker: &Broker, range: std::ops::Range<u64>, start_ms: i64, rate: f64) {
     use driftwatch::simulate::{Simulator, SimulatorOptions};
     let producer = broker.producer();
-    let mut simulator = Simulator::new(SimulatorOptions { start_ms, seed: 20, rate: 50.0, ..Default::default() });
+    let mut simulator = Simulator::new(SimulatorOptions { start_ms, seed: 20, rate, ..Default::default() });
     let mut line = Vec::new();
     for i in 0..range.end {
         line.clear();
@@ -337,6 +403,190 @@ fn the_merging_replica_stopping_mid_window_hands_over_within_the_session_timeout
     let (_, rows_alone) = alone.stop();
     let (_, rows_staying) = staying.stop();
     assert_same_rows(&[&rows_staying, &rows_leaving], &rows_alone, closing, false);
+}
+
+/// The rules of the alert tests: an `expr` rule on each window's mean
+/// amount (it flips between windows), and a `query` rule over the history
+/// (it fires at the third window and stays firing only while the history
+/// holds every window), both notifying a webhook.
+fn write_alert_rules(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("rules.yaml"),
+        "groups:\n  - name: g\n    rules:\n\
+         \x20     - alert: AmountHigh\n\
+         \x20       expr: metric = 'mean' AND feature = 'amount' AND segment = '' AND value > 30\n\
+         \x20       notify: [hook]\n\
+         \x20     - alert: LowAccuracy\n\
+         \x20       expr: metric = 'accuracy' AND segment = '' AND value < 0.9\n\
+         \x20       notify: [hook]\n\
+         \x20     - alert: ThreeWindows\n\
+         \x20       query: SELECT model, MAX(window_end) AS window_end, COUNT(*) AS value FROM window_metrics WHERE metric = 'count' AND feature IS NULL AND segment = '' GROUP BY model HAVING COUNT(*) >= 3\n\
+         \x20       notify: [hook]\n",
+    )
+    .unwrap();
+}
+
+/// An instance evaluating [`write_alert_rules`]' rules, its transitions in
+/// `dir/<name>.audit.ndjson`, its notifications to `hook`; in a cluster,
+/// with the state dir `dir/<name>`.
+fn start_alerting(
+    broker: &Broker,
+    group: &str,
+    cluster: bool,
+    dir: &std::path::Path,
+    name: &str,
+    hook: &str,
+) -> crate::support::InProcessDaemon {
+    // A cluster member keeps its outbox and window history in a state dir.
+    let state = if cluster { format!("state: {{dir: \"{}\"}}\n", dir.join(name).display()) } else { String::new() };
+    let extra = format!(
+        "rules: [\"{rules}\"]\n\
+         notifiers: {{hook: {{type: webhook, url: \"{hook}/hook\"}}}}\n\
+         alerting: {{history: 3650d, audit_log: \"{audit}\"}}\n\
+         delivery: {{retry_initial: 20ms, retry_max: 200ms}}\n\
+         {state}",
+        rules = dir.join("rules.yaml").display(),
+        audit = dir.join(format!("{name}.audit.ndjson")).display(),
+    );
+    start_instance_configured(broker, group, cluster, "{size: 1m, allowed_lateness: 1m, label_horizon: 5m}", &extra)
+}
+
+/// The transitions in audit logs `names` (of `dir`) of windows ending at or
+/// before `until_ms`: (alert, state, model version, window end), sorted.
+fn transitions(dir: &std::path::Path, names: &[&str], until_ms: i64) -> Vec<(String, String, String, String)> {
+    let lines = names.iter().flat_map(|name| crate::support::records(&dir.join(format!("{name}.audit.ndjson"))));
+    sorted_transitions(lines.filter(|r| r["kind"] == "transition"), until_ms)
+}
+
+/// The transitions a webhook receiver got, as [`transitions`] gives them.
+fn notified(hook: &crate::notify::Receiver, until_ms: i64) -> Vec<(String, String, String, String)> {
+    let requests = hook.requests();
+    let bodies = requests.iter().map(crate::notify::Received::json);
+    sorted_transitions(bodies.flat_map(|body| body["transitions"].as_array().cloned().unwrap_or_default()), until_ms)
+}
+
+/// Transitions (JSON) of windows ending at or before `until_ms`, as
+/// (alert, state, model version, window end), sorted.
+fn sorted_transitions(
+    transitions: impl Iterator<Item = serde_json::Value>,
+    until_ms: i64,
+) -> Vec<(String, String, String, String)> {
+    let mut sorted: Vec<_> = transitions
+        .filter(|t| t["window_end"].as_str().and_then(driftwatch::timestamp::parse_rfc3339_ms) <= Some(until_ms))
+        .map(|t| {
+            let text = |key: &str| t[key].as_str().unwrap_or_default().to_string();
+            (text("alert"), text("state"), text("model_version"), text("window_end"))
+        })
+        .collect();
+    sorted.sort();
+    sorted
+}
+
+/// Whole-model windows closed (count rows) in `rows`.
+fn windows_closed(rows: &[driftwatch::window_metrics::WindowMetricRow]) -> usize {
+    rows.iter().filter(|r| r.metric == "count" && r.feature.is_none() && r.segment.is_empty()).count()
+}
+
+/// Three instances in a cluster give the rows and the alert transitions
+/// of one instance alone on the same stream with labels, each transition
+/// notified once, also when the merger stops mid-stream with alerts
+/// firing: the instance that takes the model over takes its alert states
+/// (and the query rule's history) over from the merger's mark, so it
+/// neither fires an alert again nor misses a resolution, and its query rule
+/// still counts the windows the merger saw.
+#[test]
+fn a_clusters_alerts_are_those_of_one_instance_each_notified_once_across_a_handover() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    write_alert_rules(dir.path());
+    let (alone_hook, cluster_hook) = (crate::notify::Receiver::start(0), crate::notify::Receiver::start(0));
+    let broker = Broker::start();
+    broker.create_topic("predictions", 3);
+    broker.create_topic("labels", 3);
+    let mut alone = start_alerting(&broker, "alone", false, dir.path(), "alone", &alone_hook.url());
+    let names = ["a", "b", "c"];
+    let mut members: Vec<(&str, crate::support::InProcessDaemon)> = names
+        .iter()
+        .map(|&name| (name, start_alerting(&broker, "cluster", true, dir.path(), name, &cluster_hook.url())))
+        .collect();
+    let merged = |d: &crate::support::InProcessDaemon| d.telemetry.models_merged.load(Ordering::Relaxed);
+    let owned = |d: &crate::support::InProcessDaemon| d.telemetry.assigned_partitions.load(Ordering::Relaxed);
+    crate::support::wait_until(Duration::from_secs(90), "every member to own partitions", || {
+        members.iter().all(|(_, d)| owned(d) > 0)
+            && members.iter().map(|(_, d)| owned(d)).sum::<i64>() == 6
+            && members.iter().map(|(_, d)| merged(d)).sum::<i64>() == 1
+    });
+    // Six minutes of events at 5 a second, with labels: four windows close
+    // (a minute of lateness), and ThreeWindows fires.
+    let (start_ms, rate) = (1_795_687_200_000, 5.0);
+    let closing = start_ms + 3_600_000;
+    let mut labelled = produce_labelled(&broker, 0..1_800, start_ms, rate, false);
+    crate::support::wait_until(Duration::from_secs(90), "four windows closed, alone and in the cluster", || {
+        let in_cluster: usize = members.iter_mut().map(|(_, d)| windows_closed(d.received())).sum();
+        windows_closed(alone.received()) >= 4 && in_cluster >= 4
+    });
+    let merger = members.iter().position(|(_, d)| merged(d) == 1).expect("a member merges the model");
+    let (leaving_name, leaving) = members.remove(merger);
+    let firing = |name: &str| transitions(dir.path(), &[name], closing).into_iter().filter(|t| t.1 == "firing").count();
+    crate::support::wait_until(Duration::from_secs(30), "the merger to fire ThreeWindows", || {
+        firing(leaving_name) >= 1
+    });
+    let (_, rows_leaving) = leaving.stop();
+    crate::support::wait_until(Duration::from_secs(6), "the others to read every partition and merge", || {
+        members.iter().map(|(_, d)| owned(d)).sum::<i64>() == 6
+            && members.iter().map(|(_, d)| merged(d)).sum::<i64>() == 1
+    });
+    // Six more minutes, then the events that close every window and pass
+    // every label horizon.
+    labelled += produce_labelled(&broker, 1_800..3_600, start_ms, rate, true);
+    crate::support::wait_until(
+        Duration::from_secs(120),
+        "every window closed and labelled, alone and in the cluster",
+        || {
+            let mut rows = rows_leaving.clone();
+            rows.extend(members.iter_mut().flat_map(|(_, d)| d.received().to_vec()));
+            counts_before(alone.received(), closing) >= 3_600.0
+                && labelled_before(alone.received(), closing) >= labelled as f64
+                && counts_before(&rows, closing) >= 3_600.0
+                && labelled_before(&rows, closing) >= labelled as f64
+        },
+    );
+    let expected = |names: &[&str]| transitions(dir.path(), names, closing);
+    crate::support::wait_until(Duration::from_secs(30), "every notification delivered", || {
+        notified(&alone_hook, closing) == expected(&["alone"])
+            && notified(&cluster_hook, closing).len() >= expected(&names).len()
+    });
+    let (_, rows_alone) = alone.stop();
+    let mut rows: Vec<Vec<driftwatch::window_metrics::WindowMetricRow>> = vec![rows_leaving];
+    rows.extend(members.into_iter().map(|(_, d)| d.stop().1));
+    assert_same_rows(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>(), &rows_alone, closing, true);
+    let (alone_transitions, cluster_transitions) = (expected(&["alone"]), expected(&names));
+    eprintln!("{} transitions: {alone_transitions:?}", alone_transitions.len());
+    let fired = |alert: &str| alone_transitions.iter().filter(|t| t.0 == alert && t.1 == "firing").count();
+    assert_eq!(fired("ThreeWindows"), 1, "the query rule fired once");
+    assert!(fired("AmountHigh") >= 2, "the expr rule fired more than once");
+    assert_eq!(cluster_transitions, alone_transitions, "the cluster's transitions are one instance's");
+    assert_eq!(notified(&cluster_hook, closing), alone_transitions, "each transition notified once");
+    let keys: std::collections::BTreeSet<String> =
+        cluster_hook.requests().iter().filter_map(|r| r.header("Idempotency-Key").map(str::to_string)).collect();
+    assert_eq!(keys.len(), cluster_hook.requests().len(), "no notification sent twice");
+    // The members' state dirs: an empty outbox, the window history of the
+    // rows each merged, and no checkpoint (the partials topic holds the
+    // windows' state).
+    for name in names {
+        let state = dir.path().join(name);
+        assert_eq!(crate::support::outbox_entries(&state.join("outbox")), 0, "{name}: every notification delivered");
+        assert!(!state.join("checkpoints").exists(), "{name}: no checkpoints in a cluster");
+    }
+    assert!(
+        names.iter().any(|name| dir
+            .path()
+            .join(name)
+            .join("recent_windows.ndjson")
+            .metadata()
+            .is_ok_and(|m| m.len() > 0)),
+        "the mergers' window history"
+    );
 }
 
 /// `n` simulated predictions from `start_ms` and their labels (80 %, a
