@@ -4,11 +4,15 @@
 # RSS of each, and whether their rows are byte-identical.
 #
 # Usage: scripts/bench-replay.sh [EVENTS]   (default 1000000)
+# DRIFTWATCH_BIN=path/to/driftwatch measures that binary instead of
+# building target/release/driftwatch (to compare builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-1000000}
-cargo build --release --quiet
-bin=target/release/driftwatch
+bin=${DRIFTWATCH_BIN:-target/release/driftwatch}
+if [ -z "${DRIFTWATCH_BIN:-}" ]; then
+    cargo build --release --quiet
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 duration=$(( (events + 999) / 1000 ))
