@@ -195,21 +195,12 @@ impl<'a> AlertingSink<'a> {
         Ok(())
     }
 
-    /// `cluster:`: the state of `model`'s alerts for its merger's mark
-    /// (with at most `history_bytes` of its query-rule history rows, the
-    /// newest; `None`: without them).
-    pub fn model_alerts(
-        &self,
-        model: &str,
-        history_bytes: Option<usize>,
-    ) -> Result<crate::rules::lifecycle::AlertSnapshot, String> {
-        self.engine.model_snapshot(model, history_bytes)
-    }
-
-    /// `cluster:`: `model` is merged here now. Its alerts are taken over
-    /// from the previous merger's `state` (`None`: there was none; what
-    /// this instance held of the model, from an earlier turn, goes).
-    pub fn take_over_alerts(&mut self, model: &str, state: Option<crate::rules::lifecycle::AlertSnapshot>) {
+    /// `cluster:`: `model`'s merging moved. Merged here now, its alerts
+    /// are taken over from the previous merger's `state` (`None`: there
+    /// was none, and what this instance held of the model from an earlier
+    /// turn goes); merged elsewhere now (`None`), they go from here
+    /// silently (they did not resolve).
+    pub fn replace_model_alerts(&mut self, model: &str, state: Option<crate::rules::lifecycle::AlertSnapshot>) {
         let outcome = match state {
             Some(state) => self.engine.adopt_model(model, state).map(|taken| {
                 tracing::info!(%model, instances = taken, "alert states taken over from the model's previous merger");
@@ -218,15 +209,6 @@ impl<'a> AlertingSink<'a> {
         };
         if let Err(error) = outcome {
             tracing::error!(%model, %error, "a model's alert state could not be taken over: its alerts start over");
-        }
-        self.publish();
-    }
-
-    /// `cluster:`: `model` is merged elsewhere now, which takes its alerts
-    /// over: they go from here silently (they did not resolve).
-    pub fn forget_alerts(&mut self, model: &str) {
-        if let Err(error) = self.engine.forget_model(model) {
-            tracing::error!(%model, %error, "a model's query-rule history could not be dropped");
         }
         self.publish();
     }

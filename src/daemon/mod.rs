@@ -595,7 +595,7 @@ impl MainLoop<'_, '_> {
                             })
                             .ok()
                     });
-                    self.stage.move_alerts(model, true, state)?;
+                    self.stage.replace_model_alerts(model, state)?;
                 }
                 for mark in marks {
                     if let Err(error) = cluster.merger.resume(mark) {
@@ -609,7 +609,7 @@ impl MainLoop<'_, '_> {
                     cluster.merger.forget(model);
                     cluster.merged.remove(model);
                     cluster.history_due.remove(model);
-                    self.stage.move_alerts(model, false, None)?;
+                    self.stage.replace_model_alerts(model, None)?;
                 }
                 self.pipeline.telemetry.models_merged.store(cluster.merged.len() as i64, Ordering::Relaxed);
             }
@@ -645,7 +645,11 @@ impl MainLoop<'_, '_> {
                     );
                     self.stage.write_rows(&rows)?;
                     // The rows changed the query rules' history.
-                    cluster.history_due.extend(rows.iter().map(|row| row.model.to_string()));
+                    for row in &rows {
+                        if !cluster.history_due.contains(&*row.model) {
+                            cluster.history_due.insert(row.model.to_string());
+                        }
+                    }
                     // Windows closed: marked as soon as their rows are
                     // written, so a next merger seldom emits them again.
                     let marks = Self::marks(cluster, &self.stage);
@@ -750,14 +754,13 @@ impl MainLoop<'_, '_> {
             }
         };
         for (mark, alerts) in marks.iter_mut().zip(states) {
-            let carried = cluster.history_due.contains(&mark.model);
+            let carried = cluster.history_due.remove(&mark.model);
             mark.alert_history = match (alerts.keeps_history, carried) {
                 (false, _) => AlertHistory::NotKept,
                 (true, true) => AlertHistory::Carried,
                 (true, false) => AlertHistory::InAnEarlierMark,
             };
             mark.alerts = Some(serde_bytes::ByteBuf::from(alerts.state));
-            cluster.history_due.remove(&mark.model);
         }
         marks.into_iter().map(|mark| crate::cluster::record::PartialsRecord::mark(&cluster.instance, mark)).collect()
     }

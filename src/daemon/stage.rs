@@ -48,11 +48,10 @@ pub enum StageInput {
     /// (an error when records still wait for a failing disk), the state
     /// of each model's alerts.
     AlertStates(AlertStatesRequest),
-    /// `cluster:` a model merged here now: takes its alerts over from its
-    /// previous merger's mark (`None`: it had none).
-    TakeOverAlerts { model: String, state: Option<AlertSnapshot> },
-    /// `cluster:` a model merged elsewhere now: forgets its alerts.
-    ForgetAlerts { model: String },
+    /// `cluster:` a model's merging moved: its alerts are taken over from
+    /// its previous merger's mark (merged here now), or forgotten (`None`:
+    /// merged elsewhere now, or here with no mark).
+    ReplaceModelAlerts { model: String, state: Option<AlertSnapshot> },
     /// Reload the config's rules and notifiers (SIGHUP when `None`, else
     /// `POST /-/reload`, which gets the outcome).
     Reload(Option<crate::http::ReloadRequest>),
@@ -67,7 +66,6 @@ pub struct AlertStatesRequest {
 
 /// A model's alert state for its merger's mark.
 pub struct ModelAlerts {
-    pub model: String,
     /// [`AlertSnapshot::to_msgpack`]'s bytes.
     pub state: Vec<u8>,
     /// A rule reads the history (a `query:` rule).
@@ -144,12 +142,11 @@ impl AlertingStage {
         answer.recv().map_err(|_| stage_gone())?
     }
 
-    /// `cluster:` has the stage take `model`'s alerts over (or forget them:
-    /// `merged_here` false), in order with the rows sent before and after.
-    pub fn move_alerts(&self, model: &str, merged_here: bool, state: Option<AlertSnapshot>) -> io::Result<()> {
-        let model = model.to_string();
-        let input =
-            if merged_here { StageInput::TakeOverAlerts { model, state } } else { StageInput::ForgetAlerts { model } };
+    /// `cluster:` has the stage take `model`'s alerts over from `state`
+    /// (or forget them: `None`), in order with the rows sent before and
+    /// after ([`StageInput::ReplaceModelAlerts`]).
+    pub fn replace_model_alerts(&self, model: &str, state: Option<AlertSnapshot>) -> io::Result<()> {
+        let input = StageInput::ReplaceModelAlerts { model: model.to_string(), state };
         self.input.send(input).map_err(|_| stage_gone())
     }
 
@@ -202,12 +199,8 @@ fn run(mut sink: AlertingSink<'_>, inputs: Receiver<StageInput>, flags: &Flags) 
             Ok(StageInput::AlertStates(request)) => {
                 let _ = request.reply.send(alert_states(&mut sink, &request.models));
             }
-            Ok(StageInput::TakeOverAlerts { model, state }) => {
-                sink.take_over_alerts(&model, state);
-                flags.alerts_changed.store(true, Ordering::SeqCst);
-            }
-            Ok(StageInput::ForgetAlerts { model }) => {
-                sink.forget_alerts(&model);
+            Ok(StageInput::ReplaceModelAlerts { model, state }) => {
+                sink.replace_model_alerts(&model, state);
                 flags.alerts_changed.store(true, Ordering::SeqCst);
             }
             Ok(StageInput::Reload(request)) => {
@@ -255,8 +248,8 @@ fn alert_states(sink: &mut AlertingSink<'_>, models: &[(String, Option<usize>)])
         .iter()
         .map(|(model, history_bytes)| {
             let history_bytes = history_bytes.filter(|_| keeps_history);
-            let state = sink.model_alerts(model, history_bytes).map_err(io::Error::other)?;
-            Ok(ModelAlerts { model: model.clone(), state: state.to_msgpack(), keeps_history })
+            let state = sink.engine.model_snapshot(model, history_bytes).map_err(io::Error::other)?;
+            Ok(ModelAlerts { state: state.to_msgpack(), keeps_history })
         })
         .collect()
 }
